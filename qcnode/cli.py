@@ -1,0 +1,149 @@
+"""Command line (DESIGN §9). Builds the frozen Settings once and hands them to each command.
+
+Each command's implementation lives in its stage module and is imported lazily, so that
+``qcnode check`` does not import the web stack and ``qcnode serve`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from qcnode import __version__
+from qcnode.config import Settings, load_settings
+from qcnode.errors import QcnodeError
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qcnode", description=__doc__)
+    p.add_argument("--version", action="version", version=f"qcnode {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML settings file (etc/qcnode.toml)")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", parents=[common], help="run the node (ingest, worker, sender, web)")
+    s.add_argument("--data-dir", type=Path)
+    s.add_argument("--ae-title")
+    s.add_argument("--port", type=int)
+    s.add_argument("--destination", action="append", metavar="AE@HOST:PORT")
+    s.add_argument("--web-port", type=int)
+
+    sub.add_parser("worker", parents=[common], help="run QC workers only (scale-out)")
+
+    c = sub.add_parser("check", parents=[common], help="QC DICOM files or folders offline")
+    c.add_argument("--json", action="store_true", help="one JSON object per line")
+    c.add_argument("--model", help="registry name of the model")
+    c.add_argument("--language", choices=["en", "zh"])
+    c.add_argument("paths", nargs="+", type=Path)
+
+    y = sub.add_parser("synth", parents=[common], help="render synthetic radiographs from CT")
+    y.add_argument("--out", type=Path, required=True)
+    y.add_argument("--count", type=int, default=100)
+    y.add_argument("--view", choices=["frontal", "lateral", "both"], default="both")
+    y.add_argument("--seed", type=int, default=0)
+    y.add_argument("--split", choices=["train", "eval"], default="train")
+    y.add_argument("--workers", type=int, default=1)
+
+    t = sub.add_parser("train", parents=[common], help="train a model variant")
+    t.add_argument("--variant", default="qcnet_d15_w3")
+    t.add_argument("--data", type=Path)
+    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    t.add_argument("--recipe", default="cpu")
+    t.add_argument("--out", type=Path)
+    t.add_argument("--resume", action="store_true")
+
+    e = sub.add_parser("eval", parents=[common], help="the study's tables, measured")
+    e.add_argument("--json", action="store_true")
+    e.add_argument("--model", help="registry name of the model")
+    e.add_argument("--set", type=Path, dest="eval_set")
+    e.add_argument("--real", type=Path, help="folder of real radiographs (realcxr)")
+    e.add_argument("--limit", type=int)
+
+    b = sub.add_parser("bench", parents=[common], help="speed: model, QC, ingest")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--what", default="all", help="model | qc | ingest | e2e | all")
+
+    d = sub.add_parser("db", parents=[common], help="database maintenance")
+    dsub = d.add_subparsers(dest="db_command", required=True)
+    dsub.add_parser("upgrade", parents=[common], help="apply Alembic migrations")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "data_dir": getattr(args, "data_dir", None),
+        "ae_title": getattr(args, "ae_title", None),
+        "port": getattr(args, "port", None),
+        "destinations": getattr(args, "destination", None),
+        "web_port": getattr(args, "web_port", None),
+        "model": getattr(args, "model", None),
+        "language": getattr(args, "language", None),
+        "verbose": True if args.verbose else None,
+    }
+    return load_settings(args.config, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = _settings(args)
+        return _dispatch(args, settings)
+    except QcnodeError as exc:
+        log.error("%s", exc)
+        print(f"qcnode: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    cmd = args.command
+    if cmd == "serve":
+        from qcnode.node import serve
+
+        return serve(settings)
+    if cmd == "worker":
+        from qcnode.node import run_worker
+
+        return run_worker(settings)
+    if cmd == "check":
+        from qcnode.engine import check_command
+
+        return check_command(settings, paths=args.paths, as_json=args.json)
+    if cmd == "synth":
+        from qcnode.synth.cli import synth_command
+
+        return synth_command(args)
+    if cmd == "train":
+        from qcnode.model.train import train_command
+
+        return train_command(args)
+    if cmd == "eval":
+        from qcnode.evaluate import eval_command
+
+        return eval_command(settings, args)
+    if cmd == "bench":
+        from qcnode.bench import bench_command
+
+        return bench_command(settings, args)
+    if cmd == "db":
+        from qcnode.db import upgrade
+
+        upgrade(settings)
+        return 0
+    raise AssertionError(cmd)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
