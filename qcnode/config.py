@@ -63,7 +63,9 @@ class Settings:
     # web
     web_port: int = 8080
     web_bind: str = "127.0.0.1"
-    web_token: str = ""
+    web_token: str = ""  # bearer token (or basic-auth password with any user name)
+    web_user: str = ""  # one basic-auth user; set together with web_password
+    web_password: str = ""
     verbose: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
