@@ -1,0 +1,209 @@
+"""What every result object shares: options, patient/study copy, character set, series info."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pydicom
+from pydicom.charset import convert_encodings
+from pydicom.multival import MultiValue
+
+from qcnode import __version__
+from qcnode.config import Settings
+from qcnode.errors import ConfigError
+from qcnode.records import ModelInfo
+from qcnode.report import i18n, uids
+
+log = logging.getLogger(__name__)
+
+KosTitle = Literal["quality_issue", "rejected"]
+KosWhen = Literal["fail", "warn", "always"]
+
+DEFAULT_SERIES_NUMBERS: Mapping[str, int] = {"sr": 9901, "sc": 9902, "gsps": 9903, "kos": 9904}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportOptions:
+    """How result objects are named and what they say. Built from Settings by the node."""
+
+    language: str = "en"
+    manufacturer: str = "qcnode"
+    software_version: str = __version__
+    institution_name: str | None = None
+    device_serial_number: str = "0"
+    uid_root: str | None = None  # None: 2.25.<name-based UUID>
+    # KOS title: 113010 "Quality Issue"; 113001 "Rejected for Quality Reasons" only on request.
+    kos_title: KosTitle = "quality_issue"
+    kos_when: KosWhen = "fail"  # which verdicts get a KOS
+    sc_max_size: int = 1024  # long side of the image part of the overlay SC, in pixels
+    series_numbers: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_SERIES_NUMBERS))
+
+    def __post_init__(self) -> None:
+        i18n.check_language(self.language)
+        if self.kos_title not in ("quality_issue", "rejected"):
+            raise ConfigError(f"kos_title {self.kos_title!r} is not quality_issue or rejected")
+        if self.kos_when not in ("fail", "warn", "always"):
+            raise ConfigError(f"kos_when {self.kos_when!r} is not fail, warn or always")
+        if self.sc_max_size < 256:
+            raise ConfigError("sc_max_size must be at least 256 pixels")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ReportOptions:
+        """Options from Settings: ``language`` plus ``report_*`` keys of ``settings.extra``."""
+        extra = settings.extra
+        values: dict[str, Any] = {"language": settings.language}
+        for name in (
+            "manufacturer",
+            "institution_name",
+            "device_serial_number",
+            "uid_root",
+            "kos_title",
+            "kos_when",
+            "sc_max_size",
+        ):
+            if f"report_{name}" in extra:
+                values[name] = extra[f"report_{name}"]
+        if "sc_max_size" in values:
+            values["sc_max_size"] = int(values["sc_max_size"])
+        values.update(overrides)
+        return cls(**values)
+
+
+def model_version(model: ModelInfo | None) -> str | None:
+    return None if model is None else f"{model.name}/{model.version}"
+
+
+def software_versions(options: ReportOptions, model: ModelInfo | None) -> list[str]:
+    versions = [f"qcnode {options.software_version}"]
+    if model is not None:
+        versions.append(f"{model.name} {model.version}"[:64])
+    return versions
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """UIDs and numbers of one result object."""
+
+    kind: str
+    series_instance_uid: str
+    series_number: int
+    sop_instance_uid: str
+    instance_number: int
+
+
+def series_info(
+    source: pydicom.Dataset, model: ModelInfo | None, kind: str, options: ReportOptions
+) -> SeriesInfo:
+    version = model_version(model)
+    return SeriesInfo(
+        kind=kind,
+        series_instance_uid=uids.series_uid(
+            str(source.SeriesInstanceUID), version, kind, root=options.uid_root
+        ),
+        series_number=options.series_numbers.get(kind, DEFAULT_SERIES_NUMBERS[kind]),
+        sop_instance_uid=uids.instance_uid(
+            str(source.SOPInstanceUID), version, kind, root=options.uid_root
+        ),
+        # Images of one source series share a result series: number them like the source.
+        instance_number=max(1, int(source.get("InstanceNumber") or 1)),
+    )
+
+
+# Patient, General Study and Patient Study attributes copied verbatim from the source, so
+# that results file under the same patient and study in every PACS.
+PATIENT_STUDY_KEYWORDS: tuple[str, ...] = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence",
+    "TypeOfPatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "OtherPatientIDsSequence",
+    "PatientComments",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "IssuerOfAccessionNumberSequence",
+    "StudyDescription",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "TimezoneOffsetFromUTC",
+)
+
+
+def copy_patient_and_study(source: pydicom.Dataset, target: pydicom.Dataset) -> None:
+    """Copy patient/study attributes present in the source (Type 2 ones stay, even empty)."""
+    for keyword in PATIENT_STUDY_KEYWORDS:
+        if keyword in source:
+            target[keyword] = copy.deepcopy(source[keyword])
+
+
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
+
+
+def _texts(ds: pydicom.Dataset) -> list[str]:
+    out: list[str] = []
+    for elem in ds.iterall():
+        if elem.VR not in _TEXT_VRS or elem.value is None:
+            continue
+        values = elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
+        for value in values:
+            out.append(str(value))
+    return out
+
+
+def _encodable(value: str, codecs: list[str]) -> bool:
+    for char in value:
+        for codec in codecs:
+            try:
+                char.encode(codec)
+                break
+            except (UnicodeEncodeError, LookupError):
+                continue
+        else:
+            return False
+    return True
+
+
+def settle_character_set(source: pydicom.Dataset, target: pydicom.Dataset) -> None:
+    """Use the source's character set when it can carry every text; otherwise ISO_IR 192.
+
+    The patient's name is decoded with the source's character set on reading and re-encoded
+    with the target's on writing, so it round-trips either way; switching to UTF-8 is only
+    needed when, say, Chinese text goes into a Latin-1 study.
+    """
+    charset = source.get("SpecificCharacterSet")
+    codecs = convert_encodings(charset)
+    if all(_encodable(t, codecs) for t in _texts(target)):
+        if charset:
+            target.SpecificCharacterSet = copy.deepcopy(charset)
+        elif "SpecificCharacterSet" in target:
+            del target.SpecificCharacterSet
+        return
+    log.debug("result text needs more than the source character set; using ISO_IR 192")
+    target.SpecificCharacterSet = "ISO_IR 192"
+
+
+def set_body_part(source: pydicom.Dataset, target: pydicom.Dataset, *, is_chest: bool) -> None:
+    """Body Part Examined (and so the Laterality condition) of an image-like result series.
+
+    The chest is unpaired, so with BodyPartExamined present Laterality stays absent; when
+    the body part is unknown, Laterality is present and empty ("unknown"), as PS3.3 allows.
+    """
+    body_part = str(source.get("BodyPartExamined") or "") or ("CHEST" if is_chest else "")
+    if body_part:
+        target.BodyPartExamined = body_part
+    else:
+        target.Laterality = None

@@ -1,0 +1,75 @@
+"""Geometry shared by SR, GSPS and the overlay: finding shapes and mask contours.
+
+Records use pixel-centre coordinates (top-left pixel centre = (0, 0)); DICOM SCOORD and GSPS
+PIXEL annotations use the top-left *corner* of the top-left pixel as (0, 0), so every
+coordinate going into an object is shifted by half a pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from skimage import measure
+
+from qcnode.records import BoolMask, Geometry
+
+Points = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A drawable shape in DICOM image coordinates (column, row; pixel corner origin)."""
+
+    graphic_type: str  # POINT, MULTIPOINT or POLYLINE (closed when first == last)
+    points: Points  # (n, 2)
+    label: str = ""
+
+
+def to_shapes(geometry: Geometry, *, rows: int, columns: int) -> list[Shape]:
+    """Convert one record geometry to DICOM shapes, clipped to the image.
+
+    Degenerate shapes turn into the simpler kind (a one-point polyline is a point);
+    a polygon becomes a closed POLYLINE. Empty geometry gives nothing.
+    """
+    pts = np.asarray(geometry.points, dtype=np.float64).reshape(-1, 2) + 0.5
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    if len(pts) == 0:
+        return []
+    pts[:, 0] = np.clip(pts[:, 0], 0.0, float(columns))
+    pts[:, 1] = np.clip(pts[:, 1], 0.0, float(rows))
+    pts32 = pts.astype(np.float32)
+    if geometry.kind == "point" or len(pts32) == 1:
+        if len(pts32) == 1:
+            return [Shape("POINT", pts32, geometry.label)]
+        return [Shape("MULTIPOINT", pts32, geometry.label)]
+    if geometry.kind == "polygon" and len(pts32) >= 3:
+        if not np.array_equal(pts32[0], pts32[-1]):
+            pts32 = np.vstack([pts32, pts32[:1]])
+        return [Shape("POLYLINE", pts32, geometry.label)]
+    return [Shape("POLYLINE", pts32, geometry.label)]
+
+
+def mask_contours(
+    mask: BoolMask, *, scale: float = 1.0, min_points: int = 8, tolerance: float = 0.75
+) -> list[Points]:
+    """Closed outlines of a mask, in pixel-corner coordinates of a ``scale``-d image.
+
+    Traced with scikit-image at the 0.5 level (outlines run halfway between inside and
+    outside pixel centres) and simplified (Douglas-Peucker, ``tolerance`` pixels of the
+    scaled image) to keep GSPS and drawing small. Specks under ``min_points`` are dropped.
+    """
+    if mask.ndim != 2 or not mask.any():
+        return []
+    padded = np.pad(mask.astype(np.float32), 1)  # closed lines even at the image border
+    out: list[Points] = []
+    for line in measure.find_contours(padded, 0.5):
+        if len(line) < min_points:
+            continue
+        # (row, col) of padded pixel centres -> (x, y) pixel corners of the original image
+        xy = (line[:, ::-1] - 1.0 + 0.5) * scale
+        xy = measure.approximate_polygon(xy, tolerance=tolerance)
+        if len(xy) >= 4:
+            out.append(xy.astype(np.float32))
+    return out
