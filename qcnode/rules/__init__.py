@@ -1,0 +1,104 @@
+"""QC rules (DESIGN §4): pure functions over an image, the model's masks and the header.
+
+``evaluate(image, prediction, config=..., language=...)`` returns one Finding per rule ID of
+the catalogue for the predicted view, in catalogue order. Rules never raise on odd anatomy:
+what cannot be measured is ``not_evaluable`` with a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from qcnode.records import DecodedImage, Finding, Prediction, Status, View
+from qcnode.rules import completeness, exposure, lateral, metadata, organs, positioning
+from qcnode.rules.catalogue import CATALOGUE, FRONTAL_RULES, LATERAL_RULES, SPECS, rule_ids
+from qcnode.rules.config import RulesConfig, load_config
+from qcnode.rules.geometry import Subject
+from qcnode.rules.messages import LANGUAGES, make
+
+log = logging.getLogger(__name__)
+
+Rule = Callable[[Subject, RulesConfig], Finding]
+
+_COMMON: dict[str, Rule] = {
+    "completeness.apices": completeness.apices,
+    "completeness.costophrenic": completeness.costophrenic,
+    "organs.lungs": organs.lungs,
+    "organs.heart": organs.heart,
+    "exposure.deviation_index": exposure.deviation_index,
+    "exposure.saturation": exposure.saturation,
+    "exposure.contrast": exposure.contrast,
+    "exposure.noise": exposure.noise,
+    "exposure.sharpness": exposure.sharpness,
+    "positioning.orientation": positioning.orientation,
+    "metadata.view": metadata.view,
+    "metadata.spacing": metadata.spacing,
+}
+
+RULES: dict[View, dict[str, Rule]] = {
+    View.FRONTAL: {
+        **_COMMON,
+        "completeness.lateral_walls": completeness.lateral_walls,
+        "completeness.collimation": completeness.collimation,
+        "completeness.centering": completeness.centering,
+        "organs.clavicles": organs.clavicles,
+        "organs.diaphragm": organs.diaphragm,
+        "exposure.spine_through_heart": exposure.spine_through_heart,
+        "positioning.rotation": positioning.rotation,
+        "positioning.scapulae": positioning.scapulae,
+        "positioning.inspiration": positioning.inspiration,
+        "positioning.tilt": positioning.tilt,
+    },
+    View.LATERAL: {
+        **_COMMON,
+        "completeness.anteroposterior": completeness.anteroposterior,
+        "organs.spine": organs.spine,
+        "organs.sternum": organs.sternum,
+        "positioning.rotation": lateral.rotation,
+        "positioning.arms": lateral.arms,
+        "positioning.inspiration": lateral.inspiration,
+    },
+    View.OTHER: {},
+}
+
+
+def evaluate(
+    image: DecodedImage,
+    prediction: Prediction,
+    *,
+    config: RulesConfig | None = None,
+    language: str = "en",
+) -> tuple[Finding, ...]:
+    """All findings for the prediction's view (empty for ``other``), in catalogue order."""
+    if language not in LANGUAGES:
+        raise ValueError(f"language must be one of {LANGUAGES}, not {language!r}")
+    cfg = config if config is not None else load_config()
+    view = prediction.view
+    if view is View.OTHER:
+        return ()
+    subject = Subject.build(
+        image, prediction, language=language, lung_span_mm=cfg.metadata.anatomy_lung_span_mm
+    )
+    table = RULES[view]
+    findings = []
+    for rule in CATALOGUE[view]:
+        try:
+            findings.append(table[rule](subject, cfg))
+        except Exception:  # a measurement bug must not lose the other findings
+            log.exception("rule failed", extra={"rule": rule})
+            findings.append(make(subject, rule, Status.NOT_EVALUABLE, None, None, "internal"))
+    return tuple(findings)
+
+
+__all__ = [
+    "CATALOGUE",
+    "FRONTAL_RULES",
+    "LATERAL_RULES",
+    "RULES",
+    "SPECS",
+    "RulesConfig",
+    "evaluate",
+    "load_config",
+    "rule_ids",
+]

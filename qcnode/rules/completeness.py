@@ -1,0 +1,190 @@
+"""Overall completeness (总体完整): is the whole thorax inside the exposed field?
+
+Margins are signed distances in mm from a lung landmark to the edge of the exposed field
+(the ``field`` mask: collimator shutters count as edges, and so does the image border).
+Frontal landmarks per lung: the apex (topmost pixel), the lateral costophrenic angle (the
+pixel farthest down-and-out at 45°) and the lateral wall (the outermost pixel). "Out" for a
+lung is away from the other lung, so mirrored images are measured the same way.
+"""
+
+from __future__ import annotations
+
+from qcnode.records import Finding, Geometry, Status
+from qcnode.rules.config import RulesConfig
+from qcnode.rules.geometry import Point, Subject, centroid, col_extent, extreme, row_extent
+from qcnode.rules.messages import make
+
+SIDES = ("right", "left")
+
+
+def lateral_sign(s: Subject, side: str) -> float:
+    """+1 if the patient's ``side`` lung lies towards +columns (image right), else −1."""
+
+    def key() -> dict[str, float]:
+        cr = centroid(s.mask("lung_right"))
+        cl = centroid(s.mask("lung_left"))
+        if cr is None or cl is None:
+            # one lung: assume the standard display (patient's right on the image left)
+            return {"right": -1.0, "left": 1.0}
+        r = 1.0 if cr[1] > cl[1] else -1.0
+        return {"right": r, "left": -r}
+
+    signs = s.cached("lateral_sign", key)
+    assert isinstance(signs, dict)
+    return float(signs[side])
+
+
+def _landmark_margins(s: Subject, rule: str, threshold: float, landmark: str) -> Finding:
+    points: dict[str, Point] = {}
+    for side in SIDES:
+        lung = s.mask(f"lung_{side}")
+        if not lung.any():
+            continue
+        out = lateral_sign(s, side)
+        if landmark == "apex":
+            p = extreme(lung, -1.0, 0.0, s.sy, s.sx)
+        elif landmark == "costophrenic":
+            p = extreme(lung, 1.0, out, s.sy, s.sx)
+        else:
+            p = extreme(lung, 0.0, out, s.sy, s.sx)
+        assert p is not None
+        points[side] = p
+    if len(points) < 2:
+        missing = next(side for side in SIDES if side not in points)
+        return make(s, rule, Status.NOT_EVALUABLE, None, threshold, "missing", side=missing)
+    margins = {side: s.margin_mm(p) for side, p in points.items()}
+    worst = min(margins, key=lambda k: margins[k])
+    value = margins[worst]
+    geometry = tuple(
+        s.point(p, f"{side} {value_label(margins[side])}") for side, p in points.items()
+    )
+    status = Status.PASS if value >= threshold else Status.FAIL
+    return make(s, rule, status, value, threshold, str(status), geometry, side=worst)
+
+
+def value_label(mm: float) -> str:
+    return f"{mm:.0f} mm"
+
+
+def apices(s: Subject, cfg: RulesConfig) -> Finding:
+    """Both lung apices inside the field with ``apices_margin_mm`` to spare."""
+    if s.view.value == "lateral":
+        return _lateral_landmark(
+            s, "completeness.apices", cfg.completeness.apices_margin_mm, "apex"
+        )
+    return _landmark_margins(s, "completeness.apices", cfg.completeness.apices_margin_mm, "apex")
+
+
+def costophrenic(s: Subject, cfg: RulesConfig) -> Finding:
+    """Both lateral costophrenic angles (lateral view: the posterior one) inside the field."""
+    t = cfg.completeness.costophrenic_margin_mm
+    if s.view.value == "lateral":
+        return _lateral_landmark(s, "completeness.costophrenic", t, "costophrenic")
+    return _landmark_margins(s, "completeness.costophrenic", t, "costophrenic")
+
+
+def lateral_walls(s: Subject, cfg: RulesConfig) -> Finding:
+    """Both lateral lung borders inside the field."""
+    return _landmark_margins(
+        s, "completeness.lateral_walls", cfg.completeness.lateral_walls_margin_mm, "wall"
+    )
+
+
+def collimation(s: Subject, cfg: RulesConfig) -> Finding:
+    """Field beyond the lungs on each side (dose): the largest of top/bottom/left/right."""
+    rule, t = "completeness.collimation", cfg.completeness.collimation_warn_mm
+    lr, lc = row_extent(s.lungs), col_extent(s.lungs)
+    fr, fc = row_extent(s.field), col_extent(s.field)
+    if lr is None or lc is None or fr is None or fc is None:
+        return make(s, rule, Status.NOT_EVALUABLE, None, t, "no_lungs")
+    excess = {
+        "top": (lr[0] - fr[0]) * s.sy,
+        "bottom": (fr[1] - lr[1]) * s.sy,
+        "image_left": (lc[0] - fc[0]) * s.sx,
+        "image_right": (fc[1] - lc[1]) * s.sx,
+    }
+    where = max(excess, key=lambda k: excess[k])
+    value = excess[where]
+    box = [
+        (float(lr[0]), float(lc[0])),
+        (float(lr[0]), float(lc[1])),
+        (float(lr[1]), float(lc[1])),
+        (float(lr[1]), float(lc[0])),
+    ]
+    geometry = (Geometry("polygon", tuple(s.src(p) for p in box), "thorax"),)
+    status = Status.WARN if value > t else Status.PASS
+    return make(s, rule, status, value, t, str(status), geometry, where=where)
+
+
+def centering(s: Subject, cfg: RulesConfig) -> Finding:
+    """Thorax midline (centre of both lungs' span) vs the field centre, % of field width."""
+    rule = "completeness.centering"
+    t = cfg.completeness.centering_warn_fraction * 100.0
+    lc, fc = col_extent(s.lungs), col_extent(s.field)
+    lr = row_extent(s.lungs)
+    if lc is None or fc is None or lr is None:
+        return make(s, rule, Status.NOT_EVALUABLE, None, t, "no_lungs")
+    mid = (lc[0] + lc[1]) / 2.0
+    centre = (fc[0] + fc[1]) / 2.0
+    width = fc[1] - fc[0] + 1
+    value = abs(mid - centre) / width * 100.0
+    y0, y1 = float(lr[0]), float(lr[1])
+    geometry = (
+        s.line([(y0, mid), (y1, mid)], "thorax midline"),
+        s.line([(y0, centre), (y1, centre)], "field centre"),
+    )
+    status = Status.WARN if value > t else Status.PASS
+    return make(s, rule, status, value, t, str(status), geometry)
+
+
+# ---- lateral view --------------------------------------------------------------------------
+
+
+def anterior_sign(s: Subject) -> float:
+    """+1 if anterior (sternum, heart) lies towards +columns on a lateral, else −1."""
+
+    def key() -> float:
+        back = centroid(s.mask("spine"))
+        front = centroid(s.mask("sternum")) or centroid(s.mask("heart"))
+        if back is None or front is None:
+            return -1.0  # conventional display: patient facing the image left
+        return 1.0 if front[1] > back[1] else -1.0
+
+    v = s.cached("anterior_sign", key)
+    assert isinstance(v, float)
+    return v
+
+
+def _lateral_landmark(s: Subject, rule: str, threshold: float, landmark: str) -> Finding:
+    lungs = s.lungs
+    if not lungs.any():
+        return make(s, rule, Status.NOT_EVALUABLE, None, threshold, "no_lungs")
+    if landmark == "apex":
+        p = extreme(lungs, -1.0, 0.0, s.sy, s.sx)
+    else:  # posterior costophrenic angle: down and towards the back
+        p = extreme(lungs, 1.0, -anterior_sign(s), s.sy, s.sx)
+    assert p is not None
+    value = s.margin_mm(p)
+    status = Status.PASS if value >= threshold else Status.FAIL
+    return make(s, rule, status, value, threshold, f"lateral_{status}", (s.point(p, landmark),))
+
+
+def anteroposterior(s: Subject, cfg: RulesConfig) -> Finding:
+    """Sternum (front) and posterior chest wall (back ribs, else lungs) inside the field."""
+    rule, t = "completeness.anteroposterior", cfg.completeness.anteroposterior_margin_mm
+    front_sign = anterior_sign(s)
+    sternum = s.mask("sternum")
+    back = s.mask("ribs_posterior_right") | s.mask("ribs_posterior_left")
+    if not back.any():
+        back = s.lungs
+    if not sternum.any() or not back.any():
+        return make(s, rule, Status.NOT_EVALUABLE, None, t, "missing_ap")
+    p_front = extreme(sternum, 0.0, front_sign, s.sy, s.sx)
+    p_back = extreme(back, 0.0, -front_sign, s.sy, s.sx)
+    assert p_front is not None and p_back is not None
+    m_front, m_back = s.margin_mm(p_front), s.margin_mm(p_back)
+    where = "anterior" if m_front <= m_back else "posterior"
+    value = min(m_front, m_back)
+    geometry = (s.point(p_front, "sternum"), s.point(p_back, "posterior wall"))
+    status = Status.PASS if value >= t else Status.FAIL
+    return make(s, rule, status, value, t, str(status), geometry, where=where)

@@ -1,0 +1,126 @@
+"""Rule thresholds: etc/rules.toml read into frozen dataclasses, one per family.
+
+The defaults below equal the committed etc/rules.toml, so that an installed package without
+the file behaves the same; a test keeps the two in step. The calibrated values and how they
+were chosen are documented in the TOML file, next to each value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qcnode.errors import ConfigError
+
+DEFAULT_RULES_FILE = Path(__file__).resolve().parents[2] / "etc" / "rules.toml"
+
+
+@dataclass(frozen=True)
+class CompletenessConfig:
+    apices_margin_mm: float = 5.0
+    costophrenic_margin_mm: float = 5.0
+    lateral_walls_margin_mm: float = 5.0
+    anteroposterior_margin_mm: float = 5.0
+    collimation_warn_mm: float = 50.0
+    centering_warn_fraction: float = 0.10
+
+
+@dataclass(frozen=True)
+class OrgansConfig:
+    lung_min_area_mm2: float = 4000.0
+    heart_min_area_mm2: float = 3000.0
+    clavicle_min_area_mm2: float = 300.0
+    spine_min_area_mm2: float = 1500.0
+    sternum_min_area_mm2: float = 300.0
+    truncation_fail_mm: float = 5.0
+    diaphragm_margin_mm: float = 2.0
+
+
+@dataclass(frozen=True)
+class ExposureConfig:
+    deviation_index_warn: float = 1.0
+    deviation_index_fail: float = 3.0
+    saturation_fail_percent: float = 1.0
+    saturation_level: float = 0.002
+    contrast_fail: float = 0.05
+    noise_cnr_fail: float = 3.0
+    spine_through_heart_fail: float = 1.0
+    sharpness_edge_fail_mm: float = 6.0
+
+
+@dataclass(frozen=True)
+class PositioningConfig:
+    rotation_fail_deg: float = 5.0
+    rotation_half_width_to_depth: float = 0.2
+    scapulae_fail_mm: float = 10.0
+    inspiration_pass_ribs: int = 10
+    inspiration_warn_ribs: int = 9
+    tilt_min_mm: float = 5.0
+    tilt_max_mm: float = 80.0
+    orientation_heart_offset_mm: float = 5.0
+    lateral_rotation_fail_mm: float = 10.0
+    arms_overlap_fail_mm2: float = 100.0
+    lateral_inspiration_min_ratio: float = 0.8
+    lateral_anterior_side: str = "left"
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    view_mismatch_status: str = "warn"
+    spacing_min_mm: float = 0.05
+    spacing_max_mm: float = 2.0
+    anatomy_lung_span_mm: float = 260.0
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    """All thresholds; build with :func:`load_config`."""
+
+    completeness: CompletenessConfig = field(default_factory=CompletenessConfig)
+    organs: OrgansConfig = field(default_factory=OrgansConfig)
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)
+    positioning: PositioningConfig = field(default_factory=PositioningConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in dataclasses.fields(RulesConfig)
+}
+
+
+def _section(name: str, cls: type[Any], raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"rules: [{name}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"rules: unknown key(s) in [{name}]: {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        default = getattr(cls(), key)
+        try:
+            values[key] = type(default)(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"rules: [{name}] {key} = {value!r} is not valid") from exc
+    return cls(**values)
+
+
+def load_config(path: Path | None = None) -> RulesConfig:
+    """Read a rules TOML file (None: the packaged etc/rules.toml, or the defaults)."""
+    if path is None:
+        if not DEFAULT_RULES_FILE.is_file():
+            return RulesConfig()
+        path = DEFAULT_RULES_FILE
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read rules file {path}: {exc}") from exc
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"rules: unknown section(s): {', '.join(unknown)}")
+    sections = {name: _section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    return RulesConfig(**sections)

@@ -1,0 +1,269 @@
+"""Measurement helpers shared by the rule families: the working grid, margins, landmarks.
+
+Rules run on a *working grid*: the source masks and pixels sampled with an integer stride so
+that a working pixel is about ``WORK_MM`` wide (a 3000 px detector image becomes ~1000 px).
+That keeps a whole rule set at tens of milliseconds while every distance stays within half a
+millimetre; landmarks are mapped back to source pixels for the finding geometry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+from scipy.spatial import cKDTree
+from skimage import measure
+
+from qcnode.records import BoolMask, DecodedImage, FloatImage, Geometry, Prediction, View
+
+WORK_MM = 0.5  # target working pixel size
+Point = tuple[float, float]  # (row, col) on the working grid
+
+
+def _valid_spacing(spacing: tuple[float, float] | None) -> bool:
+    return (
+        spacing is not None
+        and all(math.isfinite(v) and v > 0 for v in spacing)
+        and len(spacing) == 2
+    )
+
+
+def anatomy_spacing(masks: Mapping[str, BoolMask], lung_span_mm: float) -> float | None:
+    """mm per pixel from the lungs' outer width (both lungs, frontal), a population mean.
+
+    Used only when neither the header nor the model gives a spacing: an adult's two lungs
+    span about ``lung_span_mm`` from one lateral border to the other.
+    """
+    lungs = masks.get("lung_right")
+    other = masks.get("lung_left")
+    if lungs is None or other is None:
+        return None
+    union = lungs | other
+    cols = np.flatnonzero(union.any(axis=0))
+    if cols.size < 10:
+        return None
+    return lung_span_mm / float(cols[-1] - cols[0] + 1)
+
+
+@dataclass(frozen=True, eq=False)
+class Subject:
+    """One image as the rules see it: masks and pixels on the working grid, mm per pixel."""
+
+    image: DecodedImage
+    view: View
+    masks: Mapping[str, BoolMask]
+    pixels: FloatImage
+    stride: int
+    sy: float  # mm per working pixel, rows
+    sx: float  # mm per working pixel, columns
+    spacing_source: str  # "header", "model" (the predictor's estimate) or "anatomy"
+    language: str = "en"
+    _cache: dict[str, object] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        image: DecodedImage,
+        prediction: Prediction,
+        *,
+        language: str = "en",
+        lung_span_mm: float = 260.0,
+        work_mm: float = WORK_MM,
+    ) -> Subject:
+        shape = image.pixels.shape
+        masks = {k: np.asarray(v, dtype=bool) for k, v in prediction.masks.items()}
+        for name, mask in masks.items():
+            if mask.shape != shape:
+                raise ValueError(f"mask {name} has shape {mask.shape}, image {shape}")
+        if _valid_spacing(image.spacing_mm):
+            assert image.spacing_mm is not None
+            spacing, source = image.spacing_mm, "header"
+        elif _valid_spacing(prediction.spacing_mm) and prediction.spacing_estimated:
+            spacing, source = prediction.spacing_mm, "model"
+        else:
+            est = anatomy_spacing(masks, lung_span_mm)
+            if est is None and _valid_spacing(prediction.spacing_mm):
+                spacing, source = prediction.spacing_mm, "model"
+            else:
+                est = est or 350.0 / max(shape)  # last resort: a 35 cm detector
+                spacing, source = (est, est), "anatomy"
+        stride = max(1, int(work_mm / min(spacing)))
+        return cls(
+            image=image,
+            view=prediction.view,
+            masks={k: v[::stride, ::stride] for k, v in masks.items()},
+            pixels=image.pixels[::stride, ::stride],
+            stride=stride,
+            sy=spacing[0] * stride,
+            sx=spacing[1] * stride,
+            spacing_source=source,
+            language=language,
+        )
+
+    # ---- masks -------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
+
+    def mask(self, name: str) -> BoolMask:
+        m = self.masks.get(name)
+        return np.zeros(self.shape, dtype=bool) if m is None else m
+
+    @cached_property
+    def field(self) -> BoolMask:
+        """The exposed field; an absent or empty field mask means the whole image."""
+        f = self.masks.get("field")
+        if f is None or not f.any():
+            return np.ones(self.shape, dtype=bool)
+        return f
+
+    @cached_property
+    def lungs(self) -> BoolMask:
+        return self.mask("lung_right") | self.mask("lung_left")
+
+    def area_mm2(self, mask: BoolMask) -> float:
+        return float(np.count_nonzero(mask)) * self.sy * self.sx
+
+    # ---- field edge and margins ---------------------------------------------------------
+    @cached_property
+    def _edges(self) -> tuple[cKDTree, cKDTree]:
+        """KD-trees (mm coordinates) of the pixels just outside and just inside the field.
+
+        The image frame counts as an edge: the field is padded with unexposed pixels.
+        """
+        padded = np.pad(self.field, 1, constant_values=False)
+        grown = ndimage.binary_dilation(padded)
+        shrunk = ndimage.binary_erosion(padded)
+        outer = np.argwhere(grown & ~padded).astype(np.float64) - 1.0
+        inner = np.argwhere(padded & ~shrunk).astype(np.float64) - 1.0
+        scale = np.array([self.sy, self.sx])
+        return cKDTree(outer * scale), cKDTree(inner * scale)
+
+    def margin_mm(self, point: Point) -> float:
+        """Signed distance from a point to the field edge: + inside, − outside the field.
+
+        Inside: distance to the nearest unexposed pixel centre (or the pixel beyond the
+        frame); outside: minus the distance to the nearest exposed pixel centre.
+        """
+        r, c = point
+        ri, ci = round(r), round(c)
+        inside = 0 <= ri < self.shape[0] and 0 <= ci < self.shape[1] and bool(self.field[ri, ci])
+        outer, inner = self._edges
+        q = np.array([r * self.sy, c * self.sx])
+        if inside:
+            return float(outer.query(q)[0])
+        return -float(inner.query(q)[0])
+
+    @cached_property
+    def field_ring(self) -> BoolMask:
+        """Field pixels on its edge (the image frame included)."""
+        padded = np.pad(self.field, 1, constant_values=False)
+        return np.asarray((padded & ~ndimage.binary_erosion(padded))[1:-1, 1:-1])
+
+    def edge_contact_mm(self, mask: BoolMask) -> float:
+        """Length (mm) of a structure's outline lying on the field edge: truncation.
+
+        A structure that continues beyond the edge crosses the edge ring; one lying wholly
+        outside the field counts with the side of a square of its area.
+        """
+        n = np.count_nonzero(mask & self.field_ring)
+        if n:
+            return float(n) * min(self.sy, self.sx)
+        outside = mask & ~self.field
+        return math.sqrt(self.area_mm2(outside)) if outside.any() else 0.0
+
+    # ---- coordinates -------------------------------------------------------------------
+    def mm(self, a: Point, b: Point) -> float:
+        return math.hypot((a[0] - b[0]) * self.sy, (a[1] - b[1]) * self.sx)
+
+    def src(self, p: Point) -> tuple[float, float]:
+        """Working (row, col) → source (x, y) pixel coordinates."""
+        return (float(p[1]) * self.stride, float(p[0]) * self.stride)
+
+    def point(self, p: Point, label: str = "") -> Geometry:
+        return Geometry(kind="point", points=(self.src(p),), label=label)
+
+    def line(self, pts: list[Point], label: str = "") -> Geometry:
+        return Geometry(kind="polyline", points=tuple(self.src(p) for p in pts), label=label)
+
+    def contour(self, mask: BoolMask, label: str = "", max_points: int = 120) -> Geometry | None:
+        """The outline of a mask's largest part as a closed polygon in source pixels."""
+        if not mask.any():
+            return None
+        contours = measure.find_contours(np.pad(mask, 1).astype(np.float32), 0.5)
+        if not contours:
+            return None
+        c = max(contours, key=len) - 1.0
+        step = max(1, len(c) // max_points)
+        pts = c[::step]
+        return Geometry(
+            kind="polygon",
+            points=tuple(self.src((float(r), float(q))) for r, q in pts),
+            label=label,
+        )
+
+    # ---- helpers cached per subject ------------------------------------------------------
+    def cached(self, key: str, compute: object) -> object:
+        if key not in self._cache:
+            self._cache[key] = compute() if callable(compute) else compute
+        return self._cache[key]
+
+
+# ---- landmark functions (pure) ------------------------------------------------------------
+
+
+def largest_component(mask: BoolMask) -> BoolMask:
+    """The largest 8-connected part: model speckle elsewhere does not move landmarks."""
+    if not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return np.asarray(labels == int(np.argmax(sizes)))
+
+
+def centroid(mask: BoolMask) -> Point | None:
+    if not mask.any():
+        return None
+    rr, cc = np.nonzero(mask)
+    return (float(rr.mean()), float(cc.mean()))
+
+
+def extreme(mask: BoolMask, dr: float, dc: float, sy: float = 1.0, sx: float = 1.0) -> Point | None:
+    """The mask pixel farthest along direction (dr, dc) in mm; ties → their mean position.
+
+    ``extreme(m, -1, 0)`` is the topmost point (an apex), ``extreme(m, 1, 1)`` the lowest
+    pixel towards +columns at 45° (a costophrenic angle on the image-right side).
+    """
+    if not mask.any():
+        return None
+    rr, cc = np.nonzero(mask)
+    score = rr * (dr * sy) + cc * (dc * sx)
+    best = score >= score.max() - 1e-9
+    return (float(rr[best].mean()), float(cc[best].mean()))
+
+
+def runs(profile: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
+    """(start, stop) index pairs of the True runs of a 1-D boolean profile."""
+    p = np.concatenate(([False], profile.astype(bool), [False]))
+    d = np.diff(p.astype(np.int8))
+    starts = np.flatnonzero(d == 1)
+    stops = np.flatnonzero(d == -1)
+    return list(zip(starts.tolist(), stops.tolist(), strict=True))
+
+
+def row_extent(mask: BoolMask) -> tuple[int, int] | None:
+    rows = np.flatnonzero(mask.any(axis=1))
+    return None if rows.size == 0 else (int(rows[0]), int(rows[-1]))
+
+
+def col_extent(mask: BoolMask) -> tuple[int, int] | None:
+    cols = np.flatnonzero(mask.any(axis=0))
+    return None if cols.size == 0 else (int(cols[0]), int(cols[-1]))

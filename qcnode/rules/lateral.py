@@ -1,0 +1,91 @@
+"""Position detail on the lateral view: superimposition (rotation), arms, inspiration.
+
+On a true lateral the posterior ribs of both sides (and both posterior lung borders)
+superimpose; rotating the patient separates them horizontally. The measure is the median,
+over the middle half of the lung height, of the horizontal distance between the posterior
+outlines of the right and left posterior ribs (falling back to the two lung masks).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qcnode.records import BoolMask, Finding, Status
+from qcnode.rules.completeness import anterior_sign
+from qcnode.rules.config import RulesConfig
+from qcnode.rules.geometry import Point, Subject, row_extent
+from qcnode.rules.messages import make
+
+
+def _posterior_outline(mask: BoolMask, back: float) -> np.ndarray:
+    """Per row, the column of the mask's posterior-most pixel (NaN where empty)."""
+    has = mask.any(axis=1)
+    cols = np.arange(mask.shape[1])
+    if back > 0:
+        edge = np.where(mask, cols[None, :], -1).max(axis=1).astype(float)
+    else:
+        edge = np.where(mask, cols[None, :], mask.shape[1]).min(axis=1).astype(float)
+    edge[~has] = np.nan
+    return edge
+
+
+def superimposition(s: Subject) -> tuple[float, list[tuple[Point, Point]]] | None:
+    """(median separation mm, sample segment pairs) of the two sides' posterior outlines."""
+    ext = row_extent(s.lungs)
+    if ext is None:
+        return None
+    back = -anterior_sign(s)
+    right, left = s.mask("ribs_posterior_right"), s.mask("ribs_posterior_left")
+    if not (right.any() and left.any()):
+        right, left = s.mask("lung_right"), s.mask("lung_left")
+    if not (right.any() and left.any()):
+        return None
+    h = ext[1] - ext[0]
+    r0, r1 = ext[0] + h // 4, ext[1] - h // 4
+    er = _posterior_outline(right[r0 : r1 + 1], back)
+    el = _posterior_outline(left[r0 : r1 + 1], back)
+    ok = ~np.isnan(er) & ~np.isnan(el)
+    if ok.sum() < 3:
+        return None
+    sep = np.abs(er[ok] - el[ok]) * s.sx
+    rows = np.flatnonzero(ok)
+    i = int(rows[len(rows) // 2])
+    pair = ((float(r0 + i), float(er[i])), (float(r0 + i), float(el[i])))
+    return float(np.median(sep)), [pair]
+
+
+def rotation(s: Subject, cfg: RulesConfig) -> Finding:
+    rule, t = "positioning.rotation", cfg.positioning.lateral_rotation_fail_mm
+    m = superimposition(s)
+    if m is None:
+        return make(s, rule, Status.NOT_EVALUABLE, None, t, "lateral_missing")
+    value, pairs = m
+    geometry = tuple(s.line([a, b], "posterior ribs apart") for a, b in pairs)
+    status = Status.FAIL if value > t else Status.PASS
+    return make(s, rule, status, value, t, f"lateral_{status}", geometry)
+
+
+def arms(s: Subject, cfg: RulesConfig) -> Finding:
+    """Area (mm²) of the humeri projected over the lung fields."""
+    rule, t = "positioning.arms", cfg.positioning.arms_overlap_fail_mm2
+    if not s.lungs.any():
+        return make(s, rule, Status.NOT_EVALUABLE, None, t, "no_lungs")
+    overlap = (s.mask("humerus_right") | s.mask("humerus_left")) & s.lungs
+    value = s.area_mm2(overlap)
+    g = s.contour(overlap, "arm over lung")
+    status = Status.FAIL if value > t else Status.PASS
+    return make(s, rule, status, value, t, str(status), () if g is None else (g,))
+
+
+def inspiration(s: Subject, cfg: RulesConfig) -> Finding:
+    """Lung height over its antero-posterior depth: shallow inspiration flattens the ratio."""
+    rule, t = "positioning.inspiration", cfg.positioning.lateral_inspiration_min_ratio
+    lungs = s.lungs
+    ext = row_extent(lungs)
+    if ext is None:
+        return make(s, rule, Status.NOT_EVALUABLE, None, t, "lateral_missing")
+    height = (ext[1] - ext[0] + 1) * s.sy
+    depth = float(lungs.sum(axis=1).max()) * s.sx
+    value = height / max(depth, 1e-6)
+    status = Status.FAIL if value < t else Status.PASS
+    return make(s, rule, status, value, t, f"lateral_{status}", unit="1")

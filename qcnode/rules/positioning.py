@@ -1,0 +1,228 @@
+"""Position detail (位置细节), frontal view: rotation, scapulae, inspiration, tilt, orientation.
+
+Rotation uses a documented geometric model. Seen from above, the two sternoclavicular
+joints sit at ±w from the midline and a depth D in front of the spinous processes. Rotating
+the patient by θ about a vertical axis projects them at ``±w·cosθ + D·sinθ`` from the
+spinous-process line, so with dR, dL the measured horizontal distances of the right and left
+medial clavicle ends from that line::
+
+    tan θ = (w / D) · (dR − dL) / (dR + dL)
+
+``w / D`` (``rotation_half_width_to_depth`` in rules.toml) is an anatomical ratio; its value
+was fitted on the synthetic set whose rotation is known (see rules.toml).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from qcnode.records import Finding, Status
+from qcnode.rules.completeness import SIDES, lateral_sign
+from qcnode.rules.config import RulesConfig
+from qcnode.rules.geometry import (
+    Point,
+    Subject,
+    centroid,
+    extreme,
+    largest_component,
+    runs,
+)
+from qcnode.rules.messages import make
+from qcnode.rules.organs import dome
+
+
+def spine_line(s: Subject, r0: int, r1: int) -> tuple[float, float] | None:
+    """Least-squares line col = a·row + b through the spine's centre in rows r0..r1."""
+    spine = s.mask("spine")
+    rows, cols = [], []
+    for r in range(max(0, r0), min(s.shape[0], r1 + 1)):
+        rr = runs(spine[r])
+        if rr:
+            a, b = max(rr, key=lambda t: t[1] - t[0])
+            rows.append(r)
+            cols.append((a + b - 1) / 2.0)
+    if len(rows) < 3:
+        return None
+    a, b = np.polyfit(np.asarray(rows, float), np.asarray(cols, float), 1)
+    return float(a), float(b)
+
+
+def medial_ends(s: Subject) -> dict[str, Point] | None:
+    """The medial (sternal) end of each clavicle: its pixel farthest towards the midline."""
+    ends: dict[str, Point] = {}
+    for side in SIDES:
+        clav = largest_component(s.mask(f"clavicle_{side}"))
+        p = extreme(clav, 0.0, -lateral_sign(s, side), s.sy, s.sx)
+        if p is None:
+            return None
+        ends[side] = p
+    return ends
+
+
+def rotation_measure(
+    s: Subject, cfg: RulesConfig
+) -> tuple[float, dict[str, float], dict[str, Point], tuple[float, float], tuple[int, int]] | None:
+    """(θ degrees, distances, medial ends, spine line, rows) or None when not measurable."""
+    ends = medial_ends(s)
+    if ends is None:
+        return None
+    mid_row = (ends["right"][0] + ends["left"][0]) / 2.0
+    half = round(40.0 / s.sy)
+    r0, r1 = int(mid_row) - half, int(mid_row) + half
+    line = spine_line(s, r0, r1)
+    if line is None:
+        return None
+    a, b = line
+    d: dict[str, float] = {}
+    for side, (r, c) in ends.items():
+        medial = -lateral_sign(s, side)
+        d[side] = (a * r + b - c) * medial * s.sx
+    total = d["right"] + d["left"]
+    if total <= 1.0:  # both ends on or beyond the line: no usable geometry
+        return None
+    k = cfg.positioning.rotation_half_width_to_depth
+    theta = math.degrees(math.atan(k * (d["right"] - d["left"]) / total))
+    return theta, d, ends, line, (max(0, r0), min(s.shape[0] - 1, r1))
+
+
+def rotation(s: Subject, cfg: RulesConfig) -> Finding:
+    """Medial clavicle ends vs the spinous-process line, converted to degrees."""
+    rule, t = "positioning.rotation", cfg.positioning.rotation_fail_deg
+    m = rotation_measure(s, cfg)
+    if m is None:
+        return make(s, rule, Status.NOT_EVALUABLE, None, t, "missing")
+    theta, d, ends, (a, b), (r0, r1) = m
+    geometry = (
+        s.line([(float(r0), a * r0 + b), (float(r1), a * r1 + b)], "spinous processes"),
+        *(
+            s.line([p, (p[0], a * p[0] + b)], f"{side} {d[side]:.0f} mm")
+            for side, p in ends.items()
+        ),
+    )
+    status = Status.FAIL if abs(theta) > t else Status.PASS
+    farther = "right" if d["right"] > d["left"] else "left"
+    return make(
+        s,
+        rule,
+        status,
+        abs(theta),
+        t,
+        str(status),
+        geometry,
+        d_right=d["right"],
+        d_left=d["left"],
+        side=farther,
+    )
+
+
+def scapulae(s: Subject, cfg: RulesConfig) -> Finding:
+    """Widest row-wise overlap (mm) of each scapula with the lung fields."""
+    rule, t = "positioning.scapulae", cfg.positioning.scapulae_fail_mm
+    lungs = s.lungs
+    if not lungs.any():
+        return make(s, rule, Status.NOT_EVALUABLE, None, t, "no_lungs")
+    widths: dict[str, float] = {}
+    geometry = []
+    for side in SIDES:
+        overlap = s.mask(f"scapula_{side}") & lungs
+        per_row = overlap.sum(axis=1)
+        widths[side] = float(per_row.max()) * s.sx if per_row.size else 0.0
+        if per_row.max() > 0:
+            g = s.contour(overlap, f"scapula {side} in lung")
+            if g is not None:
+                geometry.append(g)
+    worst = max(widths, key=lambda k: widths[k])
+    status = Status.FAIL if widths[worst] > t else Status.PASS
+    return make(s, rule, status, widths[worst], t, str(status), tuple(geometry), side=worst)
+
+
+def count_ribs_above(s: Subject, ribs: np.ndarray, bottom_row: int, col: float) -> int:
+    """Rib bands crossing a vertical line (median over ±10 mm of columns) above a row."""
+    half = max(1, round(10.0 / s.sx))
+    min_len = max(1, math.ceil(1.5 / s.sy))
+    counts = []
+    for c in np.linspace(col - half, col + half, 5):
+        ci = round(c)
+        if not 0 <= ci < s.shape[1]:
+            continue
+        bands = runs(ribs[: bottom_row + 1, ci])
+        counts.append(sum(1 for a, b in bands if b - a >= min_len))
+    return int(np.median(counts)) if counts else 0
+
+
+def inspiration(s: Subject, cfg: RulesConfig) -> Finding:
+    """Posterior ribs above the right hemidiaphragm dome (≥10 good, 9 borderline)."""
+    rule, p = "positioning.inspiration", cfg.positioning
+    d = dome(s, "right")
+    ribs = s.mask("ribs_posterior_right")
+    if d is None or not ribs.any():
+        return make(s, rule, Status.NOT_EVALUABLE, None, float(p.inspiration_pass_ribs), "missing")
+    n = count_ribs_above(s, ribs, int(d[0]), d[1])
+    if n >= p.inspiration_pass_ribs:
+        status, t = Status.PASS, p.inspiration_pass_ribs
+    elif n >= p.inspiration_warn_ribs:
+        status, t = Status.WARN, p.inspiration_pass_ribs
+    else:
+        status, t = Status.FAIL, p.inspiration_warn_ribs
+    geometry = (s.line([(0.0, d[1]), d], "rib count line"), s.point(d, "right dome"))
+    return make(s, rule, status, float(n), float(t), str(status), geometry)
+
+
+def tilt(s: Subject, cfg: RulesConfig) -> Finding:
+    """Height (mm) of the apices above the medial clavicle ends: lordotic/kyphotic tilt."""
+    rule, p = "positioning.tilt", cfg.positioning
+    ends = medial_ends(s)
+    apices = [extreme(s.mask(f"lung_{side}"), -1.0, 0.0) for side in SIDES]
+    if ends is None or any(a is None for a in apices):
+        return make(s, rule, Status.NOT_EVALUABLE, None, p.tilt_min_mm, "missing")
+    apex_row = float(np.mean([a[0] for a in apices if a is not None]))
+    clav_row = (ends["right"][0] + ends["left"][0]) / 2.0
+    value = (clav_row - apex_row) * s.sy
+    geometry = tuple(s.point(e, f"clavicle {side}") for side, e in ends.items())
+    if value < p.tilt_min_mm:
+        return make(s, rule, Status.FAIL, value, p.tilt_min_mm, "lordotic", geometry)
+    if value > p.tilt_max_mm:
+        return make(s, rule, Status.FAIL, value, p.tilt_max_mm, "kyphotic", geometry)
+    return make(s, rule, Status.PASS, value, p.tilt_min_mm, "pass", geometry)
+
+
+def upright(s: Subject) -> bool | None:
+    """Heart below the lungs' centre (or lungs wider at the bottom than at the top)."""
+    lungs = s.lungs
+    cl = centroid(lungs)
+    if cl is None:
+        return None
+    ch = centroid(s.mask("heart"))
+    if ch is not None:
+        return ch[0] > cl[0]
+    rows = np.flatnonzero(lungs.any(axis=1))
+    mid = (rows[0] + rows[-1]) // 2
+    return bool(lungs[mid:].sum() > lungs[:mid].sum())
+
+
+def orientation(s: Subject, cfg: RulesConfig) -> Finding:
+    """Apex up, and (frontal) the heart on the image right, as a chest film is displayed."""
+    rule = "positioning.orientation"
+    up = upright(s)
+    if up is None:
+        return make(s, rule, Status.NOT_EVALUABLE, None, None, "no_lungs")
+    if s.view.value == "lateral":
+        from qcnode.rules.completeness import anterior_sign
+
+        side = cfg.positioning.lateral_anterior_side
+        wanted = {"left": -1.0, "right": 1.0}.get(side)
+        mirrored = wanted is not None and anterior_sign(s) != wanted
+    else:
+        cr, cl = centroid(s.mask("lung_right")), centroid(s.mask("lung_left"))
+        ch = centroid(s.mask("heart"))
+        if cr is None or cl is None or ch is None:
+            mirrored = False
+        else:
+            offset = (ch[1] - (cr[1] + cl[1]) / 2.0) * s.sx
+            mirrored = offset < -cfg.positioning.orientation_heart_offset_mm
+    if up and not mirrored:
+        return make(s, rule, Status.PASS, None, None, "pass")
+    key = "mirrored" if up else ("upside_down" if mirrored else "flipped")
+    return make(s, rule, Status.FAIL, None, None, key)

@@ -1,0 +1,218 @@
+"""Fakes for the Protocol seams (DESIGN §8), used by tests and by offline evaluation.
+
+FakePredictor stands in for the network: it returns the masks and view it was given (for
+instance the exact masks of a synthetic sample), so that rules and the engine can be tested
+and calibrated independently of the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from qcnode.records import STRUCTURES, BoolMask, DecodedImage, ModelInfo, Prediction, View
+
+FAKE_MODEL = ModelInfo(name="fake", version="0", sha256="0" * 64)
+
+MaskSource = Callable[[DecodedImage], tuple[View, Mapping[str, BoolMask]]]
+
+
+class FakePredictor:
+    """A Predictor that answers from given masks instead of a network.
+
+    ``source`` maps a decoded image to (view, masks): a callable, or a mapping keyed by SOP
+    Instance UID. Missing structures are empty masks; masks must have the image's shape.
+    ``spacing_mm`` is reported for images without header spacing (as the real model would
+    report its anatomy-based estimate); None leaves the estimate to the rules.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: MaskSource | Mapping[str, tuple[View, Mapping[str, BoolMask]]],
+        info: ModelInfo = FAKE_MODEL,
+        spacing_mm: tuple[float, float] | None = None,
+    ) -> None:
+        self._source = source
+        self._info = info
+        self._spacing = spacing_mm
+        self.calls: list[int] = []  # batch sizes, so tests can see batching
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def _lookup(self, image: DecodedImage) -> tuple[View, Mapping[str, BoolMask]]:
+        if callable(self._source):
+            return self._source(image)
+        return self._source[image.meta.sop_instance_uid]
+
+    def predict(self, images: Sequence[DecodedImage]) -> list[Prediction]:
+        self.calls.append(len(images))
+        out = []
+        for image in images:
+            view, given = self._lookup(image)
+            shape = image.pixels.shape
+            masks: dict[str, BoolMask] = {}
+            for name in STRUCTURES:
+                m = given.get(name)
+                if m is None:
+                    masks[name] = np.zeros(shape, dtype=bool)
+                    continue
+                m = np.asarray(m, dtype=bool)
+                if m.shape != shape:
+                    raise ValueError(f"fake mask {name} {m.shape} != image {shape}")
+                masks[name] = m
+            if image.spacing_mm is not None:
+                spacing, estimated = image.spacing_mm, False
+            elif self._spacing is not None:
+                spacing, estimated = self._spacing, True
+            else:
+                spacing, estimated = (0.0, 0.0), False
+            probs = {v: (1.0 if v is view else 0.0) for v in View}
+            out.append(
+                Prediction(
+                    view=view,
+                    view_probabilities=probs,
+                    masks=masks,
+                    spacing_mm=spacing,
+                    spacing_estimated=estimated,
+                )
+            )
+        return out
+
+
+# ---- hand-built phantoms with known geometry (1 mm pixels by default) ----------------------
+
+
+def _box(shape: tuple[int, int], r0: int, r1: int, c0: int, c1: int) -> BoolMask:
+    """A rectangle, rows r0..r1 and columns c0..c1 inclusive."""
+    m = np.zeros(shape, dtype=bool)
+    m[max(r0, 0) : r1 + 1, max(c0, 0) : c1 + 1] = True
+    return m
+
+
+def frontal_phantom(shape: tuple[int, int] = (400, 400)) -> dict[str, BoolMask]:
+    """A PA chest of rectangles in the standard display (patient's right on the image left).
+
+    Landmarks (row, col): right lung rows 60–300 × cols 60–170, left lung 60–300 × 230–340;
+    field rows 20–340 × cols 20–380 (every lung margin and excess is 41/40 px); spine 190–210
+    (centre 200); clavicle medial ends at cols 185 and 215 (15 px each side: no rotation),
+    rows 80–90; ten posterior rib bands above the right dome (row 300); heart 200–300 ×
+    170–260 (to the image right); scapulae overlap each lung by 5 px.
+    """
+    b = _box
+    masks = {
+        "lung_right": b(shape, 60, 300, 60, 170),
+        "lung_left": b(shape, 60, 300, 230, 340),
+        "heart": b(shape, 200, 300, 170, 260),
+        "clavicle_right": b(shape, 80, 90, 80, 185),
+        "clavicle_left": b(shape, 80, 90, 215, 320),
+        "scapula_right": b(shape, 90, 200, 40, 64),
+        "scapula_left": b(shape, 90, 200, 336, 360),
+        "spine": b(shape, 0, shape[0] - 1, 190, 210),
+        "trachea": b(shape, 20, 120, 195, 205),
+        "body": b(shape, 0, shape[0] - 1, 40, 360),
+        "field": b(shape, 20, 340, 20, 380),
+    }
+    ribs_r = np.zeros(shape, dtype=bool)
+    ribs_l = np.zeros(shape, dtype=bool)
+    for k in range(10):
+        r0 = 40 + 24 * k
+        ribs_r |= b(shape, r0, r0 + 9, 50, 185)
+        ribs_l |= b(shape, r0, r0 + 9, 215, 350)
+    masks["ribs_posterior_right"] = ribs_r
+    masks["ribs_posterior_left"] = ribs_l
+    return masks
+
+
+def lateral_phantom(shape: tuple[int, int] = (400, 400)) -> dict[str, BoolMask]:
+    """A lateral chest of rectangles, anterior to the image left, arms raised.
+
+    Lungs rows 60–300 × cols 100–300 (both sides superimposed); sternum cols 80–95;
+    spine cols 300–340; posterior ribs of both sides end at col 310; field as frontal.
+    """
+    b = _box
+    lungs = b(shape, 60, 300, 100, 300)
+    masks = {
+        "lung_right": lungs.copy(),
+        "lung_left": lungs.copy(),
+        "heart": b(shape, 180, 300, 110, 200),
+        "spine": b(shape, 0, shape[0] - 1, 300, 340),
+        "sternum": b(shape, 100, 250, 80, 95),
+        "trachea": b(shape, 20, 120, 200, 215),
+        "humerus_right": b(shape, 0, 50, 150, 200),
+        "humerus_left": b(shape, 0, 50, 160, 210),
+        "body": b(shape, 0, shape[0] - 1, 60, 360),
+        "field": b(shape, 20, 340, 20, 380),
+    }
+    ribs = np.zeros(shape, dtype=bool)
+    for k in range(10):
+        r0 = 40 + 24 * k
+        ribs |= b(shape, r0, r0 + 9, 250, 310)
+    masks["ribs_posterior_right"] = ribs.copy()
+    masks["ribs_posterior_left"] = ribs.copy()
+    return masks
+
+
+_DENSITY = (  # grey level painted for each structure, later ones on top
+    ("body", 0.45),
+    ("lung_right", 0.15),
+    ("lung_left", 0.15),
+    ("heart", 0.6),
+    ("ribs_posterior_right", 0.3),
+    ("ribs_posterior_left", 0.3),
+    ("spine", 0.75),
+    ("sternum", 0.7),
+    ("clavicle_right", 0.8),
+    ("clavicle_left", 0.8),
+    ("scapula_right", 0.55),
+    ("scapula_left", 0.55),
+    ("humerus_right", 0.8),
+    ("humerus_left", 0.8),
+)
+
+
+def phantom_image(
+    masks: Mapping[str, BoolMask],
+    *,
+    spacing_mm: tuple[float, float] | None = (1.0, 1.0),
+    noise: float = 0.01,
+    seed: int = 0,
+    uid: str = "1.2.826.0.1.3680043.8.498.1",
+    modality: str = "DX",
+    view_position: str = "PA",
+    body_part: str = "CHEST",
+    deviation_index: float | None = 0.0,
+) -> DecodedImage:
+    """Paint a phantom's masks into a noisy [0, 1] image (collimated area white)."""
+    from qcnode.records import ImageMeta
+
+    shape = next(iter(masks.values())).shape
+    px = np.full(shape, 0.05, dtype=np.float32)
+    for name, level in _DENSITY:
+        m = masks.get(name)
+        if m is None:
+            continue
+        if name.startswith("ribs"):
+            px[m] += level - 0.15
+        else:
+            px[m] = level
+    px += np.random.default_rng(seed).normal(0.0, noise, shape).astype(np.float32)
+    field_mask = masks.get("field")
+    if field_mask is not None and field_mask.any():
+        px[~field_mask] = 0.97
+    px = np.clip(px, 0.0, 1.0).astype(np.float32)
+    meta = ImageMeta(
+        sop_instance_uid=uid,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
+        modality=modality,
+        rows=shape[0],
+        columns=shape[1],
+        photometric="MONOCHROME2",
+        view_position=view_position,
+        body_part=body_part,
+        deviation_index=deviation_index,
+    )
+    return DecodedImage(pixels=px, spacing_mm=spacing_mm, meta=meta)

@@ -1,0 +1,430 @@
+"""Each rule on hand-built masks with known geometry: exact values, then one edit per rule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qcnode.errors import ConfigError
+from qcnode.records import BoolMask, Family, Finding, Status, View
+from qcnode.rules import CATALOGUE, RulesConfig, evaluate, load_config
+from qcnode.rules.catalogue import SPECS
+from qcnode.rules.config import DEFAULT_RULES_FILE
+from qcnode.rules.messages import TEMPLATES
+from qcnode.testing import FakePredictor, frontal_phantom, lateral_phantom, phantom_image
+
+CFG = RulesConfig()
+
+
+def run(
+    masks: dict[str, BoolMask], view: View = View.FRONTAL, language: str = "en", **image_kw: object
+) -> dict[str, Finding]:
+    kw = {"view_position": "PA" if view is View.FRONTAL else "LL", **image_kw}
+    image = phantom_image(masks, **kw)  # type: ignore[arg-type]
+    pred = FakePredictor(source=lambda _i: (view, masks)).predict([image])[0]
+    findings = evaluate(image, pred, config=CFG, language=language)
+    assert [f.rule for f in findings] == list(CATALOGUE[view])
+    return {f.rule: f for f in findings}
+
+
+def box(m: BoolMask, r0: int, r1: int, c0: int, c1: int, value: bool = True) -> BoolMask:
+    m = m.copy()
+    m[r0 : r1 + 1, c0 : c1 + 1] = value
+    return m
+
+
+# ---- the unedited phantoms: every value is known exactly --------------------------------
+
+
+def test_frontal_phantom_exact_values() -> None:
+    f = run(frontal_phantom())
+    expected = {
+        "completeness.apices": 41.0,  # apex row 60, first unexposed row 19
+        "completeness.costophrenic": 41.0,
+        "completeness.lateral_walls": 41.0,
+        "completeness.collimation": 40.0,  # field 40 px beyond the lungs on every side
+        "completeness.centering": 0.0,
+        "organs.lungs": 0.0,
+        "organs.heart": 0.0,
+        "organs.clavicles": 11 * 106,  # mm²
+        "organs.diaphragm": 41.0,
+        "positioning.rotation": 0.0,
+        "positioning.scapulae": 5.0,
+        "positioning.inspiration": 10.0,
+        "positioning.tilt": 25.0,  # apex row 60, clavicle medial ends at row 85
+        "metadata.spacing": 1.0,
+    }
+    for rule, value in expected.items():
+        assert f[rule].value == pytest.approx(value), rule
+    assert all(x.status is Status.PASS for x in f.values()), [
+        (x.rule, x.status) for x in f.values() if x.status is not Status.PASS
+    ]
+
+
+def test_lateral_phantom_exact_values() -> None:
+    f = run(lateral_phantom(), View.LATERAL)
+    assert f["completeness.apices"].value == 41.0
+    assert f["completeness.costophrenic"].value == 41.0  # posterior-inferior corner (300, 300)
+    assert f["completeness.anteroposterior"].value == 61.0  # sternum col 80, edge col 19
+    assert f["positioning.rotation"].value == 0.0
+    assert f["positioning.arms"].value == 0.0
+    assert f["positioning.inspiration"].value == pytest.approx(241 / 201, abs=0.01)
+    assert all(x.status is Status.PASS for x in f.values())
+
+
+# ---- completeness --------------------------------------------------------------------------
+
+
+def test_collimator_over_the_apices_fails_apices_only_in_completeness() -> None:
+    m = frontal_phantom()
+    m["field"] = box(m["field"], 0, 64, 0, 399, False)  # a shutter down to row 64
+    f = run(m)
+    assert f["completeness.apices"].status is Status.FAIL
+    assert f["completeness.apices"].value == pytest.approx(-5.0)  # apex row 60, field row 65
+    assert f["completeness.costophrenic"].status is Status.PASS
+    assert f["completeness.lateral_walls"].status is Status.PASS
+    assert f["organs.lungs"].status is Status.FAIL  # both lungs cross the shutter edge
+
+
+def test_apex_on_the_edge_of_a_clipped_lung_fails() -> None:
+    m = frontal_phantom()
+    m["field"] = box(m["field"], 0, 61, 0, 399, False)
+    m["lung_right"] &= m["field"]  # what a model sees: lung only inside the field
+    m["lung_left"] &= m["field"]
+    f = run(m)
+    assert f["completeness.apices"].value == pytest.approx(1.0)
+    assert f["completeness.apices"].status is Status.FAIL
+
+
+def test_costophrenic_angle_cut_at_the_bottom() -> None:
+    m = frontal_phantom()
+    m["field"] = box(m["field"], 302, 399, 0, 399, False)  # field ends at row 301
+    f = run(m)
+    assert f["completeness.costophrenic"].value == pytest.approx(2.0)
+    assert f["completeness.costophrenic"].status is Status.FAIL
+    assert f["completeness.apices"].status is Status.PASS
+
+
+def test_lateral_wall_cut_on_the_image_right() -> None:
+    m = frontal_phantom()
+    m["field"] = box(m["field"], 0, 399, 343, 399, False)  # left lung ends at col 340
+    f = run(m)
+    lw = f["completeness.lateral_walls"]
+    assert lw.status is Status.FAIL and lw.value == pytest.approx(3.0)
+    assert "Left" in lw.message
+    assert f["completeness.apices"].status is Status.PASS
+
+
+def test_wide_field_warns_collimation_and_off_centre_warns_centering() -> None:
+    m = frontal_phantom()
+    m["field"] = box(m["field"], 20, 399, 0, 399)  # field to the image border below
+    f = run(m)
+    assert f["completeness.collimation"].status is Status.WARN
+    assert f["completeness.collimation"].value == pytest.approx(99.0)
+    m = frontal_phantom()
+    m["field"] = box(np.zeros_like(m["field"]), 20, 340, 0, 399)
+    f = run(m)  # lungs span cols 60..340 (midline 200), field 0..399 (centre 199.5)
+    assert f["completeness.centering"].value == pytest.approx(0.5 / 400 * 100, abs=0.01)
+    shifted = {k: np.roll(v, 50, axis=1) if k != "field" else v for k, v in m.items()}
+    f = run(shifted)
+    assert f["completeness.centering"].status is Status.WARN
+
+
+# ---- organs ---------------------------------------------------------------------------------
+
+
+def test_missing_lung_heart_clavicle() -> None:
+    m = frontal_phantom()
+    m["lung_left"] = np.zeros_like(m["lung_left"])
+    f = run(m)
+    assert f["organs.lungs"].status is Status.FAIL
+    assert f["completeness.apices"].status is Status.NOT_EVALUABLE
+    m = frontal_phantom()
+    m["clavicle_left"] = np.zeros_like(m["clavicle_left"])
+    f = run(m)
+    assert f["organs.clavicles"].status is Status.FAIL
+    assert f["positioning.rotation"].status is Status.NOT_EVALUABLE
+    m = frontal_phantom()
+    m["heart"] = box(m["heart"], 0, 399, 0, 399, False)
+    assert run(m)["organs.heart"].status is Status.FAIL
+
+
+def test_diaphragm_dome_below_the_field() -> None:
+    m = frontal_phantom()
+    m["field"] = box(m["field"], 250, 399, 0, 399, False)
+    m = {k: (v & m["field"]) if k.startswith("lung") else v for k, v in m.items()}
+    f = run(m)
+    assert f["organs.diaphragm"].status is Status.FAIL
+
+
+# ---- exposure -------------------------------------------------------------------------------
+
+
+def test_deviation_index_from_header_and_from_ei() -> None:
+    m = frontal_phantom()
+    assert run(m, deviation_index=2.0)["exposure.deviation_index"].status is Status.WARN
+    assert run(m, deviation_index=-3.5)["exposure.deviation_index"].status is Status.FAIL
+    assert run(m, deviation_index=None)["exposure.deviation_index"].status is Status.NOT_EVALUABLE
+
+
+def test_deviation_index_computed_from_exposure_index() -> None:
+    from qcnode.rules.exposure import deviation_index
+    from qcnode.rules.geometry import Subject
+
+    m = frontal_phantom()
+    image = phantom_image(m, deviation_index=None)
+    image = replace(
+        image, meta=replace(image.meta, exposure_index=400.0, target_exposure_index=250.0)
+    )
+    pred = FakePredictor(source=lambda _i: (View.FRONTAL, m)).predict([image])[0]
+    f = deviation_index(Subject.build(image, pred), CFG)
+    assert f.value == pytest.approx(round(10 * math.log10(400 / 250), 2))
+    assert f.status is Status.WARN
+
+
+def test_saturation_contrast_noise() -> None:
+    m = frontal_phantom()
+    image = phantom_image(m)
+    px = image.pixels.copy()
+    px[100:200, 70:160] = 0.0  # burnt-out block, ~9000 of ~50000 lung pixels
+    clipped = replace(image, pixels=px)
+    pred = FakePredictor(source=lambda _i: (View.FRONTAL, m)).predict([clipped])[0]
+    f = {x.rule: x for x in evaluate(clipped, pred, config=CFG)}
+    assert f["exposure.saturation"].status is Status.FAIL
+    assert f["exposure.saturation"].value == pytest.approx(100 * 9000 / (2 * 241 * 111), abs=0.01)
+    noisy = run(m, noise=0.3)
+    assert noisy["exposure.noise"].status is Status.FAIL
+    assert run(m)["exposure.noise"].status is Status.PASS
+    flat = phantom_image(m)
+    flat = replace(flat, pixels=np.where(m["heart"], 0.17, flat.pixels).astype(np.float32))
+    pred = FakePredictor(source=lambda _i: (View.FRONTAL, m)).predict([flat])[0]
+    f = {x.rule: x for x in evaluate(flat, pred, config=CFG)}
+    assert f["exposure.contrast"].status is Status.FAIL
+
+
+def test_spine_invisible_behind_heart_and_blurred_diaphragm() -> None:
+    from scipy import ndimage
+
+    m = frontal_phantom()
+    image = phantom_image(m)
+    px = np.where(m["heart"], 0.6, image.pixels).astype(np.float32)  # spine hidden
+    hidden = replace(image, pixels=px)
+    pred = FakePredictor(source=lambda _i: (View.FRONTAL, m)).predict([hidden])[0]
+    f = {x.rule: x for x in evaluate(hidden, pred, config=CFG)}
+    assert f["exposure.spine_through_heart"].status is Status.FAIL
+    blurred = replace(image, pixels=ndimage.gaussian_filter(image.pixels, 6.0))
+    f = {x.rule: x for x in evaluate(blurred, pred, config=CFG)}
+    assert f["exposure.sharpness"].status is Status.FAIL
+    assert f["exposure.sharpness"].value > CFG.exposure.sharpness_edge_fail_mm
+
+
+# ---- positioning ----------------------------------------------------------------------------
+
+
+def _clavicles(m: dict[str, BoolMask], right_end: int, left_end: int) -> dict[str, BoolMask]:
+    m = dict(m)
+    z = np.zeros_like(m["lung_right"])
+    m["clavicle_right"] = box(z, 80, 90, 80, right_end)
+    m["clavicle_left"] = box(z, 80, 90, left_end, 320)
+    return m
+
+
+def test_rotation_degrees_from_the_geometric_model() -> None:
+    k = CFG.positioning.rotation_half_width_to_depth
+    f = run(_clavicles(frontal_phantom(), 175, 215))  # d_right 25, d_left 15
+    assert f["positioning.rotation"].value == pytest.approx(
+        round(math.degrees(math.atan(k * 10 / 40)), 2)
+    )
+    big = run(_clavicles(frontal_phantom(), 185, 250))  # d_right 15, d_left 50
+    expected = math.degrees(math.atan(k * 35 / 65))
+    assert big["positioning.rotation"].value == pytest.approx(round(expected, 2))
+    assert big["positioning.rotation"].status is (
+        Status.FAIL if expected > CFG.positioning.rotation_fail_deg else Status.PASS
+    )
+    assert "left" in big["positioning.rotation"].message
+
+
+def test_scapulae_inspiration_tilt() -> None:
+    m = frontal_phantom()
+    m["scapula_right"] = box(m["scapula_right"], 90, 200, 40, 80)  # 21 px into the lung
+    f = run(m)
+    assert f["positioning.scapulae"].value == 21.0
+    assert f["positioning.scapulae"].status is Status.FAIL
+    for n_ribs, status in ((9, Status.WARN), (8, Status.FAIL), (10, Status.PASS)):
+        m = frontal_phantom()
+        m["ribs_posterior_right"] = box(
+            m["ribs_posterior_right"], 40 + 24 * n_ribs, 399, 0, 399, False
+        )
+        f = run(m)
+        assert f["positioning.inspiration"].value == n_ribs
+        assert f["positioning.inspiration"].status is status
+    m = frontal_phantom()
+    z = np.zeros_like(m["lung_right"])
+    m["clavicle_right"] = box(z, 55, 65, 80, 185)
+    m["clavicle_left"] = box(z, 55, 65, 215, 320)
+    f = run(m)
+    assert f["positioning.tilt"].value == 0.0
+    assert f["positioning.tilt"].status is Status.FAIL
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [(np.fliplr, "mirrored"), (lambda a: np.rot90(a, 2), "upside_down"), (np.flipud, "flipped")],
+)
+def test_orientation_mirrored_and_upside_down(edit: object, key: str) -> None:
+    m = {k: np.ascontiguousarray(edit(v)) for k, v in frontal_phantom().items()}  # type: ignore[operator]
+    f = run(m)
+    o = f["positioning.orientation"]
+    assert o.status is Status.FAIL
+    from qcnode.rules.messages import template
+
+    assert o.message == template("positioning.orientation", key, "en")
+
+
+def test_lateral_superimposition_arms_and_ap() -> None:
+    m = lateral_phantom()
+    m["ribs_posterior_left"] = np.roll(m["ribs_posterior_left"], -15, axis=1)
+    f = run(m, View.LATERAL)
+    assert f["positioning.rotation"].value == 15.0
+    assert f["positioning.rotation"].status is Status.FAIL
+    m = lateral_phantom()
+    m["humerus_right"] = box(m["humerus_right"], 0, 150, 150, 200)  # arm down over the lung
+    f = run(m, View.LATERAL)
+    assert f["positioning.arms"].value == 91 * 51
+    assert f["positioning.arms"].status is Status.FAIL
+    m = lateral_phantom()
+    m["field"] = box(m["field"], 0, 399, 0, 82, False)
+    f = run(m, View.LATERAL)
+    assert f["completeness.anteroposterior"].status is Status.FAIL
+    assert f["organs.sternum"].status is Status.FAIL
+
+
+# ---- metadata, languages, configuration ------------------------------------------------------
+
+
+def test_metadata_view_and_spacing() -> None:
+    m = frontal_phantom()
+    f = run(m, view_position="LL")
+    assert f["metadata.view"].status is Status.WARN
+    assert run(m, view_position="")["metadata.view"].status is Status.NOT_EVALUABLE
+    f = run(m, spacing_mm=None)
+    sp = f["metadata.spacing"]
+    assert sp.status is Status.WARN
+    # anatomy scale: the two lungs span cols 60..340 = 281 px for anatomy_lung_span_mm
+    assert sp.value == pytest.approx(round(CFG.metadata.anatomy_lung_span_mm / 281, 2))
+    assert f["completeness.apices"].value == pytest.approx(
+        41 * CFG.metadata.anatomy_lung_span_mm / 281, abs=0.01
+    )
+
+
+def test_half_resolution_gives_the_same_verdicts() -> None:
+    m = frontal_phantom()
+    full = run(m)
+    half = {k: v[::2, ::2] for k, v in m.items()}
+    small = run(half, spacing_mm=(2.0, 2.0))
+    for rule in CATALOGUE[View.FRONTAL]:
+        assert small[rule].status == full[rule].status, rule
+
+
+def test_chinese_messages_for_every_finding() -> None:
+    f = run(frontal_phantom(), language="zh")
+    assert "肺尖" in f["completeness.apices"].message
+    assert all(x.message and not x.message.isascii() for x in f.values())
+    with pytest.raises(ValueError):
+        run(frontal_phantom(), language="fr")
+
+
+def test_every_template_formats_in_both_languages() -> None:
+    from qcnode.rules.messages import render
+
+    for key in TEMPLATES:
+        rule, _, outcome = key.rpartition(".")
+        rule = "organs.lungs" if rule == "*" else rule
+        for lang in ("en", "zh"):
+            text = render(
+                rule,
+                outcome,
+                lang,
+                value=1.0,
+                threshold=2.0,
+                side="right",
+                structure="lung",
+                where="top",
+                header="PA",
+                detected="frontal",
+                d_right=1.0,
+                d_left=2.0,
+            )
+            assert "{" not in text
+
+
+def test_catalogue_covers_design_ids() -> None:
+    frontal = set(CATALOGUE[View.FRONTAL])
+    lateral = set(CATALOGUE[View.LATERAL])
+    for rule in (
+        "completeness.apices",
+        "completeness.costophrenic",
+        "completeness.lateral_walls",
+        "completeness.collimation",
+        "completeness.centering",
+        "organs.lungs",
+        "organs.heart",
+        "organs.clavicles",
+        "organs.diaphragm",
+        "exposure.deviation_index",
+        "exposure.saturation",
+        "exposure.contrast",
+        "exposure.noise",
+        "exposure.spine_through_heart",
+        "exposure.sharpness",
+        "positioning.rotation",
+        "positioning.scapulae",
+        "positioning.inspiration",
+        "positioning.tilt",
+        "positioning.orientation",
+        "metadata.view",
+        "metadata.spacing",
+    ):
+        assert rule in frontal
+    for rule in (
+        "completeness.apices",
+        "completeness.costophrenic",
+        "completeness.anteroposterior",
+        "organs.lungs",
+        "organs.heart",
+        "organs.spine",
+        "organs.sternum",
+        "positioning.rotation",
+        "positioning.arms",
+        "positioning.inspiration",
+        "metadata.view",
+    ):
+        assert rule in lateral
+    assert CATALOGUE[View.OTHER] == ()
+    for rule in frontal | lateral:
+        assert SPECS[rule].family is Family(rule.split(".")[0])
+
+
+def test_packaged_rules_file_matches_defaults() -> None:
+    assert DEFAULT_RULES_FILE.is_file()
+    assert load_config() == RulesConfig()
+    assert load_config(None) == load_config(DEFAULT_RULES_FILE)
+
+
+def test_rules_file_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "rules.toml"
+    bad.write_text("[completeness]\napices_margin = 3\n")
+    with pytest.raises(ConfigError, match="apices_margin"):
+        load_config(bad)
+    bad.write_text("[nonsense]\nx = 1\n")
+    with pytest.raises(ConfigError):
+        load_config(bad)
+    good = tmp_path / "ok.toml"
+    good.write_text("[completeness]\napices_margin_mm = 45.0\n")
+    cfg = load_config(good)
+    assert cfg.completeness.apices_margin_mm == 45.0
+    assert cfg.organs == RulesConfig().organs
