@@ -54,13 +54,14 @@ def line_chart(
         f'viewBox="0 0 {width} {height}" width="{width}" height="{height}">',
         f"<title>{escape(title)}</title>",
     ]
-    for k in range(5):  # horizontal grid with percentage labels
-        level = y_max * k / 4
+    steps = 4 if y_max in (0.2, 1.0) else 5  # round percentages on every grid line
+    for k in range(steps + 1):
+        level = y_max * k / steps
         y = y_at(level)
         parts.append(
             f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
             f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">'
-            f"{100 * level:.0f}%</text>"
+            f"{100 * level:g}%</text>"
         )
     step = max(1, n // 8)
     for i, label in enumerate(buckets):

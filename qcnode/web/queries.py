@@ -385,10 +385,16 @@ def recent_errors(session: Session, *, limit: int = 50) -> list[ErrorRow]:
     ):
         out.append(ErrorRow(at=at, source="qc", message=err or "", sop_instance_uid=sop))
     kind_like = or_(*(db.AuditEvent.kind.contains(k) for k in _ERROR_KINDS))
-    for ev in session.scalars(
-        select(db.AuditEvent).where(kind_like).order_by(db.AuditEvent.at.desc()).limit(limit)
+    for ev, sop in session.execute(
+        select(db.AuditEvent, db.Instance.sop_instance_uid)
+        .outerjoin(db.Instance, db.AuditEvent.instance_id == db.Instance.id)
+        .where(kind_like)
+        .order_by(db.AuditEvent.at.desc())
+        .limit(limit)
     ):
-        out.append(ErrorRow(at=ev.at, source=ev.kind, message=ev.message))
+        out.append(
+            ErrorRow(at=ev.at, source=ev.kind, message=ev.message, sop_instance_uid=sop or "")
+        )
     out.sort(key=lambda e: e.at or dt.datetime.min, reverse=True)
     return out[:limit]
 
