@@ -78,7 +78,12 @@ def evaluate(
     if view is View.OTHER:
         return ()
     subject = Subject.build(
-        image, prediction, language=language, lung_span_mm=cfg.metadata.anatomy_lung_span_mm
+        image,
+        prediction,
+        language=language,
+        lung_span_mm=cfg.metadata.anatomy_lung_span_mm,
+        lung_depth_mm=cfg.metadata.anatomy_lung_depth_mm,
+        tolerance=cfg.metadata.spacing_anatomy_tolerance,
     )
     table = RULES[view]
     findings = []

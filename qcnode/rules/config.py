@@ -63,7 +63,6 @@ class PositioningConfig:
     orientation_heart_offset_mm: float = 5.0
     lateral_rotation_fail_mm: float = 10.0
     arms_overlap_fail_mm2: float = 100.0
-    lateral_inspiration_min_ratio: float = 0.8
     lateral_anterior_side: str = "left"
 
 
@@ -73,6 +72,8 @@ class MetadataConfig:
     spacing_min_mm: float = 0.05
     spacing_max_mm: float = 2.0
     anatomy_lung_span_mm: float = 260.0
+    anatomy_lung_depth_mm: float = 180.0
+    spacing_anatomy_tolerance: float = 1.6
 
 
 @dataclass(frozen=True)

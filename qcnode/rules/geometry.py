@@ -33,21 +33,23 @@ def _valid_spacing(spacing: tuple[float, float] | None) -> bool:
     )
 
 
-def anatomy_spacing(masks: Mapping[str, BoolMask], lung_span_mm: float) -> float | None:
-    """mm per pixel from the lungs' outer width (both lungs, frontal), a population mean.
+def anatomy_spacing(
+    masks: Mapping[str, BoolMask], view: View, lung_span_mm: float, lung_depth_mm: float
+) -> float | None:
+    """mm per pixel from the lungs' horizontal extent and a population mean.
 
-    Used only when neither the header nor the model gives a spacing: an adult's two lungs
-    span about ``lung_span_mm`` from one lateral border to the other.
+    Frontal: both lungs span about ``lung_span_mm`` from one lateral border to the other;
+    lateral: the superimposed lungs are about ``lung_depth_mm`` deep. Used when the header
+    has no spacing, and to catch a header spacing that is off by a large factor.
     """
-    lungs = masks.get("lung_right")
-    other = masks.get("lung_left")
-    if lungs is None or other is None:
+    right, left = masks.get("lung_right"), masks.get("lung_left")
+    if right is None or left is None:
         return None
-    union = lungs | other
-    cols = np.flatnonzero(union.any(axis=0))
+    cols = np.flatnonzero((right | left).any(axis=0))
     if cols.size < 10:
         return None
-    return lung_span_mm / float(cols[-1] - cols[0] + 1)
+    reference = lung_depth_mm if view is View.LATERAL else lung_span_mm
+    return reference / float(cols[-1] - cols[0] + 1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +63,10 @@ class Subject:
     stride: int
     sy: float  # mm per working pixel, rows
     sx: float  # mm per working pixel, columns
-    spacing_source: str  # "header", "model" (the predictor's estimate) or "anatomy"
+    # "header", "model" (the predictor's estimate), "anatomy", or "anatomy_override" (the
+    # header spacing disagreed with the anatomy by more than the tolerance)
+    spacing_source: str
+    anatomy_mm: float | None = None  # the anatomy-based spacing estimate (source pixels)
     language: str = "en"
     _cache: dict[str, object] = field(default_factory=dict, repr=False)
 
@@ -73,25 +78,33 @@ class Subject:
         *,
         language: str = "en",
         lung_span_mm: float = 260.0,
+        lung_depth_mm: float = 180.0,
+        tolerance: float = 1.6,
         work_mm: float = WORK_MM,
     ) -> Subject:
+        """Choose the scale: the header's, unless anatomy says it is off by > ``tolerance``×;
+        without a header spacing the model's estimate, else the anatomy-based one."""
         shape = image.pixels.shape
         masks = {k: np.asarray(v, dtype=bool) for k, v in prediction.masks.items()}
         for name, mask in masks.items():
             if mask.shape != shape:
                 raise ValueError(f"mask {name} has shape {mask.shape}, image {shape}")
-        if _valid_spacing(image.spacing_mm):
-            assert image.spacing_mm is not None
+        est = anatomy_spacing(masks, prediction.view, lung_span_mm, lung_depth_mm)
+        spacing: tuple[float, float]
+        if image.spacing_mm is not None and _valid_spacing(image.spacing_mm):
             spacing, source = image.spacing_mm, "header"
+            ratio = min(spacing) / est if est else 1.0
+            if not 1.0 / tolerance <= ratio <= tolerance:
+                spacing, source = (est, est), "anatomy_override"  # type: ignore[assignment]
         elif _valid_spacing(prediction.spacing_mm) and prediction.spacing_estimated:
             spacing, source = prediction.spacing_mm, "model"
+        elif est is not None:
+            spacing, source = (est, est), "anatomy"
+        elif _valid_spacing(prediction.spacing_mm):
+            spacing, source = prediction.spacing_mm, "model"
         else:
-            est = anatomy_spacing(masks, lung_span_mm)
-            if est is None and _valid_spacing(prediction.spacing_mm):
-                spacing, source = prediction.spacing_mm, "model"
-            else:
-                est = est or 350.0 / max(shape)  # last resort: a 35 cm detector
-                spacing, source = (est, est), "anatomy"
+            last = 350.0 / max(shape)  # last resort: a 35 cm detector
+            spacing, source = (last, last), "anatomy"
         stride = max(1, int(work_mm / min(spacing)))
         return cls(
             image=image,
@@ -102,6 +115,7 @@ class Subject:
             sy=spacing[0] * stride,
             sx=spacing[1] * stride,
             spacing_source=source,
+            anatomy_mm=est,
             language=language,
         )
 

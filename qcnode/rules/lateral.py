@@ -13,8 +13,9 @@ import numpy as np
 from qcnode.records import BoolMask, Finding, Status
 from qcnode.rules.completeness import anterior_sign
 from qcnode.rules.config import RulesConfig
-from qcnode.rules.geometry import Point, Subject, row_extent
+from qcnode.rules.geometry import Point, Subject, col_extent, row_extent
 from qcnode.rules.messages import make
+from qcnode.rules.positioning import count_ribs_above
 
 
 def _posterior_outline(mask: BoolMask, back: float) -> np.ndarray:
@@ -78,14 +79,29 @@ def arms(s: Subject, cfg: RulesConfig) -> Finding:
 
 
 def inspiration(s: Subject, cfg: RulesConfig) -> Finding:
-    """Lung height over its antero-posterior depth: shallow inspiration flattens the ratio."""
-    rule, t = "positioning.inspiration", cfg.positioning.lateral_inspiration_min_ratio
+    """Posterior ribs above the diaphragm, counted on a vertical line through the back of
+    the lungs (right-side ribs), with the frontal thresholds."""
+    rule, p = "positioning.inspiration", cfg.positioning
     lungs = s.lungs
-    ext = row_extent(lungs)
-    if ext is None:
-        return make(s, rule, Status.NOT_EVALUABLE, None, t, "lateral_missing")
-    height = (ext[1] - ext[0] + 1) * s.sy
-    depth = float(lungs.sum(axis=1).max()) * s.sx
-    value = height / max(depth, 1e-6)
-    status = Status.FAIL if value < t else Status.PASS
-    return make(s, rule, status, value, t, f"lateral_{status}", unit="1")
+    ext = col_extent(lungs)
+    ribs = s.mask("ribs_posterior_right")
+    if not ribs.any():
+        ribs = s.mask("ribs_posterior_left")
+    if ext is None or not ribs.any():
+        return make(s, rule, Status.NOT_EVALUABLE, None, float(p.inspiration_pass_ribs), "missing")
+    back = -anterior_sign(s)
+    width = ext[1] - ext[0]
+    col = (ext[1] - 0.25 * width) if back > 0 else (ext[0] + 0.25 * width)
+    rows = np.flatnonzero(lungs[:, int(col)])
+    if rows.size == 0:
+        return make(s, rule, Status.NOT_EVALUABLE, None, float(p.inspiration_pass_ribs), "missing")
+    bottom = int(rows[-1])
+    n = count_ribs_above(s, ribs, bottom, col)
+    if n >= p.inspiration_pass_ribs:
+        status, t = Status.PASS, p.inspiration_pass_ribs
+    elif n >= p.inspiration_warn_ribs:
+        status, t = Status.WARN, p.inspiration_pass_ribs
+    else:
+        status, t = Status.FAIL, p.inspiration_warn_ribs
+    geometry = (s.line([(0.0, col), (float(bottom), col)], "rib count line"),)
+    return make(s, rule, status, float(n), float(t), f"lateral_{status}", geometry)

@@ -287,12 +287,17 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "未识别到右膈顶或后肋，吸气无法评价。",
     ),
     "positioning.inspiration.lateral_pass": (
-        "Good inspiration: lung height {value:.2f}× its depth.",
-        "吸气充分：肺高度为前后径的 {value:.2f} 倍。",
+        "Good inspiration: {value:.0f} posterior ribs above the diaphragm.",
+        "吸气充分：膈上可见 {value:.0f} 根后肋。",
+    ),
+    "positioning.inspiration.lateral_warn": (
+        "Borderline inspiration: {value:.0f} posterior ribs above the diaphragm "
+        "(< {threshold:.0f}).",
+        "吸气欠充分：膈上可见 {value:.0f} 根后肋（< {threshold:.0f}）。",
     ),
     "positioning.inspiration.lateral_fail": (
-        "Poor inspiration: lung height {value:.2f}× its depth (< {threshold:.2f}).",
-        "吸气不足：肺高度为前后径的 {value:.2f} 倍（< {threshold:.2f}）。",
+        "Poor inspiration: {value:.0f} posterior ribs above the diaphragm (< {threshold:.0f}).",
+        "吸气不足：膈上仅见 {value:.0f} 根后肋（< {threshold:.0f}）。",
     ),
     "positioning.inspiration.lateral_missing": (
         "Lungs not found: inspiration not evaluable.",
@@ -358,6 +363,11 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     "metadata.spacing.implausible": (
         "Implausible pixel spacing {value:.3f} mm in the header.",
         "头文件像素间距 {value:.3f} mm 不合理。",
+    ),
+    "metadata.spacing.disagrees": (
+        "Header pixel spacing {value:.3f} mm disagrees with the anatomy ({anatomy:.3f} mm): "
+        "the anatomy-based scale was used.",
+        "头文件像素间距 {value:.3f} mm 与解剖结构不符（{anatomy:.3f} mm），已按解剖比例尺计算。",
     ),
     "metadata.spacing.estimated_model": (
         "No usable pixel spacing in the header: scale estimated ({value:.3f} mm).",

@@ -34,13 +34,15 @@ def view(s: Subject, cfg: RulesConfig) -> Finding:
 
 
 def spacing(s: Subject, cfg: RulesConfig) -> Finding:
-    """Header spacing present and plausible; otherwise warn that an estimate was used."""
+    """Header spacing present, plausible and consistent with the anatomy; else warn."""
     rule, m = "metadata.spacing", cfg.metadata
     header = s.image.spacing_mm
     used = min(s.sy, s.sx) / s.stride
     if header is None:
         return make(s, rule, Status.WARN, used, None, f"estimated_{s.spacing_source}")
     value = min(header)
+    if s.spacing_source == "anatomy_override":
+        return make(s, rule, Status.WARN, value, None, "disagrees", anatomy=used)
     if not m.spacing_min_mm <= value <= m.spacing_max_mm:
         return make(s, rule, Status.WARN, value, m.spacing_max_mm, "implausible")
     return make(s, rule, Status.PASS, value, None, "pass")

@@ -72,7 +72,7 @@ def test_lateral_phantom_exact_values() -> None:
     assert f["completeness.anteroposterior"].value == 61.0  # sternum col 80, edge col 19
     assert f["positioning.rotation"].value == 0.0
     assert f["positioning.arms"].value == 0.0
-    assert f["positioning.inspiration"].value == pytest.approx(241 / 201, abs=0.01)
+    assert f["positioning.inspiration"].value == 10.0
     assert all(x.status is Status.PASS for x in f.values())
 
 
@@ -358,6 +358,7 @@ def test_every_template_formats_in_both_languages() -> None:
                 detected="frontal",
                 d_right=1.0,
                 d_left=2.0,
+                anatomy=1.0,
             )
             assert "{" not in text
 
@@ -428,3 +429,15 @@ def test_rules_file_errors(tmp_path: Path) -> None:
     cfg = load_config(good)
     assert cfg.completeness.apices_margin_mm == 45.0
     assert cfg.organs == RulesConfig().organs
+
+
+def test_header_spacing_off_by_a_factor_uses_the_anatomy_scale() -> None:
+    m = frontal_phantom()
+    anatomy = CFG.metadata.anatomy_lung_span_mm / 281  # lungs span cols 60..340
+    f = run(m, spacing_mm=(0.5, 0.5))  # half the true 1 mm: beyond the 1.6× tolerance
+    assert f["metadata.spacing"].status is Status.WARN
+    assert "anatomy" in f["metadata.spacing"].message
+    assert f["completeness.apices"].value == pytest.approx(41 * anatomy, abs=0.01)
+    ok = run(m, spacing_mm=(0.8, 0.8))  # within the tolerance: the header is trusted
+    assert ok["metadata.spacing"].status is Status.PASS
+    assert ok["completeness.apices"].value == pytest.approx(41 * 0.8)
