@@ -140,6 +140,8 @@ class Result(Base):
     model_sha256: Mapped[str] = mapped_column(String(64), default="")
     timings_ms: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # .npz of bit-packed masks (keys: STRUCTURES names + "shape"), relative to data_dir
+    masks_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
 
     instance: Mapped[Instance] = relationship(back_populates="result")

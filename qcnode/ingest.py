@@ -1,0 +1,384 @@
+"""Ingest: the Verification and Storage SCP (DESIGN §3).
+
+The C-STORE handler is thin on purpose: pynetdicom streams the dataset to a file in
+``data_dir/tmp`` (chunked receive, never decoded), the handler reads only the header,
+fsyncs and renames the file into place, commits the instance and its job row, wakes the
+worker and answers success. Everything slow (decoding, the model) happens in the worker.
+Every refusal is a named failure status, a log line and an audit row; never a silent drop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pynetdicom import AE, _config, evt
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from qcnode.config import Settings
+from qcnode.db import QUEUED, AuditEvent, Instance, Job
+from qcnode.errors import DecodeError, StorageError
+from qcnode.store import FileStore
+
+log = logging.getLogger(__name__)
+
+# Named C-STORE statuses (PS3.4 B.2.3; 0xA7xx out of resources, 0xCxxx cannot understand)
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_TOO_LARGE = 0xA701
+DISK_FULL = 0xA702
+CANNOT_UNDERSTAND = 0xC000
+NOT_A_CHEST_IMAGE = 0xC001
+
+VERIFICATION = "1.2.840.10008.1.1"
+CHEST_SOP_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.1",  # CR Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+)
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+STORAGE_SOP_CLASSES = (*CHEST_SOP_CLASSES, SECONDARY_CAPTURE)
+TRANSFER_SYNTAXES = (
+    "1.2.840.10008.1.2",  # implicit VR little endian
+    "1.2.840.10008.1.2.1",  # explicit VR little endian
+    "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
+    "1.2.840.10008.1.2.2",  # explicit VR big endian (retired, still sent by old units)
+    "1.2.840.10008.1.2.4.50",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG extended (12 bit)
+    "1.2.840.10008.1.2.4.57",  # JPEG lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE lossless
+)
+# BodyPartExamined values that mean "chest" (empty: unknown, the model's view head decides)
+CHEST_BODY_PARTS = frozenset({"", "CHEST", "THORAX", "LUNG", "CHEST_LAT", "CHESTLAT"})
+
+
+def set_nodelay(sock: socket.socket | None) -> None:
+    """Disable Nagle: DCMTK peers otherwise stall on delayed ACKs (11 vs 185 images/s)."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):  # already closed, or not TCP
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def assoc_socket(assoc: Any) -> socket.socket | None:
+    dul_sock = getattr(getattr(assoc, "dul", None), "socket", None)
+    return getattr(dul_sock, "socket", None)
+
+
+def is_chest(sop_class_uid: str, body_part: str) -> bool:
+    """Header-level decision; the model's view head may still say "other" later."""
+    return sop_class_uid in CHEST_SOP_CLASSES and body_part.upper() in CHEST_BODY_PARTS
+
+
+def _study_date(value: str) -> dt.date | None:
+    try:
+        return dt.datetime.strptime(value[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str:
+    value = ds.get(keyword, "")
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue):
+        value = "\\".join(str(v) for v in value)
+    return str(value)[:limit]
+
+
+def _allowed(entries: tuple[str, ...], ae_title: str, address: str) -> bool:
+    """Allow list entries are ``AE`` or ``AE@ADDRESS``; empty list: anyone."""
+    if not entries:
+        return True
+    for entry in entries:
+        ae, _, host = entry.strip().partition("@")
+        if ae == ae_title and (not host or host == address):
+            return True
+    return False
+
+
+class Ingest:
+    """The Storage SCP. ``on_stored`` is called after each committed instance (wakes the
+    in-process worker); it must not block."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        store: FileStore,
+        on_stored: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.store = store
+        self.on_stored = on_stored or (lambda: None)
+        self.server: ThreadedAssociationServer | None = None
+        self._old_tempdir: str | None = None
+        self._lock = threading.Lock()
+        self.stored = 0
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def make_ae(self) -> AE:
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        ae.maximum_pdu_size = 0  # unlimited: fewer, larger PDUs from the peer
+        ae.maximum_associations = s.max_associations
+        ae.network_timeout = 60
+        ae.dimse_timeout = 120
+        ae.acse_timeout = 30
+        ae.add_supported_context(VERIFICATION)
+        for uid in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
+        return ae
+
+    def start(self) -> tuple[str, int]:
+        """Start listening (non-blocking); returns the bound (address, port)."""
+        # Chunked receive: pynetdicom writes the incoming dataset straight to a temporary
+        # file; putting that file in data_dir/tmp makes keeping it a rename, not a copy.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        self._old_tempdir = tempfile.tempdir
+        tempfile.tempdir = str(self.store.tmp)
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        ae = self.make_ae()
+        server = ae.start_server(
+            (self.settings.bind_address, self.settings.port), block=False, evt_handlers=handlers
+        )
+        assert server is not None
+        self.server = server
+        host, port = server.server_address[:2]
+        log.info(
+            "listening as %s on %s:%s",
+            self.settings.ae_title,
+            host,
+            port,
+            extra={"ae_title": self.settings.ae_title, "port": port},
+        )
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        if self._old_tempdir is not None or tempfile.tempdir == str(self.store.tmp):
+            tempfile.tempdir = self._old_tempdir
+
+    # --- association events --------------------------------------------------------
+
+    def _on_conn_open(self, event: evt.Event) -> None:
+        set_nodelay(assoc_socket(event.assoc))
+
+    def _on_requested(self, event: evt.Event) -> None:
+        """Calling-AE allow list (optionally with peer address) and per-AE limits."""
+        assoc = event.assoc
+        primitive: Any = assoc.requestor.primitive
+        calling = str(primitive.calling_ae_title).strip()
+        address = str(assoc.requestor.address)
+        if not _allowed(self.settings.allowed_calling_aes, calling, address):
+            log.warning(
+                "rejected association from %s at %s: calling AE not allowed", calling, address
+            )
+            self._audit("association_rejected", calling, address, "calling AE not allowed")
+            assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, calling AE not recognised
+            assoc.kill()  # waits until the reject is on the wire, as pynetdicom's own path
+            return
+        same = [
+            a
+            for a in assoc.ae.active_associations
+            if a is not assoc
+            and a.is_acceptor
+            and a.is_established
+            and a.requestor.ae_title.strip() == calling
+        ]
+        if len(same) >= self.settings.max_associations_per_ae:
+            log.warning("rejected association from %s: per-AE association limit", calling)
+            self._audit("association_rejected", calling, address, "per-AE association limit")
+            assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, local limit exceeded
+            assoc.kill()
+
+    def _on_established(self, event: evt.Event) -> None:
+        log.info(
+            "association from %s at %s",
+            event.assoc.requestor.ae_title.strip(),
+            event.assoc.requestor.address,
+        )
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    # --- C-STORE -------------------------------------------------------------------
+
+    def _on_store(self, event: evt.Event) -> int:
+        started = time.perf_counter()
+        assoc = event.assoc
+        calling = assoc.requestor.ae_title.strip()
+        address = str(assoc.requestor.address)
+        request: Any = event.request
+        sop_uid = str(request.AffectedSOPInstanceUID or "")
+        sop_class = str(request.AffectedSOPClassUID or "")
+        received = Path(event.dataset_path)
+        try:
+            size = received.stat().st_size
+        except OSError as exc:
+            log.error("received dataset vanished before it was kept: %s", exc)
+            return OUT_OF_RESOURCES
+
+        if size > self.settings.max_dataset_bytes:
+            return self._refuse(
+                DATASET_TOO_LARGE, "dataset larger than max_dataset_bytes", calling, address, size
+            )
+        if self.store.free_bytes() < self.settings.min_free_disk_bytes:
+            return self._refuse(
+                DISK_FULL, "free disk below min_free_disk_bytes", calling, address, size
+            )
+
+        try:
+            from qcnode.imaging import read_dataset
+
+            header = read_dataset(received, stop_before_pixels=True)
+        except DecodeError:
+            self.store.reject(received, "unreadable")
+            return self._refuse(
+                CANNOT_UNDERSTAND, "dataset cannot be parsed", calling, address, size
+            )
+        if header.get("SOPInstanceUID") != sop_uid or header.get("SOPClassUID") != sop_class:
+            # truncated or inconsistent: the dataset is not what the request announced
+            self.store.reject(received, "mismatch")
+            return self._refuse(
+                CANNOT_UNDERSTAND, "SOP Class/Instance UID not as requested", calling, address, size
+            )
+
+        body_part = _text(header, "BodyPartExamined", 16).upper()
+        applicable = is_chest(sop_class, body_part)
+        if (
+            not applicable
+            and self.settings.non_chest == "refuse"
+            and sop_class in CHEST_SOP_CLASSES
+        ):
+            return self._refuse(NOT_A_CHEST_IMAGE, "not a chest radiograph", calling, address, size)
+
+        with self.sessions() as session:
+            if session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_uid)):
+                log.info("duplicate instance from %s acknowledged, not stored again", calling)
+                return SUCCESS
+
+        try:
+            rel, size = self.store.keep_received(received, sop_uid)
+            instance_id = self._commit(
+                header, sop_uid, sop_class, rel, size, calling, address, applicable
+            )
+        except StorageError as exc:
+            log.error("cannot keep an instance from %s: %s", calling, exc)
+            return OUT_OF_RESOURCES
+        if instance_id is None:
+            return SUCCESS  # a concurrent duplicate won the race: same SOP instance, kept once
+        with self._lock:
+            self.stored += 1
+        self.on_stored()
+        log.info(
+            "stored instance #%d (%s, %.1f MB) from %s in %.0f ms",
+            instance_id,
+            _text(header, "Modality", 16) or "?",
+            size / 1e6,
+            calling,
+            (time.perf_counter() - started) * 1000,
+            extra={"instance_id": instance_id, "calling_ae": calling, "bytes": size},
+        )
+        return SUCCESS
+
+    def _commit(
+        self,
+        header: Dataset,
+        sop_uid: str,
+        sop_class: str,
+        rel: str,
+        size: int,
+        calling: str,
+        address: str,
+        applicable: bool,
+    ) -> int | None:
+        file_meta = getattr(header, "file_meta", None)
+        instance = Instance(
+            sop_instance_uid=sop_uid,
+            sop_class_uid=sop_class,
+            study_instance_uid=_text(header, "StudyInstanceUID", 64),
+            series_instance_uid=_text(header, "SeriesInstanceUID", 64),
+            transfer_syntax_uid=str(getattr(file_meta, "TransferSyntaxUID", "") or "")[:64],
+            modality=_text(header, "Modality", 16),
+            path=rel,
+            size_bytes=size,
+            calling_ae=calling[:16],
+            peer_address=address[:64],
+            station_name=_text(header, "StationName", 64),
+            operators_name=_text(header, "OperatorsName", 256),
+            manufacturer=_text(header, "Manufacturer", 64),
+            manufacturer_model=_text(header, "ManufacturerModelName", 64),
+            institution_name=_text(header, "InstitutionName", 128),
+            study_date=_study_date(_text(header, "StudyDate", 8)),
+            view_position=_text(header, "ViewPosition", 16).upper(),
+            body_part=_text(header, "BodyPartExamined", 16).upper(),
+            rows=int(header.get("Rows", 0) or 0),
+            columns=int(header.get("Columns", 0) or 0),
+            applicable=applicable,
+        )
+        try:
+            with self.sessions.begin() as session:
+                session.add(instance)
+                session.flush()
+                session.add(Job(instance_id=instance.id, state=QUEUED))
+        except IntegrityError:
+            return None
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database: {exc.__class__.__name__}") from exc
+        return instance.id
+
+    def _refuse(self, status: int, why: str, calling: str, address: str, size: int) -> int:
+        log.warning(
+            "refused an instance from %s (0x%04X): %s",
+            calling,
+            status,
+            why,
+            extra={"status": status, "calling_ae": calling, "bytes": size},
+        )
+        self._audit("store_refused", calling, address, why, status=status, bytes=size)
+        return status
+
+    def _audit(self, kind: str, calling: str, address: str, message: str, **detail: Any) -> None:
+        try:
+            with self.sessions.begin() as session:
+                session.add(
+                    AuditEvent(
+                        kind=kind,
+                        calling_ae=calling[:16],
+                        peer_address=address[:64],
+                        message=message,
+                        detail=detail,
+                    )
+                )
+        except SQLAlchemyError as exc:  # the audit must never take the node down
+            log.error("cannot write audit event %s: %s", kind, exc)

@@ -1,0 +1,259 @@
+"""``qcnode serve`` and ``qcnode worker``: wire ingest, worker, sender and web together.
+
+Embedded default (DESIGN §2): one process, SQLite + files under ``data_dir``, worker and
+sender threads. Scale-out: the same code on PostgreSQL, ``serve`` with ``workers = 0`` on
+ingest hosts and ``qcnode worker`` processes on GPU hosts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from qcnode.config import Settings
+from qcnode.db import make_engine, make_sessions, upgrade
+from qcnode.errors import ConfigError
+from qcnode.ingest import Ingest
+from qcnode.queue import JobQueue, new_worker_id
+from qcnode.records import DecodedImage, Prediction, Predictor, QCResult
+from qcnode.send import DicomSender, Dispatcher, Sender, reset_leases
+from qcnode.store import FileStore
+from qcnode.worker import Analyzer, ResultBuilder, Worker
+
+log = logging.getLogger(__name__)
+
+
+class _RecordingPredictor:
+    """Wraps the predictor so that the worker sees the predictions the engine used
+    (the report draws the masks); keyed by SOP Instance UID of the last batch."""
+
+    def __init__(self, inner: Predictor) -> None:
+        self.inner = inner
+        self.last: dict[str, Prediction] = {}
+
+    @property
+    def info(self) -> Any:
+        return self.inner.info
+
+    def predict(self, images: Sequence[DecodedImage]) -> list[Prediction]:
+        predictions = self.inner.predict(images)
+        self.last = {
+            img.meta.sop_instance_uid: p for img, p in zip(images, predictions, strict=True)
+        }
+        return predictions
+
+
+class EngineAnalyzer:
+    """The worker's Analyzer over qcnode.engine.QCEngine (model + rules)."""
+
+    def __init__(self, *, predictor: Predictor, settings: Settings) -> None:
+        from qcnode.engine import QCEngine
+        from qcnode.rules import load_config
+
+        self._recorder = _RecordingPredictor(predictor)
+        self._engine = QCEngine(
+            predictor=self._recorder,
+            rules=load_config(settings.rules_file),
+            language=settings.language,
+            batch_size=settings.batch_size,
+        )
+
+    def analyze(self, images: Sequence[DecodedImage]) -> list[tuple[Prediction | None, QCResult]]:
+        self._recorder.last = {}
+        results = self._engine.run(images)
+        return [(self._recorder.last.get(r.sop_instance_uid), r) for r in results]
+
+
+class ReportBuilder:
+    """The worker's ResultBuilder over qcnode.report.build_results."""
+
+    def __init__(self, *, language: str) -> None:
+        self.language = language
+
+    def build(
+        self,
+        source: Dataset,
+        image: DecodedImage,
+        prediction: Prediction | None,
+        result: QCResult,
+        *,
+        objects: tuple[str, ...],
+    ) -> list[Dataset]:
+        build_results = importlib.import_module("qcnode.report").build_results
+        built: list[Dataset] = build_results(
+            source, image, prediction, result, objects=objects, language=self.language
+        )
+        return built
+
+
+def load_predictor(settings: Settings) -> Predictor:
+    """The configured model; raises ModelError (a clear message) when no trained weights
+    exist: the worker refuses to start rather than run random weights."""
+    load = importlib.import_module("qcnode.model").load_predictor
+    predictor: Predictor = load(settings.model or None, device=settings.device)
+    return predictor
+
+
+@dataclass
+class Node:
+    """Everything ``serve`` runs; tests build one with fakes at the seams."""
+
+    settings: Settings
+    analyzer_factory: Callable[[], Analyzer] | None = None
+    builder: ResultBuilder | None = None
+    sender: Sender | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    ingest: Ingest | None = None
+    workers: list[Worker] = field(default_factory=list)
+    dispatchers: list[Dispatcher] = field(default_factory=list)
+    threads: list[threading.Thread] = field(default_factory=list)
+    address: tuple[str, int] | None = None
+
+    def start(self, *, ingest: bool = True, senders: bool = True) -> None:
+        s = self.settings
+        if s.non_chest not in ("keep", "refuse"):
+            raise ConfigError(f"non_chest must be keep or refuse, not {s.non_chest!r}")
+        upgrade(s)
+        self.engine = make_engine(s)
+        sessions = make_sessions(self.engine)
+        store = FileStore(root=s.data_dir)
+        wake = threading.Event()
+        JobQueue(sessions=sessions, worker_id="startup", lease_seconds=1).release_dead_local()
+        if s.workers > 0:
+            factory = self.analyzer_factory or _default_analyzer_factory(s)
+            builder = (
+                self.builder if self.builder is not None else ReportBuilder(language=s.language)
+            )
+            worker_id = new_worker_id()
+            for n in range(s.workers):
+                self.workers.append(
+                    Worker(
+                        settings=s,
+                        sessions=sessions,
+                        store=store,
+                        queue=JobQueue(
+                            sessions=sessions,
+                            worker_id=f"{worker_id}:{n}",
+                            lease_seconds=s.lease_seconds,
+                        ),
+                        analyzer=factory(),
+                        builder=builder,
+                        wake=wake,
+                        on_result=self._wake_senders,
+                    )
+                )
+        if senders and s.destinations:
+            reset_leases(sessions)
+            sender = self.sender or DicomSender(ae_title=s.ae_title)
+            self.sender = sender
+            for dest in s.destinations:
+                self.dispatchers.append(
+                    Dispatcher(
+                        settings=s, sessions=sessions, store=store, sender=sender, destination=dest
+                    )
+                )
+        for n, w in enumerate(self.workers):
+            self._thread(w.run, f"qc-worker-{n}")
+        for d in self.dispatchers:
+            self._thread(d.run, f"sender-{d.key}")
+        if ingest:
+            self.ingest = Ingest(settings=s, sessions=sessions, store=store, on_stored=wake.set)
+            self.address = self.ingest.start()
+
+    def _thread(self, target: Callable[[threading.Event], None], name: str) -> None:
+        t = threading.Thread(target=target, args=(self.stop,), name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _wake_senders(self) -> None:
+        for d in self.dispatchers:
+            d.wake.set()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.ingest is not None:
+            self.ingest.stop()
+        for w in self.workers:
+            w.wake.set()
+        for d in self.dispatchers:
+            d.wake.set()
+        for t in self.threads:
+            t.join(timeout=30)
+        if self.sender is not None:
+            self.sender.close()
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
+
+def _default_analyzer_factory(settings: Settings) -> Callable[[], Analyzer]:
+    predictor = load_predictor(settings)  # fails here, before the node accepts anything
+    log.info("model %s %s loaded", predictor.info.name, predictor.info.version)
+    return lambda: EngineAnalyzer(predictor=predictor, settings=settings)
+
+
+def _run_until_signal(node: Node, web: Callable[[], None] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: node.stop.set())
+    try:
+        if web is not None:
+            web()  # blocks until node.stop (uvicorn handles the signals then)
+        else:
+            while not node.stop.wait(1.0):
+                pass
+    finally:
+        log.info("shutting down")
+        node.close()
+    return 0
+
+
+def _web(settings: Settings, node: Node) -> Callable[[], None] | None:
+    """The dashboard on ``web_port`` (0 disables it) in the main thread."""
+    if settings.web_port <= 0:
+        return None
+    import uvicorn
+
+    from qcnode.web import create_app
+
+    app = create_app(settings, engine_or_session_factory=make_engine(settings, readonly=True))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=settings.web_bind, port=settings.web_port, log_level="warning", lifespan="off"
+        )
+    )
+
+    def run() -> None:
+        def watch() -> None:
+            node.stop.wait()
+            server.should_exit = True
+
+        threading.Thread(target=watch, daemon=True).start()
+        server.run()
+        node.stop.set()
+
+    log.info("dashboard on http://%s:%d/", settings.web_bind, settings.web_port)
+    return run
+
+
+def serve(settings: Settings) -> int:
+    """``qcnode serve``: ingest + workers + senders + dashboard in one process."""
+    node = Node(settings=settings)
+    node.start()
+    return _run_until_signal(node, _web(settings, node))
+
+
+def run_worker(settings: Settings) -> int:
+    """``qcnode worker``: QC workers only, sharing the database (scale-out)."""
+    if settings.workers <= 0:
+        raise ConfigError("qcnode worker needs workers >= 1")
+    node = Node(settings=settings)
+    node.start(ingest=False, senders=False)
+    return _run_until_signal(node)

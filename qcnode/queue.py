@@ -1,0 +1,155 @@
+"""The QC job queue on the database: claims with leases, no home-made broker.
+
+A worker claims up to N jobs that are queued, or running with an expired lease (their
+worker died), in one transaction: ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL so
+that concurrent workers never claim the same job; on SQLite every write transaction is
+``BEGIN IMMEDIATE`` (see db.make_engine), which serialises claims. A claim is only
+finished by the worker that holds it (same worker id and attempt), so a worker that lost
+its lease cannot overwrite the result of the one that re-claimed the job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from qcnode.db import DONE, FAILED, QUEUED, RUNNING, Job, utcnow
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+
+
+def new_worker_id() -> str:
+    """``host:pid:random``: lets a restarted node recognise its own dead predecessors."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: int
+    instance_id: int
+    attempt: int
+
+
+class JobQueue:
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        worker_id: str,
+        lease_seconds: float,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.sessions = sessions
+        self.worker_id = worker_id
+        self.lease = dt.timedelta(seconds=lease_seconds)
+        self.clock = clock
+
+    def claim(self, limit: int) -> list[Claim]:
+        """Claim up to ``limit`` jobs, oldest first."""
+        if limit <= 0:
+            return []
+        now = self.clock()
+        with self.sessions.begin() as session:
+            jobs = session.scalars(
+                select(Job)
+                .where(
+                    or_(
+                        Job.state == QUEUED,
+                        and_(Job.state == RUNNING, Job.lease_until < now),
+                    )
+                )
+                .order_by(Job.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            claims = []
+            for job in jobs:
+                if job.state == RUNNING:
+                    log.warning("re-claiming job #%d after its lease expired", job.id)
+                job.state = RUNNING
+                job.worker = self.worker_id
+                job.attempts += 1
+                job.lease_until = now + self.lease
+                job.started_at = now
+                claims.append(Claim(job.id, job.instance_id, job.attempts))
+        return claims
+
+    def holds(self, session: Session, claim: Claim) -> Job | None:
+        """The job, locked, if this worker still holds ``claim`` (inside a transaction)."""
+        return session.scalar(
+            select(Job)
+            .where(
+                Job.id == claim.job_id,
+                Job.state == RUNNING,
+                Job.worker == self.worker_id,
+                Job.attempts == claim.attempt,
+            )
+            .with_for_update()
+        )
+
+    def renew(self, claims: list[Claim]) -> None:
+        """Extend the leases of a long batch."""
+        if not claims:
+            return
+        with self.sessions.begin() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id.in_([c.job_id for c in claims]), Job.worker == self.worker_id)
+                .values(lease_until=self.clock() + self.lease)
+            )
+
+    @staticmethod
+    def finish(session: Session, job: Job, *, error: str | None = None) -> None:
+        job.state = FAILED if error else DONE
+        job.error = error
+        job.finished_at = utcnow()
+        job.lease_until = None
+
+    def release_dead_local(self) -> int:
+        """Requeue running jobs of workers on this host whose process is gone.
+
+        Called at start-up so that a node restarted after a crash does not wait for the
+        lease of its own dead predecessor.
+        """
+        host = socket.gethostname()[:40]
+        requeued = 0
+        with self.sessions.begin() as session:
+            for job in session.scalars(
+                select(Job).where(Job.state == RUNNING, Job.worker.like(f"{host}:%"))
+            ):
+                pid = int((job.worker or "").split(":")[1] or 0)
+                if pid != os.getpid() and _alive(pid):
+                    continue
+                job.state = QUEUED
+                job.lease_until = None
+                requeued += 1
+        if requeued:
+            log.warning("requeued %d job(s) left running by a dead worker on this host", requeued)
+        return requeued
+
+    def counts(self) -> dict[str, int]:
+        with self.sessions() as session:
+            rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+        return {state: int(n) for state, n in rows}
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

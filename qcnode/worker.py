@@ -1,0 +1,379 @@
+"""The QC worker: claims jobs, micro-batches them through the engine, stores the outcome.
+
+One batch = up to ``batch_size`` jobs; when fewer are waiting the worker waits up to
+``batch_max_wait_ms`` for more (on a GPU host this batches across studies; on a CPU the
+default wait is short so that latency stays low). For each image it stores the result,
+the findings, the result objects (SR, SC, GSPS, KOS files) and one outbox row per object
+and destination, all in one transaction with finishing the job: a committed result is
+always delivered (transactional outbox), and a crash before the commit just leaves the
+job to be re-claimed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydicom.dataset import Dataset
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from qcnode.config import Destination, Settings
+from qcnode.db import Finding as FindingRow
+from qcnode.db import Instance, Outbox, Result, ResultObject
+from qcnode.errors import DecodeError, StorageError, UnsupportedInput
+from qcnode.queue import Claim, JobQueue
+from qcnode.records import DecodedImage, Prediction, QCResult, Verdict, View
+from qcnode.store import FileStore
+
+log = logging.getLogger(__name__)
+
+# A job whose processing killed its worker this many times is given up (error result).
+MAX_JOB_ATTEMPTS = 3
+# Result objects by SOP Class UID
+OBJECT_KINDS = {
+    "1.2.840.10008.5.1.4.1.1.88.34": "sr",  # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.88.33": "sr",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.22": "sr",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.7": "sc",
+    "1.2.840.10008.5.1.4.1.1.11.1": "gsps",
+    "1.2.840.10008.5.1.4.1.1.88.59": "kos",
+}
+EVALUATED = (Verdict.PASS, Verdict.WARN, Verdict.FAIL)
+
+
+class Analyzer(Protocol):
+    """The engine seam: model + rules over a batch of decoded images."""
+
+    def analyze(
+        self, images: Sequence[DecodedImage]
+    ) -> list[tuple[Prediction | None, QCResult]]: ...
+
+
+class ResultBuilder(Protocol):
+    """The report seam: result DICOM objects for one image."""
+
+    def build(
+        self,
+        source: Dataset,
+        image: DecodedImage,
+        prediction: Prediction | None,
+        result: QCResult,
+        *,
+        objects: tuple[str, ...],
+    ) -> list[Dataset]: ...
+
+
+def outcome(sop_instance_uid: str, verdict: Verdict, error: str | None = None) -> QCResult:
+    """A result that needed no model: not applicable, or an error."""
+    return QCResult(
+        sop_instance_uid=sop_instance_uid,
+        view=View.OTHER,
+        verdict=verdict,
+        families={},
+        findings=(),
+        model=None,
+        error=error,
+    )
+
+
+@dataclass
+class _Item:
+    claim: Claim
+    instance: Instance
+    source: Dataset | None = None
+    image: DecodedImage | None = None
+    prediction: Prediction | None = None
+    result: QCResult | None = None
+    decode_ms: float = 0.0
+    objects: list[tuple[str, Dataset]] = field(default_factory=list)
+    masks_path: str | None = None
+
+
+class Worker:
+    """One worker loop (run it in a thread or as ``qcnode worker``)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        store: FileStore,
+        queue: JobQueue,
+        analyzer: Analyzer,
+        builder: ResultBuilder | None,
+        wake: threading.Event | None = None,
+        on_result: Callable[[], None] | None = None,
+        poll_seconds: float = 0.5,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.store = store
+        self.queue = queue
+        self.analyzer = analyzer
+        self.builder = builder
+        self.wake = wake or threading.Event()
+        self.on_result = on_result or (lambda: None)
+        self.poll_seconds = poll_seconds
+        kinds: list[str] = []
+        for dest in settings.destinations:
+            kinds.extend(k for k in dest.objects if k not in kinds)
+        self.object_kinds = tuple(kinds)
+        self.processed = 0
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("worker %s started", self.queue.worker_id)
+        while not stop.is_set():
+            try:
+                if not self.run_once():
+                    self.wake.wait(self.poll_seconds)
+                    self.wake.clear()
+            except Exception:  # keep serving: a database hiccup must not kill the worker
+                log.exception("worker loop error; retrying")
+                stop.wait(1.0)
+
+    def run_once(self) -> int:
+        """Claim and process one batch; returns how many jobs it processed."""
+        size = max(1, self.settings.batch_size)
+        claims = self.queue.claim(size)
+        if not claims:
+            return 0
+        deadline = time.monotonic() + self.settings.batch_max_wait_ms / 1000
+        while len(claims) < size and time.monotonic() < deadline:
+            self.wake.wait(max(0.0, deadline - time.monotonic()))
+            self.wake.clear()
+            claims += self.queue.claim(size - len(claims))
+        self.process(claims)
+        return len(claims)
+
+    # --- one batch -----------------------------------------------------------------
+
+    def process(self, claims: list[Claim]) -> None:
+        started = time.perf_counter()
+        with self.sessions() as session:
+            rows = {
+                i.id: i
+                for i in session.scalars(
+                    select(Instance).where(Instance.id.in_([c.instance_id for c in claims]))
+                )
+            }
+        items = [_Item(claim=c, instance=rows[c.instance_id]) for c in claims]
+        for item in items:
+            self._prepare(item)
+        self._analyze([i for i in items if i.result is None])
+        for item in items:
+            self._build(item)
+        self._commit(items)
+        self.processed += len(items)
+        log.info(
+            "processed %d image(s) in %.0f ms",
+            len(items),
+            (time.perf_counter() - started) * 1000,
+            extra={"batch": len(items)},
+        )
+        self.on_result()
+
+    def _prepare(self, item: _Item) -> None:
+        from qcnode.imaging import decode_dataset, read_dataset
+
+        inst = item.instance
+        if item.claim.attempt > MAX_JOB_ATTEMPTS:
+            item.result = outcome(
+                inst.sop_instance_uid,
+                Verdict.ERROR,
+                f"given up after {item.claim.attempt - 1} interrupted attempts",
+            )
+            return
+        if not inst.applicable:
+            item.result = outcome(inst.sop_instance_uid, Verdict.NOT_APPLICABLE)
+            return
+        t0 = time.perf_counter()
+        try:
+            item.source = read_dataset(self.store.absolute(inst.path))
+            item.image = decode_dataset(item.source)
+        except (DecodeError, UnsupportedInput) as exc:
+            log.warning("instance #%d cannot be evaluated: %s", inst.id, exc)
+            item.result = outcome(inst.sop_instance_uid, Verdict.ERROR, str(exc))
+        item.decode_ms = (time.perf_counter() - t0) * 1000
+
+    def _analyze(self, items: list[_Item]) -> None:
+        if not items:
+            return
+        try:
+            pairs = self.analyzer.analyze([i.image for i in items if i.image is not None])
+        except Exception as exc:
+            if len(items) == 1:
+                log.exception("QC failed for instance #%d", items[0].instance.id)
+                items[0].result = outcome(
+                    items[0].instance.sop_instance_uid, Verdict.ERROR, f"QC failed: {exc}"
+                )
+                return
+            log.warning("QC of a batch failed (%s); isolating the image", exc)
+            for one in items:  # find the image that breaks the batch, keep the others
+                self._analyze([one])
+            return
+        for item, (prediction, result) in zip(items, pairs, strict=True):
+            item.prediction = prediction
+            timings = {"decode": item.decode_ms, **result.timings_ms}
+            item.result = QCResult(
+                sop_instance_uid=result.sop_instance_uid,
+                view=result.view,
+                verdict=result.verdict,
+                families=result.families,
+                findings=result.findings,
+                model=result.model,
+                timings_ms=timings,
+                error=result.error,
+            )
+
+    def _build(self, item: _Item) -> None:
+        result = item.result
+        assert result is not None
+        if (
+            self.builder is None
+            or not self.object_kinds
+            or result.verdict not in EVALUATED
+            or item.source is None
+            or item.image is None
+        ):
+            return
+        try:
+            datasets = self.builder.build(
+                item.source, item.image, item.prediction, result, objects=self.object_kinds
+            )
+        except Exception:  # a report bug must not lose the QC result
+            log.exception("cannot build result objects for instance #%d", item.instance.id)
+            return
+        for ds in datasets:
+            kind = OBJECT_KINDS.get(str(ds.SOPClassUID), "")
+            if kind:
+                item.objects.append((kind, ds))
+
+    def _commit(self, items: list[_Item]) -> None:
+        # Files first (durable, deterministic names), then one transaction for all rows.
+        written: dict[int, list[tuple[str, Dataset, str, int]]] = {}
+        for item in items:
+            if item.prediction is not None and item.prediction.masks:
+                try:
+                    item.masks_path = self.store.write_masks(
+                        item.instance.sop_instance_uid, item.prediction.masks
+                    )
+                except StorageError as exc:
+                    log.error("cannot keep masks of instance #%d: %s", item.instance.id, exc)
+            for kind, ds in item.objects:
+                try:
+                    rel, size = self.store.write_object(ds)
+                except StorageError as exc:
+                    log.error("cannot write a %s for instance #%d: %s", kind, item.instance.id, exc)
+                    continue
+                written.setdefault(item.claim.job_id, []).append((kind, ds, rel, size))
+        with self.sessions.begin() as session:
+            for item in items:
+                job = self.queue.holds(session, item.claim)
+                if job is None:
+                    log.warning(
+                        "lost the lease of job #%d; its new holder will finish it",
+                        item.claim.job_id,
+                    )
+                    continue
+                result = item.result
+                assert result is not None
+                self._store_result(session, item, result, written.get(item.claim.job_id, []))
+                self.queue.finish(session, job)
+        for item in items:
+            r = item.result
+            assert r is not None
+            log.info(
+                "instance #%d: %s (%s)%s",
+                item.instance.id,
+                r.verdict,
+                r.view,
+                f": {r.error}" if r.error else "",
+                extra={"instance_id": item.instance.id, "verdict": str(r.verdict)},
+            )
+
+    def _store_result(
+        self,
+        session: Session,
+        item: _Item,
+        result: QCResult,
+        objects: list[tuple[str, Dataset, str, int]],
+    ) -> None:
+        session.execute(delete(Result).where(Result.instance_id == item.instance.id))
+        fam = {str(k): str(v) for k, v in result.families.items()}
+        row = Result(
+            instance_id=item.instance.id,
+            view=str(result.view),
+            verdict=str(result.verdict),
+            verdict_completeness=fam.get("completeness"),
+            verdict_organs=fam.get("organs"),
+            verdict_exposure=fam.get("exposure"),
+            verdict_positioning=fam.get("positioning"),
+            verdict_metadata=fam.get("metadata"),
+            model_name=result.model.name if result.model else "",
+            model_version=result.model.version if result.model else "",
+            model_sha256=result.model.sha256 if result.model else "",
+            timings_ms={k: round(float(v), 2) for k, v in result.timings_ms.items()},
+            error=result.error,
+            masks_path=item.masks_path,
+        )
+        session.add(row)
+        session.flush()
+        for f in result.findings:
+            session.add(
+                FindingRow(
+                    result_id=row.id,
+                    rule=f.rule,
+                    family=str(f.family),
+                    status=str(f.status),
+                    value=_finite(f.value),
+                    unit=f.unit,
+                    threshold=_finite(f.threshold),
+                    message=f.message,
+                    geometry=[
+                        {"kind": g.kind, "points": [list(p) for p in g.points], "label": g.label}
+                        for g in f.geometry
+                    ],
+                )
+            )
+        for kind, ds, rel, size in objects:
+            obj = ResultObject(
+                result_id=row.id,
+                kind=kind,
+                sop_class_uid=str(ds.SOPClassUID),
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+                path=rel,
+                size_bytes=size,
+            )
+            session.add(obj)
+            session.flush()
+            for dest in self.settings.destinations:
+                if kind in dest.objects:
+                    session.add(Outbox(object_id=obj.id, destination=destination_key(dest)))
+
+
+def destination_key(dest: Destination) -> str:
+    """``AE@HOST:PORT``: how the outbox names a destination."""
+    return f"{dest.ae_title}@{dest.host}:{dest.port}"
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None:
+        return None
+    v = float(value)
+    return v if v == v and v not in (float("inf"), float("-inf")) else None
+
+
+def run_forever(workers: list[Worker], stop: threading.Event) -> list[threading.Thread]:
+    """Start each worker in a daemon thread."""
+    threads = []
+    for n, w in enumerate(workers):
+        t = threading.Thread(target=w.run, args=(stop,), name=f"qc-worker-{n}", daemon=True)
+        t.start()
+        threads.append(t)
+    return threads
