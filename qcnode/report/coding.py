@@ -58,7 +58,7 @@ _RULE_FINDING = {
     "exposure.spine_through_heart": _DCM.UnderExposed,
     "exposure.contrast": _DCM.InappropriateImageProcessing,
     "exposure.sharpness": _DCM.MotionBlur,
-    "exposure.artifacts": _DCM.ImageArtifacts,
+    "exposure.artifacts": _DCM.ArtifactsOtherThanGridOrDetectorArtifact,
     "exposure.grid": _DCM.GridArtifacts,
     "positioning.orientation": _DCM.InappropriateImageProcessing,
     "metadata.view": _DCM.OtherFailure,

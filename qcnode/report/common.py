@@ -185,7 +185,8 @@ def settle_character_set(source: pydicom.Dataset, target: pydicom.Dataset) -> No
     needed when, say, Chinese text goes into a Latin-1 study.
     """
     charset = source.get("SpecificCharacterSet")
-    codecs = convert_encodings(charset)
+    # without SpecificCharacterSet the repertoire is ASCII (pydicom would read Latin-1)
+    codecs = convert_encodings(charset) if charset else ["ascii"]
     if all(_encodable(t, codecs) for t in _texts(target)):
         if charset:
             target.SpecificCharacterSet = copy.deepcopy(charset)

@@ -437,7 +437,7 @@ def render_overlay(
     cjk = language == "zh"
     h, w = image.pixels.shape
     long_side = max(h, w)
-    target = min(max_size, max(512, min(long_side, 2 * long_side)))
+    target = min(max_size, max(long_side, min(512, 2 * long_side)))
     scale = target / long_side
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     style = _Style.for_height(size[1])

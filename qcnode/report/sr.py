@@ -132,8 +132,9 @@ def _finding_evaluation(
     return evaluation
 
 
-def _family_group(
-    family: Family,
+def _group(
+    key: str,
+    category: hd.sr.CodedConcept | None,
     verdict: Verdict,
     findings: Sequence[Finding],
     result: QCResult,
@@ -146,10 +147,8 @@ def _family_group(
     version = model_version(result.model)
     algorithm = _algorithm(result, options)
     tracking = hd.sr.TrackingIdentifier(
-        uid=uids.item_uid(
-            str(source.SOPInstanceUID), version, "group", str(family), root=options.uid_root
-        ),
-        identifier=f"qcnode {family}",
+        uid=uids.item_uid(str(source.SOPInstanceUID), version, "group", key, root=options.uid_root),
+        identifier=f"qcnode {key}",
     )
     measurements = [
         hd.sr.Measurement(
@@ -173,7 +172,7 @@ def _family_group(
     evaluations.extend(_finding_evaluation(f, source, rows=rows, columns=columns) for f in findings)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
-        finding_category=coding.family_code(family),
+        finding_category=category,
         algorithm_id=algorithm,
         measurements=measurements or None,
         qualitative_evaluations=evaluations,
@@ -332,11 +331,33 @@ def build_sr(
         ),
     )
     groups = [
-        _family_group(
-            family, verdict, findings, result, source, options, rows=rows, columns=columns
+        _group(
+            str(family),
+            coding.family_code(family),
+            verdict,
+            findings,
+            result,
+            source,
+            options,
+            rows=rows,
+            columns=columns,
         )
         for family, verdict, findings in _families(result)
     ]
+    if not groups:  # not applicable / error: TID 1500 still wants one group, with the verdict
+        groups.append(
+            _group(
+                "verdict",
+                None,
+                result.verdict,
+                [],
+                result,
+                source,
+                options,
+                rows=rows,
+                columns=columns,
+            )
+        )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=PLAIN_CHEST_XRAY,

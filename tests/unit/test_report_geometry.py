@@ -1,0 +1,66 @@
+"""Deterministic UIDs and the geometry conversions shared by SR, GSPS and overlay."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom.uid import UID
+
+from qcnode.records import Geometry
+from qcnode.report import uids
+from qcnode.report.geometry import mask_contours, to_shapes
+
+
+def test_uids_depend_on_source_model_and_kind_only() -> None:
+    a = uids.instance_uid("1.2.3.4", "net/1", "sr")
+    assert a == uids.instance_uid("1.2.3.4", "net/1", "sr")
+    assert a.startswith("2.25.") and UID(a).is_valid
+    others = {
+        uids.instance_uid("1.2.3.5", "net/1", "sr"),
+        uids.instance_uid("1.2.3.4", "net/2", "sr"),
+        uids.instance_uid("1.2.3.4", "net/1", "sc"),
+        uids.instance_uid("1.2.3.4", None, "sr"),
+        uids.series_uid("1.2.3.4", "net/1", "sr"),
+    }
+    assert a not in others and len(others) == 5
+    # parts are separated: ("1.2", "3") and ("1.2.3", "") do not collide
+    assert uids.derived_uid("1.2", "3") != uids.derived_uid("1.23", "")
+
+
+def test_uid_under_an_organisation_root_is_valid_and_full_length() -> None:
+    uid = uids.instance_uid("1.2.3.4", "net/1", "sr", root="1.2.826.0.1.3680043.10.543")
+    assert uid.startswith("1.2.826.0.1.3680043.10.543.") and uid.is_valid and len(uid) <= 64
+    with pytest.raises(ValueError):
+        uids.derived_uid("x", root="1." + "2" * 60)
+
+
+def test_to_shapes_shifts_to_pixel_corners_clips_and_closes_polygons() -> None:
+    point = to_shapes(Geometry("point", ((10.0, 20.0),)), rows=100, columns=50)
+    assert point[0].graphic_type == "POINT"
+    assert point[0].points.tolist() == [[10.5, 20.5]]
+    multi = to_shapes(Geometry("point", ((1.0, 1.0), (2.0, 2.0))), rows=100, columns=50)
+    assert multi[0].graphic_type == "MULTIPOINT" and len(multi[0].points) == 2
+    poly = to_shapes(Geometry("polygon", ((0, 0), (80, 0), (80, 150))), rows=100, columns=50)[0]
+    assert poly.graphic_type == "POLYLINE"
+    assert poly.points[0].tolist() == poly.points[-1].tolist()  # closed
+    assert poly.points[:, 0].max() == 50 and poly.points[:, 1].max() == 100  # clipped
+    assert to_shapes(Geometry("polyline", ()), rows=10, columns=10) == []
+    nan = to_shapes(Geometry("polyline", ((float("nan"), 1.0), (3.0, 4.0))), rows=10, columns=10)
+    assert nan[0].graphic_type == "POINT"
+
+
+def test_mask_contours_follow_pixel_edges_and_drop_specks() -> None:
+    mask = np.zeros((60, 80), dtype=bool)
+    mask[10:30, 20:50] = True  # rectangle: columns 20..49, rows 10..29
+    mask[50, 5] = True  # a one-pixel speck
+    mask[0:8, 70:80] = True  # touching the image border: still a closed outline
+    outlines = mask_contours(mask, tolerance=0.1)
+    assert len(outlines) == 2
+    rect = min(outlines, key=lambda o: float(o[:, 0].min()))
+    assert rect[:, 0].min() == pytest.approx(20.0, abs=0.5)
+    assert rect[:, 0].max() == pytest.approx(50.0, abs=0.5)
+    assert rect[:, 1].min() == pytest.approx(10.0, abs=0.5)
+    assert rect[:, 1].max() == pytest.approx(30.0, abs=0.5)
+    half = mask_contours(mask, scale=0.5, tolerance=0.1)
+    assert max(float(o[:, 0].max()) for o in half) == pytest.approx(40.0, abs=0.5)
+    assert mask_contours(np.zeros((5, 5), dtype=bool)) == []
