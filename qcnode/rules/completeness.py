@@ -3,15 +3,25 @@
 Margins are signed distances in mm from a lung landmark to the edge of the exposed field
 (the ``field`` mask: collimator shutters count as edges, and so does the image border).
 Frontal landmarks per lung: the apex (topmost pixel), the lateral costophrenic angle (the
-pixel farthest down-and-out at 45°) and the lateral wall (the outermost pixel). "Out" for a
+lowest pixel of the lung's lateral third) and the lateral wall (the outermost pixel). "Out" for a
 lung is away from the other lung, so mirrored images are measured the same way.
 """
 
 from __future__ import annotations
 
-from qcnode.records import Finding, Geometry, Status
+import numpy as np
+
+from qcnode.records import BoolMask, Finding, Geometry, Status
 from qcnode.rules.config import RulesConfig
-from qcnode.rules.geometry import Point, Subject, centroid, col_extent, extreme, row_extent
+from qcnode.rules.geometry import (
+    Point,
+    Subject,
+    centroid,
+    col_extent,
+    extreme,
+    largest_component,
+    row_extent,
+)
 from qcnode.rules.messages import make
 
 SIDES = ("right", "left")
@@ -37,14 +47,14 @@ def lateral_sign(s: Subject, side: str) -> float:
 def _landmark_margins(s: Subject, rule: str, threshold: float, landmark: str) -> Finding:
     points: dict[str, Point] = {}
     for side in SIDES:
-        lung = s.mask(f"lung_{side}")
+        lung = s.clean(f"lung_{side}")
         if not lung.any():
             continue
         out = lateral_sign(s, side)
         if landmark == "apex":
             p = extreme(lung, -1.0, 0.0, s.sy, s.sx)
         elif landmark == "costophrenic":
-            p = extreme(lung, 1.0, out, s.sy, s.sx)
+            p = costophrenic_point(lung, out)
         else:
             p = extreme(lung, 0.0, out, s.sy, s.sx)
         assert p is not None
@@ -60,6 +70,24 @@ def _landmark_margins(s: Subject, rule: str, threshold: float, landmark: str) ->
     )
     status = Status.PASS if value >= threshold else Status.FAIL
     return make(s, rule, status, value, threshold, str(status), geometry, side=worst)
+
+
+def costophrenic_point(lung: BoolMask, out: float) -> Point | None:
+    """The lateral costophrenic angle: the lowest lung pixel of the lung's lateral third,
+    at the outermost column of that row."""
+    ext = col_extent(lung)
+    if ext is None:
+        return None
+    c0, c1 = ext
+    third = (c1 - c0) / 3.0
+    cols = np.arange(lung.shape[1])
+    band = lung & ((cols <= c0 + third) if out < 0 else (cols >= c1 - third))[None, :]
+    rows = np.flatnonzero(band.any(axis=1))
+    if rows.size == 0:
+        return None
+    r = int(rows[-1])
+    cs = np.flatnonzero(band[r])
+    return (float(r), float(cs[0] if out < 0 else cs[-1]))
 
 
 def value_label(mm: float) -> str:
@@ -156,17 +184,31 @@ def anterior_sign(s: Subject) -> float:
 
 
 def _lateral_landmark(s: Subject, rule: str, threshold: float, landmark: str) -> Finding:
-    lungs = s.lungs
+    lungs = largest_component(s.lungs)
     if not lungs.any():
         return make(s, rule, Status.NOT_EVALUABLE, None, threshold, "no_lungs")
     if landmark == "apex":
         p = extreme(lungs, -1.0, 0.0, s.sy, s.sx)
-    else:  # posterior costophrenic angle: down and towards the back
-        p = extreme(lungs, 1.0, -anterior_sign(s), s.sy, s.sx)
+    else:  # posterior costophrenic angle: the lowest lung row, its posterior-most pixel
+        rows = np.flatnonzero(lungs.any(axis=1))
+        r = int(rows[-1])
+        cs = np.flatnonzero(lungs[r])
+        p = (float(r), float(cs[-1] if anterior_sign(s) < 0 else cs[0]))
     assert p is not None
     value = s.margin_mm(p)
     status = Status.PASS if value >= threshold else Status.FAIL
     return make(s, rule, status, value, threshold, f"lateral_{status}", (s.point(p, landmark),))
+
+
+def posterior_wall(s: Subject) -> BoolMask:
+    """Posterior ribs (both sides) within the lungs' rows: the posterior chest wall."""
+    back = s.mask("ribs_posterior_right") | s.mask("ribs_posterior_left")
+    ext = row_extent(s.lungs)
+    if ext is None:
+        return back
+    rows = np.zeros(s.shape[0], dtype=bool)
+    rows[ext[0] : ext[1] + 1] = True
+    return back & rows[:, None]
 
 
 def anteroposterior(s: Subject, cfg: RulesConfig) -> Finding:
@@ -174,7 +216,7 @@ def anteroposterior(s: Subject, cfg: RulesConfig) -> Finding:
     rule, t = "completeness.anteroposterior", cfg.completeness.anteroposterior_margin_mm
     front_sign = anterior_sign(s)
     sternum = s.mask("sternum")
-    back = s.mask("ribs_posterior_right") | s.mask("ribs_posterior_left")
+    back = posterior_wall(s)
     if not back.any():
         back = s.lungs
     if not sternum.any() or not back.any():

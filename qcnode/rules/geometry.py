@@ -136,6 +136,11 @@ class Subject:
             return np.ones(self.shape, dtype=bool)
         return f
 
+    def clean(self, name: str) -> BoolMask:
+        """A structure's largest connected part (model speckle does not move landmarks)."""
+        v = self.cached(f"clean:{name}", lambda: largest_component(self.mask(name)))
+        return v  # type: ignore[return-value]
+
     @cached_property
     def lungs(self) -> BoolMask:
         return self.mask("lung_right") | self.mask("lung_left")

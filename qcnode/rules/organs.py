@@ -121,15 +121,36 @@ def sternum(s: Subject, cfg: RulesConfig) -> Finding:
 
 
 def spine(s: Subject, cfg: RulesConfig) -> Finding:
-    """The spine always runs past the field: found (area) only."""
-    o = cfg.organs
-    return _found_and_whole(
+    """The spine runs past every field: found, and not truncated beside the lungs."""
+    from qcnode.rules.geometry import row_extent
+
+    o, rule = cfg.organs, "organs.spine"
+    m = s.mask("spine")
+    ext = row_extent(s.lungs)
+    if ext is not None:
+        rows = np.zeros(s.shape[0], dtype=bool)
+        rows[ext[0] : ext[1] + 1] = True
+        m = m & rows[:, None]
+    area = s.area_mm2(m)
+    if area < o.spine_min_area_mm2:
+        return make(s, rule, Status.FAIL, area, o.spine_min_area_mm2, "missing")
+    # the lungs' own top/bottom rows are not an edge of the spine: look at its sides only
+    inner = m.copy()
+    if ext is not None:
+        inner[ext[0]] = False
+        inner[ext[1]] = False
+    cut = s.edge_contact_mm(inner)
+    g = s.contour(m, "spine")
+    status = Status.FAIL if cut > o.truncation_fail_mm else Status.PASS
+    return make(
         s,
-        "organs.spine",
-        ("spine",),
-        o.spine_min_area_mm2,
+        rule,
+        status,
+        cut,
         o.truncation_fail_mm,
-        check_truncation=False,
+        "truncated" if status is Status.FAIL else "found",
+        () if g is None else (g,),
+        structure="spine",
     )
 
 
