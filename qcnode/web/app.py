@@ -13,6 +13,7 @@ import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 OPEN_PATHS = ("/healthz", "/static/")
+# A stored image never changes under its SOP Instance UID; a re-run replaces the masks.
+IMAGE_CACHE = {"Cache-Control": "private, max-age=300"}
 
 
 class _AuthMiddleware(BaseHTTPMiddleware):
@@ -167,10 +170,9 @@ def create_app(
         if detail is None:
             raise HTTPException(404, "no such image")
         masks: list[str] = []
-        if detail.masks_path:
-            mask_file = settings.data_dir / detail.masks_path
-            if mask_file.exists():
-                masks = [n for n in STRUCTURES if n in overlay.load_masks(mask_file)]
+        mask_file = _inside(detail.masks_path)
+        if mask_file is not None:
+            masks = [n for n in STRUCTURES if n in _masks(mask_file)]
         return page(
             request,
             "image.html",
@@ -179,41 +181,58 @@ def create_app(
             destinations=[f"{d.ae_title}@{d.host}:{d.port}" for d in settings.destinations],
         )
 
+    @lru_cache(maxsize=16)
+    def _png(path: Path, mtime_ns: int) -> bytes:
+        return overlay.render_image(path)
+
+    @lru_cache(maxsize=16)
+    def _masks_cached(path: Path, mtime_ns: int) -> dict[str, Any]:
+        return {k: m for k, m in overlay.load_masks(path).items() if m.any()}
+
+    def _masks(path: Path) -> dict[str, Any]:
+        """Non-empty stored masks; cached, since one page load asks for each structure."""
+        return _masks_cached(path, path.stat().st_mtime_ns)
+
+    def _inside(rel: str | None) -> Path | None:
+        """A stored file under data_dir, or None (missing, or a path that escapes data_dir)."""
+        if not rel:
+            return None
+        path = (settings.data_dir / rel).resolve()
+        if not path.is_relative_to(settings.data_dir.resolve()) or not path.is_file():
+            return None
+        return path
+
     @app.get("/image/{sop}/image.png")
     def image_png(sop: str) -> Response:
-        path = _stored(sop)
+        with session() as s:
+            rel = queries.stored_path(s, sop)
+        if rel is None:
+            raise HTTPException(404, "no such image")
+        path = _inside(rel)
+        if path is None:
+            raise HTTPException(410, "the stored file is gone")
         try:
-            data = overlay.render_image(path)
+            data = _png(path, path.stat().st_mtime_ns)
         except QcnodeError as exc:
             raise HTTPException(422, f"cannot decode the stored image: {exc}") from exc
-        return Response(data, media_type="image/png", headers={"Cache-Control": "private"})
+        return Response(data, media_type="image/png", headers=IMAGE_CACHE)
 
     @app.get("/image/{sop}/mask/{structure}.png")
     def mask_png(sop: str, structure: str) -> Response:
         if structure not in STRUCTURES:
             raise HTTPException(404, "no such structure")
         with session() as s:
-            detail = queries.image_detail(s, sop)
-        if detail is None or not detail.masks_path:
+            path = _inside(queries.masks_path(s, sop))
+        if path is None:
             raise HTTPException(404, "no masks stored")
-        masks = overlay.load_masks(settings.data_dir / detail.masks_path)
+        masks = _masks(path)
         if structure not in masks:
             raise HTTPException(404, "structure not in the stored masks")
         return Response(
             overlay.render_mask(masks[structure], structure),
             media_type="image/png",
-            headers={"Cache-Control": "private"},
+            headers=IMAGE_CACHE,
         )
-
-    def _stored(sop: str) -> Path:
-        with session() as s:
-            rel = queries.stored_path(s, sop)
-        if rel is None:
-            raise HTTPException(404, "no such image")
-        path = (settings.data_dir / rel).resolve()
-        if not path.is_file() or not path.is_relative_to(settings.data_dir.resolve()):
-            raise HTTPException(410, "the stored file is gone")
-        return path
 
     @app.get("/stats", response_class=HTMLResponse)
     def stats(request: Request) -> HTMLResponse:

@@ -215,7 +215,7 @@ def image_detail(session: Session, sop_instance_uid: str) -> ImageDetail | None:
         stored_path=inst.path,
         findings=tuple(findings),
         deliveries=tuple(deliveries),
-        masks_path=str(getattr(res, "masks_path", "") or "") if res is not None else "",
+        masks_path="" if res is None else (res.masks_path or ""),
         model="" if res is None else f"{res.model_name} {res.model_version}".strip(),
         timings_ms={} if res is None else dict(res.timings_ms or {}),
         error="" if res is None else (res.error or ""),
@@ -231,6 +231,14 @@ def _delivery(ob: db.Outbox, kind: str) -> DeliveryRow:
         attempts=ob.attempts,
         last_error=ob.last_error or "",
         updated_at=ob.sent_at or ob.next_attempt_at,
+    )
+
+
+def masks_path(session: Session, sop_instance_uid: str) -> str | None:
+    return session.scalar(
+        select(db.Result.masks_path)
+        .join(db.Instance, db.Result.instance_id == db.Instance.id)
+        .where(db.Instance.sop_instance_uid == sop_instance_uid)
     )
 
 

@@ -452,3 +452,21 @@ def test_stats_and_node_retry(
     for s in _db(real_run):
         events = s.scalars(select(db.AuditEvent).where(db.AuditEvent.kind == "outbox_retry")).all()
     assert [e.detail["outbox_id"] for e in events] == [outbox_id]
+
+
+@needs_tools
+def test_chinese_dashboard(browser: Any, real_run: Settings, tmp_path: Path) -> None:
+    import dataclasses
+
+    from selenium.webdriver.common.by import By
+
+    from qcnode.web import create_app
+
+    zh = dataclasses.replace(real_run, language="zh")
+    app = create_app(zh, engine_or_session_factory=db.make_engine(zh, readonly=True))
+    with running(app) as url:
+        browser.get(url + "/?verdict=fail")
+        assert browser.find_element(By.TAG_NAME, "h1").text == "工作列表"
+        badges = {b.text for b in browser.find_elements(By.CSS_SELECTOR, "#worklist .badge")}
+        assert badges == {"不合格"}
+        _shot(browser, "worklist_zh", tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import io
 import re
 import xml.etree.ElementTree as ET
@@ -31,12 +32,26 @@ from qcnode.web.overlay import STRUCTURE_COLOURS, render_mask
 TOKEN = "s3cret-token"
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, list[str]]]:
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, list[str]]]:
+    """The node's schema (real Alembic migrations) on SQLite and on PostgreSQL, seeded."""
     data_dir = tmp_path_factory.mktemp("node")
-    settings = Settings(data_dir=data_dir, web_token=TOKEN, web_user="lead", web_password="pw")
+    url = ""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres").create_database("qcnode_web")
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=url,
+        web_token=TOKEN,
+        web_user="lead",
+        web_password="pw",
+    )
+    db.upgrade(settings)
     engine = db.make_engine(settings)
-    db.Base.metadata.create_all(engine)
     uids = seed(db.make_sessions(engine), data_dir)
     engine.dispose()
     yield settings, uids
@@ -240,7 +255,24 @@ def test_image_png_is_the_stored_image(client: httpx.Client, node) -> None:  # t
     assert img.size == (160, 192) and img.mode == "L"
     pixels = np.asarray(img)
     assert pixels[96, 80] > pixels[96, 48]  # mediastinum brighter than the lung
-    assert client.get(f"/image/{uids[0]}/mask/heart.png").status_code == 404  # none stored
+
+
+def test_image_page_mask_layers(client: httpx.Client, node) -> None:  # type: ignore[no-untyped-def]
+    _, uids = node
+    html = client.get(f"/image/{uids[0]}").text  # even cases carry masks: heart, lung, empty spine
+    layers = re.findall(r'data-layer-id="mask-([a-z_]+)"', html)
+    assert layers == ["lung_right", "heart"]  # STRUCTURES order; the empty spine is left out
+    assert 'id="no-masks"' not in html
+    r = client.get(f"/image/{uids[0]}/mask/heart.png")
+    assert r.status_code == 200
+    rgba = np.asarray(Image.open(io.BytesIO(r.content)))
+    assert rgba.shape == (192, 160, 4)
+    assert rgba[125, 95, 3] > 0 and rgba[10, 10, 3] == 0
+    assert client.get(f"/image/{uids[0]}/mask/spine.png").status_code == 404
+    assert client.get(f"/image/{uids[0]}/mask/nonsense.png").status_code == 404
+    no_masks = client.get(f"/image/{uids[1]}").text
+    assert 'id="no-masks"' in no_masks and 'data-layer-id="mask-' not in no_masks
+    assert client.get(f"/image/{uids[1]}/mask/heart.png").status_code == 404
 
 
 def test_render_mask_colours_structure() -> None:
@@ -388,10 +420,37 @@ def test_languages_complete() -> None:
 
 def test_chinese_pages(node) -> None:  # type: ignore[no-untyped-def]
     settings, uids = node
-    zh = Settings(data_dir=settings.data_dir, language="zh")
+    zh = dataclasses.replace(settings, language="zh", web_token="", web_user="", web_password="")
     app = create_app(zh, engine_or_session_factory=db.make_engine(zh, readonly=True))
     with running(app) as url:
         html = httpx.get(url + "/", params={"verdict": "fail"}).text
         assert 'lang="zh-CN"' in html and "工作列表" in html and "不合格" in html
         assert "位置细节" in httpx.get(f"{url}/image/{uids[1]}").text
         assert "按设备站点" in httpx.get(url + "/stats").text
+
+
+def test_markup_is_escaped(client: httpx.Client) -> None:
+    html = client.get("/", params={"station": '"><script>alert(1)</script>'}).text
+    assert "<script>alert(1)" not in html
+    assert "&lt;script&gt;alert(1)" in html or "&#34;&gt;&lt;script" in html
+
+
+def test_csv_cells_cannot_become_formulas() -> None:
+    from qcnode.web.csvexport import row_values
+    from qcnode.web.viewmodels import WorklistRow
+
+    row = WorklistRow(
+        sop_instance_uid="1.2.3",
+        received_at=None,
+        study_date=None,
+        view="frontal",
+        verdict="pass",
+        families={},
+        flagged=(),
+        station='=HYPERLINK("http://x")',
+        operator="+1",
+        manufacturer="@SUM(A1)",
+        view_position="PA",
+    )
+    values = row_values(row)
+    assert '\'=HYPERLINK("http://x")' in values and "'+1" in values and "'@SUM(A1)" in values

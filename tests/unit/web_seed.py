@@ -169,12 +169,13 @@ def seed(
             s.flush()
             s.add(db.Job(instance_id=inst.id, state=db.QUEUED if case.verdict is None else db.DONE))
             if case.verdict is not None:
-                _result(s, inst, case, i, data_dir if masks else None)
+                _result(s, inst, case, i, store if masks else None)
         uids.append(ds.SOPInstanceUID)
     return uids
 
 
-def _result(s: Session, inst: db.Instance, case: Case, i: int, mask_dir: Path | None) -> None:
+def _result(s: Session, inst: db.Instance, case: Case, i: int, store: Any) -> None:
+    """A result as the worker stores it; even cases also get masks (FileStore.write_masks)."""
     failing = dict(case.failing)
     fam_verdicts: dict[str, str] = {}
     res = db.Result(
@@ -186,6 +187,15 @@ def _result(s: Session, inst: db.Instance, case: Case, i: int, mask_dir: Path | 
         timings_ms={"decode": 5.0, "model": 80.0 + i, "rules": 3.0, "total": 88.0 + i},
         created_at=inst.received_at + dt.timedelta(seconds=1 + i),
     )
+    if store is not None and i % 2 == 0:
+        shape = (inst.rows, inst.columns)
+        heart, lung = np.zeros(shape, bool), np.zeros(shape, bool)
+        heart[100:150, 70:120] = True
+        lung[40:160, 20:70] = True
+        empty = np.zeros(shape, bool)
+        res.masks_path = store.write_masks(
+            inst.sop_instance_uid, {"heart": heart, "lung_right": lung, "spine": empty}
+        )
     s.add(res)
     s.flush()
     for rule, family, threshold, unit in RULES:
