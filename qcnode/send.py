@@ -324,12 +324,13 @@ def outbox_summary(sessions: sessionmaker[Session]) -> dict[str, Any]:
     }
 
 
-def retry_dead(sessions: sessionmaker[Session]) -> int:
+def retry_dead(sessions: sessionmaker[Session], *, clock: Clock = utcnow) -> int:
+    """Dead letters become pending again, due now, with a fresh attempt count."""
     with sessions.begin() as session:
         result = session.execute(
             update(Outbox)
             .where(Outbox.state == DEAD)
-            .values(state=PENDING, attempts=0, next_attempt_at=utcnow(), last_error=None)
+            .values(state=PENDING, attempts=0, next_attempt_at=clock(), last_error=None)
         )
     return int(getattr(result, "rowcount", 0) or 0)
 

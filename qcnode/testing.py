@@ -7,10 +7,14 @@ and calibrated independently of the model.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
+from qcnode.config import Destination
+from qcnode.errors import DeliveryError
 from qcnode.records import STRUCTURES, BoolMask, DecodedImage, ModelInfo, Prediction, View
 
 FAKE_MODEL = ModelInfo(name="fake", version="0", sha256="0" * 64)
@@ -216,3 +220,48 @@ def phantom_image(
         deviation_index=deviation_index,
     )
     return DecodedImage(pixels=px, spacing_mm=spacing_mm, meta=meta)
+
+
+# ---- node seams: clock and sender (issue 2) ------------------------------------------------
+
+
+class FakeClock:
+    """A clock that only moves when told (naive UTC, like qcnode.db.utcnow)."""
+
+    def __init__(self, start: dt.datetime | None = None) -> None:
+        self.now = start or dt.datetime(2026, 1, 1, 12, 0, 0)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+class FakeSender:
+    """A Sender that records what it was asked to C-STORE.
+
+    ``status``: the DICOM status to answer; ``down``: raise DeliveryError (no association)
+    for the destinations whose AE title is in it.
+    """
+
+    def __init__(self, *, status: int = 0x0000) -> None:
+        self.status = status
+        self.down: set[str] = set()
+        self.stored: list[tuple[str, str]] = []  # (destination AE, SOP Instance UID)
+        self.idled: list[str] = []
+
+    def store(self, destination: Destination, path: Path) -> int:
+        if destination.ae_title in self.down:
+            raise DeliveryError(f"{destination.ae_title} is down")
+        import pydicom
+
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        self.stored.append((destination.ae_title, uid))
+        return self.status
+
+    def idle(self, destination: Destination) -> None:
+        self.idled.append(destination.ae_title)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,79 @@
+"""Job queue: claiming, leases, re-claiming a dead worker's job, ownership on finish."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from qcnode.config import Settings
+from qcnode.db import DONE, QUEUED, RUNNING, Instance, Job, make_engine, make_sessions, upgrade
+from qcnode.queue import JobQueue
+from qcnode.testing import FakeClock
+
+
+@pytest.fixture
+def sessions(tmp_path: Path):  # type: ignore[no-untyped-def]
+    settings = Settings(data_dir=tmp_path)
+    upgrade(settings)
+    engine = make_engine(settings)
+    yield make_sessions(engine)
+    engine.dispose()
+
+
+def add_jobs(sessions, n: int) -> None:  # type: ignore[no-untyped-def]
+    with sessions.begin() as s:
+        for i in range(n):
+            inst = Instance(sop_instance_uid=f"1.2.3.{i}", sop_class_uid="1.2", path=f"x/{i}")
+            s.add(inst)
+            s.flush()
+            s.add(Job(instance_id=inst.id))
+
+
+def test_claims_oldest_first_and_never_twice(sessions) -> None:  # type: ignore[no-untyped-def]
+    add_jobs(sessions, 5)
+    clock = FakeClock()
+    a = JobQueue(sessions=sessions, worker_id="a", lease_seconds=60, clock=clock)
+    b = JobQueue(sessions=sessions, worker_id="b", lease_seconds=60, clock=clock)
+    first = a.claim(3)
+    second = b.claim(3)
+    assert [c.instance_id for c in first] == [1, 2, 3]
+    assert [c.instance_id for c in second] == [4, 5]
+    assert b.claim(3) == []
+    assert a.counts() == {RUNNING: 5}
+
+
+def test_expired_lease_is_reclaimed_and_old_holder_cannot_finish(sessions) -> None:  # type: ignore[no-untyped-def]
+    add_jobs(sessions, 1)
+    clock = FakeClock()
+    dead = JobQueue(sessions=sessions, worker_id="dead", lease_seconds=10, clock=clock)
+    alive = JobQueue(sessions=sessions, worker_id="alive", lease_seconds=10, clock=clock)
+    (old,) = dead.claim(1)
+    clock.advance(5)
+    assert alive.claim(1) == []  # lease still valid
+    clock.advance(6)
+    (new,) = alive.claim(1)
+    assert new.job_id == old.job_id and new.attempt == 2
+    with sessions.begin() as s:
+        assert dead.holds(s, old) is None
+        job = alive.holds(s, new)
+        assert job is not None
+        JobQueue.finish(s, job)
+    with sessions() as s:
+        assert s.scalar(select(Job.state)) == DONE
+
+
+def test_startup_requeues_jobs_of_dead_local_processes(sessions) -> None:  # type: ignore[no-untyped-def]
+    add_jobs(sessions, 2)
+    host = socket.gethostname()[:40]
+    q = JobQueue(sessions=sessions, worker_id=f"{host}:999999999:x", lease_seconds=600)
+    q.claim(1)
+    live = JobQueue(sessions=sessions, worker_id=f"{host}:{os.getppid()}:y", lease_seconds=600)
+    live.claim(1)
+    assert q.release_dead_local() == 1
+    with sessions() as s:
+        states = {i: st for i, st in s.execute(select(Job.id, Job.state)).all()}
+    assert states == {1: QUEUED, 2: RUNNING}

@@ -1,0 +1,152 @@
+"""The worker over a real database and file store, with the model faked (FakePredictor
+answering phantom masks) and the real rules and report builders."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from qcnode.config import Destination, Settings
+from qcnode.db import (
+    DONE,
+    Finding,
+    Instance,
+    Job,
+    Outbox,
+    Result,
+    ResultObject,
+    make_engine,
+    make_sessions,
+    upgrade,
+)
+from qcnode.node import EngineAnalyzer, ReportBuilder
+from qcnode.queue import JobQueue
+from qcnode.records import View
+from qcnode.store import FileStore
+from qcnode.testing import FakePredictor, frontal_phantom
+from qcnode.worker import Worker
+from tests.conftest import radiograph, write
+
+PACS = Destination(ae_title="PACS", host="127.0.0.1", port=104, objects=("sr", "sc"))
+ARCHIVE = Destination(ae_title="ARCHIVE", host="127.0.0.1", port=105, objects=("sr",))
+
+
+@pytest.fixture
+def env(tmp_path: Path):  # type: ignore[no-untyped-def]
+    settings = Settings(data_dir=tmp_path, destinations=(PACS, ARCHIVE), batch_size=4)
+    upgrade(settings)
+    engine = make_engine(settings)
+    sessions = make_sessions(engine)
+    store = FileStore(root=tmp_path)
+    yield settings, sessions, store
+    engine.dispose()
+
+
+def receive(sessions, store: FileStore, tmp_path: Path, **kw) -> int:  # type: ignore[no-untyped-def]
+    ds = radiograph(rows=400, columns=400, **kw)
+    src = write(ds, tmp_path / "in" / f"{ds.SOPInstanceUID}.dcm")
+    rel, size = store.keep_received(src, ds.SOPInstanceUID)
+    with sessions.begin() as s:
+        inst = Instance(
+            sop_instance_uid=ds.SOPInstanceUID,
+            sop_class_uid=ds.SOPClassUID,
+            path=rel,
+            size_bytes=size,
+            applicable=kw.get("body_part", "CHEST") == "CHEST",
+        )
+        s.add(inst)
+        s.flush()
+        s.add(Job(instance_id=inst.id))
+        return inst.id
+
+
+def make_worker(settings, sessions, store, predictor) -> Worker:  # type: ignore[no-untyped-def]
+    return Worker(
+        settings=settings,
+        sessions=sessions,
+        store=store,
+        queue=JobQueue(sessions=sessions, worker_id="w", lease_seconds=60),
+        analyzer=EngineAnalyzer(predictor=predictor, settings=settings),
+        builder=ReportBuilder(language="en"),
+        wake=threading.Event(),
+    )
+
+
+def phantom_predictor() -> FakePredictor:
+    return FakePredictor(source=lambda image: (View.FRONTAL, frontal_phantom(image.pixels.shape)))
+
+
+def test_batch_stores_results_findings_objects_and_outbox(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings, sessions, store = env
+    ids = [receive(sessions, store, tmp_path, seed=i) for i in range(3)]
+    knee = receive(sessions, store, tmp_path, body_part="KNEE")
+    predictor = phantom_predictor()
+    worker = make_worker(settings, sessions, store, predictor)
+    assert worker.run_once() == 4
+    assert predictor.calls == [3]  # one batched model call; the knee never reaches the model
+    with sessions() as s:
+        assert set(s.scalars(select(Job.state))) == {DONE}
+        results = {r.instance_id: r for r in s.scalars(select(Result))}
+        assert results[knee].verdict == "not_applicable"
+        for i in ids:
+            r = results[i]
+            assert r.verdict in ("pass", "warn", "fail") and r.view == "frontal"
+            assert r.model_name == "fake" and r.masks_path
+            assert (settings.data_dir / r.masks_path).is_file()
+            assert {"decode", "model", "rules"} <= set(r.timings_ms)
+            findings = list(s.scalars(select(Finding).where(Finding.result_id == r.id)))
+            assert any(f.rule == "positioning.rotation" for f in findings)
+            objs = list(s.scalars(select(ResultObject).where(ResultObject.result_id == r.id)))
+            assert sorted(o.kind for o in objs) == ["sc", "sr"]
+            for o in objs:
+                assert (settings.data_dir / o.path).is_file()
+                dests = set(s.scalars(select(Outbox.destination).where(Outbox.object_id == o.id)))
+                want = {"PACS@127.0.0.1:104"} | (
+                    {"ARCHIVE@127.0.0.1:105"} if o.kind == "sr" else set()
+                )
+                assert dests == want
+
+
+def test_rerun_gives_the_same_object_uids(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings, sessions, store = env
+    receive(sessions, store, tmp_path)
+    worker = make_worker(settings, sessions, store, phantom_predictor())
+    worker.run_once()
+    with sessions() as s:
+        first = sorted(s.scalars(select(ResultObject.sop_instance_uid)))
+    with sessions.begin() as s:  # queue it again, as a re-run would
+        job = s.scalar(select(Job))
+        assert job is not None
+        job.state = "queued"
+    worker.run_once()
+    with sessions() as s:
+        assert sorted(s.scalars(select(ResultObject.sop_instance_uid))) == first
+        assert len(list(s.scalars(select(Result)))) == 1
+
+
+def test_unreadable_pixels_give_an_error_result(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings, sessions, store = env
+    receive(sessions, store, tmp_path, pixel_data=False)
+    big = radiograph(rows=400, columns=400)
+    big.Rows = 60000
+    big.Columns = 60000
+    src = write(big, tmp_path / "big.dcm")
+    rel, _ = store.keep_received(src, big.SOPInstanceUID)
+    with sessions.begin() as s:
+        inst = Instance(
+            sop_instance_uid=big.SOPInstanceUID, sop_class_uid=big.SOPClassUID, path=rel
+        )
+        s.add(inst)
+        s.flush()
+        s.add(Job(instance_id=inst.id))
+    worker = make_worker(settings, sessions, store, phantom_predictor())
+    assert worker.run_once() == 2
+    with sessions() as s:
+        results = list(s.scalars(select(Result).order_by(Result.instance_id)))
+        assert [r.verdict for r in results] == ["error", "error"]
+        assert "pixel data" in (results[0].error or "")
+        assert "too large" in (results[1].error or "")
+        assert not list(s.scalars(select(Outbox)))
