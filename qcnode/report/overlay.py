@@ -164,7 +164,9 @@ def _fmt(value: float | None) -> str:
         return ""
     if abs(value) >= 100 or float(value).is_integer():
         return f"{value:.0f}"
-    return f"{value:.1f}"
+    if abs(value) >= 1:
+        return f"{value:.1f}"
+    return f"{value:.2g}"
 
 
 def _unit(unit: str | None, language: str) -> str:
@@ -176,6 +178,8 @@ def _unit(unit: str | None, language: str) -> str:
         return " 肋" if language == "zh" else " ribs"
     if unit == "%":
         return " %"
+    if unit == "mm2":
+        return " mm²"
     return f" {unit}"
 
 
@@ -260,24 +264,23 @@ def _draw_findings(
     for finding in ordered:
         colour = STATUS_COLOURS.get(finding.status, (200, 200, 200))
         important = finding.status in (Status.WARN, Status.FAIL)
-        width = style.line * 2 if important else style.line
+        width = style.line * 2 if important else max(1, style.line // 2)
         anchor: tuple[float, float] | None = None
         for geometry in finding.geometry:
             for shape in to_shapes(geometry, rows=rows, columns=columns):
                 pts = [(float(x) * scale, float(y) * scale) for x, y in shape.points]
                 anchor = anchor or pts[0]
                 if shape.graphic_type in ("POINT", "MULTIPOINT"):
-                    r = style.line * 4
+                    r = style.line * (4 if important else 2)
                     for x, y in pts:
                         draw.ellipse((x - r, y - r, x + r, y + r), outline=colour, width=width)
                         draw.ellipse((x - width, y - width, x + width, y + width), fill=colour)
                 else:
                     draw.line(pts, fill=colour, width=width, joint="curve")
-        if anchor is None:
-            continue
-        label = value_text(finding, language)
-        if important:
-            label = f"{i18n.rule_title(finding.rule, language)} {label}".strip()
+        if anchor is None or not important:
+            continue  # passing values are listed in the panel; labels would only clutter
+        label = f"{i18n.rule_title(finding.rule, language)} {value_text(finding, language)}"
+        label = label.strip()
         if label:
             x, y = _place(
                 anchor,
@@ -350,8 +353,13 @@ def _panel(
     note = _font(max(10, round(size * 0.85)), False, cjk)
     pad = size
     y = float(pad)
-    bottom = height - 2.6 * size
     line_h = size * 1.3
+    footer_top = height - 2.6 * size
+    legend_h = (
+        line_h * 1.1 + line_h * ((len(structures) + 1) // 2) + line_h * 0.5 if structures else 0.0
+    )
+    legend_top = footer_top - legend_h
+    bottom = legend_top - line_h  # room for the "+N more" line
 
     def heading(text: str) -> None:
         nonlocal y
@@ -403,12 +411,19 @@ def _panel(
     elif shown < len(ordered):
         draw.text((pad, y), f"+{len(ordered) - shown} …", font=font, fill=(200, 200, 200))
         y += line_h
-    y += line_h * 0.4
-    if structures and y + line_h * 2 < bottom:
+    if structures:  # legend: two columns in the space reserved above the footer
+        y = legend_top
         heading(i18n.text("legend", language))
-        for name in structures:
-            if not row(STRUCTURE_STYLE[name][0], i18n.structure_name(name, language)):
-                break
+        column_w = (width - 2 * pad) / 2
+        for i, name in enumerate(structures):
+            x0 = pad + (i % 2) * column_w
+            yy = y + (i // 2) * line_h
+            sw = size * 0.8
+            draw.rectangle(
+                (x0, yy + size * 0.2, x0 + sw, yy + size * 0.2 + sw), fill=STRUCTURE_STYLE[name][0]
+            )
+            label = _fit(i18n.structure_name(name, language), font, column_w - size * 1.6, draw)
+            draw.text((x0 + size * 1.3, yy), label, font=font, fill=(230, 230, 230))
     footer = _font(size, True, cjk)
     draw.text(
         (pad, height - 2.3 * size),
