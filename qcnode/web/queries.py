@@ -12,7 +12,19 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    Select,
+    and_,
+    case,
+    exists,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from qcnode import db
@@ -261,63 +273,76 @@ def _bucket_key(day: dt.date, bucket: str) -> str:
 
 
 def statistics(session: Session, f: WorklistFilter, *, bucket: str = "day") -> Statistics:
-    """Failure rates per family and rule over time, and per station / operator with counts."""
-    R, Inst = db.Result, db.Instance
+    """Failure rates per family and rule over time, and per station / operator with counts.
+
+    Counting is grouped by day in SQL (``date()`` exists in SQLite and PostgreSQL); days
+    are folded into weeks or months in Python, where the calendar is the same everywhere.
+    """
+    R, Inst, F = db.Result, db.Instance, db.Finding
     cond = [*_conditions(f, for_stats=True), R.verdict.in_(RATED)]
-    rows = session.execute(
-        select(
-            R.id,
-            R.verdict,
-            Inst.study_date,
-            Inst.received_at,
-            Inst.station_name,
-            Inst.operators_name,
-            *_FAMILY_COLUMNS.values(),
-        )
+    day = func.coalesce(Inst.study_date, func.date(Inst.received_at), type_=Date).label("day")
+
+    def n_if(expr: ColumnElement[bool]) -> Any:
+        return func.sum(case((expr, 1), else_=0))
+
+    fam_cols = []
+    for col in _FAMILY_COLUMNS.values():
+        fam_cols += [n_if(col.in_(RATED)), n_if(col == "fail")]
+    fam_total: Counter[tuple[str, str]] = Counter()
+    fam_failed: Counter[tuple[str, str]] = Counter()
+    seen_fams: set[str] = set()
+    buckets_seen: set[str] = set()
+    total = 0
+    for row in session.execute(
+        select(day, func.count(), *fam_cols)
         .join(Inst, R.instance_id == Inst.id)
         .where(*cond)
-    ).all()
-    keys: dict[int, str] = {}
-    fam_total: dict[tuple[str, str], int] = Counter()
-    fam_failed: dict[tuple[str, str], int] = Counter()
-    station: dict[str, Counter[str]] = defaultdict(Counter)
-    operator: dict[str, Counter[str]] = defaultdict(Counter)
-    for row in rows:
-        day = row.study_date or row.received_at.date()
-        key = keys[row.id] = _bucket_key(day, bucket)
-        for fam in _FAMILY_COLUMNS:
-            v = getattr(row, f"verdict_{fam}")
-            if v in RATED:
-                fam_total[fam, key] += 1
-                fam_failed[fam, key] += v == "fail"
-        for table, name in ((station, row.station_name), (operator, row.operators_name)):
-            table[name]["total"] += 1
-            table[name][row.verdict] += 1
-    buckets = tuple(sorted(set(keys.values())))
+        .group_by(day)
+    ):
+        key = _bucket_key(_as_date(row[0]), bucket)
+        buckets_seen.add(key)
+        total += row[1]
+        for k, fam in enumerate(_FAMILY_COLUMNS):
+            rated, failed = int(row[2 + 2 * k] or 0), int(row[3 + 2 * k] or 0)
+            if rated:
+                seen_fams.add(fam)
+            fam_total[fam, key] += rated
+            fam_failed[fam, key] += failed
 
-    rule_total: dict[tuple[str, str], int] = Counter()
-    rule_failed: dict[tuple[str, str], int] = Counter()
+    rule_total: Counter[tuple[str, str]] = Counter()
+    rule_failed: Counter[tuple[str, str]] = Counter()
     rule_sum: dict[str, Counter[str]] = defaultdict(Counter)
-    if keys:
-        frows = session.execute(
-            select(db.Finding.result_id, db.Finding.rule, db.Finding.status)
-            .join(R, db.Finding.result_id == R.id)
+    for d, rule, n, failed, warned in session.execute(
+        select(day, F.rule, func.count(), n_if(F.status == "fail"), n_if(F.status == "warn"))
+        .join(R, F.result_id == R.id)
+        .join(Inst, R.instance_id == Inst.id)
+        .where(*cond, F.status.in_(RATED))
+        .group_by(day, F.rule)
+    ):
+        key = _bucket_key(_as_date(d), bucket)
+        rule_total[rule, key] += n
+        rule_failed[rule, key] += int(failed or 0)
+        rule_sum[rule]["total"] += n
+        rule_sum[rule]["fail"] += int(failed or 0)
+        rule_sum[rule]["warn"] += int(warned or 0)
+
+    def per(col: Any) -> dict[str, Counter[str]]:
+        out: dict[str, Counter[str]] = defaultdict(Counter)
+        for name, n, failed, warned in session.execute(
+            select(col, func.count(), n_if(R.verdict == "fail"), n_if(R.verdict == "warn"))
             .join(Inst, R.instance_id == Inst.id)
-            .where(*cond, db.Finding.status.in_(RATED))
-        )
-        for rid, rule, status in frows:
-            bkey = keys.get(rid)
-            if bkey is None:
-                continue
-            rule_total[rule, bkey] += 1
-            rule_failed[rule, bkey] += status == "fail"
-            rule_sum[rule]["total"] += 1
-            rule_sum[rule][status] += 1
+            .where(*cond)
+            .group_by(col)
+        ):
+            out[name or ""].update(total=n, fail=int(failed or 0), warn=int(warned or 0))
+        return out
+
+    buckets = tuple(sorted(buckets_seen))
 
     def cells(
-        name: str, total: dict[tuple[str, str], int], failed: dict[tuple[str, str], int]
+        name: str, totals: Counter[tuple[str, str]], fails: Counter[tuple[str, str]]
     ) -> tuple[RateCell, ...]:
-        return tuple(RateCell(failed=failed[name, b], total=total[name, b]) for b in buckets)
+        return tuple(RateCell(failed=fails[name, b], total=totals[name, b]) for b in buckets)
 
     def groups(table: dict[str, Counter[str]]) -> tuple[GroupStat, ...]:
         stats = [
@@ -326,16 +351,25 @@ def statistics(session: Session, f: WorklistFilter, *, bucket: str = "day") -> S
         ]
         return tuple(sorted(stats, key=lambda g: (-g.rate, -g.total, g.label)))
 
-    fams = sorted({fam for fam, _ in fam_total}, key=[f.value for f in Family].index)
+    fams = [fam.value for fam in Family if fam.value in seen_fams]
     return Statistics(
         buckets=buckets,
         by_family={fam: cells(fam, fam_total, fam_failed) for fam in fams},
         by_rule={r: cells(r, rule_total, rule_failed) for r in sorted(rule_sum)},
         rule_totals=groups(rule_sum),
-        by_station=groups(station),
-        by_operator=groups(operator),
-        total=len(rows),
+        by_station=groups(per(Inst.station_name)),
+        by_operator=groups(per(Inst.operators_name)),
+        total=total,
     )
+
+
+def _as_date(value: Any) -> dt.date:
+    """SQLite may hand back ``date()`` as text; PostgreSQL as a date."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value)[:10])
 
 
 # --- node page -----------------------------------------------------------------------

@@ -454,3 +454,47 @@ def test_csv_cells_cannot_become_formulas() -> None:
     )
     values = row_values(row)
     assert '\'=HYPERLINK("http://x")' in values and "'+1" in values and "'@SUM(A1)" in values
+
+
+def test_statistics_rates_per_day_and_week(node) -> None:  # type: ignore[no-untyped-def]
+    from qcnode.web.queries import statistics
+    from qcnode.web.viewmodels import WorklistFilter
+
+    settings, _ = node
+    checked = [c for c in CASES if c.verdict in ("pass", "warn", "fail")]
+
+    def fam_status(c, fam: str) -> str:  # type: ignore[no-untyped-def]
+        found = [st for rule, st in c.failing if rule.startswith(fam + ".")]
+        return "fail" if "fail" in found else "warn" if "warn" in found else "pass"
+
+    engine = db.make_engine(settings, readonly=True)
+    with db.make_sessions(engine)() as s:
+        daily = statistics(s, WorklistFilter(), bucket="day")
+        weekly = statistics(s, WorklistFilter(), bucket="week")
+        room1 = statistics(s, WorklistFilter(station="DR-ROOM-1"), bucket="day")
+    engine.dispose()
+    days = sorted({c.day for c in checked})
+    assert daily.buckets == tuple(f"2026-11-{1 + d:02d}" for d in days)
+    for fam in ("completeness", "positioning"):
+        got = [(c.failed, c.total) for c in daily.by_family[fam]]
+        want = [
+            (
+                sum(fam_status(c, fam) == "fail" for c in checked if c.day == d),
+                sum(1 for c in checked if c.day == d),
+            )
+            for d in days
+        ]
+        assert got == want, fam
+    rot = [(c.failed, c.total) for c in daily.by_rule["positioning.rotation"]]
+    assert rot == [
+        (
+            sum(("positioning.rotation", "fail") in c.failing for c in checked if c.day == d),
+            sum(1 for c in checked if c.day == d),
+        )
+        for d in days
+    ]
+    # 2026-11-01 is a Sunday: ISO week 44; the other days fall in week 45
+    assert weekly.buckets == ("2026-W44", "2026-W45")
+    assert sum(c.total for c in weekly.by_family["positioning"]) == len(checked)
+    assert room1.total == sum(c.station == "DR-ROOM-1" for c in checked)
+    assert [g.label for g in room1.by_station] == ["DR-ROOM-1"]
