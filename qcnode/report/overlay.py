@@ -42,7 +42,8 @@ BANNER_COLOURS: dict[str, RGB] = {
     Verdict.NOT_APPLICABLE: (95, 95, 95),
     Verdict.ERROR: (100, 60, 130),
 }
-# Structure colours; ``None`` fill: outline only. Body is not drawn (it adds clutter).
+# Structure colours and whether the inside is tinted. Body and the posterior ribs are not
+# drawn: they add clutter, and rib findings carry their own geometry.
 STRUCTURE_STYLE: dict[str, tuple[RGB, bool]] = {
     "lung_right": ((0, 160, 255), True),
     "lung_left": ((0, 215, 200), True),
@@ -56,8 +57,6 @@ STRUCTURE_STYLE: dict[str, tuple[RGB, bool]] = {
     "humerus_right": ((210, 200, 120), False),
     "humerus_left": ((210, 200, 120), False),
     "sternum": ((255, 190, 130), False),
-    "ribs_posterior_right": ((130, 130, 255), False),
-    "ribs_posterior_left": ((130, 130, 255), False),
     "field": ((255, 255, 255), False),
 }
 _SEVERITY = {Status.FAIL: 0, Status.WARN: 1, Status.NOT_EVALUABLE: 2, Status.PASS: 3}

@@ -155,7 +155,6 @@ def _group(
             name=coding.rule_code(f.rule),
             value=float(f.value),  # type: ignore[arg-type]
             unit=coding.ucum(f.unit),
-            algorithm_id=algorithm,
         )
         for f in findings
         if _finite(f.value)
@@ -378,6 +377,7 @@ def build_sr(
         instance_number=info.instance_number,
         manufacturer=options.manufacturer,
         is_complete=True,
+        is_final=True,
         institution_name=options.institution_name,
         series_description=i18n.text("sr_series", options.language),
         manufacturer_model_name="qcnode",

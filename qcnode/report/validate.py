@@ -80,7 +80,7 @@ def dsrdump(obj: Path | str | pydicom.Dataset, *, timeout: float = 60.0) -> str:
     with tempfile.TemporaryDirectory(prefix="qcnode-dsrdump-") as tmp:
         path = _as_file(obj, Path(tmp))
         proc = subprocess.run(
-            [_tool("dsrdump"), "+U8", "+Pn", str(path)],
+            [_tool("dsrdump"), "+U8", "+Pn", "+Pl", str(path)],
             capture_output=True,
             timeout=timeout,
             check=True,
