@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from qcnode.config import Destination
 from qcnode.errors import DeliveryError
@@ -265,3 +266,48 @@ class FakeSender:
 
     def close(self) -> None:
         pass
+
+
+def phantom_dataset(
+    masks: Mapping[str, BoolMask],
+    *,
+    spacing_mm: float = 1.0,
+    view_position: str = "PA",
+    modality: str = "DX",
+    monochrome1: bool = False,
+    deviation_index: float | None = 0.3,
+    seed: int = 0,
+) -> Dataset:
+    """A DX dataset (Part 10 ready) whose pixels are a painted phantom: for engine/node tests."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+    dx = UID("1.2.840.10008.5.1.4.1.1.1.1")
+    px = phantom_image(masks, seed=seed).pixels
+    stored = np.round(px * 4095).astype(np.uint16)
+    if monochrome1:
+        stored = (4095 - stored).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = dx
+    uid = generate_uid()
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("phantom.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = dx
+    ds.SOPInstanceUID = uid
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = "PHANTOM^QC"
+    ds.PatientID = "PHANTOM"
+    ds.Modality = modality
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = view_position
+    ds.ImagerPixelSpacing = [spacing_mm, spacing_mm]
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if deviation_index is not None:
+        ds.DeviationIndex = deviation_index
+    ds.PixelData = stored.tobytes()
+    return ds

@@ -8,7 +8,8 @@ burned-in text and air outside the body do not count:
 - noise: 1.4826·MAD of the image minus its Gaussian-smoothed self, inside the lung;
 - spine visibility: the step between the vertebral band and the paraspinal band behind
   the heart, relative to the noise;
-- sharpness: the 10–90 % edge width of the lung/diaphragm border under both domes.
+- sharpness: the edge width (step / steepest slope) of the lung/diaphragm border under
+  both domes.
 """
 
 from __future__ import annotations
@@ -168,22 +169,18 @@ def spine_through_heart(s: Subject, cfg: RulesConfig) -> Finding:
 
 
 def _edge_width(profile: npt.NDArray[np.float64], step_mm: float) -> float | None:
-    """10–90 % rise distance (mm) of a monotone-ish edge profile (dark lung → bright)."""
-    p = ndimage.gaussian_filter1d(profile, 1.0)
+    """Edge width (mm) of a dark-lung → bright-diaphragm profile: step height over the
+    steepest slope (sub-pixel; for a Gaussian-blurred step it is σ·√(2π) ≈ 1.06·FWHM)."""
+    p = ndimage.gaussian_filter1d(profile, 0.7)
     n = len(p)
     q = max(2, n // 5)
-    lo, hi = float(np.mean(p[:q])), float(np.mean(p[-q:]))
-    step = hi - lo
+    step = float(np.mean(p[-q:]) - np.mean(p[:q]))
     if step <= 1e-3:
         return None
-    t10, t90 = lo + 0.1 * step, lo + 0.9 * step
-    above10 = np.flatnonzero(p >= t10)
-    below90 = np.flatnonzero(p <= t90)
-    if above10.size == 0 or below90.size == 0:
+    slope = float(np.max(np.diff(p)))
+    if slope <= 0:
         return None
-    i10 = int(above10[0])
-    i90 = int(below90[-1])
-    return max(i90 - i10, 1) * step_mm
+    return step / slope * step_mm
 
 
 def sharpness(s: Subject, cfg: RulesConfig) -> Finding:

@@ -25,12 +25,12 @@ from qcnode.rules.geometry import (
     Point,
     Subject,
     centroid,
+    col_extent,
     extreme,
     largest_component,
     runs,
 )
 from qcnode.rules.messages import make
-from qcnode.rules.organs import dome
 
 
 def spine_line(s: Subject, r0: int, r1: int) -> tuple[float, float] | None:
@@ -152,10 +152,22 @@ def count_ribs_above(s: Subject, ribs: np.ndarray, bottom_row: int, col: float) 
     return int(np.median(counts)) if counts else 0
 
 
+def count_line(s: Subject) -> Point | None:
+    """Where ribs are counted: the right lung's mid column (≈ mid-clavicular line), down to
+    the lung's lower border on that column (the right hemidiaphragm)."""
+    lung = s.clean("lung_right")
+    ext = col_extent(lung)
+    if ext is None:
+        return None
+    col = (ext[0] + ext[1]) // 2
+    rows = np.flatnonzero(lung[:, col])
+    return None if rows.size == 0 else (float(rows[-1]), float(col))
+
+
 def inspiration(s: Subject, cfg: RulesConfig) -> Finding:
-    """Posterior ribs above the right hemidiaphragm dome (≥10 good, 9 borderline)."""
+    """Posterior ribs above the right hemidiaphragm (≥10 good, 9 borderline)."""
     rule, p = "positioning.inspiration", cfg.positioning
-    d = dome(s, "right")
+    d = count_line(s)
     ribs = s.mask("ribs_posterior_right")
     if d is None or not ribs.any():
         return make(s, rule, Status.NOT_EVALUABLE, None, float(p.inspiration_pass_ribs), "missing")

@@ -8,16 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from qcnode.config import Settings
 from qcnode.engine import QCEngine, check_command, collect_files
 from qcnode.records import View
 from qcnode.rules import CATALOGUE
-from qcnode.testing import FakePredictor, frontal_phantom, phantom_image
-
-DX = "1.2.840.10008.5.1.4.1.1.1.1"
+from qcnode.testing import FakePredictor, frontal_phantom, phantom_dataset
 
 
 def write_dx(path: Path, *, monochrome1: bool = False, cut_apices: bool = False) -> str:
@@ -25,30 +21,9 @@ def write_dx(path: Path, *, monochrome1: bool = False, cut_apices: bool = False)
     masks = frontal_phantom()
     if cut_apices:
         masks["field"][:65] = False
-    px = phantom_image(masks).pixels
-    stored = np.round(px * 4095).astype(np.uint16)
-    if monochrome1:
-        stored = 4095 - stored
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DX
-    uid = generate_uid()
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = DX
-    ds.SOPInstanceUID = uid
-    ds.Modality = "DX"
-    ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = "PA"
-    ds.ImagerPixelSpacing = [1.0, 1.0]
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.DeviationIndex = 0.3
-    ds.PixelData = stored.tobytes()
+    ds = phantom_dataset(masks, monochrome1=monochrome1)
     ds.save_as(path, enforce_file_format=True)
-    return uid
+    return str(ds.SOPInstanceUID)
 
 
 def _engine() -> QCEngine:
