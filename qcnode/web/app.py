@@ -34,7 +34,7 @@ from qcnode.errors import QcnodeError
 from qcnode.records import STRUCTURES, Family, Verdict, View
 from qcnode.web import charts, overlay, queries
 from qcnode.web.auth import AuthPolicy
-from qcnode.web.csvexport import stream_csv
+from qcnode.web.csvexport import STATS_TABLES, stats_table, stream_csv, stream_table
 from qcnode.web.i18n import label, translator
 from qcnode.web.metrics import MetricsSnapshot, build_registry
 from qcnode.web.viewmodels import WorklistFilter
@@ -237,8 +237,7 @@ def create_app(
     @app.get("/stats", response_class=HTMLResponse)
     def stats(request: Request) -> HTMLResponse:
         f = WorklistFilter.from_query(request.query_params)
-        bucket = request.query_params.get("bucket", "day")
-        bucket = bucket if bucket in ("day", "week", "month") else "day"
+        bucket = _bucket(request.query_params.get("bucket"))
         with session() as s:
             st = queries.statistics(s, f, bucket=bucket)
             options = queries.filter_options(s)
@@ -271,6 +270,21 @@ def create_app(
             rule_chart=rule_chart,
             station_chart=bars(st.by_station),
             operator_chart=bars(st.by_operator),
+        )
+
+    @app.get("/stats.csv")
+    def stats_csv(request: Request) -> StreamingResponse:
+        f = WorklistFilter.from_query(request.query_params)
+        table = request.query_params.get("table", "station")
+        if table not in STATS_TABLES:
+            raise HTTPException(404, f"table is one of {', '.join(STATS_TABLES)}")
+        bucket = _bucket(request.query_params.get("bucket"))
+        with session() as s:
+            header, rows = stats_table(queries.statistics(s, f, bucket=bucket), table)
+        return StreamingResponse(
+            stream_table(header, rows),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="qcnode-{table}.csv"'},
         )
 
     @app.get("/node", response_class=HTMLResponse)
@@ -311,6 +325,10 @@ def create_app(
         return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
 
     return app
+
+
+def _bucket(value: str | None) -> str:
+    return value if value in ("day", "week", "month") else "day"
 
 
 def _fmt_number(value: float | None, digits: int = 2) -> str:

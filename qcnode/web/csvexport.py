@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from qcnode.records import Family
-from qcnode.web.viewmodels import WorklistRow
+from qcnode.web.viewmodels import Statistics, WorklistRow
 
 COLUMNS: tuple[str, ...] = (
     "sop_instance_uid",
@@ -52,13 +52,47 @@ def row_values(row: WorklistRow) -> list[str]:
 
 
 def stream_csv(rows: Iterable[WorklistRow]) -> Iterator[str]:
-    """Yield the CSV in chunks (UTF-8 with BOM so spreadsheets read Chinese names right)."""
+    """The worklist as CSV, in chunks."""
+    return stream_table(COLUMNS, (row_values(r) for r in rows))
+
+
+def stats_table(st: Statistics, table: str) -> tuple[tuple[str, ...], list[list[str]]]:
+    """One statistics table as (header, rows): per station / operator / rule, or a time series
+    per family / rule (one row per bucket and name)."""
+    if table in ("station", "operator", "rule"):
+        groups = {"station": st.by_station, "operator": st.by_operator, "rule": st.rule_totals}
+        header = (table, "images", "failed", "warned", "failure_rate")
+        return header, [
+            [_cell(g.label), str(g.total), str(g.failed), str(g.warned), f"{g.rate:.4f}"]
+            for g in groups[table]
+        ]
+    series = st.by_family if table == "family_time" else st.by_rule
+    header = (
+        "bucket",
+        "family" if table == "family_time" else "rule",
+        "failed",
+        "total",
+        "failure_rate",
+    )
+    rows = []
+    for name, cells in series.items():
+        for b, c in zip(st.buckets, cells, strict=True):
+            if c.total:
+                rows.append([b, name, str(c.failed), str(c.total), f"{c.rate or 0.0:.4f}"])
+    return header, rows
+
+
+STATS_TABLES = ("station", "operator", "rule", "family_time", "rule_time")
+
+
+def stream_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> Iterator[str]:
+    """Yield CSV in chunks (UTF-8 with BOM so spreadsheets read Chinese names right)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
     buf.write("\ufeff")
-    writer.writerow(COLUMNS)
+    writer.writerow(header)
     for i, row in enumerate(rows, 1):
-        writer.writerow(row_values(row))
+        writer.writerow(row)
         if i % 500 == 0:
             yield buf.getvalue()
             buf.seek(0)

@@ -127,7 +127,7 @@ def test_auth_policy_checks_credentials() -> None:
 def test_http_auth(client: httpx.Client) -> None:
     url = str(client.base_url)
     with httpx.Client(base_url=url, timeout=30) as anon:
-        for path in ("/", "/stats", "/node", "/metrics", "/worklist.csv"):
+        for path in ("/", "/stats", "/node", "/metrics", "/worklist.csv", "/stats.csv"):
             r = anon.get(path)
             assert r.status_code == 401, path
             assert r.headers["www-authenticate"].startswith("Basic")
@@ -498,3 +498,35 @@ def test_statistics_rates_per_day_and_week(node) -> None:  # type: ignore[no-unt
     assert sum(c.total for c in weekly.by_family["positioning"]) == len(checked)
     assert room1.total == sum(c.station == "DR-ROOM-1" for c in checked)
     assert [g.label for g in room1.by_station] == ["DR-ROOM-1"]
+
+
+def test_stats_csv_tables(client: httpx.Client) -> None:
+    checked = [c for c in CASES if c.verdict in ("pass", "warn", "fail")]
+
+    def table(name: str, **params: str) -> list[dict[str, str]]:
+        r = client.get("/stats.csv", params={"table": name, **params})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+        return list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"))))
+
+    stations = {row["station"]: row for row in table("station")}
+    assert set(stations) == {c.station for c in checked}
+    for name, row in stations.items():
+        mine = [c for c in checked if c.station == name]
+        assert int(row["images"]) == len(mine)
+        assert int(row["failed"]) == sum(c.verdict == "fail" for c in mine)
+        assert float(row["failure_rate"]) == pytest.approx(int(row["failed"]) / len(mine), abs=1e-4)
+    operators = table("operator", station="DR-ROOM-2")
+    assert {r["operator"] for r in operators} == {
+        c.operator for c in checked if c.station == "DR-ROOM-2"
+    }
+    series = table("family_time", bucket="day")
+    assert {r["family"] for r in series} >= {"completeness", "positioning"}
+    assert sum(int(r["total"]) for r in series if r["family"] == "positioning") == len(checked)
+    assert {r["rule"] for r in table("rule")} == {
+        "completeness.apices",
+        "completeness.collimation",
+        "positioning.rotation",
+        "positioning.scapulae",
+        "exposure.deviation_index",
+    }
+    assert client.get("/stats.csv", params={"table": "bogus"}).status_code == 404
