@@ -1,0 +1,435 @@
+"""Node benchmarks (DESIGN §7), called by ``qcnode bench --what ingest|e2e``.
+
+ingest: the same DX files (2–15 MB, explicit VR little endian) sent by DCMTK ``storescu``
+over one association to (a) qcnode's ingest (fsync'd file + directory + committed job row
+before each success), (b) DCMTK ``storescp`` (no fsync), (c) ``storescp`` that runs
+``sync FILE`` before answering (``--exec-on-reception --exec-sync``: fsync durability).
+Both peers get ``TCP_NODELAY=1``. Each target runs ``rounds`` times on a fresh directory;
+the median is reported.
+
+e2e: qcnode (ingest + worker with the configured model + sender) in front of a real
+Orthanc. Latency is C-STORE success at qcnode (instance row committed) to the SR's
+C-STORE success at Orthanc (outbox ``sent_at``), for images sent one at a time; then a
+burst measures sustained images/s through the whole pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from qcnode.config import Destination, Settings
+from qcnode.errors import QcnodeError
+
+log = logging.getLogger(__name__)
+
+DX = "1.2.840.10008.5.1.4.1.1.1.1"
+# (rows, columns): 2.1, 8.4, 15.0 and 7.9 MB of 16-bit pixels
+INGEST_SIZES = ((1024, 1024), (2048, 2048), (2500, 3000), (1800, 2200))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise QcnodeError(f"nothing listens on port {port}")
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise QcnodeError(f"{name} not found (Debian package dcmtk; scripts/setup installs it)")
+    return path
+
+
+def dx_dataset(
+    rows: int, columns: int, *, pixels: np.ndarray | None = None, seed: int = 0
+) -> Dataset:
+    """A synthetic DX chest header (no PHI) with 12-bit pixels."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    uid = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = DX
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = DX, uid
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+        "Bench^Synthetic",
+        "BENCH",
+        "",
+        "O",
+    )
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20260101", "120000", ""
+    ds.ReferringPhysicianName, ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "", "1", 1, 1
+    ds.Modality, ds.Manufacturer, ds.StationName = "DX", "qcnode-bench", "BENCH1"
+    ds.BodyPartExamined, ds.ViewPosition, ds.PatientOrientation = "CHEST", "PA", ["L", "F"]
+    ds.ImagerPixelSpacing = [0.15, 0.15]
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if pixels is None:
+        rng = np.random.default_rng(seed)
+        pixels = rng.integers(0, 4096, size=(rows, columns), dtype=np.uint16)
+    ds.PixelData = np.asarray(pixels, dtype=np.uint16).tobytes()
+    return ds
+
+
+def _write(ds: Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _storescu(port: int, files: list[Path], called: str) -> float:
+    started = time.perf_counter()
+    run = subprocess.run(
+        [_tool("storescu"), "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port)]
+        + [str(f) for f in files],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if run.returncode != 0:
+        raise QcnodeError(f"storescu failed: {run.stderr.strip()[-500:]}")
+    return elapsed
+
+
+def _round_qcnode(settings: Settings, files: list[Path], work: Path) -> float:
+    from qcnode.node import Node
+
+    data = work / "qcnode"
+    s = dataclasses.replace(
+        settings,
+        data_dir=data,
+        database_url="",
+        bind_address="127.0.0.1",
+        port=_free_port(),
+        workers=0,
+        web_port=0,
+        destinations=(),
+        allowed_calling_aes=(),
+    )
+    node = Node(settings=s)
+    node.start()
+    try:
+        assert node.address is not None
+        elapsed = _storescu(node.address[1], files, s.ae_title)
+        assert node.ingest is not None and node.ingest.stored == len(files)
+    finally:
+        node.close()
+        shutil.rmtree(data, ignore_errors=True)
+    return elapsed
+
+
+def _round_storescp(files: list[Path], work: Path, *, fsync: bool) -> float:
+    out = work / "storescp"
+    out.mkdir()
+    port = _free_port()
+    cmd = [_tool("storescp"), "-aet", "STORESCP", "-od", str(out)]
+    if fsync:
+        cmd += ["--exec-on-reception", "sync #p/#f", "--exec-sync"]
+    proc = subprocess.Popen(
+        [*cmd, str(port)],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port)
+        elapsed = _storescu(port, files, "STORESCP")
+        stored = len(list(out.iterdir()))
+        if stored != len(files):
+            raise QcnodeError(f"storescp kept {stored} of {len(files)} files")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(out, ignore_errors=True)
+    return elapsed
+
+
+def bench_ingest(settings: Settings, *, count: int = 24, rounds: int = 3) -> dict[str, Any]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=settings.data_dir))
+    try:
+        files = []
+        for i in range(count):
+            rows, cols = INGEST_SIZES[i % len(INGEST_SIZES)]
+            files.append(_write(dx_dataset(rows, cols, seed=i), work / f"in{i:03d}.dcm"))
+        total = sum(f.stat().st_size for f in files)
+        times: dict[str, list[float]] = {"qcnode": [], "storescp": [], "storescp_fsync": []}
+        for _ in range(rounds):  # interleaved, so that background load hits all alike
+            times["qcnode"].append(_round_qcnode(settings, files, work))
+            times["storescp"].append(_round_storescp(files, work, fsync=False))
+            times["storescp_fsync"].append(_round_storescp(files, work, fsync=True))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result: dict[str, Any] = {"files": count, "megabytes": round(total / 1e6, 1), "rounds": rounds}
+    for name, values in times.items():
+        t = statistics.median(values)
+        result[name] = {
+            "seconds": round(t, 3),
+            "mb_per_s": round(total / 1e6 / t, 1),
+            "images_per_s": round(count / t, 1),
+        }
+    q = result["qcnode"]["mb_per_s"]
+    result["ratio_vs_storescp"] = round(q / result["storescp"]["mb_per_s"], 2)
+    result["ratio_vs_storescp_fsync"] = round(q / result["storescp_fsync"]["mb_per_s"], 2)
+    return result
+
+
+# --- end to end ------------------------------------------------------------------------
+
+
+class _Orthanc:
+    """A throwaway Orthanc (Debian package) as the PACS."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dicom_port, self.http_port = _free_port(), _free_port()
+        config = {
+            "Name": "qcnode-bench-pacs",
+            "StorageDirectory": str(root / "storage"),
+            "IndexDirectory": str(root / "index"),
+            "DicomAet": "ORTHANC",
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "Plugins": [],
+            "SaveJobs": False,
+        }
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "orthanc.json").write_text(json.dumps(config))
+        binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+        if not Path(binary).exists():
+            raise QcnodeError("Orthanc not found (Debian package orthanc)")
+        self.proc = subprocess.Popen(
+            [binary, str(root / "orthanc.json")],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(self.http_port)
+
+    def count(self) -> int:
+        url = f"http://127.0.0.1:{self.http_port}/statistics"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return int(json.loads(r.read())["CountInstances"])
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=15)
+
+
+def _chest_pixels(rows: int, columns: int, seed: int) -> np.ndarray:
+    """A phantom chest (qcnode.testing) scaled to a detector-sized 12-bit image."""
+    from qcnode.testing import frontal_phantom, phantom_image
+
+    small = phantom_image(frontal_phantom((400, 400)), seed=seed).pixels
+    r = np.linspace(0, 399, rows).astype(int)
+    c = np.linspace(0, 399, columns).astype(int)
+    rng = np.random.default_rng(seed)
+    big = small[np.ix_(r, c)] * 3800 + rng.normal(0, 20, size=(rows, columns))
+    return np.clip(big, 0, 4095).astype(np.uint16)
+
+
+def bench_e2e(
+    settings: Settings, *, latency_images: int = 10, burst_images: int = 20
+) -> dict[str, Any]:
+    from pynetdicom import AE
+    from sqlalchemy import select
+
+    from qcnode.db import Instance, Outbox, Result, ResultObject, make_engine, make_sessions
+    from qcnode.node import Node
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-e2e-", dir=settings.data_dir))
+    pacs = _Orthanc(work / "orthanc")
+    node: Node | None = None
+    try:
+        dest = Destination(ae_title="ORTHANC", host="127.0.0.1", port=pacs.dicom_port)
+        s = dataclasses.replace(
+            settings,
+            data_dir=work / "qcnode",
+            database_url="",
+            bind_address="127.0.0.1",
+            port=_free_port(),
+            web_port=0,
+            destinations=(dest,),
+            allowed_calling_aes=(),
+            workers=max(1, settings.workers),
+        )
+        node = Node(settings=s)
+        node.start()
+        assert node.address is not None
+        engine = make_engine(s, readonly=True)
+        sessions = make_sessions(engine)
+
+        def delivered_sr() -> int:
+            with sessions() as db:
+                return len(
+                    db.execute(
+                        select(Outbox.id)
+                        .join(ResultObject, ResultObject.id == Outbox.object_id)
+                        .where(ResultObject.kind == "sr", Outbox.state == "sent")
+                    ).all()
+                )
+
+        def finished() -> int:
+            with sessions() as db:
+                return len(db.execute(select(Result.id)).all())
+
+        ae = AE(ae_title="BENCH")
+        ae.add_requested_context(DX, ExplicitVRLittleEndian)
+        images = [
+            dx_dataset(2000, 1800, pixels=_chest_pixels(2000, 1800, i))
+            for i in range(max(latency_images, burst_images))
+        ]
+
+        def send(batch: list[Dataset]) -> None:
+            assoc = ae.associate("127.0.0.1", node.address[1], ae_title=s.ae_title)  # type: ignore[union-attr]
+            if not assoc.is_established:
+                raise QcnodeError("cannot associate with the node")
+            for ds in batch:
+                status = assoc.send_c_store(ds)
+                if int(status.get("Status", -1)) != 0:
+                    raise QcnodeError(f"C-STORE failed: {status}")
+            assoc.release()
+
+        def wait(target: int, what: Any, timeout: float = 600.0) -> None:
+            deadline = time.monotonic() + timeout
+            while what() < target:
+                if time.monotonic() > deadline:
+                    raise QcnodeError("timed out waiting for the pipeline")
+                time.sleep(0.02)
+
+        # warm-up (model load, first association with the PACS)
+        send([dx_dataset(2000, 1800, pixels=_chest_pixels(2000, 1800, 999))])
+        wait(1, finished)
+        has_sr = delivered_sr() >= 1 or _wait_quiet(delivered_sr, 1, 10.0)
+        base = delivered_sr()
+        # latency: one image at a time
+        for i, ds in enumerate(images[:latency_images]):
+            send([ds])
+            wait(i + 2, finished)
+            if has_sr:
+                wait(base + i + 1, delivered_sr)
+        latencies = []
+        with sessions() as db:
+            uids = [str(d.SOPInstanceUID) for d in images[:latency_images]]
+            rows = db.execute(
+                select(Instance.received_at, Outbox.sent_at)
+                .join(Result, Result.instance_id == Instance.id)
+                .join(ResultObject, ResultObject.result_id == Result.id)
+                .join(Outbox, Outbox.object_id == ResultObject.id)
+                .where(Instance.sop_instance_uid.in_(uids), ResultObject.kind == "sr")
+            ).all()
+            latencies = sorted((sent - got).total_seconds() for got, sent in rows if sent)
+            qc_ms = [
+                float((r.timings_ms or {}).get("total", 0.0))
+                for r in db.scalars(select(Result))
+                if r.timings_ms
+            ]
+        # sustained: a burst over one association
+        burst = [
+            dx_dataset(2000, 1800, pixels=_chest_pixels(2000, 1800, 100 + i))
+            for i in range(burst_images)
+        ]
+        start_done = finished()
+        t0 = time.perf_counter()
+        send(burst)
+        wait(start_done + burst_images, finished)
+        if has_sr:
+            wait(base + latency_images + burst_images, delivered_sr)
+        burst_s = time.perf_counter() - t0
+        engine.dispose()
+        at_pacs = pacs.count()
+    finally:
+        if node is not None:
+            node.close()
+        pacs.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "image": "2000x1800 DX, 7.2 MB",
+        "sr_delivered": has_sr,
+        "latency_s": {
+            "n": len(latencies),
+            "p50": round(_pct(latencies, 50), 3),
+            "p95": round(_pct(latencies, 95), 3),
+        },
+        "qc_ms_median": round(statistics.median(qc_ms), 1) if qc_ms else None,
+        "sustained_images_per_s": round(burst_images / burst_s, 2),
+        "instances_at_pacs": at_pacs,
+    }
+
+
+def _wait_quiet(fn: Any, target: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fn() >= target:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values), q))
+
+
+def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """``qcnode bench --what ingest|e2e|all`` (node part): a dict of measured numbers."""
+    what = getattr(args, "what", "all")
+    out: dict[str, Any] = {}
+    if what in ("ingest", "all"):
+        out["ingest"] = bench_ingest(settings)
+    if what in ("e2e", "all"):
+        out["e2e"] = bench_e2e(settings)
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    logging.basicConfig(level=logging.WARNING)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--what", default="ingest")
+    parser.add_argument("--data-dir", type=Path, default=Path("qcnode-data"))
+    parser.add_argument("--model", default="")
+    a = parser.parse_args()
+    from qcnode.config import load_settings
+
+    st = load_settings(None, {"data_dir": a.data_dir, "model": a.model or None})
+    print(json.dumps(run(st, a), indent=2))
+    sys.exit(0)
