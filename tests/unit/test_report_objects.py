@@ -205,3 +205,37 @@ def test_geometry_outside_the_image_is_clipped_in_every_object() -> None:
     result = dataclasses.replace(result, findings=(far,))
     for obj in build_results(header, image, None, result, objects=("sr", "gsps")):
         assert_valid(roundtrip(obj))
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_findings_of_the_real_rule_engine_build_valid_objects(language: str) -> None:
+    from qcnode.engine import family_verdicts
+    from qcnode.records import worst
+    from qcnode.rules import evaluate, load_config
+
+    header, image = header_and_image(source_dataset(rows=400, columns=340))
+    prediction = example_prediction(image)
+    findings = tuple(evaluate(image, prediction, config=load_config(), language=language))
+    assert findings and any(f.geometry for f in findings)
+    result = QCResult(
+        sop_instance_uid=header.SOPInstanceUID,
+        view=prediction.view,
+        verdict=worst(findings),
+        families=family_verdicts(findings),
+        findings=findings,
+        model=example_result(image).model,
+    )
+    objects = build_results(
+        header,
+        image,
+        prediction,
+        result,
+        objects=("sr", "sc", "gsps", "kos"),
+        options=ReportOptions(language=language, kos_when="always"),
+    )
+    assert [o.Modality for o in objects] == ["SR", "OT", "PR", "KO"]
+    for obj in objects:
+        assert_valid(roundtrip(obj))
+    texts = {str(elem.value) for elem in objects[0].iterall() if elem.keyword == "TextValue"}
+    assert {f.rule for f in findings} <= texts  # every rule's ID is in the SR
+    assert {f.message for f in findings if f.message} <= texts  # and its message

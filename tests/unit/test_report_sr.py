@@ -206,3 +206,23 @@ def test_sr_uids_are_deterministic_and_depend_on_model_version() -> None:
     other = build_sr(header, dataclasses.replace(result, model=newer))
     assert other.SOPInstanceUID != first.SOPInstanceUID
     assert other.SeriesInstanceUID != first.SeriesInstanceUID
+
+
+def test_highdicom_reads_the_report_back(rg1_sr) -> None:
+    import highdicom as hd
+
+    _, result, sr = rg1_sr
+    document = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    groups = document.content.get_image_measurement_groups()
+    assert sorted(g.tracking_identifier for g in groups) == sorted(
+        f"qcnode {f}" for f in result.families
+    )
+    positioning = next(g for g in groups if g.tracking_identifier == "qcnode positioning")
+    names = {m.name.value for m in positioning.get_measurements()}
+    assert {"positioning.rotation", "positioning.inspiration"} <= names
+    rotation = next(
+        m for m in positioning.get_measurements() if m.name.value == "positioning.rotation"
+    )
+    assert rotation.value == pytest.approx(7.9) and rotation.unit.value == "deg"
+    assessment = positioning.get_qualitative_evaluations(name=codes.DCM.QualityAssessment)
+    assert [q.value.value for q in assessment] == ["111236"]
