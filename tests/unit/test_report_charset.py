@@ -40,7 +40,7 @@ def test_chinese_patient_name_round_trips(charset: str, language: str) -> None:
         assert back.PatientName.ideographic == "王^小东"
         assert_valid(back)
     sr_text = dsrdump(roundtrip(objects[0]))
-    assert "王^小东" in sr_text or "Wang, XiaoDong" in sr_text
+    assert f"Patient             : {NAME} " in sr_text  # DCMTK decodes the charset too
 
 
 def test_chinese_text_in_a_latin1_study_switches_to_utf8() -> None:
