@@ -84,6 +84,7 @@ def evaluate(
         lung_span_mm=cfg.metadata.anatomy_lung_span_mm,
         lung_depth_mm=cfg.metadata.anatomy_lung_depth_mm,
         tolerance=cfg.metadata.spacing_anatomy_tolerance,
+        heart_offset_mm=cfg.positioning.orientation_heart_offset_mm,
     )
     table = RULES[view]
     findings = []

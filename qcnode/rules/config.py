@@ -63,7 +63,6 @@ class PositioningConfig:
     orientation_heart_offset_mm: float = 5.0
     lateral_rotation_fail_mm: float = 10.0
     arms_overlap_fail_mm2: float = 100.0
-    lateral_anterior_side: str = "left"
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,9 @@ class Subject:
     # header spacing disagreed with the anatomy by more than the tolerance)
     spacing_source: str
     anatomy_mm: float | None = None  # the anatomy-based spacing estimate (source pixels)
+    # how the film was found: "upright", "mirrored", "upside_down" (rotated 180°) or
+    # "flipped" (top–bottom); masks and pixels here are turned back to upright
+    orientation: str = "upright"
     language: str = "en"
     _cache: dict[str, object] = field(default_factory=dict, repr=False)
 
@@ -80,6 +83,7 @@ class Subject:
         lung_span_mm: float = 260.0,
         lung_depth_mm: float = 180.0,
         tolerance: float = 1.6,
+        heart_offset_mm: float = 5.0,
         work_mm: float = WORK_MM,
     ) -> Subject:
         """Choose the scale: the header's, unless anatomy says it is off by > ``tolerance``×;
@@ -106,16 +110,26 @@ class Subject:
             last = 350.0 / max(shape)  # last resort: a 35 cm detector
             spacing, source = (last, last), "anatomy"
         stride = max(1, int(work_mm / min(spacing)))
+        small = {k: v[::stride, ::stride] for k, v in masks.items()}
+        pixels = image.pixels[::stride, ::stride]
+        orient = detect_orientation(small, prediction.view, spacing[1] * stride, heart_offset_mm)
+        flip_ud = orient in ("upside_down", "flipped")
+        flip_lr = orient in ("upside_down", "mirrored")
+        axes = tuple(a for a, f in ((0, flip_ud), (1, flip_lr)) if f)
+        if axes:  # measure on the film as it should hang: upright, heart on the image right
+            small = {k: np.ascontiguousarray(np.flip(v, axes)) for k, v in small.items()}
+            pixels = np.ascontiguousarray(np.flip(pixels, axes))
         return cls(
             image=image,
             view=prediction.view,
-            masks={k: v[::stride, ::stride] for k, v in masks.items()},
-            pixels=image.pixels[::stride, ::stride],
+            masks=small,
+            pixels=pixels,
             stride=stride,
             sy=spacing[0] * stride,
             sx=spacing[1] * stride,
             spacing_source=source,
             anatomy_mm=est,
+            orientation=orient,
             language=language,
         )
 
@@ -201,8 +215,13 @@ class Subject:
         return math.hypot((a[0] - b[0]) * self.sy, (a[1] - b[1]) * self.sx)
 
     def src(self, p: Point) -> tuple[float, float]:
-        """Working (row, col) → source (x, y) pixel coordinates."""
-        return (float(p[1]) * self.stride, float(p[0]) * self.stride)
+        """Working (row, col) → source (x, y) pixel coordinates (undoing the re-orientation)."""
+        r, c = float(p[0]), float(p[1])
+        if self.orientation in ("upside_down", "flipped"):
+            r = self.shape[0] - 1 - r
+        if self.orientation in ("upside_down", "mirrored"):
+            c = self.shape[1] - 1 - c
+        return (c * self.stride, r * self.stride)
 
     def point(self, p: Point, label: str = "") -> Geometry:
         return Geometry(kind="point", points=(self.src(p),), label=label)
@@ -234,6 +253,41 @@ class Subject:
 
 
 # ---- landmark functions (pure) ------------------------------------------------------------
+
+
+def detect_orientation(
+    masks: Mapping[str, BoolMask], view: View, sx: float, heart_offset_mm: float
+) -> str:
+    """How a film hangs, from the anatomy: "upright", "mirrored", "upside_down", "flipped".
+
+    Upright: the heart's centre lies below the lungs' centre (without a heart: the lungs are
+    wider at the bottom). Mirrored (frontal only): the heart's centre lies more than
+    ``heart_offset_mm`` to the image left of the midline between the two lungs; a chest film
+    hangs with the patient's left — the heart — on the viewer's right.
+    """
+    right, left = masks.get("lung_right"), masks.get("lung_left")
+    if right is None or left is None:
+        return "upright"
+    lungs = right | left
+    cl = centroid(lungs)
+    if cl is None:
+        return "upright"
+    heart = masks.get("heart")
+    ch = centroid(heart) if heart is not None else None
+    if ch is not None:
+        up = ch[0] > cl[0]
+    else:
+        rows = np.flatnonzero(lungs.any(axis=1))
+        mid = (rows[0] + rows[-1]) // 2
+        up = bool(lungs[mid:].sum() >= lungs[:mid].sum())
+    mirrored = False
+    if view is View.FRONTAL and ch is not None:
+        cr, cc = centroid(right), centroid(left)
+        if cr is not None and cc is not None:
+            mirrored = (ch[1] - (cr[1] + cc[1]) / 2.0) * sx < -heart_offset_mm
+    if up:
+        return "mirrored" if mirrored else "upright"
+    return "upside_down" if mirrored else "flipped"
 
 
 def largest_component(mask: BoolMask) -> BoolMask:

@@ -24,7 +24,6 @@ from qcnode.rules.config import RulesConfig
 from qcnode.rules.geometry import (
     Point,
     Subject,
-    centroid,
     col_extent,
     extreme,
     largest_component,
@@ -200,41 +199,15 @@ def tilt(s: Subject, cfg: RulesConfig) -> Finding:
     return make(s, rule, Status.PASS, value, p.tilt_min_mm, "pass", geometry)
 
 
-def upright(s: Subject) -> bool | None:
-    """Heart below the lungs' centre (or lungs wider at the bottom than at the top)."""
-    lungs = s.lungs
-    cl = centroid(lungs)
-    if cl is None:
-        return None
-    ch = centroid(s.mask("heart"))
-    if ch is not None:
-        return ch[0] > cl[0]
-    rows = np.flatnonzero(lungs.any(axis=1))
-    mid = (rows[0] + rows[-1]) // 2
-    return bool(lungs[mid:].sum() > lungs[:mid].sum())
-
-
 def orientation(s: Subject, cfg: RulesConfig) -> Finding:
-    """Apex up, and (frontal) the heart on the image right, as a chest film is displayed."""
-    rule = "positioning.orientation"
-    up = upright(s)
-    if up is None:
-        return make(s, rule, Status.NOT_EVALUABLE, None, None, "no_lungs")
-    if s.view.value == "lateral":
-        from qcnode.rules.completeness import anterior_sign
+    """Apex up and (frontal) the heart on the image right, as a chest film hangs.
 
-        side = cfg.positioning.lateral_anterior_side
-        wanted = {"left": -1.0, "right": 1.0}.get(side)
-        mirrored = wanted is not None and anterior_sign(s) != wanted
-    else:
-        cr, cl = centroid(s.mask("lung_right")), centroid(s.mask("lung_left"))
-        ch = centroid(s.mask("heart"))
-        if cr is None or cl is None or ch is None:
-            mirrored = False
-        else:
-            offset = (ch[1] - (cr[1] + cl[1]) / 2.0) * s.sx
-            mirrored = offset < -cfg.positioning.orientation_heart_offset_mm
-    if up and not mirrored:
+    The orientation is detected when the Subject is built (the other rules measure on the
+    film turned back upright); this rule reports it.
+    """
+    rule = "positioning.orientation"
+    if not s.lungs.any():
+        return make(s, rule, Status.NOT_EVALUABLE, None, None, "no_lungs")
+    if s.orientation == "upright":
         return make(s, rule, Status.PASS, None, None, "pass")
-    key = "mirrored" if up else ("upside_down" if mirrored else "flipped")
-    return make(s, rule, Status.FAIL, None, None, key)
+    return make(s, rule, Status.FAIL, None, None, s.orientation)

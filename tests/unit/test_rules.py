@@ -283,6 +283,25 @@ def test_orientation_mirrored_and_upside_down(edit: object, key: str) -> None:
     from qcnode.rules.messages import template
 
     assert o.message == template("positioning.orientation", key, "en")
+    # every other rule measures the film turned back upright: same values as the original
+    upright = run(frontal_phantom())
+    for rule, finding in f.items():
+        if rule.startswith("exposure.") and finding.value is not None:
+            # the noise is painted after the flip: another realisation, nearly equal values
+            assert finding.value == pytest.approx(upright[rule].value, rel=0.05), rule
+        elif rule != "positioning.orientation":
+            assert finding.value == upright[rule].value, rule
+            assert finding.status is upright[rule].status, rule
+    # and draws where the structure is in the source image
+    apex = next(g for g in f["completeness.apices"].geometry if g.label.startswith("right"))
+    probe = np.zeros((400, 400), bool)
+    probe[60, int(round(upright_apex_col()))] = True
+    row, col = np.argwhere(edit(probe))[0]  # type: ignore[operator]
+    assert apex.points[0] == pytest.approx((float(col), float(row)))
+
+
+def upright_apex_col() -> float:
+    return (60 + 170) / 2.0  # the right lung's top row spans cols 60..170
 
 
 def test_lateral_superimposition_arms_and_ap() -> None:
