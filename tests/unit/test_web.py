@@ -153,6 +153,10 @@ def test_healthz_reports_a_dead_database(tmp_path: Path) -> None:
 # --- worklist, filters, CSV ----------------------------------------------------------
 
 
+def _index(verdict: str | None) -> int:
+    return next(i for i, c in enumerate(CASES) if c.verdict == verdict)
+
+
 def _page_uids(html: str) -> list[str]:
     return re.findall(r'<tr data-sop="([^"]+)"', html)
 
@@ -220,11 +224,16 @@ def test_csv_columns_and_values(client: httpx.Client, node) -> None:  # type: ig
 def test_paging(client: httpx.Client, node) -> None:  # type: ignore[no-untyped-def]
     everything = _expected(node, lambda c: True)
     seen: list[str] = []
-    for page in (1, 2, 3):
-        html = client.get("/", params={"per_page": 3, "page": page}).text
+    url: str | None = "/?per_page=3"
+    pages = 0
+    while url:  # follow the "next" links as a user would
+        html = client.get(url).text
         seen += _page_uids(html)
+        pages += 1
+        nxt = re.search(r'id="next" href="([^"]+)"', html)
+        url = nxt.group(1).replace("&amp;", "&") if nxt else None
     assert seen == everything
-    assert 'id="next"' not in client.get("/", params={"per_page": 3, "page": 3}).text
+    assert pages == -(-len(CASES) // 3)
 
 
 def test_bad_filter_values_are_ignored(client: httpx.Client, node) -> None:  # type: ignore[no-untyped-def]
@@ -242,8 +251,12 @@ def test_image_page_shows_findings_and_delivery(client: httpx.Client, node) -> N
     assert "10 deg" in html and "5 deg" in html  # value 2x threshold, with the unit
     assert 'data-destination="PACS@127.0.0.1:4242" data-kind="sr" data-state="dead"' in html
     assert 'data-layer-id="finding-' in html and "<polyline" in html
-    pending = client.get(f"/image/{uids[-1]}").text
+    pending = client.get(f"/image/{uids[_index(None)]}").text
     assert 'data-verdict="pending"' in pending
+    errored = client.get(f"/image/{uids[_index('error')]}").text
+    assert 'data-verdict="error"' in errored and "cannot decode pixel data" in errored
+    na = client.get(f"/image/{uids[_index('not_applicable')]}").text
+    assert 'data-verdict="not_applicable"' in na and 'id="findings"' not in na
     assert client.get("/image/1.2.3.404").status_code == 404
 
 
@@ -400,11 +413,12 @@ def test_metrics_names_and_values(client: httpx.Client) -> None:
     # seeded QC totals are 88 ms + i: all inside the 0.1 s bucket, none inside 0.05 s
     assert samples["qcnode_qc_duration_seconds_bucket{le=0.1}"] == len(checked)
     assert samples["qcnode_qc_duration_seconds_bucket{le=0.05}"] == 0
-    # seeded results are stored 1 + i seconds after receipt
+    # seeded results are stored 1.2 + i seconds after receipt
     assert samples["qcnode_end_to_end_seconds_count{}"] == len(checked)
-    delays = [1 + i for i, c in enumerate(CASES) if c.verdict is not None]
+    delays = [1.2 + i for i, c in enumerate(CASES) if c.verdict is not None]
     assert samples["qcnode_end_to_end_seconds_bucket{le=2.5}"] == sum(d < 2.5 for d in delays)
-    assert samples["qcnode_end_to_end_seconds_bucket{le=10.0}"] == len(delays)
+    assert samples["qcnode_end_to_end_seconds_bucket{le=10.0}"] == sum(d < 10 for d in delays)
+    assert samples["qcnode_end_to_end_seconds_bucket{le=30.0}"] == len(delays)
     assert samples["qcnode_end_to_end_seconds_sum{}"] == pytest.approx(sum(delays), abs=0.01)
     assert samples["qcnode_outbox_retries_total{}"] == 9  # one dead letter after 10 attempts
     assert samples["qcnode_outbox_messages{state=dead}"] == 1

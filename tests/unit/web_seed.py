@@ -113,6 +113,8 @@ CASES: tuple[Case, ...] = (
     ),
     Case("DR-ROOM-3", "Li^Na", "Initech", 3, "pass", view="lateral"),
     Case("DR-ROOM-3", "Li^Na", "Initech", 3, None),
+    Case("DR-ROOM-3", "Li^Na", "Initech", 3, "not_applicable", view="other"),
+    Case("DR-ROOM-1", "Wang^Wei", "ACME", 2, "error", view="other"),
 )
 
 RULES = (
@@ -185,8 +187,12 @@ def _result(s: Session, inst: db.Instance, case: Case, i: int, store: Any) -> No
         model_name="qcnet_test",
         model_version="0",
         timings_ms={"decode": 5.0, "model": 80.0 + i, "rules": 3.0, "total": 88.0 + i},
-        created_at=inst.received_at + dt.timedelta(seconds=1 + i),
+        created_at=inst.received_at + dt.timedelta(seconds=1.2 + i),  # off bucket bounds
     )
+    if case.verdict in ("not_applicable", "error"):  # the worker stores no findings then
+        res.error = "cannot decode pixel data" if case.verdict == "error" else None
+        s.add(res)
+        return
     if store is not None and i % 2 == 0:
         shape = (inst.rows, inst.columns)
         heart, lung = np.zeros(shape, bool), np.zeros(shape, bool)
