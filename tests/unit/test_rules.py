@@ -295,7 +295,7 @@ def test_orientation_mirrored_and_upside_down(edit: object, key: str) -> None:
     # and draws where the structure is in the source image
     apex = next(g for g in f["completeness.apices"].geometry if g.label.startswith("right"))
     probe = np.zeros((400, 400), bool)
-    probe[60, int(round(upright_apex_col()))] = True
+    probe[60, round(upright_apex_col())] = True
     row, col = np.argwhere(edit(probe))[0]  # type: ignore[operator]
     assert apex.points[0] == pytest.approx((float(col), float(row)))
 
