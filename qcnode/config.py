@@ -60,6 +60,11 @@ class Settings:
     # results
     language: str = "en"  # en | zh
     rules_file: Path | None = None  # None: the packaged etc/rules.toml
+    kos_title: str = "quality_issue"  # quality_issue (113010) | rejected (113001: on request only)
+    kos_when: str = "fail"  # which verdicts get a KOS: fail | warn | always
+    uid_root: str = ""  # organisation UID root for result UIDs; empty: 2.25.<name-based UUID>
+    institution_name: str = ""  # written into result objects
+    sc_max_size: int = 1024  # long side (px) of the image in the overlay Secondary Capture
     # web
     web_port: int = 8080
     web_bind: str = "127.0.0.1"
