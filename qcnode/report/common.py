@@ -53,22 +53,16 @@ class ReportOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ReportOptions:
-        """Options from Settings: ``language`` plus ``report_*`` keys of ``settings.extra``."""
-        extra = settings.extra
-        values: dict[str, Any] = {"language": settings.language}
-        for name in (
-            "manufacturer",
-            "institution_name",
-            "device_serial_number",
-            "uid_root",
-            "kos_title",
-            "kos_when",
-            "sc_max_size",
-        ):
-            if f"report_{name}" in extra:
-                values[name] = extra[f"report_{name}"]
-        if "sc_max_size" in values:
-            values["sc_max_size"] = int(values["sc_max_size"])
+        """Options from Settings (language, kos_title, kos_when, uid_root, institution_name,
+        sc_max_size); ``overrides`` win."""
+        values: dict[str, Any] = {
+            "language": settings.language,
+            "kos_title": settings.kos_title,
+            "kos_when": settings.kos_when,
+            "uid_root": settings.uid_root or None,
+            "institution_name": settings.institution_name or None,
+            "sc_max_size": int(settings.sc_max_size),
+        }
         values.update(overrides)
         return cls(**values)
 

@@ -10,7 +10,7 @@ import pytest
 from pydicom.sr.codedict import codes
 from report_support import header_and_image, rg1_path, roundtrip, source_dataset
 
-from qcnode.config import Settings
+from qcnode.config import load_settings
 from qcnode.errors import ConfigError
 from qcnode.imaging import decode, read_dataset
 from qcnode.records import Family, QCResult, Status, Verdict, View
@@ -180,13 +180,21 @@ def test_small_monochrome2_source_without_prediction_still_validates() -> None:
 
 
 def test_options_from_settings() -> None:
-    settings = Settings(
-        language="zh", extra={"report_kos_title": "rejected", "report_sc_max_size": "800"}
+    settings = load_settings(
+        overrides={
+            "language": "zh",
+            "kos_title": "rejected",
+            "sc_max_size": "800",
+            "uid_root": "1.2.3",
+        }
     )
     options = ReportOptions.from_settings(settings)
     assert (options.language, options.kos_title, options.sc_max_size) == ("zh", "rejected", 800)
+    assert options.uid_root == "1.2.3" and options.institution_name is None
     with pytest.raises(ConfigError):
         ReportOptions(language="fr")
+    with pytest.raises(ConfigError):
+        ReportOptions.from_settings(load_settings(overrides={"kos_when": "sometimes"}))
 
 
 def test_geometry_outside_the_image_is_clipped_in_every_object() -> None:
