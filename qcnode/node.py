@@ -13,6 +13,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -97,7 +98,12 @@ def load_predictor(settings: Settings) -> Predictor:
     """The configured model; raises ModelError (a clear message) when no trained weights
     exist: the worker refuses to start rather than run random weights."""
     load = importlib.import_module("qcnode.model").load_predictor
-    predictor: Predictor = load(settings.model or None, device=settings.device)
+    model = settings.model
+    if model and (model.endswith((".pt", ".pth")) or "/" in model):
+        # a weights file named directly (tests, a model under evaluation)
+        predictor: Predictor = load(None, device=settings.device, weights_path=Path(model))
+    else:
+        predictor = load(model or None, device=settings.device)
     return predictor
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from qcnode.config import Destination, Settings
 from qcnode.errors import QcnodeError
@@ -74,7 +74,7 @@ def dx_dataset(
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     uid = generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = DX
+    ds.file_meta.MediaStorageSOPClassUID = UID(DX)
     ds.file_meta.MediaStorageSOPInstanceUID = uid
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID, ds.SOPInstanceUID = DX, uid
@@ -316,8 +316,10 @@ def bench_e2e(
             for i in range(max(latency_images, burst_images))
         ]
 
+        port = node.address[1]
+
         def send(batch: list[Dataset]) -> None:
-            assoc = ae.associate("127.0.0.1", node.address[1], ae_title=s.ae_title)  # type: ignore[union-attr]
+            assoc = ae.associate("127.0.0.1", port, ae_title=s.ae_title)
             if not assoc.is_established:
                 raise QcnodeError("cannot associate with the node")
             for ds in batch:

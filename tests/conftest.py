@@ -230,13 +230,13 @@ class Orthanc:
             "OverwriteInstances": False,
         }
         (self.root / "orthanc.json").write_text(json.dumps(config))
-        log = (self.root / "orthanc.log").open("wb")
-        self.process = subprocess.Popen(
-            [need("/usr/sbin/Orthanc"), str(self.root / "orthanc.json")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dcmtk_env(),
-        )
+        with (self.root / "orthanc.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [need("/usr/sbin/Orthanc"), str(self.root / "orthanc.json")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dcmtk_env(),
+            )
 
         def up() -> bool:
             assert self.process is not None
