@@ -308,12 +308,11 @@ def _banner(
     height = round(style.big * 1.3 + 2 * pad)
     banner = Image.new("RGB", (width, height), BANNER_COLOURS.get(result.verdict, (90, 90, 90)))
     draw = ImageDraw.Draw(banner)
-    word = (
-        i18n.text("error", language)
-        if result.verdict == Verdict.ERROR
-        else i18n.status_name(result.verdict, language).upper()
-    )
-    headline = f"{i18n.text('qc', language)} {word}"
+    if result.verdict == Verdict.ERROR:
+        headline = i18n.text("error", language)  # "QC not completed"
+    else:
+        word = i18n.status_name(result.verdict, language).upper()
+        headline = f"{i18n.text('qc', language)} {word}"
     draw.text((pad, pad), headline, font=big, fill=(255, 255, 255))
     x = pad * 3 + draw.textlength(headline, font=big)
     room = width - x - pad
