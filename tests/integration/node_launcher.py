@@ -1,4 +1,5 @@
-"""Run a node like ``qcnode serve --config FILE`` but with the model faked (phantom masks).
+"""Run a node like ``qcnode serve --config FILE`` (or ``qcnode worker`` with a second
+argument ``worker``) but with the model faked (phantom masks).
 
 For the delivery tests (crash, PACS down), whose subject is ingest → outbox → PACS, not
 the model: a real process that can be SIGKILLed, with a model that is instant and always
@@ -27,7 +28,8 @@ def main() -> int:
         settings=settings,
         analyzer_factory=lambda: EngineAnalyzer(predictor=predictor, settings=settings),
     )
-    node.start()
+    workers_only = len(sys.argv) > 2 and sys.argv[2] == "worker"
+    node.start(ingest=not workers_only, senders=not workers_only)
     return _run_until_signal(node)
 
 

@@ -32,7 +32,9 @@ def toml_value(value: Any) -> str:
 class NodeProcess:
     """Start/kill a node process on a config file; read its database afterwards."""
 
-    def __init__(self, root: Path, *, fake_model: bool, **settings: Any) -> None:
+    def __init__(
+        self, root: Path, *, fake_model: bool, role: str = "serve", **settings: Any
+    ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.config = root / "qcnode.toml"
@@ -41,6 +43,7 @@ class NodeProcess:
         )
         self.settings = load_settings(self.config)
         self.fake_model = fake_model
+        self.role = role
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -52,9 +55,9 @@ class NodeProcess:
         self.starts += 1
         if self.fake_model:
             cmd = [sys.executable, str(ROOT / "tests" / "integration" / "node_launcher.py")]
-            cmd.append(str(self.config))
+            cmd += [str(self.config), self.role]
         else:
-            cmd = [sys.executable, "-m", "qcnode.cli", "serve", "--config", str(self.config)]
+            cmd = [sys.executable, "-m", "qcnode.cli", self.role, "--config", str(self.config)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with (self.root / f"node{self.starts}.log").open("wb") as log:
             self.proc = subprocess.Popen(
@@ -68,7 +71,8 @@ class NodeProcess:
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", self.port)) == 0
 
-        wait_for(listening, timeout, "the node to listen")
+        if self.role == "serve":
+            wait_for(listening, timeout, "the node to listen")
 
     def log(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob("node*.log")))
