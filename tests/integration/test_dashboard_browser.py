@@ -17,7 +17,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,9 +33,7 @@ from sqlalchemy import func, select
 from qcnode import db
 from qcnode.config import Destination, Settings
 from qcnode.records import View
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from web_seed import running
+from qcnode.web.server import serving as running
 
 pytestmark = [
     pytest.mark.browser,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import create_engine, select
-from web_seed import CASES, running, seed
+from web_seed import CASES, seed
 
 from qcnode import db
 from qcnode.config import Settings
@@ -28,6 +28,7 @@ from qcnode.web.auth import AuthPolicy, is_loopback
 from qcnode.web.charts import Bar, bar_chart, line_chart
 from qcnode.web.i18n import LANGUAGES, missing_keys
 from qcnode.web.overlay import STRUCTURE_COLOURS, render_mask
+from qcnode.web.server import serving as running
 
 TOKEN = "s3cret-token"
 
