@@ -86,7 +86,7 @@ def accuracy_at(values: list[float], truth: list[bool], t: float, fail_below: bo
 CALIBRATED = {
     # rule: (config section, key, fail_below)
     "exposure.contrast": ("exposure", "contrast_fail", True),
-    "exposure.noise": ("exposure", "noise_cnr_fail", True),
+    "exposure.noise": ("exposure", "noise_fail", False),
     "exposure.spine_through_heart": ("exposure", "spine_through_heart_fail", True),
     "exposure.sharpness": ("exposure", "sharpness_edge_fail_mm", False),
     "exposure.saturation": ("exposure", "saturation_fail_percent", False),

@@ -39,7 +39,7 @@ _SPECS: tuple[RuleSpec, ...] = (
     RuleSpec("organs.lungs", Family.ORGANS, "mm", "Lungs", "双肺"),
     RuleSpec("organs.heart", Family.ORGANS, "mm", "Heart", "心脏"),
     RuleSpec("organs.clavicles", Family.ORGANS, "mm2", "Clavicles", "锁骨"),
-    RuleSpec("organs.diaphragm", Family.ORGANS, "mm", "Diaphragm domes", "膈顶"),
+    RuleSpec("organs.diaphragm", Family.ORGANS, "%", "Diaphragm domes", "膈顶"),
     RuleSpec("organs.spine", Family.ORGANS, "mm2", "Spine", "脊柱"),
     RuleSpec("organs.sternum", Family.ORGANS, "mm", "Sternum", "胸骨"),
     RuleSpec("exposure.deviation_index", Family.EXPOSURE, "1", "Deviation index", "偏差指数"),

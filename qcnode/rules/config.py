@@ -36,7 +36,7 @@ class OrgansConfig:
     spine_min_area_mm2: float = 1500.0
     sternum_min_area_mm2: float = 300.0
     truncation_fail_mm: float = 5.0
-    diaphragm_margin_mm: float = 2.0
+    diaphragm_cut_fail_percent: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,9 @@ class ExposureConfig:
     saturation_fail_percent: float = 1.0
     saturation_level: float = 0.002
     contrast_fail: float = 0.05
-    noise_cnr_fail: float = 3.0
-    spine_through_heart_fail: float = 1.0
+    noise_fail: float = 0.045
+    spine_through_heart_fail: float = 1.5
+    spine_through_heart_delta: float = 0.02
     sharpness_edge_fail_mm: float = 6.0
 
 

@@ -5,11 +5,9 @@ measures are computed inside anatomical regions from the masks, so that collimat
 burned-in text and air outside the body do not count:
 - lung: both lungs minus heart, spine, clavicles and scapulae (aerated lung only);
 - mediastinum: the heart;
-- noise: 1.4826·MAD of the image minus its Gaussian-smoothed self, inside the lung;
-- spine visibility: the step between the vertebral band and the paraspinal band behind
-  the heart, relative to the noise;
-- sharpness: the edge width (step / steepest slope) of the lung/diaphragm border under
-  both domes.
+- noise: the pixel noise std in the aerated lung (robust std of the high-pass image);
+- spine visibility: vertebrae vs the paraspinal heart shadow, over the heart's noise;
+- sharpness: the edge width (step / steepest slope) of both heart borders against lung.
 """
 
 from __future__ import annotations
@@ -21,11 +19,9 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from qcnode.records import BoolMask, Finding, Status
-from qcnode.rules.completeness import SIDES
 from qcnode.rules.config import RulesConfig
-from qcnode.rules.geometry import Subject, row_extent, runs
+from qcnode.rules.geometry import Point, Subject, row_extent
 from qcnode.rules.messages import make
-from qcnode.rules.organs import dome
 
 
 def deviation_index(s: Subject, cfg: RulesConfig) -> Finding:
@@ -73,18 +69,23 @@ def lung_region(s: Subject) -> BoolMask:
     return v  # type: ignore[return-value]
 
 
-def noise_sigma(s: Subject) -> float | None:
-    def compute() -> float | None:
-        region = lung_region(s)
-        if region.sum() < 50:
-            return None
-        px = s.pixels.astype(np.float32)
-        smooth = ndimage.gaussian_filter(px, 1.5)
-        resid = (px - smooth)[region]
-        mad = float(np.median(np.abs(resid - np.median(resid))))
-        return 1.4826 * mad
+_HP_SIGMA = 1.5  # px, the Gaussian of the high-pass used for noise
+# white noise keeps this share of its std in (image − Gaussian(σ) image): √(1 − 3/(4πσ²))
+_HP_KEEP = math.sqrt(1.0 - 3.0 / (4.0 * math.pi * _HP_SIGMA**2))
 
-    v = s.cached("noise_sigma", compute)
+
+def region_noise(s: Subject, region: BoolMask) -> float | None:
+    """Pixel noise std in a region: robust (MAD) std of the high-pass image, corrected."""
+    if region.sum() < 50:
+        return None
+    hp = s.cached("highpass", lambda: s.pixels - ndimage.gaussian_filter(s.pixels, _HP_SIGMA))
+    resid = hp[region]  # type: ignore[index]
+    mad = float(np.median(np.abs(resid - np.median(resid))))
+    return 1.4826 * mad / _HP_KEEP
+
+
+def noise_sigma(s: Subject) -> float | None:
+    v = s.cached("noise_sigma", lambda: region_noise(s, lung_region(s)))
     return v  # type: ignore[return-value]
 
 
@@ -121,51 +122,47 @@ def contrast(s: Subject, cfg: RulesConfig) -> Finding:
 
 
 def noise(s: Subject, cfg: RulesConfig) -> Finding:
-    """Contrast-to-noise ratio: lung/mediastinum contrast over the lung's pixel noise."""
-    rule, t = "exposure.noise", cfg.exposure.noise_cnr_fail
-    c, sigma = lung_mediastinum_contrast(s), noise_sigma(s)
-    if c is None or sigma is None:
-        return make(s, rule, Status.NOT_EVALUABLE, None, t, "no_lungs")
-    cnr = abs(c) / max(sigma, 1e-4)
-    status = Status.FAIL if cnr < t else Status.PASS
-    return make(s, rule, status, cnr, t, str(status))
-
-
-def spine_visibility(s: Subject) -> float | None:
-    """|vertebral − paraspinal| grey step behind the heart, in units of the pixel noise."""
-    heart = s.mask("heart")
-    spine = s.mask("spine")
-    ext = row_extent(heart & spine)
+    """Quantum mottle: the pixel noise std in the aerated lung (display units, 0–1)."""
+    rule, t = "exposure.noise", cfg.exposure.noise_fail
     sigma = noise_sigma(s)
-    if ext is None or sigma is None:
+    if sigma is None:
+        return make(s, rule, Status.NOT_EVALUABLE, None, t, "no_lungs")
+    c = lung_mediastinum_contrast(s)
+    status = Status.FAIL if sigma > t else Status.PASS
+    cnr = abs(c) / max(sigma, 1e-4) if c is not None else float("nan")
+    return make(s, rule, status, sigma, t, str(status), cnr=cnr)
+
+
+def spine_visibility(s: Subject) -> tuple[float, float] | None:
+    """(Δ, Δ/σ): vertebrae vs the paraspinal heart shadow within 12 mm, over the heart's noise.
+
+    Δ is the median grey of spine∩heart minus that of the heart beside the spine.
+    """
+    heart, spine = s.mask("heart") & s.field, s.mask("spine")
+    behind = heart & spine
+    if behind.sum() < 30:
         return None
-    band = max(2, round(4.0 / s.sx))
-    steps: list[float] = []
-    for r in range(ext[0], ext[1] + 1):
-        rr = runs(spine[r])
-        if not rr:
-            continue
-        a, b = max(rr, key=lambda t: t[1] - t[0])
-        if b - a < 2 * band or a - band < 0 or b + band > s.shape[1]:
-            continue
-        if not (heart[r, a] or heart[r, b - 1]):
-            continue
-        row = s.pixels[r]
-        inside = (row[a : a + band].mean() + row[b - band : b].mean()) / 2.0
-        outside = (row[a - band : a].mean() + row[b : b + band].mean()) / 2.0
-        steps.append(float(inside - outside))
-    if len(steps) < 3:
+    k = max(2, round(12.0 / min(s.sy, s.sx)))
+    para = heart & ndimage.binary_dilation(spine, iterations=k) & ~spine
+    if para.sum() < 30:
         return None
-    return float(abs(np.mean(steps)) / max(sigma, 1e-4))
+    delta = float(np.median(s.pixels[behind]) - np.median(s.pixels[para]))
+    sigma = region_noise(s, ndimage.binary_erosion(heart & ~spine, iterations=2))
+    if sigma is None:
+        return None
+    return delta, delta / max(sigma, 1e-4)
 
 
 def spine_through_heart(s: Subject, cfg: RulesConfig) -> Finding:
-    rule, t = "exposure.spine_through_heart", cfg.exposure.spine_through_heart_fail
+    """Vertebral column visible through the heart: its contrast-to-noise behind the heart."""
+    rule, e = "exposure.spine_through_heart", cfg.exposure
     v = spine_visibility(s)
     if v is None:
-        return make(s, rule, Status.NOT_EVALUABLE, None, t, "no_spine")
-    status = Status.FAIL if v < t else Status.PASS
-    return make(s, rule, status, v, t, str(status))
+        return make(s, rule, Status.NOT_EVALUABLE, None, e.spine_through_heart_fail, "no_spine")
+    delta, cnr = v
+    ok = cnr >= e.spine_through_heart_fail and delta >= e.spine_through_heart_delta
+    status = Status.PASS if ok else Status.FAIL
+    return make(s, rule, status, cnr, e.spine_through_heart_fail, str(status))
 
 
 def _edge_width(profile: npt.NDArray[np.float64], step_mm: float) -> float | None:
@@ -184,27 +181,44 @@ def _edge_width(profile: npt.NDArray[np.float64], step_mm: float) -> float | Non
 
 
 def sharpness(s: Subject, cfg: RulesConfig) -> Finding:
-    """Edge width (mm) at the lung/diaphragm border under each dome; blur widens it."""
+    """Edge width (mm) of the heart borders against the lungs; motion blur widens it.
+
+    Profiles across the left and right heart borders (rows of the heart's middle half,
+    ±15 mm around the border, aligned on the mask border and averaged) give an edge width
+    as step / steepest slope.
+    """
     rule, t = "exposure.sharpness", cfg.exposure.sharpness_edge_fail_mm
+    heart = s.clean("heart")
+    ext = row_extent(heart)
+    if ext is None:
+        return make(s, rule, Status.NOT_EVALUABLE, None, t, "no_edge")
+    h = ext[1] - ext[0]
+    half = max(3, round(15.0 / s.sx))
     widths: list[float] = []
     geometry = []
-    half = round(15.0 / s.sy)
-    cols_half = max(1, round(10.0 / s.sx))
-    for side in SIDES:
-        p = dome(s, side)
-        if p is None:
+    for sign in (-1, 1):  # border on the image left, then on the image right
+        profiles = []
+        anchor: Point | None = None
+        for r in range(ext[0] + h // 4, ext[1] - h // 4 + 1):
+            cols = np.flatnonzero(heart[r])
+            if cols.size == 0:
+                continue
+            c = int(cols[0] if sign < 0 else cols[-1])
+            c0, c1 = c - half, c + half + 1
+            if c0 < 0 or c1 > s.shape[1] or not s.field[r, c0:c1].all():
+                continue
+            if not s.lungs[r, c0 if sign < 0 else c1 - 1]:
+                continue  # the border must face lung, not spine or soft tissue
+            prof = s.pixels[r, c0:c1].astype(np.float64)
+            profiles.append(prof[::-1] if sign > 0 else prof)  # lung → heart, rising
+            anchor = anchor or (float(r), float(c))
+        if len(profiles) < 5 or anchor is None:
             continue
-        r, c = int(p[0]), round(p[1])
-        r0, r1 = r - half, r + half + 1
-        c0, c1 = max(0, c - cols_half), min(s.shape[1], c + cols_half + 1)
-        if r0 < 0 or r1 > s.shape[0] or not s.field[r0:r1, c0:c1].all():
-            continue
-        profile = s.pixels[r0:r1, c0:c1].astype(np.float64).mean(axis=1)
-        w = _edge_width(profile, s.sy)
+        w = _edge_width(np.mean(profiles, axis=0), s.sx)
         if w is not None:
             widths.append(w)
             geometry.append(
-                s.line([(float(r0), float(c)), (float(r1 - 1), float(c))], f"edge {side}")
+                s.line([(anchor[0], anchor[1] - half), (anchor[0], anchor[1] + half)], "edge")
             )
     if not widths:
         return make(s, rule, Status.NOT_EVALUABLE, None, t, "no_edge")

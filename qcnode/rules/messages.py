@@ -151,8 +151,9 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "双侧膈顶显示完整。",
     ),
     "organs.diaphragm.fail": (
-        "{side_cap} hemidiaphragm dome not shown: margin {value:.0f} mm.",
-        "{side}侧膈顶未完整显示：边距 {value:.0f} mm。",
+        "{side_cap} hemidiaphragm cut off: {value:.0f} % of the lung's lower border on the "
+        "field edge (> {threshold:.0f} %).",
+        "{side}侧膈肌未完整显示：{value:.0f}% 肺下缘位于照射野边缘（> {threshold:.0f}%）。",
     ),
     "organs.diaphragm.missing": (
         "{side_cap} lung not found: diaphragm not evaluable.",
@@ -200,12 +201,12 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "肺野与纵隔对比度低 {value:.2f}（< {threshold:.2f}）。",
     ),
     "exposure.noise.pass": (
-        "Contrast-to-noise ratio {value:.1f} (≥ {threshold:.1f}).",
-        "对比噪声比 {value:.1f}（≥ {threshold:.1f}）。",
+        "Noise {value:.3f} in the lungs (≤ {threshold:.3f}; contrast-to-noise {cnr:.0f}).",
+        "肺野噪声 {value:.3f}（≤ {threshold:.3f}；对比噪声比 {cnr:.0f}）。",
     ),
     "exposure.noise.fail": (
-        "Noisy image: contrast-to-noise ratio {value:.1f} (< {threshold:.1f}).",
-        "图像噪声大：对比噪声比 {value:.1f}（< {threshold:.1f}）。",
+        "Noisy image: lung noise {value:.3f} (> {threshold:.3f}; contrast-to-noise {cnr:.0f}).",
+        "图像噪声大：肺野噪声 {value:.3f}（> {threshold:.3f}；对比噪声比 {cnr:.0f}）。",
     ),
     "exposure.spine_through_heart.pass": (
         "Vertebrae visible behind the heart (edge {value:.1f}× noise).",
@@ -221,16 +222,16 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "未识别到心影后脊柱，无法评价。",
     ),
     "exposure.sharpness.pass": (
-        "Diaphragm edge width {value:.1f} mm (≤ {threshold:.1f} mm).",
-        "膈肌边缘宽度 {value:.1f} mm（≤ {threshold:.1f} mm）。",
+        "Heart border edge width {value:.1f} mm (≤ {threshold:.1f} mm).",
+        "心缘边缘宽度 {value:.1f} mm（≤ {threshold:.1f} mm）。",
     ),
     "exposure.sharpness.fail": (
-        "Blurred diaphragm edge {value:.1f} mm (> {threshold:.1f} mm): motion or defocus.",
-        "膈肌边缘模糊 {value:.1f} mm（> {threshold:.1f} mm），可能为运动伪影。",
+        "Blurred heart border {value:.1f} mm (> {threshold:.1f} mm): motion or defocus.",
+        "心缘模糊 {value:.1f} mm（> {threshold:.1f} mm），可能为运动伪影。",
     ),
     "exposure.sharpness.no_edge": (
-        "Diaphragm edge not found: sharpness not evaluable.",
-        "未识别到膈肌边缘，锐利度无法评价。",
+        "Heart border against lung not found: sharpness not evaluable.",
+        "未识别到心缘与肺野交界，锐利度无法评价。",
     ),
     # positioning
     "positioning.rotation.pass": (

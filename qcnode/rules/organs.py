@@ -11,7 +11,7 @@ import numpy as np
 from qcnode.records import Finding, Geometry, Status
 from qcnode.rules.completeness import SIDES
 from qcnode.rules.config import RulesConfig
-from qcnode.rules.geometry import Point, Subject, col_extent
+from qcnode.rules.geometry import Point, Subject
 from qcnode.rules.messages import make
 
 
@@ -177,48 +177,34 @@ def clavicles(s: Subject, cfg: RulesConfig) -> Finding:
     return make(s, rule, Status.PASS, areas[worst], t, "pass", geometry)
 
 
-def dome(s: Subject, side: str) -> Point | None:
-    """The hemidiaphragm dome under a lung: the highest point of its lower border.
+def lower_border_cut(s: Subject, side: str) -> tuple[float, Point | None]:
+    """Share (%) of a lung's columns whose lowest pixel lies on the field edge, and a point.
 
-    Searched over the lung's middle half (columns), where the dome lies; the costophrenic
-    recess and the cardiophrenic angle are excluded.
+    The lung of a PA film is a projection of the 3D lung, whose posterior recesses reach
+    below the diaphragm domes; a field edge that clips only the recess tips leaves the domes
+    in view, one that runs along most of the lung's lower border has cut through them.
     """
-    lung = s.mask(f"lung_{side}")
-    ext = col_extent(lung)
-    if ext is None:
-        return None
-    c0, c1 = ext
-    w = c1 - c0 + 1
-    lo, hi = c0 + w // 4, c1 - w // 4
-    if hi < lo:
-        lo, hi = c0, c1
-    sub = lung[:, lo : hi + 1]
-    has = sub.any(axis=0)
-    if not has.any():
-        return None
-    rows = np.arange(sub.shape[0])[:, None]
-    bottom = np.where(sub, rows, -1).max(axis=0).astype(float)
-    bottom[~has] = np.inf
-    best = bottom.min()
-    cols = np.flatnonzero(bottom <= best)
-    return (float(best), float(lo + cols.mean()))
+    lung = s.clean(f"lung_{side}")
+    cols = np.flatnonzero(lung.any(axis=0))
+    if cols.size == 0:
+        return 0.0, None
+    rows = np.arange(lung.shape[0])[:, None]
+    bottom = np.where(lung[:, cols], rows, -1).max(axis=0)
+    below = np.minimum(bottom + 1, s.shape[0] - 1)
+    cut = (bottom >= s.shape[0] - 1) | ~s.field[below, cols] | s.field_ring[bottom, cols]
+    mid = int(cols.size // 2)
+    return 100.0 * float(cut.mean()), (float(bottom[mid]), float(cols[mid]))
 
 
 def diaphragm(s: Subject, cfg: RulesConfig) -> Finding:
-    """Both hemidiaphragm domes inside the field (the lung's lower border shown)."""
-    rule, t = "organs.diaphragm", cfg.organs.diaphragm_margin_mm
-    points = {side: dome(s, side) for side in SIDES}
-    missing = [side for side, p in points.items() if p is None]
+    """Both hemidiaphragms shown: the lungs' lower borders not running along the field edge."""
+    rule, t = "organs.diaphragm", cfg.organs.diaphragm_cut_fail_percent
+    cuts = {side: lower_border_cut(s, side) for side in SIDES}
+    missing = [side for side, (_, p) in cuts.items() if p is None]
     if missing:
         return make(s, rule, Status.NOT_EVALUABLE, None, t, "missing", side=missing[0])
-    margins = {side: s.margin_mm(p) for side, p in points.items() if p is not None}
-    # a dome on the field edge means the lung was cut there: the dome is not shown
-    for side, p in points.items():
-        assert p is not None
-        below = (int(p[0]) + 1, round(p[1]))
-        if below[0] >= s.shape[0] or not s.field[below]:
-            margins[side] = min(margins[side], 0.0)
-    worst = min(margins, key=lambda k: margins[k])
-    geometry = tuple(s.point(p, f"dome {side}") for side, p in points.items() if p is not None)
-    status = Status.PASS if margins[worst] >= t else Status.FAIL
-    return make(s, rule, status, margins[worst], t, str(status), geometry, side=worst)
+    worst = max(cuts, key=lambda k: cuts[k][0])
+    value = cuts[worst][0]
+    geometry = tuple(s.point(p, f"lower border {side}") for side, (_, p) in cuts.items() if p)
+    status = Status.FAIL if value > t else Status.PASS
+    return make(s, rule, status, value, t, str(status), geometry, side=worst)

@@ -51,7 +51,7 @@ def test_frontal_phantom_exact_values() -> None:
         "organs.lungs": 0.0,
         "organs.heart": 0.0,
         "organs.clavicles": 11 * 106,  # mm²
-        "organs.diaphragm": 41.0,
+        "organs.diaphragm": 0.0,  # no lung column ends on the field edge
         "positioning.rotation": 0.0,
         "positioning.scapulae": 5.0,
         "positioning.inspiration": 10.0,
@@ -159,6 +159,14 @@ def test_diaphragm_dome_below_the_field() -> None:
     m = {k: (v & m["field"]) if k.startswith("lung") else v for k, v in m.items()}
     f = run(m)
     assert f["organs.diaphragm"].status is Status.FAIL
+    assert f["organs.diaphragm"].value == 100.0
+    m = frontal_phantom()  # only the lateral quarter of the right lung's base clipped
+    m["lung_right"] = box(m["lung_right"], 296, 300, 60, 86, False)
+    m["field"] = box(m["field"], 296, 399, 0, 86, False)
+    f = run(m)
+    # 27 clipped columns, and col 87 whose base touches the notch of the field edge
+    assert f["organs.diaphragm"].value == pytest.approx(100 * 28 / 111, abs=0.01)
+    assert f["organs.diaphragm"].status is Status.PASS
 
 
 # ---- exposure -------------------------------------------------------------------------------
@@ -378,6 +386,7 @@ def test_every_template_formats_in_both_languages() -> None:
                 d_right=1.0,
                 d_left=2.0,
                 anatomy=1.0,
+                cnr=3.0,
             )
             assert "{" not in text
 
