@@ -60,7 +60,8 @@ def _structure_objects(
         mask = prediction.masks.get(name)
         if mask is None or not mask.any():
             continue
-        for i, outline in enumerate(mask_contours(mask, tolerance=tolerance)):
+        scale = rows / mask.shape[0] if mask.shape[0] else 1.0  # masks: source pixels
+        for i, outline in enumerate(mask_contours(mask, scale=scale, tolerance=tolerance)):
             pts = np.clip(outline, 0.0, [float(columns), float(rows)]).astype(np.float32)
             if not np.array_equal(pts[0], pts[-1]):
                 pts = np.vstack([pts, pts[:1]])

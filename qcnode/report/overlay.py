@@ -214,7 +214,9 @@ def _draw_structures(
             fill_layer = Image.alpha_composite(fill_layer, colour_img)
         thin = name == "field" or name.startswith("ribs")
         width = max(1, style.line // 2) if thin else style.line
-        for outline in mask_contours(mask, scale=scale, tolerance=0.6):
+        # masks are in source pixels by contract; scale from their own size to be safe
+        mask_scale = canvas.height / mask.shape[0] if mask.shape[0] else scale
+        for outline in mask_contours(mask, scale=mask_scale, tolerance=0.6):
             pts = [(float(x), float(y)) for x, y in outline]
             lines.line([*pts, pts[0]], fill=(*colour, 235), width=width, joint="curve")
     base = canvas.convert("RGBA")
