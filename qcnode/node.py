@@ -75,8 +75,9 @@ class EngineAnalyzer:
 class ReportBuilder:
     """The worker's ResultBuilder over qcnode.report.build_results."""
 
-    def __init__(self, *, language: str) -> None:
-        self.language = language
+    def __init__(self, *, settings: Settings) -> None:
+        report = importlib.import_module("qcnode.report")
+        self.options = report.ReportOptions.from_settings(settings)
 
     def build(
         self,
@@ -89,7 +90,7 @@ class ReportBuilder:
     ) -> list[Dataset]:
         build_results = importlib.import_module("qcnode.report").build_results
         built: list[Dataset] = build_results(
-            source, image, prediction, result, objects=objects, language=self.language
+            source, image, prediction, result, objects=objects, options=self.options
         )
         return built
 
@@ -134,9 +135,7 @@ class Node:
         JobQueue(sessions=sessions, worker_id="startup", lease_seconds=1).release_dead_local()
         if s.workers > 0:
             factory = self.analyzer_factory or _default_analyzer_factory(s)
-            builder = (
-                self.builder if self.builder is not None else ReportBuilder(language=s.language)
-            )
+            builder = self.builder if self.builder is not None else ReportBuilder(settings=s)
             worker_id = new_worker_id()
             for n in range(s.workers):
                 self.workers.append(

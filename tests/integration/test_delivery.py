@@ -11,9 +11,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pydicom
 import pytest
 from pynetdicom import AE
 
+from qcnode.report.validate import assert_valid, dsrdump
 from tests.conftest import Orthanc, free_port, radiograph, wait_for
 from tests.integration.nodeproc import NodeProcess
 
@@ -122,3 +124,13 @@ def test_pacs_down_then_up(tmp_path: Path, orthanc: Orthanc) -> None:
         assert_delivered_once(node, orthanc, acknowledged)
     finally:
         node.stop()
+    # what the PACS holds is valid DICOM (dciodvfy) and the SR reads back with DCMTK
+    for item in orthanc.instances():
+        data = orthanc.file(item["ID"])
+        path = tmp_path / f"{item['MainDicomTags']['SOPInstanceUID']}.dcm"
+        path.write_bytes(data)
+        assert_valid(path)
+        ds = pydicom.dcmread(path)
+        assert ds.StudyInstanceUID in {str(i.StudyInstanceUID) for i in images}
+        if ds.Modality == "SR":
+            assert "Quality" in dsrdump(path) or "quality" in dsrdump(path)

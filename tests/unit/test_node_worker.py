@@ -70,7 +70,7 @@ def make_worker(settings, sessions, store, predictor) -> Worker:  # type: ignore
         store=store,
         queue=JobQueue(sessions=sessions, worker_id="w", lease_seconds=60),
         analyzer=EngineAnalyzer(predictor=predictor, settings=settings),
-        builder=ReportBuilder(language="en"),
+        builder=ReportBuilder(settings=settings),
         wake=threading.Event(),
     )
 
