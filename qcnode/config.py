@@ -82,13 +82,22 @@ class Settings:
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
+def _destination(table: Mapping[str, Any]) -> Destination:
+    """A ``[[destinations]]`` table: ae_title, host, port and optionally objects."""
+    values = dict(table)
+    if "objects" in values:
+        values["objects"] = tuple(values["objects"])
+    values["port"] = int(values.get("port", 104))
+    return Destination(**values)
+
+
 def _coerce(name: str, value: Any) -> Any:
     kind = _FIELDS[name].type
     try:
         if name == "destinations":
             items = value.split(",") if isinstance(value, str) else value
             return tuple(
-                Destination.parse(v) if isinstance(v, str) else Destination(**v) for v in items
+                Destination.parse(v) if isinstance(v, str) else _destination(v) for v in items
             )
         if name == "allowed_calling_aes":
             return tuple(value.split(",")) if isinstance(value, str) else tuple(value)

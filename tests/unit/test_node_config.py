@@ -1,0 +1,32 @@
+"""etc/qcnode.toml documents every setting with its default."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from qcnode.config import Destination, Settings, load_settings
+
+ETC = Path(__file__).resolve().parents[2] / "etc" / "qcnode.toml"
+
+
+def test_every_setting_is_documented() -> None:
+    text = ETC.read_text(encoding="utf-8")
+    named = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, flags=re.MULTILINE))
+    fields = {f.name for f in dataclasses.fields(Settings)} - {"extra"}
+    assert fields - named == set()
+
+
+def test_shipped_file_gives_the_defaults() -> None:
+    assert load_settings(ETC, environ={}) == Settings()
+
+
+def test_destination_tables(tmp_path: Path) -> None:
+    cfg = tmp_path / "q.toml"
+    cfg.write_text(
+        '[sender]\n[[sender.destinations]]\nae_title = "PACS"\nhost = "pacs"\nport = 104\n'
+        'objects = ["sr", "kos"]\n'
+    )
+    (dest,) = load_settings(cfg, environ={}).destinations
+    assert dest == Destination(ae_title="PACS", host="pacs", port=104, objects=("sr", "kos"))
