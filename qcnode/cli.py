@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.add_argument("--what", default="all", help="model | qc | ingest | e2e | all")
 
+    o = sub.add_parser("outbox", parents=[common], help="delivery state and dead letters")
+    o.add_argument("--json", action="store_true")
+    o.add_argument("--retry-dead", action="store_true", help="queue dead letters again")
+
     d = sub.add_parser("db", parents=[common], help="database maintenance")
     dsub = d.add_subparsers(dest="db_command", required=True)
     dsub.add_parser("upgrade", parents=[common], help="apply Alembic migrations")
@@ -137,6 +141,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from qcnode.bench import bench_command
 
         return bench_command(settings, args)
+    if cmd == "outbox":
+        from qcnode.send import outbox_command
+
+        return outbox_command(settings, args)
     if cmd == "db":
         from qcnode.db import upgrade
 
