@@ -1,0 +1,146 @@
+"""Batch augmentation on canvases (DESIGN §6, the SyntheX list), then ``standardise``.
+
+Geometric (applied to image, valid region and masks alike): affine (rotation, isotropic and
+anisotropic scale, shear, shift) plus a smooth elastic warp. Intensity (image only): contrast
+curves (gamma / log / sigmoid), brightness, inversion, Gaussian blur or unsharp sharpening,
+2-4x pooling, Gaussian noise, coarse dropout boxes. Synthetic-to-real transfer depends on
+this randomisation far more than on the network, so it is strong by design.
+
+All randomness comes from the ``torch.Generator`` passed in: a step's batch is a pure
+function of (seed, step), which makes training reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from qcnode.model.preprocess import standardise
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    p_geometric: float = 0.9
+    rotate_deg: float = 8.0
+    scale: tuple[float, float] = (0.8, 1.2)
+    aniso: float = 0.1
+    shear: float = 0.08
+    shift: float = 0.12  # fraction of the canvas
+    elastic: float = 0.02  # normalised displacement amplitude (~2.5 px at 256)
+    p_invert: float = 0.1
+    p_curve: float = 0.8
+    p_blur: float = 0.25
+    p_sharpen: float = 0.25
+    p_pool: float = 0.2
+    p_noise: float = 0.5
+    noise: float = 0.05
+    p_dropout: float = 0.3
+
+
+NONE = AugmentConfig(
+    p_geometric=0.0,
+    p_invert=0.0,
+    p_curve=0.0,
+    p_blur=0.0,
+    p_sharpen=0.0,
+    p_pool=0.0,
+    p_noise=0.0,
+    p_dropout=0.0,
+)
+
+
+def _u(g: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=g))
+
+
+def _p(g: torch.Generator, p: float) -> bool:
+    return float(torch.rand((), generator=g)) < p
+
+
+def _geometric(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Warp (B, C, S, S) with one random affine + elastic field per sample."""
+    b, _, s, _ = x.shape
+    thetas = []
+    for _ in range(b):
+        if not _p(g, cfg.p_geometric):
+            thetas.append(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
+            continue
+        a = math.radians(_u(g, -cfg.rotate_deg, cfg.rotate_deg))
+        z = _u(g, *cfg.scale)
+        zx, zy = z * _u(g, 1 - cfg.aniso, 1 + cfg.aniso), z * _u(g, 1 - cfg.aniso, 1 + cfg.aniso)
+        sh = _u(g, -cfg.shear, cfg.shear)
+        rot = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+        shear = torch.tensor([[1.0, sh], [0.0, 1.0]])
+        lin = rot @ shear @ torch.diag(torch.tensor([1 / zx, 1 / zy]))
+        t = torch.tensor([_u(g, -cfg.shift, cfg.shift), _u(g, -cfg.shift, cfg.shift)]) * 2
+        thetas.append(torch.cat([lin, t[:, None]], dim=1))
+    grid = F.affine_grid(torch.stack(thetas), [b, 1, s, s], align_corners=False)
+    if cfg.elastic > 0:
+        coarse = torch.randn((b, 2, 5, 5), generator=g) * cfg.elastic
+        field = F.interpolate(coarse, size=(s, s), mode="bicubic", align_corners=False)
+        grid = grid + field.permute(0, 2, 3, 1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    r = max(1, int(3 * sigma))
+    k = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float32) ** 2) / (2 * sigma**2))
+    k = k / k.sum()
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+
+
+def _intensity(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """One (1, 1, S, S) image in [0, 1]-ish raw units."""
+    x = img.clamp(0, 1)
+    if _p(g, cfg.p_invert):
+        x = 1 - x
+    if _p(g, cfg.p_curve):
+        kind = int(torch.randint(0, 3, (), generator=g))
+        if kind == 0:
+            x = x.pow(_u(g, 0.6, 1.6))
+        elif kind == 1:
+            k = _u(g, 2.0, 20.0)
+            x = torch.log1p(k * x) / math.log1p(k)
+        else:
+            k, c = _u(g, 4.0, 12.0), _u(g, 0.35, 0.65)
+            lo, hi = 1 / (1 + math.exp(k * c)), 1 / (1 + math.exp(-k * (1 - c)))
+            x = (torch.sigmoid(k * (x - c)) - lo) / (hi - lo)
+    x = x * _u(g, 0.6, 1.4) + _u(g, -0.1, 0.1)  # brightness / offset
+    if _p(g, cfg.p_blur):
+        x = _blur(x, _u(g, 0.5, 1.5))
+    elif _p(g, cfg.p_sharpen):
+        x = x + _u(g, 0.5, 1.5) * (x - _blur(x, _u(g, 1.0, 3.0)))
+    if _p(g, cfg.p_pool):
+        k = int(torch.randint(2, 5, (), generator=g))
+        x = F.interpolate(F.avg_pool2d(x, k, ceil_mode=True), size=x.shape[-2:], mode="bilinear")
+    if _p(g, cfg.p_noise):
+        x = x + torch.randn(x.shape, generator=g) * _u(g, 0.005, cfg.noise)
+    if _p(g, cfg.p_dropout):
+        s = x.shape[-1]
+        for _ in range(int(torch.randint(1, 5, (), generator=g))):
+            h, w = int(_u(g, 0.04, 0.2) * s), int(_u(g, 0.04, 0.2) * s)
+            top, left = int(_u(g, 0, s - h)), int(_u(g, 0, s - w))
+            x[..., top : top + h, left : left + w] = _u(g, 0.0, 1.0)
+    return x
+
+
+def augment(
+    canvas: torch.Tensor,
+    valid: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    cfg: AugmentConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,1,S,S) raw canvas, (B,1,S,S) valid, (B,C,S,S) masks -> network input, masks."""
+    stack = torch.cat([canvas.float(), valid.float(), masks.float()], dim=1)
+    if cfg.p_geometric > 0:
+        stack = _geometric(stack, cfg, generator)
+    img, val, msk = stack[:, :1], stack[:, 1:2] > 0.5, (stack[:, 2:] > 0.5).float()
+    if cfg.p_curve > 0 or cfg.p_noise > 0 or cfg.p_invert > 0:
+        img = torch.cat([_intensity(img[i : i + 1], cfg, generator) for i in range(img.shape[0])])
+    return standardise(img, val), msk

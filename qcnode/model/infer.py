@@ -1,0 +1,224 @@
+"""Inference: the real Predictor (DESIGN §5) behind the ``qcnode.records.Predictor`` seam.
+
+One forward pass per ``predict`` call for the whole list. Images without a usable header
+spacing get a second pass at the anatomy-based scale (see preprocess), batched as well.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qcnode.errors import ModelError
+from qcnode.model import preprocess
+from qcnode.model.network import VIEWS, QCNet, build
+from qcnode.model.registry import ModelEntry, load_registry, sha256_file
+from qcnode.records import STRUCTURES, DecodedImage, ModelInfo, Prediction, View
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FORMAT = "qcnode-qcnet-1"
+_LUNGS = (STRUCTURES.index("lung_right"), STRUCTURES.index("lung_left"))
+SECOND_PASS_TOLERANCE = 0.05  # rerun when the anatomy-based scale differs by more than 5 %
+
+
+@dataclass(frozen=True)
+class WeightsMeta:
+    """What a weights file says about itself (also recorded in the registry)."""
+
+    variant: str
+    input_size: int
+    spacing_mm: float
+    reference_lung_width_mm: Mapping[str, float]
+
+
+def save_weights(path: Path, model: QCNet, meta: WeightsMeta) -> str:
+    """Write weights (state dict + meta) and return the file's sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "format": WEIGHTS_FORMAT,
+            "variant": meta.variant,
+            "input_size": meta.input_size,
+            "spacing_mm": meta.spacing_mm,
+            "structures": list(STRUCTURES),
+            "views": [str(v) for v in VIEWS],
+            "reference_lung_width_mm": dict(meta.reference_lung_width_mm),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        },
+        path,
+    )
+    return sha256_file(path)
+
+
+def read_weights(path: Path) -> tuple[WeightsMeta, dict[str, torch.Tensor]]:
+    try:
+        raw: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a corrupt or foreign file
+        raise ModelError(f"cannot read weights {path}: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("format") != WEIGHTS_FORMAT:
+        raise ModelError(f"{path} is not a qcnode weights file ({WEIGHTS_FORMAT})")
+    if tuple(raw["structures"]) != STRUCTURES:
+        raise ModelError(f"{path} was trained for other structures")
+    meta = WeightsMeta(
+        variant=str(raw["variant"]),
+        input_size=int(raw["input_size"]),
+        spacing_mm=float(raw["spacing_mm"]),
+        reference_lung_width_mm={
+            str(k): float(v) for k, v in raw["reference_lung_width_mm"].items()
+        },
+    )
+    return meta, raw["state_dict"]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+class TorchPredictor:
+    """QCNet behind the Predictor protocol. Thread-compatible: one call at a time."""
+
+    def __init__(
+        self, *, model: QCNet, meta: WeightsMeta, info: ModelInfo, device: torch.device
+    ) -> None:
+        if meta.input_size != preprocess.INPUT_SIZE or meta.spacing_mm != preprocess.SPACING_MM:
+            raise ModelError(
+                f"weights expect {meta.input_size} px at {meta.spacing_mm} mm; this code "
+                f"prepares {preprocess.INPUT_SIZE} px at {preprocess.SPACING_MM} mm"
+            )
+        self._model = model.to(device).eval()
+        self._meta = meta
+        self._info = info
+        self._device = device
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw network outputs for a prepared (B, 1, S, S) batch, on the CPU."""
+        with torch.inference_mode():
+            masks, views = self._model(batch.to(self._device))
+        return masks.float().cpu(), views.float().cpu()
+
+    def _pass(
+        self, images: Sequence[DecodedImage], spacings: Sequence[tuple[float, float]]
+    ) -> tuple[list[preprocess.Frame], torch.Tensor, torch.Tensor]:
+        prepared = [
+            preprocess.prepare(im.pixels, sp) for im, sp in zip(images, spacings, strict=True)
+        ]
+        batch = torch.stack([p[0] for p in prepared])
+        masks, views = self.forward(batch)
+        return [p[1] for p in prepared], masks, views
+
+    def predict(self, images: Sequence[DecodedImage]) -> list[Prediction]:
+        if not images:
+            return []
+        spacings = [im.spacing_mm or preprocess.guessed_spacing(*im.pixels.shape) for im in images]
+        frames, masks, views = self._pass(images, spacings)
+        redo = self._anatomy_spacing(images, frames, masks, views)
+        if redo:
+            idx = sorted(redo)
+            f2, m2, v2 = self._pass([images[i] for i in idx], [redo[i] for i in idx])
+            for j, i in enumerate(idx):
+                spacings[i], frames[i] = redo[i], f2[j]
+                masks[i], views[i] = m2[j], v2[j]
+        probs = torch.softmax(views, dim=1)
+        out = []
+        for i, im in enumerate(images):
+            p = {v: float(probs[i, k]) for k, v in enumerate(VIEWS)}
+            source = preprocess.logits_to_source(masks[i], frames[i])
+            out.append(
+                Prediction(
+                    view=VIEWS[int(probs[i].argmax())],
+                    view_probabilities=p,
+                    masks={name: source[c] for c, name in enumerate(STRUCTURES)},
+                    spacing_mm=(float(spacings[i][0]), float(spacings[i][1])),
+                    spacing_estimated=im.spacing_mm is None,
+                )
+            )
+        return out
+
+    def _anatomy_spacing(
+        self,
+        images: Sequence[DecodedImage],
+        frames: Sequence[preprocess.Frame],
+        masks: torch.Tensor,
+        views: torch.Tensor,
+    ) -> dict[int, tuple[float, float]]:
+        """For images without header spacing: the scale at which the lungs span the
+        reference width learnt from the training data (per view)."""
+        redo: dict[int, tuple[float, float]] = {}
+        for i, im in enumerate(images):
+            if im.spacing_mm is not None:
+                continue
+            view = VIEWS[int(views[i].argmax())]
+            reference = self._meta.reference_lung_width_mm.get(str(view))
+            if view == View.OTHER or reference is None:
+                continue
+            width = lung_width_px(masks[i])
+            new = preprocess.spacing_from_lung_width(width, frames[i], reference)
+            change = abs(new[1] / frames[i].spacing_mm[1] - 1) if new is not None else 0.0
+            if new is not None and change > SECOND_PASS_TOLERANCE:
+                redo[i] = new
+        return redo
+
+
+def lung_width_px(mask_logits: torch.Tensor) -> float:
+    """Extent along the columns of the union of both lungs on the canvas (robust to specks)."""
+    lungs = (mask_logits[list(_LUNGS)] > 0).any(dim=0)
+    per_column = lungs.sum(dim=0).numpy()
+    columns = np.flatnonzero(per_column >= 3)
+    if columns.size == 0:
+        return 0.0
+    return float(columns[-1] - columns[0] + 1)
+
+
+def load_predictor(
+    name: str | None = None,
+    *,
+    device: str = "auto",
+    weights_path: Path | None = None,
+    registry_path: Path | None = None,
+) -> TorchPredictor:
+    """The registry's model ``name`` (default when None), checksum-verified.
+
+    ``weights_path`` loads a weights file directly (tests, a model being evaluated); its
+    sha256 is then computed, not checked. Raises ModelError for anything unusable.
+    """
+    if weights_path is not None:
+        path = Path(weights_path)
+        if not path.is_file():
+            raise ModelError(f"weights file {path} does not exist")
+        sha = sha256_file(path)
+        meta, state = read_weights(path)
+        info = ModelInfo(name=name or path.stem, version=f"file-{sha[:12]}", sha256=sha)
+    else:
+        registry = load_registry(registry_path)
+        entry: ModelEntry = registry.get(name)
+        path = registry.verified_path(entry)
+        meta, state = read_weights(path)
+        if meta.variant != entry.variant:
+            raise ModelError(f"{path} holds {meta.variant}, registry says {entry.variant}")
+        info = ModelInfo(name=entry.name, version=entry.version, sha256=entry.sha256)
+    try:
+        model = build(meta.variant)
+        model.load_state_dict(state)
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"weights {path} do not fit variant {meta.variant}: {exc}") from exc
+    log.info("model loaded", extra={"model": info.name, "sha256": info.sha256[:12]})
+    return TorchPredictor(model=model, meta=meta, info=info, device=resolve_device(device))

@@ -1,0 +1,120 @@
+"""QCNet: a small encoder-decoder with a view head, in depth x width variants (DESIGN §5).
+
+The study's ChestPAQC_{10,15,20}_{1,3} grid is kept: ``depth`` is the number of conv blocks
+on the encoder-decoder path, ``width`` the number of parallel branches per block with
+different receptive fields (kernel 3, 5, 7 realised as dilated 3x3 convolutions with
+dilation 1, 2, 3, which costs a third of true 5x5/7x7 kernels on a CPU).
+
+Outputs: 16 mask logits (sigmoid per structure: structures overlap in projection, so not a
+softmax) at input resolution, and 3 view logits (frontal / lateral / other) from the
+bottleneck.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qcnode.records import STRUCTURES, View
+
+VIEWS: tuple[View, ...] = (View.FRONTAL, View.LATERAL, View.OTHER)
+CHANNELS: tuple[int, ...] = (8, 16, 32, 48, 64)  # per level: 256², 128², 64², 32², 16²
+HEAD_CHANNELS = 16  # features at full resolution feeding the 16 mask logits
+
+# Encoder blocks per level below the stem; decoder has one block per level (4) and the stem
+# one more, so depth = 1 + sum(encoder) + 4.
+_ENCODER_BLOCKS: dict[int, tuple[int, ...]] = {
+    10: (1, 1, 1, 2),
+    15: (1, 2, 3, 4),
+    20: (2, 3, 4, 6),
+}
+_NAME = re.compile(r"^qcnet_d(\d+)_w(\d+)$")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    depth: int
+    width: int
+    encoder_blocks: tuple[int, ...]
+    channels: tuple[int, ...] = CHANNELS
+
+
+def variant_names() -> list[str]:
+    return [f"qcnet_d{d}_w{w}" for d in sorted(_ENCODER_BLOCKS) for w in (1, 3)]
+
+
+def parse_variant(name: str) -> VariantSpec:
+    """``qcnet_d15_w3`` -> its spec; ValueError for a name outside the grid."""
+    m = _NAME.match(name)
+    if not m or int(m.group(1)) not in _ENCODER_BLOCKS or int(m.group(2)) not in (1, 2, 3):
+        raise ValueError(f"unknown model variant {name!r}; known: {', '.join(variant_names())}")
+    depth, width = int(m.group(1)), int(m.group(2))
+    return VariantSpec(name=name, depth=depth, width=width, encoder_blocks=_ENCODER_BLOCKS[depth])
+
+
+class Block(nn.Module):
+    """Parallel dilated 3x3 branches summed, BatchNorm, ReLU; residual when shapes match."""
+
+    def __init__(self, cin: int, cout: int, *, width: int) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(
+            nn.Conv2d(cin, cout, 3, padding=d, dilation=d, bias=False) for d in range(1, width + 1)
+        )
+        self.norm = nn.BatchNorm2d(cout)
+        self.residual = cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.branches[0](x)
+        for branch in self.branches[1:]:
+            y = y + branch(x)
+        y = F.relu(self.norm(y))
+        return x + y if self.residual else y
+
+
+class QCNet(nn.Module):
+    """U-Net-like: stem at full resolution, 4 downsampling levels, 4 decoder levels."""
+
+    def __init__(self, *, spec: VariantSpec, in_channels: int = 1) -> None:
+        super().__init__()
+        self.spec = spec
+        ch, w = spec.channels, spec.width
+        self.stem = Block(in_channels, ch[0], width=w)
+        self.down = nn.ModuleList()
+        for level, n in enumerate(spec.encoder_blocks, start=1):
+            blocks = [Block(ch[level - 1], ch[level], width=w)]
+            blocks += [Block(ch[level], ch[level], width=w) for _ in range(n - 1)]
+            self.down.append(nn.Sequential(*blocks))
+        # Decoder blocks are single-branch: the multi-scale branches pay off in the encoder,
+        # and the full-resolution decoder is where a CPU spends its time.
+        self.up = nn.ModuleList(
+            Block(ch[level + 1] + ch[level], HEAD_CHANNELS if level == 0 else ch[level], width=1)
+            for level in reversed(range(len(spec.encoder_blocks)))
+        )
+        self.masks = nn.Conv2d(HEAD_CHANNELS, len(STRUCTURES), 1)
+        self.view = nn.Sequential(nn.Dropout(0.2), nn.Linear(2 * ch[-1], len(VIEWS)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        skips = [self.stem(x)]
+        h = skips[0]
+        for stage in self.down:
+            h = stage(F.max_pool2d(h, 2))
+            skips.append(h)
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        view_logits = self.view(pooled)
+        for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
+            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            h = block(torch.cat([h, skip], dim=1))
+        return self.masks(h), view_logits
+
+
+def build(name: str) -> QCNet:
+    return QCNet(spec=parse_variant(name))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

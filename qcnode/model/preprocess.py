@@ -1,0 +1,175 @@
+"""Preprocessing shared by training and inference: one function so the two cannot drift.
+
+A DecodedImage (VOI/modality LUT applied, MONOCHROME2 sense, [0, 1]) is resampled to a fixed
+physical scale (``SPACING_MM`` per input pixel, aspect kept, anti-aliased), centred on a
+``INPUT_SIZE`` square canvas, and its intensities standardised on the image region only (1st
+and 99th percentile -> 0 and 1), so that detector size, pixel pitch and vendor tone curve
+matter as little as possible. A field larger than the canvas is shrunk to fit (the scale
+then grows and is recorded in the Frame).
+
+When the header has no usable spacing the scale is first guessed from the image size (a
+chest detector is about 43 cm on its long side) and then refined from anatomy: see
+``spacing_from_lung_width``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+INPUT_SIZE = 256
+SPACING_MM = 1.75  # 256 px x 1.75 mm = 448 mm: a 43 x 43 cm detector fits
+ASSUMED_DETECTOR_MM = 430.0  # long side of a chest detector, the first guess without spacing
+LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.0
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where a source image sits on the input canvas.
+
+    Input pixel (y, x) covers source rows ``(y - top) * rows / height`` onward; ``spacing_mm``
+    is the (row, column) source spacing used and ``input_spacing_mm`` the canvas's.
+    """
+
+    rows: int
+    columns: int
+    top: int
+    left: int
+    height: int
+    width: int
+    spacing_mm: tuple[float, float]
+    input_spacing_mm: float
+
+    @property
+    def valid(self) -> tuple[slice, slice]:
+        return slice(self.top, self.top + self.height), slice(self.left, self.left + self.width)
+
+
+def guessed_spacing(rows: int, columns: int) -> tuple[float, float]:
+    """First guess without a header spacing: the long side spans a 43 cm detector."""
+    s = ASSUMED_DETECTOR_MM / max(rows, columns, 1)
+    return (s, s)
+
+
+def plan_frame(
+    rows: int, columns: int, spacing_mm: tuple[float, float], *, size: int = INPUT_SIZE
+) -> Frame:
+    """Canvas geometry for an image of ``rows`` x ``columns`` at ``spacing_mm``."""
+    sr, sc = spacing_mm
+    scale = max(SPACING_MM, rows * sr / size, columns * sc / size)
+    height = min(size, max(1, round(rows * sr / scale)))
+    width = min(size, max(1, round(columns * sc / scale)))
+    return Frame(
+        rows=rows,
+        columns=columns,
+        top=(size - height) // 2,
+        left=(size - width) // 2,
+        height=height,
+        width=width,
+        spacing_mm=(float(sr), float(sc)),
+        input_spacing_mm=float(scale),
+    )
+
+
+def resample(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Anti-aliased resize of a (C, H, W) float tensor; integer box-averaging first for speed."""
+    h, w = pixels.shape[-2:]
+    k = max(1, min(h // max(height, 1), w // max(width, 1)) // 2)
+    x = pixels[None]
+    if k > 1:  # cheap exact box filter for most of the reduction, bilinear+antialias for the rest
+        x = F.avg_pool2d(x, k, stride=k, ceil_mode=True)
+    if x.shape[-2:] != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True)
+    return x[0]
+
+
+def to_canvas(
+    pixels: np.ndarray, spacing_mm: tuple[float, float], *, size: int = INPUT_SIZE
+) -> tuple[torch.Tensor, Frame]:
+    """Raw [0, 1] canvas (1, size, size) with the image placed at fixed physical scale."""
+    rows, columns = pixels.shape
+    frame = plan_frame(rows, columns, spacing_mm, size=size)
+    src = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None]
+    canvas = torch.zeros((1, size, size), dtype=torch.float32)
+    canvas[(slice(None), *frame.valid)] = resample(src, frame.height, frame.width)
+    return canvas, frame
+
+
+def standardise(canvas: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per image: the 1st/99th percentiles of the valid region map to 0/1; outside is 0.
+
+    ``canvas`` (B, 1, H, W) raw intensities, ``valid`` (B, 1, H, W) bool. Used verbatim by
+    training (after augmentation) and inference.
+    """
+    out = torch.zeros_like(canvas)
+    q = torch.tensor([LOW_PERCENTILE / 100.0, HIGH_PERCENTILE / 100.0], dtype=canvas.dtype)
+    for i in range(canvas.shape[0]):
+        values = canvas[i][valid[i]]
+        if values.numel() < 16:
+            continue
+        if values.numel() > 65536:  # quantile has an input size limit; a stride sample suffices
+            values = values[:: values.numel() // 65536 + 1]
+        lo, hi = torch.quantile(values, q).tolist()
+        scaled = ((canvas[i] - lo) / max(hi - lo, 1e-3)).clamp(-0.5, 1.5)
+        out[i] = torch.where(valid[i], scaled, torch.zeros_like(scaled))
+    return out
+
+
+def valid_mask(frame: Frame, *, size: int = INPUT_SIZE) -> torch.Tensor:
+    mask = torch.zeros((1, size, size), dtype=torch.bool)
+    mask[(slice(None), *frame.valid)] = True
+    return mask
+
+
+def prepare(
+    pixels: np.ndarray, spacing_mm: tuple[float, float], *, size: int = INPUT_SIZE
+) -> tuple[torch.Tensor, Frame]:
+    """Network input (1, size, size) for one image, and its Frame."""
+    canvas, frame = to_canvas(pixels, spacing_mm, size=size)
+    return standardise(canvas[None], valid_mask(frame, size=size)[None])[0], frame
+
+
+def masks_to_canvas(masks: np.ndarray, frame: Frame, *, size: int = INPUT_SIZE) -> torch.Tensor:
+    """Training targets: (C, rows, cols) bool masks -> (C, size, size) float area fractions."""
+    src = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))
+    out = torch.zeros((src.shape[0], size, size), dtype=torch.float32)
+    out[(slice(None), *frame.valid)] = resample(src, frame.height, frame.width)
+    return out
+
+
+def logits_to_source(logits: torch.Tensor, frame: Frame) -> np.ndarray:
+    """(C, size, size) mask logits -> (C, rows, cols) bool masks in source pixels.
+
+    Logits (not probabilities or binary masks) are interpolated so that contours stay smooth
+    when the source is ten times finer than the canvas. One channel at a time bounds memory.
+    """
+    crop = logits[(slice(None), *frame.valid)]
+    out = np.zeros((crop.shape[0], frame.rows, frame.columns), dtype=bool)
+    for c in range(crop.shape[0]):
+        up = F.interpolate(
+            crop[c][None, None],
+            size=(frame.rows, frame.columns),
+            mode="bilinear",
+            align_corners=False,
+        )
+        out[c] = (up[0, 0] > 0).numpy()
+    return out
+
+
+def spacing_from_lung_width(
+    lung_width_px: float, frame: Frame, reference_width_mm: float
+) -> tuple[float, float] | None:
+    """Anatomy-based spacing: scale the guess so the lungs span the reference width.
+
+    ``lung_width_px`` is the lungs' extent along the image columns on the canvas. Returns the
+    corrected (row, column) source spacing, or None when the lungs are too small to trust.
+    """
+    if lung_width_px < 20:
+        return None
+    measured_mm = lung_width_px * frame.input_spacing_mm
+    factor = reference_width_mm / measured_mm
+    sr, sc = frame.spacing_mm
+    return (sr * factor, sc * factor)

@@ -1,0 +1,397 @@
+"""``qcnode train``: seeded, reproducible, resumable training of a QCNet variant.
+
+A step's batch (which samples, which augmentation) is a pure function of (seed, step), so a
+run resumed from a checkpoint continues exactly as if it had not stopped. Checkpoints go to
+``--out`` (default runs/<variant>-<recipe>/) every ``checkpoint_every`` steps; the final
+weights are written there too and, with ``--ship``, copied next to the registry with an entry
+carrying checksum, recipe, data and code version and the evaluation metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from qcnode.errors import QcnodeError
+from qcnode.model import data as datamod
+from qcnode.model import metrics, preprocess
+from qcnode.model.augment import NONE, AugmentConfig, augment
+from qcnode.model.infer import WeightsMeta, resolve_device, save_weights
+from qcnode.model.network import QCNet, build
+from qcnode.model.registry import WEIGHTS_DIR, ModelEntry, load_registry
+from qcnode.records import STRUCTURES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    steps: int
+    batch: int
+    lr: float
+    weight_decay: float = 1e-4
+    warmup: int = 50
+    p_negative: float = 0.06  # share of batch slots drawn from the real non-chest images
+    view_weight: float = 0.5
+    eval_every: int = 250
+    checkpoint_every: int = 50
+    val_count: int = 48
+    threads: int = 2
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+RECIPES: dict[str, Recipe] = {
+    # ~1 h on the shared 2-core CPU for qcnet_d15_w3 (about 1.3 s per step of 8 there).
+    "cpu": Recipe(name="cpu", steps=2600, batch=8, lr=3e-3),
+    # Not run in this project's sessions (no GPU was lent); sized for one modern GPU.
+    "gpu": Recipe(
+        name="gpu",
+        steps=20000,
+        batch=64,
+        lr=4e-3,
+        warmup=500,
+        eval_every=1000,
+        checkpoint_every=500,
+        val_count=256,
+        threads=8,
+    ),
+    # For tests: a few steps on a handful of images.
+    "tiny": Recipe(
+        name="tiny",
+        steps=12,
+        batch=4,
+        lr=1e-2,
+        warmup=0,
+        p_negative=0.0,
+        eval_every=1000,
+        checkpoint_every=4,
+        val_count=0,
+        threads=1,
+        augment=NONE,
+    ),
+}
+
+
+def git_version() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def loss_fn(
+    logits: torch.Tensor,
+    view_logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    views: torch.Tensor,
+    view_weight: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """BCE + soft Dice per (sample, structure), masked by channel weight; CE for the view."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(2, 3))
+    probs = torch.sigmoid(logits)
+    inter = (probs * target).sum(dim=(2, 3))
+    denom = probs.sum(dim=(2, 3)) + target.sum(dim=(2, 3))
+    dice = 1 - (2 * inter + 1) / (denom + 1)
+    mask_loss = ((bce + dice) * weight).sum() / weight.sum().clamp(min=1.0)
+    view_loss = F.cross_entropy(view_logits, views, label_smoothing=0.05)
+    total = mask_loss + view_weight * view_loss
+    return total, {"mask": float(mask_loss.detach()), "view": float(view_loss.detach())}
+
+
+def _batch_index(
+    seed: int, step: int, n_train: int, n_neg: int, batch: int, p_negative: float
+) -> list[tuple[bool, int]]:
+    rng = np.random.default_rng([seed, step])
+    out = []
+    for _ in range(batch):
+        neg = n_neg > 0 and rng.random() < p_negative
+        out.append((neg, int(rng.integers(n_neg if neg else n_train))))
+    return out
+
+
+def _gather(pack: datamod.Pack, index: Sequence[int]) -> dict[str, torch.Tensor]:
+    return {
+        "canvas": pack.canvas[list(index)].float(),
+        "valid": pack.valid(index),
+        "masks": pack.masks(index),
+        "views": pack.views[list(index)],
+        "weight": pack.channel_weight[list(index)],
+    }
+
+
+def make_batch(
+    train: datamod.Pack,
+    negatives: datamod.Pack | None,
+    *,
+    seed: int,
+    step: int,
+    recipe: Recipe,
+) -> dict[str, torch.Tensor]:
+    """The augmented batch of ``step``: a pure function of (seed, step)."""
+    picks = _batch_index(
+        seed, step, len(train), len(negatives) if negatives else 0, recipe.batch, recipe.p_negative
+    )
+    parts = []
+    for neg, i in picks:
+        src = negatives if neg and negatives is not None else train
+        parts.append(_gather(src, [i]))
+    batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    x, masks = augment(
+        batch["canvas"], batch["valid"], batch["masks"], cfg=recipe.augment, generator=g
+    )
+    return {"x": x, "masks": masks, "views": batch["views"], "weight": batch["weight"]}
+
+
+def _lr(recipe: Recipe, step: int) -> float:
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    return recipe.lr * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * min(progress, 1.0))))
+
+
+def _data_version(root: Path, ids: Sequence[str]) -> str:
+    digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:12]
+    ready = " (READY)" if (root / "READY").exists() else " (incomplete)"
+    return f"{root.name}: {len(ids)} samples, ids sha256 {digest}{ready}"
+
+
+@dataclass
+class TrainResult:
+    weights: Path
+    meta: WeightsMeta
+    data_version: str
+    seconds: float
+    final_loss: float
+    val: dict[str, Any]
+
+
+def train(
+    *,
+    variant: str,
+    data_dirs: Sequence[Path],
+    out: Path,
+    recipe: Recipe,
+    seed: int = 0,
+    device: str = "cpu",
+    resume: bool = False,
+    cache_base: Path | None = None,
+    progress: bool = True,
+    limit: int | None = None,
+) -> TrainResult:
+    torch.manual_seed(seed)
+    torch.set_num_threads(recipe.threads)
+    dev = resolve_device(device)
+    samples = [s for d in data_dirs for s in datamod.read_synthetic(d, limit=limit)]
+    if not samples:
+        raise QcnodeError(f"no samples under {', '.join(map(str, data_dirs))}")
+    cache = datamod.cache_dir(cache_base)
+
+    # Deterministic validation hold-out: ~1 in 20 by id hash (never trained on).
+    def held(s: datamod.Sample) -> bool:
+        return int(hashlib.sha1(s.id.encode()).hexdigest(), 16) % 20 == 0
+
+    val_samples = [s for s in samples if held(s)][: recipe.val_count]
+    train_samples = [s for s in samples if s not in val_samples]
+    train_pack = datamod.load_pack(train_samples, cache=cache, progress=progress, desc="train")
+    negatives = None
+    if recipe.p_negative > 0:
+        negatives = datamod.dedupe(
+            datamod.load_pack(
+                datamod.read_negatives(held_out=False), cache=cache, progress=progress, desc="neg"
+            )
+        )
+    val_pack = (
+        datamod.load_pack(val_samples, cache=cache, progress=progress, desc="val")
+        if val_samples
+        else None
+    )
+    data_version = " + ".join(_data_version(d, [s.id for s in samples]) for d in data_dirs)
+    log.info("training %s on %d samples (%s)", variant, len(train_pack), data_version)
+
+    model: QCNet = build(variant).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "last.pt"
+    start = 0
+    identity = {"variant": variant, "recipe": recipe.name, "seed": seed, "data": data_version}
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state["identity"] != identity:
+            raise QcnodeError(f"cannot resume {ckpt}: it was {state['identity']}, now {identity}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = int(state["step"])
+        log.info("resumed from step %d", start)
+    elif resume:
+        log.warning("--resume: no checkpoint at %s, starting from scratch", ckpt)
+
+    t0 = time.monotonic()
+    loss_value = float("nan")
+    history: list[dict[str, Any]] = []
+    bar = tqdm(range(start, recipe.steps), initial=start, total=recipe.steps, disable=not progress)
+    for step in bar:
+        model.train()
+        batch = make_batch(train_pack, negatives, seed=seed, step=step, recipe=recipe)
+        for group in opt.param_groups:
+            group["lr"] = _lr(recipe, step)
+        logits, view_logits = model(batch["x"].to(dev))
+        loss, parts = loss_fn(
+            logits,
+            view_logits,
+            batch["masks"].to(dev),
+            batch["weight"].to(dev),
+            batch["views"].to(dev),
+            recipe.view_weight,
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_value = float(loss.detach())
+        history.append({"step": step, "loss": loss_value, **parts})
+        bar.set_postfix(loss=f"{loss_value:.3f}", mask=f"{parts['mask']:.3f}")
+        done = step + 1
+        if done % recipe.checkpoint_every == 0 or done == recipe.steps:
+            _save_checkpoint(ckpt, model, opt, done, identity)
+        if val_pack is not None and (done % recipe.eval_every == 0 or done == recipe.steps):
+            val = metrics.evaluate_pack(model, val_pack, device=dev)
+            log.info("step %d val %s", done, json.dumps(metrics.summary(val)))
+    with (out / "history.jsonl").open("a", encoding="utf-8") as f:
+        for h in history:
+            f.write(json.dumps(h) + "\n")
+
+    meta = WeightsMeta(
+        variant=variant,
+        input_size=preprocess.INPUT_SIZE,
+        spacing_mm=preprocess.SPACING_MM,
+        reference_lung_width_mm=datamod.lung_widths_mm(train_pack),
+    )
+    weights = out / f"{variant}.pt"
+    save_weights(weights, model.cpu(), meta)
+    val_result = metrics.summary(metrics.evaluate_pack(model, val_pack)) if val_pack else {}
+    return TrainResult(
+        weights=weights,
+        meta=meta,
+        data_version=data_version,
+        seconds=time.monotonic() - t0,
+        final_loss=loss_value,
+        val=val_result,
+    )
+
+
+def _save_checkpoint(
+    path: Path, model: QCNet, opt: torch.optim.Optimizer, step: int, identity: dict[str, Any]
+) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "identity": identity},
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def ship(
+    result: TrainResult,
+    *,
+    name: str,
+    recipe: Recipe,
+    seed: int,
+    metrics_doc: dict[str, Any],
+    make_default: bool,
+    weights_dir: Path = WEIGHTS_DIR,
+) -> ModelEntry:
+    """Copy trained weights next to the registry and record them (checksum, provenance)."""
+    target = weights_dir / f"{name}.pt"
+    shutil.copyfile(result.weights, target)
+    from qcnode.model.registry import sha256_file
+
+    recipe_doc = {k: v for k, v in asdict(recipe).items() if k != "augment"} | {
+        "seed": seed,
+        "train_seconds": round(result.seconds),
+        "final_loss": result.final_loss,
+    }
+    entry = ModelEntry(
+        name=name,
+        file=target.name,
+        sha256=sha256_file(target),
+        variant=result.meta.variant,
+        version=f"1.0.0+{sha256_file(target)[:8]}",
+        input_size=result.meta.input_size,
+        spacing_mm=result.meta.spacing_mm,
+        structures=STRUCTURES,
+        views=("frontal", "lateral", "other"),
+        reference_lung_width_mm=result.meta.reference_lung_width_mm,
+        recipe=recipe_doc,
+        data_version=result.data_version,
+        code_version=git_version(),
+        metrics=metrics_doc,
+    )
+    load_registry(weights_dir / "registry.toml").with_entry(entry, make_default=make_default).save(
+        weights_dir / "registry.toml"
+    )
+    return entry
+
+
+def train_command(args: argparse.Namespace) -> int:
+    recipe = RECIPES.get(args.recipe)
+    if recipe is None:
+        raise QcnodeError(f"unknown recipe {args.recipe!r}; known: {', '.join(RECIPES)}")
+    if getattr(args, "steps", None):
+        recipe = replace(recipe, steps=int(args.steps))
+    data_dirs = list(args.data or [Path("data/synth/train-v1")])
+    out = args.out or Path("runs") / f"{args.variant}-{recipe.name}"
+    seed = int(getattr(args, "seed", 0) or 0)
+    result = train(
+        variant=args.variant,
+        data_dirs=data_dirs,
+        out=out,
+        recipe=recipe,
+        seed=seed,
+        device=args.device,
+        resume=args.resume,
+    )
+    minutes = result.seconds / 60
+    print(f"weights: {result.weights} ({minutes:.1f} min, loss {result.final_loss:.4f})")
+    if result.val:
+        print(f"validation (held-out synthetic): {json.dumps(result.val)}")
+    if getattr(args, "ship", False):
+        entry = ship(
+            result,
+            name=args.variant,
+            recipe=recipe,
+            seed=seed,
+            metrics_doc={"validation": result.val},
+            make_default=bool(getattr(args, "default", False)),
+        )
+        print(f"registered {entry.name} sha256 {entry.sha256}")
+    return 0
