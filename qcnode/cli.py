@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("--seed", type=int, default=0)
     y.add_argument("--split", choices=["train", "eval"], default="train")
     y.add_argument("--workers", type=int, default=1)
+    y.add_argument("--variants-per-pose", type=int, default=8, help="2D variants per 3D render")
+    y.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: auto)")
 
     t = sub.add_parser("train", parents=[common], help="train a model variant")
     t.add_argument("--variant", default="qcnet_d15_w3")

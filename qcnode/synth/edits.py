@@ -1,0 +1,192 @@
+"""Cheap 2D variants of one projection: every edit moves image and masks together.
+
+Order: movable bones (scapulae medially, arms down) → detector window (crop / centring /
+detector size) → collimation shutters (the exposed `field`) → physics and processing →
+burned-in text and L/R markers → quantisation → mirroring / 180° rotation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageDraw, ImageFont
+
+from qcnode.records import STRUCTURES
+from qcnode.synth import physics
+from qcnode.synth.ct import BONE_CHANNELS
+from qcnode.synth.render import Projection
+
+_A = TypeVar("_A", npt.NDArray[np.float32], npt.NDArray[np.bool_])
+
+_SCAP = {
+    "right": BONE_CHANNELS.index("scapula_right"),
+    "left": BONE_CHANNELS.index("scapula_left"),
+}
+_ARMS = BONE_CHANNELS.index("humeri")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """All 2D parameters of one sample (recorded in its truth)."""
+
+    window: tuple[int, int, int, int]  # (row0, col0, height, width) in projection pixels
+    shutters_mm: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # top bottom left right
+    scapula_shift_mm: tuple[float, float] = (0.0, 0.0)  # (right, left), medial, detector plane
+    arms_shift_mm: tuple[float, float] = (0.0, 0.0)  # (down, anterior), lateral views
+    exposure: physics.Exposure = field(default_factory=physics.Exposure)
+    flipped: bool = False
+    rotated180: bool = False
+    monochrome: str = "MONOCHROME2"
+    marker: bool = True
+    text: bool = True
+    noise_seed: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class Composed:
+    """A finished variant: stored pixels, masks, and what truth needs."""
+
+    stored: npt.NDArray[np.uint16]  # final orientation, photometric applied
+    masks: dict[str, npt.NDArray[np.bool_]]  # STRUCTURES, final orientation
+    display: npt.NDArray[np.float32]  # [0,1] MONOCHROME2 sense, window orientation, pre-text
+    display_clean: npt.NDArray[np.float32]  # the same without quantum/electronic noise
+    full_masks: dict[str, npt.NDArray[np.bool_]]  # projection frame, un-cropped, after moves
+    field_rect: tuple[int, int, int, int]  # exposed rows [r0, r1) cols [c0, c1), projection frame
+    window_masks: dict[str, npt.NDArray[np.bool_]]  # window frame, clipped to the field
+    stored_mono2: npt.NDArray[np.uint16]  # window frame, MONOCHROME2 sense, quantised
+
+
+def _shift(a: _A, dy: int, dx: int) -> _A:
+    out = np.zeros_like(a)
+    h, w = a.shape[-2:]
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[..., yd, xd] = a[..., ys, xs]
+    return out
+
+
+def move_bones(
+    proj: Projection, v: Variant, frontal: bool
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], dict[str, npt.NDArray[np.bool_]]]:
+    """Scapulae medially (frontal) or arms down/forward (lateral), line integrals and masks."""
+    water = proj.water_cm.copy()
+    bone = proj.bone_cm.copy()
+    masks = {k: m.copy() for k, m in proj.masks.items()}
+    p = proj.pitch_mm
+    if frontal:
+        for side, sign in (("right", 1), ("left", -1)):
+            mm = v.scapula_shift_mm[0 if side == "right" else 1]
+            dx = round(mm / p) * sign  # right scapula is on the image's left (PA/AP)
+            if dx:
+                ch = _SCAP[side]
+                bone[ch] = _shift(bone[ch], 0, dx)
+                masks[f"scapula_{side}"] = _shift(masks[f"scapula_{side}"], 0, dx)
+    else:
+        dy = round(v.arms_shift_mm[0] / p)
+        dx = -round(v.arms_shift_mm[1] / p)  # anterior is the image's left (lateral)
+        if dy or dx:
+            arm_bone = _shift(bone[_ARMS], dy, dx)
+            sleeve = physics.gaussian(
+                __import__("torch").from_numpy((arm_bone > 0.05).astype(np.float32)), 12.0 / p
+            ).numpy()
+            bone[_ARMS] = arm_bone
+            water = water + 9.0 * np.clip(sleeve * 1.6, 0.0, 1.0).astype(np.float32)
+            for side in ("right", "left"):
+                masks[f"humerus_{side}"] = _shift(masks[f"humerus_{side}"], dy, dx)
+    return water, bone, masks
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # pragma: no cover - old Pillow
+        return ImageFont.load_default()
+
+
+def burn_in(
+    y: npt.NDArray[np.float32], v: Variant, frontal: bool, rng: np.random.Generator, pitch: float
+) -> npt.NDArray[np.float32]:
+    """White text (station, date) and an L/R marker on the patient's side, as modalities do."""
+    h, w = y.shape
+    img = Image.fromarray(np.round(y * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    size = max(8, round(rng.uniform(6.0, 12.0) / pitch))
+    if v.text:
+        txt = (
+            rng.choice(["DR ROOM 2", "ST-04", "XR1", "PORTABLE", "CHEST"])
+            + " "
+            + (
+                f"{int(rng.integers(2015, 2026))}-{int(rng.integers(1, 13)):02d}-"
+                f"{int(rng.integers(1, 29)):02d}"
+            )
+        )
+        corner = int(rng.integers(4))
+        x = 4 if corner % 2 == 0 else max(4, w - 4 - size * len(txt) // 2)
+        yy = 4 if corner < 2 else max(4, h - size - 6)
+        draw.text((x, yy), txt, fill=250, font=_font(size))
+    if v.marker:
+        msize = max(10, round(rng.uniform(12.0, 20.0) / pitch))
+        letter = "R" if frontal else str(rng.choice(["L", "R"]))
+        # Patient's right is on the image's left for frontal views (before any mirroring).
+        x = int(rng.uniform(0.04, 0.15) * w) if letter == "R" or not frontal else int(0.85 * w)
+        yy = int(rng.uniform(0.05, 0.3) * h)
+        draw.text((x, yy), letter, fill=255, font=_font(msize))
+    text = np.asarray(img, dtype=np.float32) / 255.0
+    drawn = np.abs(text - np.round(y * 255) / 255.0) > 1e-6
+    return np.where(drawn, text, y).astype(np.float32)
+
+
+def compose(
+    proj: Projection,
+    v: Variant,
+    *,
+    frontal: bool,
+    moved: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], dict[str, npt.NDArray[np.bool_]]]
+    | None = None,
+) -> Composed:
+    water, bone, full = moved if moved is not None else move_bones(proj, v, frontal)
+    r0, c0, hh, ww = v.window
+    p = proj.pitch_mm
+    st, sb, sl, sr = (round(s / p) for s in v.shutters_mm)
+    field_win = np.zeros((hh, ww), bool)
+    field_win[st : hh - sb, sl : ww - sr] = True
+    rect = (r0 + st, r0 + hh - sb, c0 + sl, c0 + ww - sr)
+    sub = (slice(r0, r0 + hh), slice(c0, c0 + ww))
+    w_water = water[sub]
+    w_bone = bone[:, sub[0], sub[1]].sum(axis=0)
+    rng = np.random.default_rng(v.noise_seed)
+    rel = physics.detect(w_water, w_bone, field_win, v.exposure, p, rng)
+    rel_clean = physics.detect(w_water, w_bone, field_win, v.exposure, p, rng, noise=False)
+    y, norm = physics.process(rel, field_win, v.exposure, p)
+    y_clean, _ = physics.process(rel_clean, field_win, v.exposure, p, norm=norm)
+    y_text = burn_in(y, v, frontal, rng, p)
+    stored = physics.quantise(y_text, v.exposure.bits_stored)
+    win_masks: dict[str, npt.NDArray[np.bool_]] = {}
+    for name in STRUCTURES:
+        if name == "field":
+            win_masks[name] = field_win.copy()
+        else:
+            win_masks[name] = full[name][sub] & field_win
+    out_masks = dict(win_masks)
+    stored_mono2 = stored.copy()
+    if v.monochrome == "MONOCHROME1":
+        stored = ((1 << v.exposure.bits_stored) - 1 - stored).astype(np.uint16)
+    if v.flipped:
+        stored = stored[:, ::-1]
+        out_masks = {k: m[:, ::-1] for k, m in out_masks.items()}
+    if v.rotated180:
+        stored = stored[::-1, ::-1]
+        out_masks = {k: m[::-1, ::-1] for k, m in out_masks.items()}
+    return Composed(
+        stored=np.ascontiguousarray(stored),
+        masks={k: np.ascontiguousarray(m) for k, m in out_masks.items()},
+        display=y,
+        display_clean=y_clean,
+        full_masks=full,
+        field_rect=rect,
+        window_masks=win_masks,
+        stored_mono2=stored_mono2,
+    )

@@ -1,0 +1,298 @@
+"""The pool: a few hundred 3D renders, many cheap 2D variants of each, written as samples.
+
+Sample files (the contract others code against, see docs/SYNTH.md): `<id>.dcm`,
+`<id>_masks.npz` (one bool array per name in STRUCTURES, the image's shape), `<id>.json`
+(truth), and one line per sample appended to `manifest.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from qcnode.records import STRUCTURES
+from qcnode.synth import ct as ctmod
+from qcnode.synth import dicomio, edits, render, sampler, truth
+from qcnode.synth.render import Detector, Pose, Projection
+
+log = logging.getLogger(__name__)
+
+BIG = Detector(width_mm=500.0, height_mm=480.0, pitch_mm=1.4, depth_step_mm=2.5)
+_COUNT_DET = Detector(width_mm=500.0, height_mm=480.0, pitch_mm=2.0, depth_step_mm=2.5)
+
+
+@dataclass(frozen=True)
+class Plan:
+    split: str
+    seed: int
+    view: str  # frontal | lateral | both
+    variants_per_pose: int = 8
+    other_fraction: float = 0.15
+    detector: Detector = BIG
+
+
+def _bbox(m: npt.NDArray[np.bool_]) -> tuple[int, int, int, int]:
+    rows = np.nonzero(m.any(axis=1))[0]
+    cols = np.nonzero(m.any(axis=0))[0]
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+
+def count_ribs(ct: ctmod.PreparedCT, pose: Pose, proj: Projection | None = None) -> dict[str, Any]:
+    """Posterior ribs above the right hemidiaphragm, counted in a frontal view of this pose.
+
+    At the right lung's mid column (≈ mid-clavicular line) the dome is the top of the liver's
+    projection; the count is the highest posterior rib number seen above it on that column.
+    For lateral poses the same 3D state is projected PA at low resolution to count.
+    """
+    det = _COUNT_DET
+    if proj is None or pose.view_position not in render.FRONTAL_POSITIONS:
+        pose = replace(pose, view_position="PA", sid_mm=1800.0)
+        proj = render.render(ct, pose, det)
+    else:
+        det = Detector(
+            width_mm=proj.water_cm.shape[1] * proj.pitch_mm,
+            height_mm=proj.water_cm.shape[0] * proj.pitch_mm,
+            pitch_mm=proj.pitch_mm,
+        )
+    lung = proj.masks["lung_right"]
+    liver = proj.masks["abdomen_right"]
+    r0, r1, c0, c1 = _bbox(lung)
+    col = (c0 + c1) // 2
+    rows = np.nonzero(liver[:, col])[0]
+    dome_row = int(rows[0]) if rows.size else r1
+    seen = render.rib_indices_along_column(ct, pose, det, col, range(max(0, r0 - 5), dome_row))
+    ribs = sorted(set().union(*seen)) if seen else []
+    return {
+        "count": int(max(ribs)) if ribs else 0,
+        "ribs_seen": ribs,
+        "column": col,
+        "dome_row": dome_row,
+        "pitch_mm": det.pitch_mm,
+    }
+
+
+def _params(pose: Pose, v: edits.Variant, extra: dict[str, Any]) -> dict[str, Any]:
+    ex = asdict(v.exposure)
+    r0, c0, hh, ww = v.window
+    return {
+        "view_position": pose.view_position,
+        "sid_mm": round(pose.sid_mm, 2),
+        "rotation_deg": round(pose.rotation_deg, 4),
+        "tilt_deg": round(pose.tilt_deg, 4),
+        "scale_zyx": [round(s, 5) for s in pose.scale],
+        "elastic_mm": round(pose.elastic_mm, 4),
+        "elastic_seed": pose.elastic_seed,
+        "diaphragm_shift_mm": round(pose.diaphragm_shift_mm, 3),
+        "beam_center_mm": [round(c, 3) for c in pose.center_mm],
+        "scapula_shift_mm": {"right": v.scapula_shift_mm[0], "left": v.scapula_shift_mm[1]},
+        "arms": "down" if v.arms_shift_mm[0] > 0 else "raised",
+        "arms_shift_mm": {"down": v.arms_shift_mm[0], "anterior": v.arms_shift_mm[1]},
+        "window_px": {"row0": r0, "col0": c0, "rows": hh, "cols": ww},
+        "detector_mm": [hh * BIG.pitch_mm, ww * BIG.pitch_mm],
+        "shutters_mm": dict(zip(("top", "bottom", "left", "right"), v.shutters_mm, strict=True)),
+        "exposure": ex,
+        "deviation_index": v.exposure.deviation_index,
+        "dose_relative": 10 ** (v.exposure.deviation_index / 10.0),
+        "gamma": v.exposure.gamma,
+        "blur_mm": v.exposure.motion_blur_mm,
+        "flipped": v.flipped,
+        "rotated180": v.rotated180,
+        "monochrome": v.monochrome,
+        "marker": v.marker,
+        "burned_in_text": v.text,
+        **extra,
+    }
+
+
+def _write_sample(
+    out: Path,
+    sample_id: str,
+    view: str,
+    split: str,
+    seed: int,
+    comp: edits.Composed,
+    params: dict[str, Any],
+    rules: dict[str, Any],
+    header: dicomio.Header,
+    pitch: float,
+) -> dict[str, Any]:
+    dicomio.write(out / f"{sample_id}.dcm", comp.stored, header)
+    tmp = out / f"{sample_id}_masks.tmp.npz"
+    np.savez_compressed(tmp, allow_pickle=False, **{k: comp.masks[k] for k in STRUCTURES})
+    tmp.replace(out / f"{sample_id}_masks.npz")
+    rows, cols = comp.stored.shape
+    doc = {
+        "id": sample_id,
+        "view": view,
+        "view_position": params["view_position"],
+        "split": split,
+        "seed": seed,
+        "shape": [rows, cols],
+        "spacing_mm": [pitch, pitch],
+        "verdict_expected": None if view != "other" else "not_applicable",
+        "params": params,
+        "rules": rules,
+    }
+    if view != "other":
+        order = {"pass": 0, "not_evaluable": 0, "warn": 1, "fail": 2}
+        worst = max((order[r["status"]] for r in rules.values()), default=0)
+        doc["verdict_expected"] = ["pass", "warn", "fail"][worst]
+    (out / f"{sample_id}.json").write_text(json.dumps(doc, indent=1))
+    return {
+        "id": sample_id,
+        "view": view,
+        "split": split,
+        "dcm": f"{sample_id}.dcm",
+        "masks": f"{sample_id}_masks.npz",
+        "truth": f"{sample_id}.json",
+    }
+
+
+def pose_view(plan: Plan, index: int) -> str:
+    g = sampler.rng_for(plan.split, plan.seed, index, 7)
+    if g.uniform() < plan.other_fraction:
+        return "other"
+    if plan.view in ("frontal", "lateral"):
+        return plan.view
+    return "frontal" if g.uniform() < 2.0 / 3.0 else "lateral"
+
+
+def make_pose_samples(
+    ct: ctmod.PreparedCT, plan: Plan, index: int, out: Path, thresholds: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Render pose `index` of the plan and write its variants. Returns manifest lines, timings."""
+    view = pose_view(plan, index)
+    g = sampler.rng_for(plan.split, plan.seed, index)
+    pose = sampler.draw_pose(g, plan.split, view)
+    t0 = time.perf_counter()
+    proj = render.render(ct, pose, plan.detector)
+    t_render = time.perf_counter() - t0
+    lines: list[dict[str, Any]] = []
+    t1 = time.perf_counter()
+    frontal = pose.view_position in render.FRONTAL_POSITIONS
+    if view == "other":
+        lung_rows = np.nonzero((proj.masks["lung_right"] | proj.masks["lung_left"]).any(axis=1))[0]
+        body_rows = np.nonzero(proj.masks["body"].any(axis=1))[0]
+        n_var = max(1, plan.variants_per_pose // 2)
+        for k in range(n_var):
+            gv = sampler.rng_for(plan.split, plan.seed, index, 100 + k)
+            bottom = int(lung_rows[-1]) if lung_rows.size else 0
+            win = sampler.other_window(
+                gv, plan.detector, bottom, (int(body_rows[0]), int(body_rows[-1]))
+            )
+            if win is None:
+                continue
+            v = sampler.draw_variant(gv, plan.detector, (0, 1, 0, 1), "frontal", noise_seed=0)
+            v = replace(
+                v,
+                window=win,
+                scapula_shift_mm=(0.0, 0.0),
+                noise_seed=int(gv.integers(2**31)),
+                flipped=False,
+                rotated180=bool(gv.uniform() < 0.1),
+            )
+            comp = edits.compose(proj, v, frontal=frontal)
+            sid = f"{plan.split}-s{plan.seed}-p{index:05d}-v{k:02d}"
+            ei_t = sampler.ei_target(gv)
+            params = _params(pose, v, {"ei_target": ei_t})
+            header = dicomio.Header(
+                sample_id=sid,
+                view_position=pose.view_position,
+                true_position=pose.view_position,
+                spacing_mm=(proj.pitch_mm, proj.pitch_mm),
+                exposure_index=sampler.exposure_index(ei_t, v.exposure.deviation_index),
+                target_exposure_index=ei_t,
+                deviation_index=v.exposure.deviation_index,
+                kvp=v.exposure.kvp,
+                sid_mm=pose.sid_mm,
+                monochrome=v.monochrome,
+                bits_stored=v.exposure.bits_stored,
+                flipped=v.flipped,
+                rotated180=v.rotated180,
+                seed=plan.seed * 100000 + index,
+            )
+            lines.append(
+                _write_sample(
+                    out,
+                    sid,
+                    "other",
+                    plan.split,
+                    plan.seed,
+                    comp,
+                    params,
+                    {},
+                    header,
+                    proj.pitch_mm,
+                )
+            )
+        return lines, {"render_s": t_render, "variants_s": time.perf_counter() - t1}
+
+    ribs = count_ribs(ct, pose, proj if frontal else None)
+    lungs_bbox = _bbox(proj.masks["lung_right"] | proj.masks["lung_left"])
+    for k in range(plan.variants_per_pose):
+        gv = sampler.rng_for(plan.split, plan.seed, index, 100 + k)
+        v = sampler.draw_variant(gv, plan.detector, lungs_bbox, view, int(gv.integers(2**31)))
+        comp = edits.compose(proj, v, frontal=frontal)
+        header_vp, spacing_scale = sampler.header_errors(gv, view, pose.view_position)
+        ei_t = sampler.ei_target(gv)
+        sid = f"{plan.split}-s{plan.seed}-p{index:05d}-v{k:02d}"
+        _r0, _c0, _hh, _ww = v.window
+        stored_win = comp.stored_mono2
+        params = _params(
+            pose,
+            v,
+            {
+                "ei_target": ei_t,
+                "ribs_above_right_dome": ribs["count"],
+                "ribs_seen": ribs["ribs_seen"],
+                "header_view_position": header_vp,
+                "header_spacing_scale": spacing_scale,
+                "magnification": round(proj.magnification, 4),
+            },
+        )
+        tin = truth.TruthInput(
+            view=view,
+            full_masks=comp.full_masks,
+            field_rect=comp.field_rect,
+            window=v.window,
+            window_masks=comp.window_masks,
+            display=comp.display,
+            display_clean=comp.display_clean,
+            stored_window=stored_win,
+            bits_stored=v.exposure.bits_stored,
+            pitch_mm=proj.pitch_mm,
+            params=params,
+            rib_count=ribs["count"],
+            header_view_position=header_vp,
+            header_spacing_ok=spacing_scale == 1.0,
+        )
+        rules = truth.rules_truth(tin, thresholds)
+        header = dicomio.Header(
+            sample_id=sid,
+            view_position=header_vp,
+            true_position=pose.view_position,
+            spacing_mm=(proj.pitch_mm * spacing_scale, proj.pitch_mm * spacing_scale),
+            exposure_index=sampler.exposure_index(ei_t, v.exposure.deviation_index),
+            target_exposure_index=ei_t,
+            deviation_index=v.exposure.deviation_index,
+            kvp=v.exposure.kvp,
+            sid_mm=pose.sid_mm,
+            monochrome=v.monochrome,
+            bits_stored=v.exposure.bits_stored,
+            flipped=v.flipped,
+            rotated180=v.rotated180,
+            seed=plan.seed * 100000 + index,
+        )
+        lines.append(
+            _write_sample(
+                out, sid, view, plan.split, plan.seed, comp, params, rules, header, proj.pitch_mm
+            )
+        )
+    return lines, {"render_s": t_render, "variants_s": time.perf_counter() - t1}

@@ -1,0 +1,392 @@
+"""Ground truth for every rule of DESIGN §4, from exact masks and known parameters.
+
+Deliberately independent of qcnode.rules (no import): the evaluation compares the two.
+Thresholds come from etc/rules.toml; rules whose threshold is "calibrated" get their truth
+status from a known generation parameter or an exact (noise-free, exact-mask) measurement,
+with the criteria below, so that the rules engineer can calibrate the measured rule on them.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Mask = npt.NDArray[np.bool_]
+
+# Truth criteria for the "calibrated" rules (definitions of the synthetic ground truth).
+LUNG_VISIBLE_MIN = 0.95  # organs.*: visible fraction of the projected organ
+CLAVICLE_VISIBLE_MIN = 0.5
+CONTRAST_FAIL_SCALE = 0.55  # exposure.contrast fails when the display range was flattened below
+NOISE_FAIL = 0.045  # exposure.noise: std of the noise in lung fields, display units [0, 1]
+SPINE_CNR_FAIL = 1.5  # exposure.spine_through_heart: spine vs paraspinal heart, clean Δ / σ
+SPINE_DELTA_FAIL = 0.02  # … or the clean display difference itself
+BLUR_FAIL_MM = 3.0  # exposure.sharpness: FWHM of motion + extra blur
+TILT_FAIL_DEG = 8.0  # positioning.tilt: known lordotic/kyphotic tilt
+ARMS_OVERLAP_FAIL_MM2 = 50.0  # positioning.arms (lateral)
+
+FRONTAL_RULES = (
+    "completeness.apices",
+    "completeness.costophrenic",
+    "completeness.lateral_walls",
+    "completeness.collimation",
+    "completeness.centering",
+    "organs.lungs",
+    "organs.heart",
+    "organs.clavicles",
+    "organs.diaphragm",
+    "exposure.deviation_index",
+    "exposure.saturation",
+    "exposure.contrast",
+    "exposure.noise",
+    "exposure.spine_through_heart",
+    "exposure.sharpness",
+    "positioning.rotation",
+    "positioning.scapulae",
+    "positioning.inspiration",
+    "positioning.tilt",
+    "positioning.orientation",
+    "metadata.view",
+    "metadata.spacing",
+)
+LATERAL_RULES = (
+    "completeness.apices",
+    "completeness.costophrenic",
+    "completeness.anteroposterior",
+    "organs.lungs",
+    "organs.heart",
+    "organs.spine",
+    "organs.sternum",
+    "exposure.deviation_index",
+    "exposure.saturation",
+    "exposure.contrast",
+    "exposure.noise",
+    "exposure.sharpness",
+    "positioning.rotation",
+    "positioning.arms",
+    "positioning.inspiration",
+    "metadata.view",
+)
+
+
+def load_thresholds(path: Path | None = None) -> dict[str, Any]:
+    path = path or Path(__file__).resolve().parents[2] / "etc" / "rules.toml"
+    with path.open("rb") as fh:
+        return tomllib.load(fh)
+
+
+@dataclass(frozen=True)
+class TruthInput:
+    """What the truth needs about one composed sample (projection frame unless noted)."""
+
+    view: str  # frontal | lateral
+    full_masks: dict[str, Mask]  # un-cropped, after 2D bone moves
+    field_rect: tuple[int, int, int, int]  # exposed rows [r0, r1), cols [c0, c1)
+    window: tuple[int, int, int, int]
+    window_masks: dict[str, Mask]  # window frame, clipped to the field
+    display: npt.NDArray[np.float32]  # window frame, [0, 1]
+    display_clean: npt.NDArray[np.float32]
+    stored_window: npt.NDArray[np.uint16]  # window frame, MONOCHROME2 sense, quantised
+    bits_stored: int
+    pitch_mm: float
+    params: dict[str, Any]
+    rib_count: int
+    header_view_position: str
+    header_spacing_ok: bool
+
+
+def _r(status: str, value: float | None, unit: str | None) -> dict[str, Any]:
+    v = None if value is None or not math.isfinite(value) else round(float(value), 3)
+    return {"status": status, "value": v, "unit": unit}
+
+
+def _bbox(m: Mask) -> tuple[int, int, int, int] | None:
+    rows = np.nonzero(m.any(axis=1))[0]
+    cols = np.nonzero(m.any(axis=0))[0]
+    if rows.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+
+def _inside_margin(r: float, c: float, rect: tuple[int, int, int, int]) -> float:
+    """Pixels from (r, c) to the nearest edge of the field rectangle, negative when outside."""
+    r0, r1, c0, c1 = rect
+    return min(r - r0, (r1 - 1) - r, c - c0, (c1 - 1) - c)
+
+
+def _visible_fraction(m: Mask, rect: tuple[int, int, int, int]) -> float:
+    total = int(m.sum())
+    if total == 0:
+        return 0.0
+    r0, r1, c0, c1 = rect
+    return float(m[max(r0, 0) : max(r1, 0), max(c0, 0) : max(c1, 0)].sum()) / total
+
+
+def _margin_status(margin_mm: float, thr: float) -> str:
+    return "pass" if margin_mm >= thr else "fail"
+
+
+def _dome(abdomen: Mask, lung: Mask) -> tuple[int, int] | None:
+    """Top of the abdomen under the lung's columns: the hemidiaphragm dome (row, col)."""
+    bb = _bbox(lung)
+    if bb is None:
+        return None
+    cols = np.zeros(abdomen.shape[1], bool)
+    cols[bb[2] : bb[3] + 1] = True
+    a = abdomen & cols[None, :]
+    rows = np.nonzero(a.any(axis=1))[0]
+    if rows.size == 0:
+        return None
+    r = int(rows[0])
+    c = int(np.median(np.nonzero(a[r])[0]))
+    return r, c
+
+
+def _exposure_rules(t: TruthInput, thr: dict[str, Any], out: dict[str, Any]) -> None:
+    e = thr["exposure"]
+    params = t.params
+    di = float(params["deviation_index"])
+    st = (
+        "fail"
+        if abs(di) > e["deviation_index_fail"]
+        else ("warn" if abs(di) > e["deviation_index_warn"] else "pass")
+    )
+    out["exposure.deviation_index"] = _r(st, di, "1")
+    wm = t.window_masks
+    lung = wm["lung_right"] | wm["lung_left"]
+    top = (1 << t.bits_stored) - 1
+    if lung.sum() > 0:
+        clipped = (t.stored_window == 0) | (t.stored_window == top)
+        sat = 100.0 * float(clipped[lung].mean())
+        out["exposure.saturation"] = _r(
+            "fail" if sat > e["saturation_fail_percent"] else "pass", sat, "%"
+        )
+    else:
+        out["exposure.saturation"] = _r("not_evaluable", None, "%")
+    pure_lung = lung & ~(wm["heart"] | wm["spine"] | wm["scapula_right"] | wm["scapula_left"])
+    pure_lung &= ~(wm["clavicle_right"] | wm["clavicle_left"] | wm["humerus_right"])
+    pure_lung &= ~wm["humerus_left"]
+    medi = (
+        (wm["heart"] | wm["spine"]) & ~lung if t.view == "frontal" else wm["heart"] & ~(wm["spine"])
+    )
+    if t.view == "lateral":
+        pure_lung = lung & ~wm["heart"] & ~wm["spine"]
+    if pure_lung.sum() > 50 and medi.sum() > 50:
+        contrast = float(np.median(t.display_clean[medi]) - np.median(t.display_clean[pure_lung]))
+        noise = float(np.std((t.display - t.display_clean)[pure_lung]))
+        cs = float(params["exposure"]["contrast_scale"])
+        out["exposure.contrast"] = _r("fail" if cs < CONTRAST_FAIL_SCALE else "pass", contrast, "1")
+        out["exposure.noise"] = _r("fail" if noise > NOISE_FAIL else "pass", noise, "1")
+    else:
+        out["exposure.contrast"] = _r("not_evaluable", None, "1")
+        out["exposure.noise"] = _r("not_evaluable", None, "1")
+    ex = params["exposure"]
+    blur = math.hypot(float(ex["motion_blur_mm"]), 2.355 * float(ex["extra_blur_mm"]))
+    out["exposure.sharpness"] = _r("fail" if blur > BLUR_FAIL_MM else "pass", blur, "mm")
+
+
+def _spine_through_heart(t: TruthInput) -> dict[str, Any]:
+    wm = t.window_masks
+    heart, spine = wm["heart"], wm["spine"]
+    behind = heart & spine
+    if behind.sum() < 30:
+        return _r("not_evaluable", None, "1")
+    from scipy import ndimage
+
+    near = ndimage.binary_dilation(spine, iterations=max(2, round(12.0 / t.pitch_mm)))
+    para = heart & near & ~spine
+    if para.sum() < 30:
+        return _r("not_evaluable", None, "1")
+    delta = float(np.median(t.display_clean[behind]) - np.median(t.display_clean[para]))
+    sigma = float(np.std((t.display - t.display_clean)[heart])) + 1e-4
+    cnr = delta / sigma
+    ok = cnr >= SPINE_CNR_FAIL and delta >= SPINE_DELTA_FAIL
+    return _r("pass" if ok else "fail", cnr, "1")
+
+
+def _frontal(t: TruthInput, thr: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    c, p = thr["completeness"], t.pitch_mm
+    fm, rect = t.full_masks, t.field_rect
+    lungs = {s: fm[f"lung_{s}"] for s in ("right", "left")}
+    bbs = {s: _bbox(m) for s, m in lungs.items()}
+    if any(b is None for b in bbs.values()):
+        raise ValueError("frontal projection without both lungs")
+    apex, cp, wall = [], [], []
+    for side, m in lungs.items():
+        b = bbs[side]
+        assert b is not None
+        top_r = b[0]
+        top_c = float(np.mean(np.nonzero(m[top_r])[0]))
+        apex.append(_inside_margin(top_r, top_c, rect) * p)
+        # Lateral costophrenic angle: lowest lung pixel in the lateral third of the lung.
+        w3 = (b[3] - b[2]) / 3.0
+        cols = (
+            (np.arange(m.shape[1]) <= b[2] + w3)
+            if side == "right"
+            else (np.arange(m.shape[1]) >= b[3] - w3)
+        )
+        lat = m & cols[None, :]
+        rows = np.nonzero(lat.any(axis=1))[0]
+        rr = int(rows[-1])
+        cc = np.nonzero(lat[rr])[0]
+        cp_c = float(cc[0] if side == "right" else cc[-1])
+        cp.append(_inside_margin(rr, cp_c, rect) * p)
+        # Lateral wall: the lung's most lateral pixel.
+        lc = b[2] if side == "right" else b[3]
+        lr = float(np.mean(np.nonzero(m[:, lc])[0]))
+        wall.append(_inside_margin(lr, lc, rect) * p)
+    out["completeness.apices"] = _r(
+        _margin_status(min(apex), c["apices_margin_mm"]), min(apex), "mm"
+    )
+    out["completeness.costophrenic"] = _r(
+        _margin_status(min(cp), c["costophrenic_margin_mm"]), min(cp), "mm"
+    )
+    out["completeness.lateral_walls"] = _r(
+        _margin_status(min(wall), c["lateral_walls_margin_mm"]), min(wall), "mm"
+    )
+    both = _bbox(lungs["right"] | lungs["left"])
+    assert both is not None
+    r0, r1, c0, c1 = rect
+    excess = max(both[0] - r0, (r1 - 1) - both[1], both[2] - c0, (c1 - 1) - both[3]) * p
+    out["completeness.collimation"] = _r(
+        "warn" if excess > c["collimation_warn_mm"] else "pass", excess, "mm"
+    )
+    mid = (both[2] + both[3]) / 2.0
+    off = abs(mid - (c0 + c1 - 1) / 2.0) / max(c1 - c0, 1)
+    out["completeness.centering"] = _r(
+        "warn" if off > c["centering_warn_fraction"] else "pass", off, "1"
+    )
+    vis_l = min(_visible_fraction(m, rect) for m in lungs.values())
+    out["organs.lungs"] = _r("pass" if vis_l >= LUNG_VISIBLE_MIN else "fail", vis_l, "1")
+    vis_h = _visible_fraction(fm["heart"], rect)
+    out["organs.heart"] = _r("pass" if vis_h >= LUNG_VISIBLE_MIN else "fail", vis_h, "1")
+    vis_c = min(_visible_fraction(fm[f"clavicle_{s}"], rect) for s in ("right", "left"))
+    out["organs.clavicles"] = _r("pass" if vis_c >= CLAVICLE_VISIBLE_MIN else "fail", vis_c, "1")
+    domes = [
+        _dome(fm["abdomen_right"], lungs["right"]),
+        _dome(fm["abdomen_left"], lungs["left"]),
+    ]
+    if any(d is None for d in domes):
+        out["organs.diaphragm"] = _r("not_evaluable", None, "mm")
+    else:
+        dm = min(_inside_margin(d[0], d[1], rect) for d in domes if d is not None) * p
+        out["organs.diaphragm"] = _r("pass" if dm >= 0 else "fail", dm, "mm")
+    _exposure_rules(t, thr, out)
+    out["exposure.spine_through_heart"] = _spine_through_heart(t)
+    pos = thr["positioning"]
+    rot = abs(float(t.params["rotation_deg"]))
+    out["positioning.rotation"] = _r(
+        "fail" if rot > pos["rotation_fail_deg"] else "pass", rot, "deg"
+    )
+    scap = 0.0
+    for side in ("right", "left"):
+        ov = fm[f"scapula_{side}"] & lungs[side]
+        if ov.any():
+            scap = max(scap, float(ov.sum(axis=1).max()) * p)
+    out["positioning.scapulae"] = _r(
+        "fail" if scap > pos["scapulae_fail_mm"] else "pass", scap, "mm"
+    )
+    n = t.rib_count
+    st = (
+        "pass"
+        if n >= pos["inspiration_pass_ribs"]
+        else ("warn" if n >= pos["inspiration_warn_ribs"] else "fail")
+    )
+    out["positioning.inspiration"] = _r(st, float(n), "{ribs}")
+    tilt = abs(float(t.params["tilt_deg"]))
+    out["positioning.tilt"] = _r("fail" if tilt > TILT_FAIL_DEG else "pass", tilt, "deg")
+    bad = bool(t.params["flipped"]) or bool(t.params["rotated180"])
+    out["positioning.orientation"] = _r("fail" if bad else "pass", None, None)
+    out["metadata.view"] = _r(
+        "pass" if t.header_view_position in ("PA", "AP") else "fail", None, None
+    )
+    out["metadata.spacing"] = _r("pass" if t.header_spacing_ok else "fail", None, None)
+    return out
+
+
+def _lateral(t: TruthInput, thr: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    c, p = thr["completeness"], t.pitch_mm
+    fm, rect = t.full_masks, t.field_rect
+    lung = fm["lung_right"] | fm["lung_left"]
+    b = _bbox(lung)
+    if b is None:
+        raise ValueError("lateral projection without lungs")
+    top_c = float(np.mean(np.nonzero(lung[b[0]])[0]))
+    apex = _inside_margin(b[0], top_c, rect) * p
+    out["completeness.apices"] = _r(_margin_status(apex, c["apices_margin_mm"]), apex, "mm")
+    low_c = float(np.max(np.nonzero(lung[b[1]])[0]))  # posterior recess: posterior-most
+    cp = _inside_margin(b[1], low_c, rect) * p
+    out["completeness.costophrenic"] = _r(_margin_status(cp, c["costophrenic_margin_mm"]), cp, "mm")
+    sb = _bbox(fm["sternum"])
+    ribs = fm["ribs_posterior_right"] | fm["ribs_posterior_left"]
+    rows_l = np.zeros(lung.shape[0], bool)
+    rows_l[b[0] : b[1] + 1] = True
+    rb = _bbox(ribs & rows_l[:, None])
+    if sb is None or rb is None:
+        out["completeness.anteroposterior"] = _r("not_evaluable", None, "mm")
+    else:
+        ant_r = float(np.mean(np.nonzero(fm["sternum"][:, sb[2]])[0]))
+        post_r = float(np.mean(np.nonzero((ribs & rows_l[:, None])[:, rb[3]])[0]))
+        ap = min(_inside_margin(ant_r, sb[2], rect), _inside_margin(post_r, rb[3], rect)) * p
+        out["completeness.anteroposterior"] = _r(
+            _margin_status(ap, c["anteroposterior_margin_mm"]), ap, "mm"
+        )
+    for organ, m in (
+        ("lungs", lung),
+        ("heart", fm["heart"]),
+        ("spine", fm["spine"] & rows_l[:, None]),
+        ("sternum", fm["sternum"]),
+    ):
+        vis = _visible_fraction(m, rect)
+        out[f"organs.{organ}"] = _r("pass" if vis >= LUNG_VISIBLE_MIN else "fail", vis, "1")
+    _exposure_rules(t, thr, out)
+    pos = thr["positioning"]
+    # Posterior rib contours of both sides: posterior-most rib pixel per row, mid thorax.
+    h = b[1] - b[0]
+    seps = []
+    for r in range(b[0] + int(0.3 * h), b[0] + int(0.7 * h)):
+        cr = np.nonzero(fm["ribs_posterior_right"][r])[0]
+        cl = np.nonzero(fm["ribs_posterior_left"][r])[0]
+        if cr.size and cl.size:
+            seps.append(abs(float(cr[-1]) - float(cl[-1])))
+    if seps:
+        sep = float(np.median(seps)) * p
+        out["positioning.rotation"] = _r(
+            "fail" if sep > pos["lateral_rotation_fail_mm"] else "pass", sep, "mm"
+        )
+    else:
+        out["positioning.rotation"] = _r("not_evaluable", None, "mm")
+    arms = (fm["humerus_right"] | fm["humerus_left"]) & lung
+    area = float(arms.sum()) * p * p
+    out["positioning.arms"] = _r("fail" if area > ARMS_OVERLAP_FAIL_MM2 else "pass", area, "mm2")
+    n = t.rib_count
+    st = (
+        "pass"
+        if n >= pos["inspiration_pass_ribs"]
+        else ("warn" if n >= pos["inspiration_warn_ribs"] else "fail")
+    )
+    out["positioning.inspiration"] = _r(st, float(n), "{ribs}")
+    out["metadata.view"] = _r(
+        "pass" if t.header_view_position in ("LL", "RL") else "fail", None, None
+    )
+    return out
+
+
+def rules_truth(t: TruthInput, thresholds: dict[str, Any]) -> dict[str, Any]:
+    """{rule id: {status, value, unit}} for every rule of the sample's view."""
+    if t.view == "frontal":
+        out = _frontal(t, thresholds)
+        assert set(out) == set(FRONTAL_RULES)
+    elif t.view == "lateral":
+        out = _lateral(t, thresholds)
+        assert set(out) == set(LATERAL_RULES)
+    else:
+        return {}
+    return out
