@@ -379,9 +379,15 @@ _ERROR_KINDS = ("error", "fail", "refus", "reject", "dead")
 
 def node_state(session: Session, *, limit: int = 50) -> NodeState:
     jobs = dict(session.execute(select(db.Job.state, func.count()).group_by(db.Job.state)).all())
-    outbox = dict(
-        session.execute(select(db.Outbox.state, func.count()).group_by(db.Outbox.state)).all()
-    )
+    outbox: dict[str, int] = Counter()
+    per_destination: dict[str, dict[str, int]] = defaultdict(dict)
+    for dest, state, n in session.execute(
+        select(db.Outbox.destination, db.Outbox.state, func.count()).group_by(
+            db.Outbox.destination, db.Outbox.state
+        )
+    ):
+        outbox[state] += n
+        per_destination[dest][state] = n
     dead: list[DeliveryRow] = []
     dead_sop: dict[int, str] = {}
     for ob, kind, sop in session.execute(
@@ -400,7 +406,8 @@ def node_state(session: Session, *, limit: int = 50) -> NodeState:
         checked=session.scalar(select(func.count()).select_from(db.Result)) or 0,
         queue_depth=sum(jobs.get(s, 0) for s in (db.QUEUED, db.RUNNING)),
         jobs_by_state=jobs,
-        outbox_by_state=outbox,
+        outbox_by_state=dict(outbox),
+        outbox_by_destination={k: per_destination[k] for k in sorted(per_destination)},
         dead_letters=tuple(dead),
         dead_sop=dead_sop,
         errors=tuple(recent_errors(session, limit=limit)),

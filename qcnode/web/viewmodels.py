@@ -218,5 +218,6 @@ class NodeState:
     jobs_by_state: Mapping[str, int]
     outbox_by_state: Mapping[str, int]
     dead_letters: tuple[DeliveryRow, ...]
+    outbox_by_destination: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     dead_sop: Mapping[int, str] = field(default_factory=dict)  # outbox id -> source SOP UID
     errors: tuple[ErrorRow, ...] = ()

@@ -349,6 +349,10 @@ def test_node_page_and_retry(client: httpx.Client, node) -> None:  # type: ignor
     html = client.get("/node").text
     dead = re.findall(r'<tr data-outbox="(\d+)"', html)
     assert len(dead) == 1
+    row = html.split('<tr data-destination="PACS@127.0.0.1:4242">')[1].split("</tr>")[0]
+    checked = [c for c in CASES if c.verdict in ("pass", "warn", "fail")]
+    assert '<td class="num" data-state="dead">1</td>' in row
+    assert f'<td class="num" data-state="sent">{len(checked) - 1}</td>' in row
     token = re.search(r'name="form_token" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
     assert (
         client.post(f"/node/outbox/{dead[0]}/retry", data={"form_token": "forged"}).status_code
