@@ -150,3 +150,20 @@ def test_failure_status_is_retried(env) -> None:  # type: ignore[no-untyped-def]
     clock.advance(60)
     assert d.run_once() == 1
     assert states(sessions) == [SENT]
+
+
+def test_outbox_cli_lists_dead_letters(env, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from qcnode.cli import main
+
+    settings, sessions, store = env
+    add_objects(sessions, store, 1)
+    with sessions.begin() as s:
+        row = s.scalar(select(Outbox))
+        row.state, row.attempts, row.last_error = DEAD, 3, "status 0xA700"
+    monkeypatch.setenv("QCNODE_DATA_DIR", str(settings.data_dir))
+    assert main(["outbox"]) == 0
+    out = capsys.readouterr().out
+    assert "PACS@127.0.0.1:104: dead 1" in out
+    assert "after 3 attempts: status 0xA700" in out
+    assert main(["outbox", "--retry-dead", "--json"]) == 0
+    assert states(sessions) == [PENDING]
