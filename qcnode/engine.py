@@ -6,7 +6,6 @@ checked on the command line gets exactly the verdict the node would send to PACS
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import sys
@@ -239,8 +238,8 @@ def collect_files(paths: Iterable[Path]) -> list[Path]:
 def load_engine(settings: Settings) -> QCEngine:
     """The engine with the configured model (registry name or default) and rules file."""
     try:
-        load_predictor = importlib.import_module("qcnode.model").load_predictor
-    except (ImportError, AttributeError) as exc:
+        from qcnode.model import load_predictor
+    except ImportError as exc:
         raise ModelError(f"the model package is not available: {exc}") from exc
     predictor: Predictor = load_predictor(settings.model or None, device=settings.device)
     return QCEngine(

@@ -1,0 +1,162 @@
+"""Controlled edits of a real radiograph flip exactly the expected rules (shipped model).
+
+A real frontal film from ../shared/data/realcxr (Hannover, CC BY 3.0) is QC'd with the
+shipped network; then one edit at a time — crop away an apex, a costophrenic angle, a lateral
+wall; a collimator shutter over the apices; clipped lungs; heavy noise; a mirror image — must
+turn the expected rule(s) into a problem, and may change only the rules that the edit
+legitimately touches. Skipped, with the reason, when no shipped weights exist yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qcnode.engine import QCEngine
+from qcnode.errors import QcnodeError
+from qcnode.records import DecodedImage, Finding, Predictor, Status, View
+
+REAL = Path("/work/shared/data/realcxr")
+FILM = REAL / "frontal" / "hannover_a2eba651.png"  # PA, 640x640, well positioned
+PROBLEM = (Status.WARN, Status.FAIL)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    try:
+        from qcnode.model import load_predictor
+
+        return load_predictor(None, device="cpu")
+    except (ImportError, QcnodeError) as exc:
+        pytest.skip(f"no shipped model weights yet: {exc}")
+
+
+@pytest.fixture(scope="module")
+def film() -> DecodedImage:
+    if not FILM.is_file():
+        pytest.skip(f"real radiograph not available: {FILM}")
+    from qcnode.imaging import decode
+
+    return decode(FILM)
+
+
+def qc(predictor: Predictor, image: DecodedImage) -> dict[str, Finding]:
+    (r,) = QCEngine(predictor=predictor).run([image])
+    assert r.view is View.FRONTAL, f"view {r.view}: {r.error}"
+    return {f.rule: f for f in r.findings}
+
+
+def point(f: Finding, label: str) -> tuple[float, float]:
+    return next(g.points[0] for g in f.geometry if g.label.startswith(label))
+
+
+def edited(image: DecodedImage, pixels: np.ndarray) -> DecodedImage:
+    px = np.ascontiguousarray(pixels, dtype=np.float32)
+    meta = replace(image.meta, rows=px.shape[0], columns=px.shape[1])
+    return replace(image, pixels=px, meta=meta)
+
+
+def flipped(before: dict[str, Finding], after: dict[str, Finding]) -> set[str]:
+    return {r for r in before if (before[r].status in PROBLEM) != (after[r].status in PROBLEM)}
+
+
+# rules that a geometric edit of the film legitimately moves besides the target
+GEOMETRY = {
+    "completeness.collimation",
+    "completeness.centering",
+    "organs.lungs",
+    "organs.clavicles",
+    "organs.diaphragm",
+    "positioning.tilt",
+    "positioning.rotation",
+    "positioning.inspiration",
+    "metadata.spacing",
+    "exposure.contrast",
+    "exposure.noise",
+    "exposure.saturation",
+    "exposure.spine_through_heart",
+    "exposure.sharpness",
+}
+EXPOSURE = {r for r in GEOMETRY if r.startswith("exposure.")}
+
+
+@pytest.fixture(scope="module")
+def base(predictor: Predictor, film: DecodedImage) -> dict[str, Finding]:
+    f = qc(predictor, film)
+    for rule in (
+        "completeness.apices",
+        "completeness.costophrenic",
+        "completeness.lateral_walls",
+        "positioning.orientation",
+    ):
+        if f[rule].status is not Status.PASS:
+            pytest.skip(f"the unedited film does not pass {rule}: {f[rule].message}")
+    return f
+
+
+def _check(
+    before: dict[str, Finding], after: dict[str, Finding], must: set[str], may: set[str]
+) -> None:
+    for rule in must:
+        assert after[rule].status in PROBLEM, f"{rule} should flag: {after[rule].message}"
+    extra = flipped(before, after) - must - may
+    assert not extra, {r: after[r].message for r in extra}
+
+
+def test_crop_away_an_apex(
+    predictor: Predictor, film: DecodedImage, base: dict[str, Finding]
+) -> None:
+    _, y = point(base["completeness.apices"], "right")
+    cut = int(y + 0.04 * film.pixels.shape[0])
+    after = qc(predictor, edited(film, film.pixels[cut:]))
+    _check(base, after, {"completeness.apices"}, GEOMETRY)
+
+
+def test_crop_away_a_costophrenic_angle(
+    predictor: Predictor, film: DecodedImage, base: dict[str, Finding]
+) -> None:
+    _, y = point(base["completeness.costophrenic"], "right")
+    cut = int(y - 0.04 * film.pixels.shape[0])
+    after = qc(predictor, edited(film, film.pixels[:cut]))
+    _check(base, after, {"completeness.costophrenic"}, GEOMETRY)
+
+
+def test_crop_away_a_lateral_wall(
+    predictor: Predictor, film: DecodedImage, base: dict[str, Finding]
+) -> None:
+    x, _ = point(base["completeness.lateral_walls"], "left")
+    cut = int(x - 0.03 * film.pixels.shape[1])
+    after = qc(predictor, edited(film, film.pixels[:, :cut]))
+    _check(base, after, {"completeness.lateral_walls"}, GEOMETRY)
+
+
+def test_collimator_shutter_over_the_apices(
+    predictor: Predictor, film: DecodedImage, base: dict[str, Finding]
+) -> None:
+    _, y = point(base["completeness.apices"], "right")
+    px = film.pixels.copy()
+    px[: int(y + 0.04 * px.shape[0])] = 1.0  # unexposed: white in MONOCHROME2 sense
+    after = qc(predictor, edited(film, px))
+    _check(base, after, {"completeness.apices"}, GEOMETRY)
+
+
+def test_clipped_lungs(predictor: Predictor, film: DecodedImage, base: dict[str, Finding]) -> None:
+    px = film.pixels.copy()
+    px[px < np.percentile(px, 30)] = 0.0  # burnt-out lungs
+    after = qc(predictor, edited(film, px))
+    _check(base, after, {"exposure.saturation"}, EXPOSURE)
+
+
+def test_heavy_noise(predictor: Predictor, film: DecodedImage, base: dict[str, Finding]) -> None:
+    rng = np.random.default_rng(0)
+    px = np.clip(film.pixels + rng.normal(0, 0.12, film.pixels.shape), 0.0, 1.0)
+    after = qc(predictor, edited(film, px))
+    _check(base, after, {"exposure.noise"}, EXPOSURE | {"metadata.spacing"})
+
+
+def test_mirrored(predictor: Predictor, film: DecodedImage, base: dict[str, Finding]) -> None:
+    after = qc(predictor, edited(film, film.pixels[:, ::-1]))
+    _check(base, after, {"positioning.orientation"}, EXPOSURE)
