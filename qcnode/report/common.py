@@ -8,9 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import highdicom as hd
 import pydicom
 from pydicom.charset import convert_encodings
 from pydicom.multival import MultiValue
+from pydicom.sr.codedict import codes
 
 from qcnode import __version__
 from qcnode.config import Settings
@@ -69,6 +71,24 @@ class ReportOptions:
 
 def model_version(model: ModelInfo | None) -> str | None:
     return None if model is None else f"{model.name}/{model.version}"
+
+
+def device_observer(options: ReportOptions, model: ModelInfo | None) -> hd.sr.ObserverContext:
+    """The qcnode device as SR/KOS observer; its UID names the device, not the image."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=uids.derived_uid(
+                "device",
+                options.manufacturer,
+                options.device_serial_number,
+                root=options.uid_root,
+            ),
+            name="qcnode",
+            manufacturer_name=options.manufacturer,
+            model_name=(model.name if model else "qcnode")[:64],
+        ),
+    )
 
 
 def software_versions(options: ReportOptions, model: ModelInfo | None) -> list[str]:

@@ -12,11 +12,11 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from qcnode.records import QCResult, Status, Verdict
-from qcnode.report import i18n, uids
+from qcnode.report import i18n
 from qcnode.report.common import (
     ReportOptions,
     copy_patient_and_study,
-    model_version,
+    device_observer,
     series_info,
     settle_character_set,
 )
@@ -54,20 +54,7 @@ def build_kos(
         if options.kos_title == "rejected"
         else codes.DCM.QualityIssue
     )
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=uids.item_uid(
-                str(source.SOPInstanceUID),
-                model_version(result.model),
-                "observer",
-                root=options.uid_root,
-            ),
-            name="qcnode",
-            manufacturer_name=options.manufacturer,
-            model_name=(result.model.name if result.model else "qcnode")[:64],
-        ),
-    )
+    observer = device_observer(options, result.model)
     content = hd.ko.KeyObjectSelection(
         document_title=title,
         referenced_objects=[source],

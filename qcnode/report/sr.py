@@ -28,6 +28,7 @@ from qcnode.report import coding, i18n, uids
 from qcnode.report.common import (
     ReportOptions,
     copy_patient_and_study,
+    device_observer,
     model_version,
     series_info,
     settle_character_set,
@@ -317,18 +318,7 @@ def build_sr(
     options = options or ReportOptions()
     rows, columns = int(source.Rows), int(source.Columns)
     info = series_info(source, result.model, "sr", options)
-    version = model_version(result.model)
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=uids.item_uid(
-                str(source.SOPInstanceUID), version, "observer", root=options.uid_root
-            ),
-            name="qcnode",
-            manufacturer_name=options.manufacturer,
-            model_name=(result.model.name if result.model else "qcnode")[:64],
-        ),
-    )
+    observer = device_observer(options, result.model)
     groups = [
         _group(
             str(family),
