@@ -1,9 +1,10 @@
 """Measurement helpers shared by the rule families: the working grid, margins, landmarks.
 
-Rules run on a *working grid*: the source masks and pixels sampled with an integer stride so
-that a working pixel is about ``WORK_MM`` wide (a 3000 px detector image becomes ~1000 px).
-That keeps a whole rule set at tens of milliseconds while every distance stays within half a
-millimetre; landmarks are mapped back to source pixels for the finding geometry.
+Rules run on a *working grid* of about ``WORK_MM`` per pixel: source pixels are averaged in
+stride×stride blocks (so that noise and contrast mean the same on a 0.1 mm and a 1 mm
+detector) and masks are sampled at the block centres. A 3000 px detector image becomes
+~430 px: the whole rule set takes tens of milliseconds and every distance stays within half a
+millimetre. Landmarks are mapped back to source pixels for the finding geometry.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from skimage import measure
 
 from qcnode.records import BoolMask, DecodedImage, FloatImage, Geometry, Prediction, View
 
-WORK_MM = 0.5  # target working pixel size
+WORK_MM = 1.0  # target working pixel size (mm)
 Point = tuple[float, float]  # (row, col) on the working grid
 
 
@@ -110,8 +111,10 @@ class Subject:
             last = 350.0 / max(shape)  # last resort: a 35 cm detector
             spacing, source = (last, last), "anatomy"
         stride = max(1, int(work_mm / min(spacing)))
-        small = {k: v[::stride, ::stride] for k, v in masks.items()}
-        pixels = image.pixels[::stride, ::stride]
+        o = stride // 2
+        small = {k: np.ascontiguousarray(v[o::stride, o::stride]) for k, v in masks.items()}
+        pixels = block_mean(image.pixels, stride)
+        small = {k: v[: pixels.shape[0], : pixels.shape[1]] for k, v in small.items()}
         orient = detect_orientation(small, prediction.view, spacing[1] * stride, heart_offset_mm)
         flip_ud = orient in ("upside_down", "flipped")
         flip_lr = orient in ("upside_down", "mirrored")
@@ -221,7 +224,8 @@ class Subject:
             r = self.shape[0] - 1 - r
         if self.orientation in ("upside_down", "mirrored"):
             c = self.shape[1] - 1 - c
-        return (c * self.stride, r * self.stride)
+        half = (self.stride - 1) / 2.0
+        return (c * self.stride + half, r * self.stride + half)
 
     def point(self, p: Point, label: str = "") -> Geometry:
         return Geometry(kind="point", points=(self.src(p),), label=label)
@@ -253,6 +257,15 @@ class Subject:
 
 
 # ---- landmark functions (pure) ------------------------------------------------------------
+
+
+def block_mean(pixels: FloatImage, k: int) -> FloatImage:
+    """Mean of k×k blocks (the trailing partial blocks are dropped)."""
+    if k == 1:
+        return pixels
+    h, w = (pixels.shape[0] // k) * k, (pixels.shape[1] // k) * k
+    blocks = pixels[:h, :w].reshape(h // k, k, w // k, k)
+    return blocks.mean(axis=(1, 3), dtype=np.float32).astype(np.float32)
 
 
 def detect_orientation(
