@@ -26,7 +26,7 @@ from qcnode.records import (
     worst,
 )
 
-EXAMPLE_MODEL = ModelInfo(name="qcnet_d15_w3", version="example", sha256="0" * 64)
+EXAMPLE_MODEL = ModelInfo(name="example-masks", version="hand-made", sha256="0" * 64)
 
 
 def _ellipse(shape: tuple[int, int], cx: float, cy: float, rx: float, ry: float) -> BoolMask:
