@@ -45,7 +45,7 @@ class ExposureConfig:
     deviation_index_fail: float = 3.0
     saturation_fail_percent: float = 1.0
     saturation_level: float = 0.002
-    contrast_fail: float = 0.05
+    contrast_fail: float = 0.6
     noise_fail: float = 0.045
     spine_through_heart_fail: float = 1.5
     spine_through_heart_delta: float = 0.02

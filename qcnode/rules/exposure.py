@@ -3,6 +3,7 @@
 Pixel values are the decoded [0, 1] MONOCHROME2 image (attenuating = bright). The image
 measures are computed inside anatomical regions from the masks, so that collimator shutters,
 burned-in text and air outside the body do not count:
+- tonal range: 1st–99th percentile of the exposed field;
 - lung: both lungs minus heart, spine, clavicles and scapulae (aerated lung only);
 - mediastinum: the heart;
 - noise: the pixel noise std in the aerated lung (robust std of the high-pass image);
@@ -111,14 +112,25 @@ def saturation(s: Subject, cfg: RulesConfig) -> Finding:
     return make(s, rule, status, value, e.saturation_fail_percent, str(status))
 
 
+def tonal_range(s: Subject) -> float | None:
+    """Grey levels used by the exposed field: 99th minus 1st percentile (0–1)."""
+    px = s.pixels[s.field]
+    if px.size < 50:
+        return None
+    lo, hi = np.percentile(px, [1.0, 99.0])
+    return float(hi - lo)
+
+
 def contrast(s: Subject, cfg: RulesConfig) -> Finding:
-    """Lung vs mediastinum (heart) grey-level difference, in [0, 1] display units."""
+    """Tonal range used by the exposed field (a flat, grey film fails); the lung–mediastinum
+    contrast is reported with it."""
     rule, t = "exposure.contrast", cfg.exposure.contrast_fail
+    r = tonal_range(s)
     c = lung_mediastinum_contrast(s)
-    if c is None:
+    if r is None or c is None:
         return make(s, rule, Status.NOT_EVALUABLE, None, t, "no_lungs")
-    status = Status.FAIL if c < t else Status.PASS
-    return make(s, rule, status, c, t, str(status))
+    status = Status.FAIL if r < t else Status.PASS
+    return make(s, rule, status, r, t, str(status), lung=c)
 
 
 def noise(s: Subject, cfg: RulesConfig) -> Finding:

@@ -193,12 +193,13 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "肺野饱和像素 {value:.1f}%（> {threshold:.1f}%），细节丢失。",
     ),
     "exposure.contrast.pass": (
-        "Lung–mediastinum contrast {value:.2f} (≥ {threshold:.2f}).",
-        "肺野与纵隔对比度 {value:.2f}（≥ {threshold:.2f}）。",
+        "Tonal range {value:.2f} used (≥ {threshold:.2f}); lung–mediastinum contrast {lung:.2f}.",
+        "灰阶范围 {value:.2f}（≥ {threshold:.2f}）；肺野与纵隔对比度 {lung:.2f}。",
     ),
     "exposure.contrast.fail": (
-        "Low lung–mediastinum contrast {value:.2f} (< {threshold:.2f}).",
-        "肺野与纵隔对比度低 {value:.2f}（< {threshold:.2f}）。",
+        "Flat image: tonal range {value:.2f} (< {threshold:.2f}); lung–mediastinum contrast "
+        "{lung:.2f}.",
+        "图像灰平：灰阶范围 {value:.2f}（< {threshold:.2f}）；肺野与纵隔对比度 {lung:.2f}。",
     ),
     "exposure.noise.pass": (
         "Noise {value:.3f} in the lungs (≤ {threshold:.3f}; contrast-to-noise {cnr:.0f}).",

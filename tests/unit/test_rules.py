@@ -208,7 +208,7 @@ def test_saturation_contrast_noise() -> None:
     assert noisy["exposure.noise"].status is Status.FAIL
     assert run(m)["exposure.noise"].status is Status.PASS
     flat = phantom_image(m)
-    flat = replace(flat, pixels=np.where(m["heart"], 0.17, flat.pixels).astype(np.float32))
+    flat = replace(flat, pixels=(0.5 + (flat.pixels - 0.5) * 0.3).astype(np.float32))
     pred = FakePredictor(source=lambda _i: (View.FRONTAL, m)).predict([flat])[0]
     f = {x.rule: x for x in evaluate(flat, pred, config=CFG)}
     assert f["exposure.contrast"].status is Status.FAIL
@@ -387,6 +387,7 @@ def test_every_template_formats_in_both_languages() -> None:
                 d_left=2.0,
                 anatomy=1.0,
                 cnr=3.0,
+                lung=0.3,
             )
             assert "{" not in text
 
