@@ -52,9 +52,15 @@ def to_shapes(geometry: Geometry, *, rows: int, columns: int) -> list[Shape]:
 
 
 def mask_contours(
-    mask: BoolMask, *, scale: float = 1.0, min_points: int = 8, tolerance: float = 0.75
+    mask: BoolMask | npt.NDArray[np.float32],
+    *,
+    scale: float = 1.0,
+    min_points: int = 8,
+    tolerance: float = 0.75,
 ) -> list[Points]:
     """Closed outlines of a mask, in pixel-corner coordinates of a ``scale``-d image.
+
+    ``mask`` is boolean, or a float coverage map in [0, 1] (a mask resampled to another size).
 
     Traced with scikit-image at the 0.5 level (outlines run halfway between inside and
     outside pixel centres) and simplified (Douglas-Peucker, ``tolerance`` pixels of the
