@@ -215,16 +215,18 @@ def test_geometry_outside_the_image_is_clipped_in_every_object() -> None:
         assert_valid(roundtrip(obj))
 
 
-@pytest.mark.parametrize("language", ["en", "zh"])
-def test_findings_of_the_real_rule_engine_build_valid_objects(language: str) -> None:
+@pytest.mark.parametrize(("language", "view"), [("en", View.FRONTAL), ("zh", View.LATERAL)])
+def test_findings_of_the_real_rule_engine_build_valid_objects(language: str, view: View) -> None:
     from qcnode.engine import family_verdicts
     from qcnode.records import worst
     from qcnode.rules import evaluate, load_config
 
     header, image = header_and_image(source_dataset(rows=400, columns=340))
-    prediction = example_prediction(image)
+    # the lateral rules on frontal-looking masks: odd anatomy, but every lateral code path
+    prediction = dataclasses.replace(example_prediction(image), view=view)
     findings = tuple(evaluate(image, prediction, config=load_config(), language=language))
     assert findings and any(f.geometry for f in findings)
+    assert any(f.rule == "positioning.arms" for f in findings) == (view == View.LATERAL)
     result = QCResult(
         sop_instance_uid=header.SOPInstanceUID,
         view=prediction.view,
