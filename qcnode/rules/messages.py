@@ -288,6 +288,10 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "Right dome or posterior ribs not found: inspiration not evaluable.",
         "未识别到右膈顶或后肋，吸气无法评价。",
     ),
+    "positioning.inspiration.truncated_lung": (
+        "Right lung truncated by the field: ribs not counted.",
+        "右肺未完整显示，未计数后肋。",
+    ),
     "positioning.inspiration.lateral_pass": (
         "Good inspiration: {value:.0f} posterior ribs above the diaphragm.",
         "吸气充分：膈上可见 {value:.0f} 根后肋。",

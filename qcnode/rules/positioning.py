@@ -138,7 +138,13 @@ def scapulae(s: Subject, cfg: RulesConfig) -> Finding:
 
 
 def count_ribs_above(s: Subject, ribs: np.ndarray, bottom_row: int, col: float) -> int:
-    """Rib bands crossing a vertical line (median over ±10 mm of columns) above a row."""
+    """Posterior ribs above a row on a vertical line (median over ±10 mm of columns).
+
+    Rib bands crossing the line are found; the count is the number of rib *periods* from
+    the first band to the last one above the row (+1), with the period the median distance
+    between neighbouring bands, so that a rib missing from the line or two touching bands
+    do not change the count. With fewer than three bands it is the number of bands.
+    """
     half = max(1, round(10.0 / s.sx))
     min_len = max(1, math.ceil(1.5 / s.sy))
     counts = []
@@ -146,8 +152,12 @@ def count_ribs_above(s: Subject, ribs: np.ndarray, bottom_row: int, col: float) 
         ci = round(c)
         if not 0 <= ci < s.shape[1]:
             continue
-        bands = runs(ribs[: bottom_row + 1, ci])
-        counts.append(sum(1 for a, b in bands if b - a >= min_len))
+        bands = [(a + b) / 2.0 for a, b in runs(ribs[: bottom_row + 1, ci]) if b - a >= min_len]
+        if len(bands) < 3:
+            counts.append(len(bands))
+            continue
+        period = float(np.median(np.diff(bands)))
+        counts.append(1 + round((bands[-1] - bands[0]) / period))
     return int(np.median(counts)) if counts else 0
 
 
@@ -170,7 +180,13 @@ def inspiration(s: Subject, cfg: RulesConfig) -> Finding:
     ribs = s.mask("ribs_posterior_right")
     if d is None or not ribs.any():
         return make(s, rule, Status.NOT_EVALUABLE, None, float(p.inspiration_pass_ribs), "missing")
-    n = count_ribs_above(s, ribs, int(d[0]), d[1])
+    if s.edge_contact_mm(s.clean("lung_right")) > cfg.organs.truncation_fail_mm:
+        # a truncated right lung hides ribs and its lower border: no count
+        return make(
+            s, rule, Status.NOT_EVALUABLE, None, float(p.inspiration_pass_ribs), "truncated_lung"
+        )
+    # the count line ends at the lung's lowest pixel, in the posterior recess below the dome
+    n = max(0, count_ribs_above(s, ribs, int(d[0]), d[1]) - p.inspiration_recess_ribs)
     if n >= p.inspiration_pass_ribs:
         status, t = Status.PASS, p.inspiration_pass_ribs
     elif n >= p.inspiration_warn_ribs:
