@@ -72,8 +72,8 @@ class MetadataConfig:
     view_mismatch_status: str = "warn"
     spacing_min_mm: float = 0.05
     spacing_max_mm: float = 2.0
-    anatomy_lung_span_mm: float = 260.0
-    anatomy_lung_depth_mm: float = 180.0
+    anatomy_lung_span_mm: float = 280.0
+    anatomy_lung_depth_mm: float = 200.0
     spacing_anatomy_tolerance: float = 1.6
 
 
