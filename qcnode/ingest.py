@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from qcnode.config import Settings
 from qcnode.db import QUEUED, AuditEvent, Instance, Job
 from qcnode.errors import DecodeError, StorageError
-from qcnode.store import FileStore
+from qcnode.store import FileStore, start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
     "1.2.840.10008.1.2.5",  # RLE lossless
 )
+# Start writing a streaming dataset to disk every this many bytes (see Ingest._on_data)
+WRITEBACK_CHUNK = 2 * 1024 * 1024
 # BodyPartExamined values that mean "chest" (empty: unknown, the model's view head decides)
 CHEST_BODY_PARTS = frozenset({"", "CHEST", "THORAX", "LUNG", "CHEST_LAT", "CHESTLAT"})
 
@@ -126,9 +129,12 @@ class Ingest:
         sessions: sessionmaker[Session],
         store: FileStore,
         on_stored: Callable[[], None] | None = None,
+        read_sessions: sessionmaker[Session] | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
+        # the duplicate check only reads: on SQLite it must not queue for the write lock
+        self.read_sessions = read_sessions or sessions
         self.store = store
         self.on_stored = on_stored or (lambda: None)
         self.server: ThreadedAssociationServer | None = None
@@ -164,6 +170,7 @@ class Ingest:
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_DATA_RECV, self._on_data),
         ]
         ae = self.make_ae()
         server = ae.start_server(
@@ -228,6 +235,23 @@ class Ingest:
             event.assoc.requestor.address,
         )
 
+    def _on_data(self, event: evt.Event) -> None:
+        """While a large dataset streams in, start its writeback every few MB (the file
+        is pynetdicom's chunked-receive file; reached through its DIMSE message, which
+        pynetdicom 3.0 does not expose publicly: without it this is a no-op)."""
+        message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+        file = getattr(message, "_data_set_file", None)
+        if file is None:
+            return
+        try:
+            written = file.tell()
+            done = getattr(file, "_qcnode_writeback", 0)
+            if written - done >= WRITEBACK_CHUNK:
+                start_writeback(file.fileno(), done, written - done)
+                file._qcnode_writeback = written
+        except (OSError, ValueError):  # closed meanwhile
+            return
+
     def _on_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
@@ -248,6 +272,11 @@ class Ingest:
             log.error("received dataset vanished before it was kept: %s", exc)
             return OUT_OF_RESOURCES
 
+        try:
+            synced = self.store.begin_sync(received)  # overlaps with the checks below
+        except OSError as exc:
+            log.error("cannot open a received dataset: %s", exc)
+            return OUT_OF_RESOURCES
         if size > self.settings.max_dataset_bytes:
             return self._refuse(
                 DATASET_TOO_LARGE, "dataset larger than max_dataset_bytes", calling, address, size
@@ -282,19 +311,26 @@ class Ingest:
         ):
             return self._refuse(NOT_A_CHEST_IMAGE, "not a chest radiograph", calling, address, size)
 
-        with self.sessions() as session:
-            if session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_uid)):
+        with self.read_sessions() as session:
+            existing = session.execute(
+                select(Instance.id, Instance.path).where(Instance.sop_instance_uid == sop_uid)
+            ).first()
+        if existing is not None:
+            if self.store.same_content(existing.path, received):
                 log.info("duplicate instance from %s acknowledged, not stored again", calling)
                 return SUCCESS
+            return self._replace(existing.id, received, synced, sop_uid, calling, address)
 
         try:
-            rel, size = self.store.keep_received(received, sop_uid)
+            placed = self.store.place(received, sop_uid, synced=synced)
             instance_id = self._commit(
-                header, sop_uid, sop_class, rel, size, calling, address, applicable
+                header, sop_uid, sop_class, placed.path, placed.size, calling, address, applicable
             )
-        except StorageError as exc:
+            placed.wait()  # file and directory fsyncs ran while the row was committed
+        except (StorageError, OSError) as exc:
             log.error("cannot keep an instance from %s: %s", calling, exc)
             return OUT_OF_RESOURCES
+        size = placed.size
         if instance_id is None:
             return SUCCESS  # a concurrent duplicate won the race: same SOP instance, kept once
         with self._lock:
@@ -309,6 +345,40 @@ class Ingest:
             (time.perf_counter() - started) * 1000,
             extra={"instance_id": instance_id, "calling_ae": calling, "bytes": size},
         )
+        return SUCCESS
+
+    def _replace(
+        self,
+        instance_id: int,
+        received: Path,
+        synced: Future[None],
+        sop_uid: str,
+        calling: str,
+        address: str,
+    ) -> int:
+        """Same SOP Instance UID, different bytes (a corrected image, or a file damaged by a
+        power cut before it was acknowledged): keep the new bytes and QC again."""
+        try:
+            placed = self.store.place(received, sop_uid, synced=synced)
+            placed.wait()
+            with self.sessions.begin() as session:
+                job = session.scalar(select(Job).where(Job.instance_id == instance_id))
+                if job is not None:
+                    job.state, job.lease_until, job.attempts = QUEUED, None, 0
+                session.add(
+                    AuditEvent(
+                        kind="instance_replaced",
+                        instance_id=instance_id,
+                        calling_ae=calling[:16],
+                        peer_address=address[:64],
+                        message="same SOP Instance UID, new content: stored and queued again",
+                    )
+                )
+        except (StorageError, OSError, SQLAlchemyError) as exc:
+            log.error("cannot replace instance #%d: %s", instance_id, exc)
+            return OUT_OF_RESOURCES
+        log.warning("instance #%d re-sent with different content: replaced", instance_id)
+        self.on_stored()
         return SUCCESS
 
     def _commit(

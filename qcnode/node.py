@@ -169,7 +169,14 @@ class Node:
         for d in self.dispatchers:
             self._thread(d.run, f"sender-{d.key}")
         if ingest:
-            self.ingest = Ingest(settings=s, sessions=sessions, store=store, on_stored=wake.set)
+            self.read_engine = make_engine(s, readonly=True)
+            self.ingest = Ingest(
+                settings=s,
+                sessions=sessions,
+                store=store,
+                on_stored=wake.set,
+                read_sessions=make_sessions(self.read_engine),
+            )
             self.address = self.ingest.start()
 
     def _thread(self, target: Callable[[threading.Event], None], name: str) -> None:
@@ -193,9 +200,10 @@ class Node:
             t.join(timeout=30)
         if self.sender is not None:
             self.sender.close()
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            engine.dispose()
+        for name in ("engine", "read_engine"):
+            engine = getattr(self, name, None)
+            if engine is not None:
+                engine.dispose()
 
 
 def _default_analyzer_factory(settings: Settings) -> Callable[[], Analyzer]:

@@ -9,14 +9,17 @@ Layout: ``instances/<2 hex>/<SOP Instance UID>.dcm``, ``results/<2 hex>/<UID>.dc
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -25,6 +28,29 @@ from qcnode.errors import StorageError
 from qcnode.records import BoolMask
 
 MASK_MAX_SIDE = 1024
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):  # not Linux
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], fn)
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a byte range to disk now (Linux
+    ``sync_file_range(SYNC_FILE_RANGE_WRITE)``, no wait), so that the fsync before the
+    C-STORE response finds most of a large dataset already written. A no-op elsewhere."""
+    if _SYNC_FILE_RANGE is not None and length > 0:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def fsync_dir(path: Path) -> None:
@@ -44,6 +70,23 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass
+class Placed:
+    """A received file renamed into place whose fsyncs may still be running."""
+
+    path: str  # relative to data_dir
+    size: int
+    pending: list[Future[None]]
+
+    def wait(self) -> None:
+        """Block until the file and its directory entry are durable."""
+        try:
+            for future in self.pending:
+                future.result()
+        except OSError as exc:
+            raise StorageError(f"cannot make {self.path} durable: {exc}") from exc
+
+
 class FileStore:
     """Where ingest keeps what it received and the worker keeps what it produced."""
 
@@ -52,6 +95,7 @@ class FileStore:
         self.tmp = self.root / "tmp"
         self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
+        self._syncer = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fsync")
         for sub in ("tmp", "instances", "results", "masks", "rejected"):
             self._ensure_dir(self.root / sub)
 
@@ -77,14 +121,63 @@ class FileStore:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def keep_received(self, received: Path, sop_instance_uid: str) -> tuple[str, int]:
-        """Move a received Part 10 file into place durably; return (relative path, size).
+    def begin_sync(self, path: Path) -> Future[None]:
+        """Start the fsync of a received file in the background, so that it overlaps
+        with the header checks and the database commit."""
+        fd = os.open(path, os.O_RDONLY)  # opened now: a later rename cannot race the open
 
-        ``received`` is normally in ``data_dir/tmp`` (same file system: a rename); from
-        elsewhere it is copied.
+        def run() -> None:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        return self._syncer.submit(run)
+
+    def place(self, received: Path, sop_instance_uid: str, *, synced: Future[None]) -> Placed:
+        """Rename a received file into place and start its directory's fsync; the caller
+        commits its database row meanwhile, then calls ``Placed.wait()`` before answering.
+
+        Why the overlap is safe: nothing is acknowledged before both the file (data and
+        directory entry) and the row are durable. If power fails after the row but before
+        the file is durable, the modality got no success and re-sends; ingest then finds
+        the row, compares the stored file with the new one and replaces it if they differ
+        (``same_content``), so no damaged file is ever taken for the acknowledged one.
         """
         rel = self._relative("instances", sop_instance_uid)
+        target = self.root / rel
+        self._ensure_dir(target.parent)
+        try:
+            size = received.stat().st_size
+            os.replace(received, target)
+        except OSError:
+            synced.cancel()
+            if target.exists():
+                raise
+            # not renamed (another file system?): the slow, synchronous path
+            return Placed(str(rel), self._install(received, rel, move=True), [])
+        return Placed(str(rel), size, [synced, self._syncer.submit(fsync_dir, target.parent)])
+
+    def keep_received(self, received: Path, sop_instance_uid: str) -> tuple[str, int]:
+        """Move a received Part 10 file into place durably (synchronously)."""
+        rel = self._relative("instances", sop_instance_uid)
         return str(rel), self._install(received, rel, move=True)
+
+    def same_content(self, rel: str | Path, other: Path) -> bool:
+        """Whether a stored file has exactly the bytes of ``other`` (duplicate check)."""
+        stored = self.root / rel
+        try:
+            if stored.stat().st_size != other.stat().st_size:
+                return False
+            with stored.open("rb") as a, other.open("rb") as b:
+                while True:
+                    x, y = a.read(1 << 20), b.read(1 << 20)
+                    if x != y:
+                        return False
+                    if not x:
+                        return True
+        except OSError:
+            return False
 
     def reject(self, received: Path, reason: str) -> Path:
         """Keep a file we refused (for inspection), never silently drop it."""

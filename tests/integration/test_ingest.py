@@ -276,3 +276,17 @@ def test_per_ae_association_limit(start_node) -> None:  # type: ignore[no-untype
     third = ae.associate("127.0.0.1", port, ae_title="QCNODE")
     assert third.is_established
     third.release()
+
+
+def test_same_uid_new_content_replaces_and_requeues(start_node) -> None:  # type: ignore[no-untyped-def]
+    node = start_node()
+    port = node.address[1]
+    first = radiograph(rows=64, columns=64, seed=1)
+    assert scu_store(port, first) == SUCCESS
+    assert scu_store(port, first) == SUCCESS  # identical: a no-op
+    assert not audit(node, "instance_replaced")
+    second = radiograph(rows=64, columns=64, seed=2, sop_uid=first.SOPInstanceUID)
+    assert scu_store(port, second) == SUCCESS
+    (row,) = rows(node)
+    assert pydicom.dcmread(node.settings.data_dir / row.path).PixelData == second.PixelData
+    assert len(audit(node, "instance_replaced")) == 1
