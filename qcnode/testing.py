@@ -104,7 +104,7 @@ def frontal_phantom(shape: tuple[int, int] = (400, 400)) -> dict[str, BoolMask]:
     Landmarks (row, col): right lung rows 60–300 × cols 60–170, left lung 60–300 × 230–340;
     field rows 20–340 × cols 20–380 (every lung margin and excess is 41/40 px); spine 190–210
     (centre 200); clavicle medial ends at cols 185 and 215 (15 px each side: no rotation),
-    rows 80–90; eleven posterior rib bands (period 24 px) above the right lung's lowest row
+    rows 70–80 (15 px below the apices); eleven posterior rib bands (period 24 px) above the right lung's lowest row
     300, i.e. ten above the dome; heart 200–300 ×
     170–260 (to the image right); scapulae overlap each lung by 5 px.
     """
@@ -113,8 +113,8 @@ def frontal_phantom(shape: tuple[int, int] = (400, 400)) -> dict[str, BoolMask]:
         "lung_right": b(shape, 60, 300, 60, 170),
         "lung_left": b(shape, 60, 300, 230, 340),
         "heart": b(shape, 200, 300, 170, 260),
-        "clavicle_right": b(shape, 80, 90, 80, 185),
-        "clavicle_left": b(shape, 80, 90, 215, 320),
+        "clavicle_right": b(shape, 70, 80, 80, 185),
+        "clavicle_left": b(shape, 70, 80, 215, 320),
         "scapula_right": b(shape, 90, 200, 40, 64),
         "scapula_left": b(shape, 90, 200, 336, 360),
         "spine": b(shape, 0, shape[0] - 1, 190, 210),

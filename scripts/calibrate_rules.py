@@ -93,6 +93,8 @@ CALIBRATED = {
     "organs.lungs": ("organs", "truncation_fail_mm", False),
     "organs.heart": ("organs", "truncation_fail_mm", False),
     "organs.clavicles": ("organs", "clavicle_min_area_mm2", True),
+    "organs.diaphragm": ("organs", "diaphragm_cut_fail_percent", False),
+    "organs.spine": ("organs", "truncation_fail_mm", False),
     "positioning.rotation": ("positioning", "rotation_fail_deg", False),
     "positioning.arms": ("positioning", "arms_overlap_fail_mm2", False),
     "positioning.scapulae": ("positioning", "scapulae_fail_mm", False),
@@ -174,6 +176,24 @@ def report(rows: list[dict[str, Any]], cfg: RulesConfig) -> None:
                 f"  {rule:<30} current {key}={cur:<8g} acc {100 * accuracy_at(vals, tru, cur, below):5.1f}%"
                 f"  best {t_best:.4g} acc {100 * a_best:5.1f}%  (pos {sum(tru)}/{len(tru)})"
             )
+        tilt = [
+            (
+                r["feats"].get("positioning.tilt", {}).get("value"),
+                r["truth"].get("positioning.tilt", {}).get("status"),
+            )
+            for r in vr
+        ]
+        tilt = [(v, t) for v, t in tilt if v is not None and t is not None]
+        if tilt:
+            vals = np.array([v for v, _ in tilt])
+            bad = np.array([t in PROBLEM for _, t in tilt])
+            best = (0.0, 0.0, 0.0)
+            for lo in np.arange(-20, 30, 1.0):
+                for hi in np.arange(lo + 1, 60, 1.0):
+                    acc = float((((vals < lo) | (vals > hi)) == bad).mean())
+                    if acc > best[0]:
+                        best = (acc, lo, hi)
+            print(f"  tilt: best range [{best[1]}, {best[2]}] mm acc {100 * best[0]:.1f}%")
         if view == "frontal":
             rr = [(r["feats"].get("rotation_ratio"), r["params"].get("rotation_deg")) for r in vr]
             rr = [(a, b) for a, b in rr if a is not None and b is not None]

@@ -32,11 +32,11 @@ class CompletenessConfig:
 class OrgansConfig:
     lung_min_area_mm2: float = 4000.0
     heart_min_area_mm2: float = 3000.0
-    clavicle_min_area_mm2: float = 300.0
+    clavicle_min_area_mm2: float = 750.0
     spine_min_area_mm2: float = 1500.0
     sternum_min_area_mm2: float = 300.0
-    truncation_fail_mm: float = 5.0
-    diaphragm_cut_fail_percent: float = 60.0
+    truncation_fail_mm: float = 110.0
+    diaphragm_cut_fail_percent: float = 95.0
 
 
 @dataclass(frozen=True)
@@ -45,23 +45,23 @@ class ExposureConfig:
     deviation_index_fail: float = 3.0
     saturation_fail_percent: float = 1.0
     saturation_level: float = 0.002
-    contrast_fail: float = 0.6
+    contrast_fail: float = 0.42
     noise_fail: float = 0.045
-    spine_through_heart_fail: float = 1.5
+    spine_through_heart_fail: float = 1.2
     spine_through_heart_delta: float = 0.02
-    sharpness_edge_fail_mm: float = 6.0
+    sharpness_edge_fail_mm: float = 16.0
 
 
 @dataclass(frozen=True)
 class PositioningConfig:
     rotation_fail_deg: float = 5.0
-    rotation_half_width_to_depth: float = 0.2
+    rotation_half_width_to_depth: float = 0.22
     scapulae_fail_mm: float = 10.0
     inspiration_pass_ribs: int = 10
     inspiration_warn_ribs: int = 9
     inspiration_recess_ribs: int = 1
-    tilt_min_mm: float = 5.0
-    tilt_max_mm: float = 80.0
+    tilt_min_mm: float = -5.0
+    tilt_max_mm: float = 19.0
     orientation_heart_offset_mm: float = 5.0
     lateral_rotation_fail_mm: float = 10.0
     arms_overlap_fail_mm2: float = 100.0

@@ -55,7 +55,7 @@ def test_frontal_phantom_exact_values() -> None:
         "positioning.rotation": 0.0,
         "positioning.scapulae": 5.0,
         "positioning.inspiration": 10.0,
-        "positioning.tilt": 25.0,  # apex row 60, clavicle medial ends at row 85
+        "positioning.tilt": 15.0,  # apex row 60, clavicle medial ends at row 75
         "metadata.spacing": 1.0,
     }
     for rule, value in expected.items():
@@ -224,7 +224,7 @@ def test_spine_invisible_behind_heart_and_blurred_diaphragm() -> None:
     pred = FakePredictor(source=lambda _i: (View.FRONTAL, m)).predict([hidden])[0]
     f = {x.rule: x for x in evaluate(hidden, pred, config=CFG)}
     assert f["exposure.spine_through_heart"].status is Status.FAIL
-    blurred = replace(image, pixels=ndimage.gaussian_filter(image.pixels, 6.0))
+    blurred = replace(image, pixels=ndimage.gaussian_filter(image.pixels, 9.0))
     f = {x.rule: x for x in evaluate(blurred, pred, config=CFG)}
     assert f["exposure.sharpness"].status is Status.FAIL
     assert f["exposure.sharpness"].value > CFG.exposure.sharpness_edge_fail_mm
@@ -236,8 +236,8 @@ def test_spine_invisible_behind_heart_and_blurred_diaphragm() -> None:
 def _clavicles(m: dict[str, BoolMask], right_end: int, left_end: int) -> dict[str, BoolMask]:
     m = dict(m)
     z = np.zeros_like(m["lung_right"])
-    m["clavicle_right"] = box(z, 80, 90, 80, right_end)
-    m["clavicle_left"] = box(z, 80, 90, left_end, 320)
+    m["clavicle_right"] = box(z, 70, 80, 80, right_end)
+    m["clavicle_left"] = box(z, 70, 80, left_end, 320)
     return m
 
 
@@ -272,10 +272,10 @@ def test_scapulae_inspiration_tilt() -> None:
         assert f["positioning.inspiration"].status is status
     m = frontal_phantom()
     z = np.zeros_like(m["lung_right"])
-    m["clavicle_right"] = box(z, 55, 65, 80, 185)
-    m["clavicle_left"] = box(z, 55, 65, 215, 320)
+    m["clavicle_right"] = box(z, 40, 50, 80, 185)  # clavicle heads 15 mm above the apices
+    m["clavicle_left"] = box(z, 40, 50, 215, 320)
     f = run(m)
-    assert f["positioning.tilt"].value == 0.0
+    assert f["positioning.tilt"].value == -15.0
     assert f["positioning.tilt"].status is Status.FAIL
 
 
