@@ -172,8 +172,9 @@ def report(rows: list[dict[str, Any]], cfg: RulesConfig) -> None:
             tru = [t in PROBLEM for _, t in pairs]
             cur = getattr(getattr(cfg, section), key)
             t_best, a_best = sweep(vals, tru, below)
+            acc_now = 100 * accuracy_at(vals, tru, cur, below)
             print(
-                f"  {rule:<30} current {key}={cur:<8g} acc {100 * accuracy_at(vals, tru, cur, below):5.1f}%"
+                f"  {rule:<30} current {key}={cur:<8g} acc {acc_now:5.1f}%"
                 f"  best {t_best:.4g} acc {100 * a_best:5.1f}%  (pos {sum(tru)}/{len(tru)})"
             )
         tilt = [
