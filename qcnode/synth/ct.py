@@ -28,7 +28,7 @@ from scipy import ndimage
 log = logging.getLogger(__name__)
 
 CT_FILES = ("cxr.nii.gz", "mask.nii.gz", "structures.csv")
-PREPARED_VERSION = 5
+PREPARED_VERSION = 6
 
 # Soft-tissue bit-packed labels (sampled with the soft-tissue warp).
 SOFT_BITS: dict[str, int] = {
@@ -53,8 +53,9 @@ BONE_BITS: dict[str, int] = {
     "ribs_posterior_right": 8,
     "ribs_posterior_left": 9,
 }
-# Bone fraction channels (trilinear): the scapulae and humeri are separate so they can move.
-BONE_CHANNELS = ("static", "scapula_right", "scapula_left", "humeri")
+# Bone fraction channels (trilinear). Scapulae and humeri are apart so they can move in 2D:
+# scapulae on frontal views, humeri on laterals (split by their projected masks).
+BONE_CHANNELS = ("static", "movable")
 
 # TotalSegmentator names (structures.csv) for each of our structures.
 _NAMES: dict[str, tuple[str, ...]] = {
@@ -98,7 +99,7 @@ class PreparedCT:
     """The CT ready for rendering. Tensors are float32, (z, y, x)."""
 
     soft: torch.Tensor  # water-equivalent relative density (1.0 = water)
-    bone: torch.Tensor  # (4, z, y, x) cortical-bone volume fraction per BONE_CHANNELS
+    bone: torch.Tensor  # (2, z, y, x) cortical-bone volume fraction per BONE_CHANNELS
     soft_bits: torch.Tensor  # integer bitmask as float (exact below 2**24)
     bone_bits: torch.Tensor
     rib_index_right: torch.Tensor  # posterior right rib number 1..12, 0 elsewhere
@@ -212,9 +213,7 @@ def prepare(ct_dir: Path) -> dict[str, npt.NDArray[np.generic]]:
     bone = np.stack(
         [
             np.where(scap_r | scap_l | hum, 0.0, frac),
-            np.where(scap_r, frac, 0.0),
-            np.where(scap_l, frac, 0.0),
-            np.where(hum, frac, 0.0),
+            np.where(scap_r | scap_l | hum, frac, 0.0),
         ]
     ).astype(np.float32)
 

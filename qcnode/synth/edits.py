@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from qcnode.records import STRUCTURES
@@ -21,11 +22,7 @@ from qcnode.synth.render import Projection
 
 _A = TypeVar("_A", npt.NDArray[np.float32], npt.NDArray[np.bool_])
 
-_SCAP = {
-    "right": BONE_CHANNELS.index("scapula_right"),
-    "left": BONE_CHANNELS.index("scapula_left"),
-}
-_ARMS = BONE_CHANNELS.index("humeri")
+_MOVABLE = BONE_CHANNELS.index("movable")
 
 
 @dataclass(frozen=True)
@@ -81,18 +78,21 @@ def move_bones(
             mm = v.scapula_shift_mm[0 if side == "right" else 1]
             dx = round(mm / p) * sign  # right scapula is on the image's left (PA/AP)
             if dx:
-                ch = _SCAP[side]
-                bone[ch] = _shift(bone[ch], 0, dx)
-                masks[f"scapula_{side}"] = _shift(masks[f"scapula_{side}"], 0, dx)
+                m = masks[f"scapula_{side}"]
+                part = np.where(m, bone[_MOVABLE], 0.0).astype(np.float32)
+                bone[_MOVABLE] = bone[_MOVABLE] - part + _shift(part, 0, dx)
+                masks[f"scapula_{side}"] = _shift(m, 0, dx)
     else:
         dy = round(v.arms_shift_mm[0] / p)
         dx = -round(v.arms_shift_mm[1] / p)  # anterior is the image's left (lateral)
         if dy or dx:
-            arm_bone = _shift(bone[_ARMS], dy, dx)
+            arms = masks["humerus_right"] | masks["humerus_left"]
+            part = np.where(arms, bone[_MOVABLE], 0.0).astype(np.float32)
+            arm_bone = _shift(part, dy, dx)
             sleeve = physics.gaussian(
-                __import__("torch").from_numpy((arm_bone > 0.05).astype(np.float32)), 12.0 / p
+                torch.from_numpy((arm_bone > 0.05).astype(np.float32)), 12.0 / p
             ).numpy()
-            bone[_ARMS] = arm_bone
+            bone[_MOVABLE] = bone[_MOVABLE] - part + arm_bone
             water = water + 9.0 * np.clip(sleeve * 1.6, 0.0, 1.0).astype(np.float32)
             for side in ("right", "left"):
                 masks[f"humerus_{side}"] = _shift(masks[f"humerus_{side}"], dy, dx)

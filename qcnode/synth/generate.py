@@ -25,7 +25,7 @@ from qcnode.synth.render import Detector, Pose, Projection
 log = logging.getLogger(__name__)
 
 BIG = Detector(width_mm=500.0, height_mm=480.0, pitch_mm=1.4, depth_step_mm=2.5)
-_COUNT_DET = Detector(width_mm=500.0, height_mm=480.0, pitch_mm=2.0, depth_step_mm=2.5)
+_COUNT_DET = Detector(width_mm=500.0, height_mm=480.0, pitch_mm=4.0, depth_step_mm=4.0)
 
 
 @dataclass(frozen=True)
@@ -51,23 +51,22 @@ def count_ribs(ct: ctmod.PreparedCT, pose: Pose, proj: Projection | None = None)
     projection; the count is the highest posterior rib number seen above it on that column.
     For lateral poses the same 3D state is projected PA at low resolution to count.
     """
-    det = _COUNT_DET
     if proj is None or pose.view_position not in render.FRONTAL_POSITIONS:
         pose = replace(pose, view_position="PA", sid_mm=1800.0)
-        proj = render.render(ct, pose, det)
-    else:
-        det = Detector(
-            width_mm=proj.water_cm.shape[1] * proj.pitch_mm,
-            height_mm=proj.water_cm.shape[0] * proj.pitch_mm,
-            pitch_mm=proj.pitch_mm,
-        )
+        proj = render.render(ct, pose, _COUNT_DET)
+    # Locate the column on the (coarse) projection, then sample it finely (1 mm rows).
     lung = proj.masks["lung_right"]
-    liver = proj.masks["abdomen_right"]
     r0, r1, c0, c1 = _bbox(lung)
-    col = (c0 + c1) // 2
-    rows = np.nonzero(liver[:, col])[0]
-    dome_row = int(rows[0]) if rows.size else r1
-    seen = render.rib_indices_along_column(ct, pose, det, col, range(max(0, r0 - 5), dome_row))
+    p = proj.pitch_mm
+    h, w = proj.water_cm.shape
+    det = Detector(width_mm=w * p, height_mm=h * p, pitch_mm=1.0, depth_step_mm=2.0)
+    col = round(((c0 + c1) / 2.0 + 0.5) * p - 0.5)
+    bits = render.soft_bits_along_column(ct, pose, det, col)
+    liver = np.nonzero((bits >> ctmod.SOFT_BITS["abdomen_right"]) & 1)[0]
+    lung_rows = np.nonzero((bits >> ctmod.SOFT_BITS["lung_right"]) & 1)[0]
+    top = int(lung_rows[0]) if lung_rows.size else int(r0 * p)
+    dome_row = int(liver[0]) if liver.size else int((r1 + 1) * p)
+    seen = render.rib_indices_along_column(ct, pose, det, col, range(max(0, top - 5), dome_row))
     ribs = sorted(set().union(*seen)) if seen else []
     return {
         "count": int(max(ribs)) if ribs else 0,
@@ -78,7 +77,7 @@ def count_ribs(ct: ctmod.PreparedCT, pose: Pose, proj: Projection | None = None)
     }
 
 
-def _params(pose: Pose, v: edits.Variant, extra: dict[str, Any]) -> dict[str, Any]:
+def _params(pose: Pose, v: edits.Variant, extra: dict[str, Any], pitch: float) -> dict[str, Any]:
     ex = asdict(v.exposure)
     r0, c0, hh, ww = v.window
     return {
@@ -95,7 +94,7 @@ def _params(pose: Pose, v: edits.Variant, extra: dict[str, Any]) -> dict[str, An
         "arms": "down" if v.arms_shift_mm[0] > 0 else "raised",
         "arms_shift_mm": {"down": v.arms_shift_mm[0], "anterior": v.arms_shift_mm[1]},
         "window_px": {"row0": r0, "col0": c0, "rows": hh, "cols": ww},
-        "detector_mm": [hh * BIG.pitch_mm, ww * BIG.pitch_mm],
+        "detector_mm": [round(hh * pitch, 1), round(ww * pitch, 1)],
         "shutters_mm": dict(zip(("top", "bottom", "left", "right"), v.shutters_mm, strict=True)),
         "exposure": ex,
         "deviation_index": v.exposure.deviation_index,
@@ -201,7 +200,7 @@ def make_pose_samples(
             comp = edits.compose(proj, v, frontal=frontal)
             sid = f"{plan.split}-s{plan.seed}-p{index:05d}-v{k:02d}"
             ei_t = sampler.ei_target(gv)
-            params = _params(pose, v, {"ei_target": ei_t})
+            params = _params(pose, v, {"ei_target": ei_t}, proj.pitch_mm)
             header = dicomio.Header(
                 sample_id=sid,
                 view_position=pose.view_position,
@@ -256,6 +255,7 @@ def make_pose_samples(
                 "header_spacing_scale": spacing_scale,
                 "magnification": round(proj.magnification, 4),
             },
+            proj.pitch_mm,
         )
         tin = truth.TruthInput(
             view=view,

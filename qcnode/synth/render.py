@@ -274,6 +274,19 @@ def render(ct: PreparedCT, pose: Pose, det: Detector, *, chunk_rows: int = 32) -
     )
 
 
+def soft_bits_along_column(
+    ct: PreparedCT, pose: Pose, det: Detector, col: int
+) -> npt.NDArray[np.int64]:
+    """Soft-tissue label bits each pixel of one detector column sees (e.g. the liver top)."""
+    h, _ = det.shape
+    rr = torch.arange(h)
+    cc = torch.full_like(rr, col)
+    with torch.no_grad():
+        rays, _ = _geometry(ct, pose, det, rr, cc)
+        s = _sample(ct, pose, rays)
+    return s["soft_bits"].numpy()
+
+
 def rib_indices_along_column(
     ct: PreparedCT, pose: Pose, det: Detector, col: int, rows: range, *, side: str = "right"
 ) -> list[set[int]]:
