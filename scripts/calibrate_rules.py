@@ -94,7 +94,7 @@ CALIBRATED = {
     "organs.heart": ("organs", "truncation_fail_mm", False),
     "organs.clavicles": ("organs", "clavicle_min_area_mm2", True),
     "organs.diaphragm": ("organs", "diaphragm_cut_fail_percent", False),
-    "organs.spine": ("organs", "truncation_fail_mm", False),
+    "organs.spine": ("organs", "spine_truncation_fail_mm", False),
     "positioning.rotation": ("positioning", "rotation_fail_deg", False),
     "positioning.arms": ("positioning", "arms_overlap_fail_mm2", False),
     "positioning.scapulae": ("positioning", "scapulae_fail_mm", False),

@@ -34,6 +34,7 @@ class OrgansConfig:
     heart_min_area_mm2: float = 3000.0
     clavicle_min_area_mm2: float = 750.0
     spine_min_area_mm2: float = 1500.0
+    spine_truncation_fail_mm: float = 40.0
     sternum_min_area_mm2: float = 300.0
     truncation_fail_mm: float = 110.0
     diaphragm_cut_fail_percent: float = 95.0
@@ -55,7 +56,8 @@ class ExposureConfig:
 @dataclass(frozen=True)
 class PositioningConfig:
     rotation_fail_deg: float = 5.0
-    rotation_half_width_to_depth: float = 0.22
+    rotation_half_width_to_depth: float = 0.29
+    rotation_ratio_offset: float = 0.0
     scapulae_fail_mm: float = 10.0
     inspiration_pass_ribs: int = 10
     inspiration_warn_ribs: int = 9

@@ -141,13 +141,13 @@ def spine(s: Subject, cfg: RulesConfig) -> Finding:
         inner[ext[1]] = False
     cut = s.edge_contact_mm(inner)
     g = s.contour(m, "spine")
-    status = Status.FAIL if cut > o.truncation_fail_mm else Status.PASS
+    status = Status.FAIL if cut > o.spine_truncation_fail_mm else Status.PASS
     return make(
         s,
         rule,
         status,
         cut,
-        o.truncation_fail_mm,
+        o.spine_truncation_fail_mm,
         "truncated" if status is Status.FAIL else "found",
         () if g is None else (g,),
         structure="spine",

@@ -48,15 +48,18 @@ def spine_line(s: Subject, r0: int, r1: int) -> tuple[float, float] | None:
     return float(a), float(b)
 
 
-def medial_ends(s: Subject) -> dict[str, Point] | None:
-    """The medial (sternal) end of each clavicle: its pixel farthest towards the midline."""
+def medial_ends(s: Subject, depth_mm: float = 10.0) -> dict[str, Point] | None:
+    """The medial (sternal) end of each clavicle: the centre of its innermost ``depth_mm``
+    (steadier than the single innermost pixel)."""
     ends: dict[str, Point] = {}
     for side in SIDES:
         clav = largest_component(s.mask(f"clavicle_{side}"))
-        p = extreme(clav, 0.0, -lateral_sign(s, side), s.sy, s.sx)
-        if p is None:
+        if not clav.any():
             return None
-        ends[side] = p
+        rr, cc = np.nonzero(clav)
+        medial = cc * (-lateral_sign(s, side) * s.sx)
+        sel = medial >= medial.max() - depth_mm - 1e-9
+        ends[side] = (float(rr[sel].mean()), float(cc[sel].mean()))
     return ends
 
 
@@ -82,7 +85,8 @@ def rotation_measure(
     if total <= 1.0:  # both ends on or beyond the line: no usable geometry
         return None
     k = cfg.positioning.rotation_half_width_to_depth
-    theta = math.degrees(math.atan(k * (d["right"] - d["left"]) / total))
+    ratio = (d["right"] - d["left"]) / total - cfg.positioning.rotation_ratio_offset
+    theta = math.degrees(math.atan(k * ratio))
     return theta, d, ends, line, (max(0, r0), min(s.shape[0] - 1, r1))
 
 

@@ -243,12 +243,13 @@ def _clavicles(m: dict[str, BoolMask], right_end: int, left_end: int) -> dict[st
 
 def test_rotation_degrees_from_the_geometric_model() -> None:
     k = CFG.positioning.rotation_half_width_to_depth
-    f = run(_clavicles(frontal_phantom(), 175, 215))  # d_right 25, d_left 15
+    # the medial end is the centre of the innermost 10 mm (11 px columns): 5 px inside
+    f = run(_clavicles(frontal_phantom(), 175, 215))  # d_right 30, d_left 20
     assert f["positioning.rotation"].value == pytest.approx(
-        round(math.degrees(math.atan(k * 10 / 40)), 2)
+        round(math.degrees(math.atan(k * 10 / 50)), 2)
     )
-    big = run(_clavicles(frontal_phantom(), 185, 250))  # d_right 15, d_left 50
-    expected = math.degrees(math.atan(k * 35 / 65))
+    big = run(_clavicles(frontal_phantom(), 185, 250))  # d_right 20, d_left 55
+    expected = math.degrees(math.atan(k * 35 / 75))
     assert big["positioning.rotation"].value == pytest.approx(round(expected, 2))
     assert big["positioning.rotation"].status is (
         Status.FAIL if expected > CFG.positioning.rotation_fail_deg else Status.PASS
@@ -470,3 +471,10 @@ def test_header_spacing_off_by_a_factor_uses_the_anatomy_scale() -> None:
     ok = run(m, spacing_mm=(0.8, 0.8))  # within the tolerance: the header is trusted
     assert ok["metadata.spacing"].status is Status.PASS
     assert ok["completeness.apices"].value == pytest.approx(41 * 0.8)
+
+
+def test_synthetic_ct_override_only_changes_the_rotation_reference() -> None:
+    path = DEFAULT_RULES_FILE.with_name("rules-synthetic-ct.toml")
+    cfg = load_config(path)
+    assert cfg.positioning.rotation_ratio_offset < 0
+    assert replace(cfg, positioning=RulesConfig().positioning) == RulesConfig()
