@@ -62,8 +62,8 @@ class PositioningConfig:
     inspiration_pass_ribs: int = 10
     inspiration_warn_ribs: int = 9
     inspiration_recess_ribs: int = 1
-    tilt_min_mm: float = -5.0
-    tilt_max_mm: float = 19.0
+    tilt_min_mm: float = 7.0
+    tilt_max_mm: float = 20.0
     orientation_heart_offset_mm: float = 5.0
     lateral_rotation_fail_mm: float = 10.0
     arms_overlap_fail_mm2: float = 100.0
