@@ -443,14 +443,21 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _load_predictor(settings: Settings) -> tuple[Predictor | None, str]:
-    from qcnode.engine import load_engine
-
+def _load_predictors(settings: Settings) -> tuple[list[Predictor], str]:
+    """The predictor(s) to evaluate: the configured/default model, or every registered
+    variant with ``--model all``. An empty list and the reason when none can be loaded."""
     try:
-        engine = load_engine(settings)
+        from qcnode.model import load_predictor
+        from qcnode.model.registry import load_registry
+    except ImportError as exc:
+        return [], f"the model package is not available: {exc}"
+    try:
+        names: list[str | None] = [settings.model or None]
+        if settings.model == "all":
+            names = list(sorted(load_registry().entries))
+        return [load_predictor(n, device=settings.device) for n in names], ""
     except QcnodeError as exc:
-        return None, str(exc)
-    return engine._predictor, ""
+        return [], str(exc)
 
 
 def eval_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -469,15 +476,15 @@ def eval_command(settings: Settings, args: argparse.Namespace) -> int:
         for s, r in exact_pass(samples, settings, progress=progress):
             score(stats, s, r, None, None)
         modes["exact masks (rules only)"] = {k: v.summary() for k, v in sorted(stats.items())}
-    predictor, why = _load_predictor(settings)
-    if predictor is not None and samples:
+    predictors, why = _load_predictors(settings)
+    for one in predictors if samples else []:
         stats = defaultdict(ViewStats)
-        for s, r, m, pm in model_pass(samples, settings, predictor, progress=progress):
+        for s, r, m, pm in model_pass(samples, settings, one, progress=progress):
             score(stats, s, r, m, pm)
-        name = predictor.info.name
-        modes[f"model {name}"] = {k: v.summary() for k, v in sorted(stats.items())}
-    elif predictor is None:
+        modes[f"model {one.info.name}"] = {k: v.summary() for k, v in sorted(stats.items())}
+    if not predictors:
         note = (note + "; " if note else "") + f"model pass skipped: {why}"
+    predictor = predictors[0] if predictors else None
     real_dir: Path | None = getattr(args, "real", None) or (
         DEFAULT_REAL if DEFAULT_REAL.is_dir() else None
     )

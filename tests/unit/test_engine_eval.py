@@ -38,7 +38,7 @@ def _args(set_dir: Path) -> argparse.Namespace:
 def test_eval_reports_per_rule_accuracy_and_families(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(evaluate, "_load_predictor", lambda _s: (None, "no model in this test"))
+    monkeypatch.setattr(evaluate, "_load_predictors", lambda _s: ([], "no model in this test"))
     monkeypatch.setattr(evaluate, "DEFAULT_REAL", tmp_path / "absent")
     good = frontal_phantom()
     cut = frontal_phantom()
@@ -76,7 +76,7 @@ def test_eval_reports_per_rule_accuracy_and_families(
 def test_eval_text_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(evaluate, "_load_predictor", lambda _s: (None, "none"))
+    monkeypatch.setattr(evaluate, "_load_predictors", lambda _s: ([], "none"))
     monkeypatch.setattr(evaluate, "DEFAULT_REAL", tmp_path / "absent")
     _sample(tmp_path, "a", View.FRONTAL, frontal_phantom(), {})
     args = _args(tmp_path)
