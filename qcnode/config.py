@@ -47,6 +47,11 @@ class Settings:
     min_free_disk_bytes: int = 1024 * 1024 * 1024
     non_chest: str = "keep"  # keep (marked not_applicable) | refuse
     database_url: str = ""  # empty: sqlite file under data_dir
+    # DICOM TLS for ingest: our certificate and key (PEM) turn it on; a CA file makes it
+    # mutual (peers must present a certificate it signed)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
     # worker
     workers: int = 1
     batch_size: int = 8
@@ -101,7 +106,7 @@ def _coerce(name: str, value: Any) -> Any:
             )
         if name == "allowed_calling_aes":
             return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
-        if name in ("data_dir", "rules_file"):
+        if name in ("data_dir", "rules_file", "tls_cert_file", "tls_key_file", "tls_ca_file"):
             return None if value in (None, "") else Path(value)
         if kind == "bool":
             return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -31,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qcnode.config import Settings
 from qcnode.db import QUEUED, AuditEvent, Instance, Job
-from qcnode.errors import DecodeError, StorageError
+from qcnode.errors import ConfigError, DecodeError, StorageError
 from qcnode.store import FileStore, start_writeback
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,10 @@ class Ingest:
         ]
         ae = self.make_ae()
         server = ae.start_server(
-            (self.settings.bind_address, self.settings.port), block=False, evt_handlers=handlers
+            (self.settings.bind_address, self.settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=self._tls(),
         )
         assert server is not None
         self.server = server
@@ -187,6 +191,23 @@ class Ingest:
             extra={"ae_title": self.settings.ae_title, "port": port},
         )
         return str(host), int(port)
+
+    def _tls(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if s.tls_cert_file is None and s.tls_key_file is None:
+            return None
+        if s.tls_cert_file is None or s.tls_key_file is None:
+            raise ConfigError("DICOM TLS needs both tls_cert_file and tls_key_file")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(s.tls_cert_file, s.tls_key_file)
+            if s.tls_ca_file is not None:
+                context.load_verify_locations(cafile=str(s.tls_ca_file))
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"DICOM TLS: {exc}") from exc
+        return context
 
     def stop(self) -> None:
         if self.server is not None:

@@ -44,6 +44,9 @@ from tests.conftest import (
     storescu,
     write,
 )
+from tests.conftest import (
+    DX_PRESENTATION as DX,
+)
 
 REALCXR = Path(__file__).resolve().parents[3] / "shared" / "data" / "realcxr" / "dicom"
 
@@ -290,3 +293,53 @@ def test_same_uid_new_content_replaces_and_requeues(start_node) -> None:  # type
     (row,) = rows(node)
     assert pydicom.dcmread(node.settings.data_dir / row.path).PixelData == second.PixelData
     assert len(audit(node, "instance_replaced")) == 1
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run([need("openssl"), *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_dicom_tls_with_client_certificates(start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Mutual TLS: a modality with a certificate from our CA stores; one without cannot."""
+    import socket
+    import ssl
+
+    d = tmp_path / "pki"
+    d.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+             "-keyout", "ca.key", "-out", "ca.crt", cwd=d)  # fmt: skip
+    for name in ("node", "modality"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                 "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "1", "-out", f"{name}.crt", cwd=d)  # fmt: skip
+    node = start_node(
+        tls_cert_file=d / "node.crt", tls_key_file=d / "node.key", tls_ca_file=d / "ca.crt"
+    )
+
+    def context(with_cert: bool) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(d / "ca.crt"))
+        ctx.check_hostname = False
+        if with_cert:
+            ctx.load_cert_chain(d / "modality.crt", d / "modality.key")
+        return ctx
+
+    ae = AE(ae_title="TLSSCU")
+    ae.add_requested_context(DX, "1.2.840.10008.1.2.1")
+    port = node.address[1]
+    assoc = ae.associate("127.0.0.1", port, ae_title="QCNODE", tls_args=(context(True), None))
+    assert assoc.is_established
+    assert int(assoc.send_c_store(radiograph(rows=32, columns=32)).Status) == SUCCESS
+    assoc.release()
+    # without a client certificate the node ends the TLS session before any DICOM
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context(False).wrap_socket(raw) as tls,
+    ):
+        try:
+            tls.sendall(b"\x01\x00")
+            answer = tls.recv(1)  # a timeout here (the node waiting for more) fails the test
+        except ssl.SSLError:  # "certificate required" alert, or the node hung up
+            answer = b""
+        assert answer == b""
+    assert len(rows(node)) == 1
