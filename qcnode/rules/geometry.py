@@ -114,7 +114,10 @@ class Subject:
         o = stride // 2
         small = {k: np.ascontiguousarray(v[o::stride, o::stride]) for k, v in masks.items()}
         pixels = block_mean(image.pixels, stride)
-        small = {k: v[: pixels.shape[0], : pixels.shape[1]] for k, v in small.items()}
+        small = {
+            k: (v if k.startswith("ribs") else despeckle(v))[: pixels.shape[0], : pixels.shape[1]]
+            for k, v in small.items()
+        }
         orient = detect_orientation(small, prediction.view, spacing[1] * stride, heart_offset_mm)
         flip_ud = orient in ("upside_down", "flipped")
         flip_lr = orient in ("upside_down", "mirrored")
@@ -301,6 +304,20 @@ def detect_orientation(
     if up:
         return "mirrored" if mirrored else "upright"
     return "upside_down" if mirrored else "flipped"
+
+
+def despeckle(mask: BoolMask, fraction: float = 0.05) -> BoolMask:
+    """Drop parts smaller than ``fraction`` of the largest part (model speckle), keeping
+    genuine pieces such as a lung split by a shutter."""
+    if not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    keep = sizes >= fraction * sizes.max()
+    return np.asarray(keep[labels])
 
 
 def largest_component(mask: BoolMask) -> BoolMask:

@@ -478,3 +478,13 @@ def test_synthetic_ct_override_only_changes_the_rotation_reference() -> None:
     cfg = load_config(path)
     assert cfg.positioning.rotation_ratio_offset < 0
     assert replace(cfg, positioning=RulesConfig().positioning) == RulesConfig()
+
+
+def test_model_speckle_does_not_move_landmarks() -> None:
+    m = frontal_phantom()
+    m["lung_right"] = box(m["lung_right"], 25, 27, 30, 32)  # a 3x3 speck near the top edge
+    m["heart"] = box(m["heart"], 330, 332, 370, 372)
+    f = run(m)
+    assert f["completeness.apices"].value == 41.0
+    assert f["completeness.collimation"].value == 40.0
+    assert f["organs.heart"].value == 0.0
