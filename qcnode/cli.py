@@ -54,11 +54,15 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", parents=[common], help="train a model variant")
     t.add_argument("--variant", default="qcnet_d15_w3")
-    t.add_argument("--data", type=Path)
+    t.add_argument("--data", type=Path, action="append", help="data set folder (repeatable)")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    t.add_argument("--recipe", default="cpu")
+    t.add_argument("--recipe", default="cpu", help="cpu | gpu | tiny")
     t.add_argument("--out", type=Path)
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--steps", type=int, help="override the recipe's step count")
+    t.add_argument("--ship", action="store_true", help="copy weights to the registry")
+    t.add_argument("--default", action="store_true", help="with --ship: make it the default")
 
     e = sub.add_parser("eval", parents=[common], help="the study's tables, measured")
     e.add_argument("--json", action="store_true")
@@ -70,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", parents=[common], help="speed: model, QC, ingest")
     b.add_argument("--json", action="store_true")
     b.add_argument("--what", default="all", help="model | qc | ingest | e2e | all")
+    b.add_argument("--variants", help="comma-separated model variants (default: all)")
+    b.add_argument("--threads", default="1,2", help="CPU thread counts to time, e.g. 1,2")
+    b.add_argument("--repeats", type=int, default=30, help="timed runs per measurement")
 
     o = sub.add_parser("outbox", parents=[common], help="delivery state and dead letters")
     o.add_argument("--json", action="store_true")

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 WEIGHTS_FORMAT = "qcnode-qcnet-1"
 _LUNGS = (STRUCTURES.index("lung_right"), STRUCTURES.index("lung_left"))
 SECOND_PASS_TOLERANCE = 0.05  # rerun when the anatomy-based scale differs by more than 5 %
+# A header spacing that makes the lungs this much smaller/larger than the reference is not
+# believed (e.g. a detector pitch copied onto a downsampled matrix): anatomy decides then.
+IMPLAUSIBLE_HEADER_RATIO = (0.5, 2.0)
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,11 @@ def save_weights(path: Path, model: QCNet, meta: WeightsMeta) -> str:
             "structures": list(STRUCTURES),
             "views": [str(v) for v in VIEWS],
             "reference_lung_width_mm": dict(meta.reference_lung_width_mm),
-            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            # float16 on disk halves the file; load_state_dict casts back to float32
+            "state_dict": {
+                k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
+                for k, v in model.state_dict().items()
+            },
         },
         path,
     )
@@ -113,7 +120,8 @@ class TorchPredictor:
         """Raw network outputs for a prepared (B, 1, S, S) batch, on the CPU."""
         with torch.inference_mode():
             masks, views = self._model(batch.to(self._device))
-        return masks.float().cpu(), views.float().cpu()
+        # clone outside inference mode: callers may update these tensors (second pass)
+        return masks.float().cpu().clone(), views.float().cpu().clone()
 
     def _pass(
         self, images: Sequence[DecodedImage], spacings: Sequence[tuple[float, float]]
@@ -129,8 +137,11 @@ class TorchPredictor:
         if not images:
             return []
         spacings = [im.spacing_mm or preprocess.guessed_spacing(*im.pixels.shape) for im in images]
+        estimated = [im.spacing_mm is None for im in images]
         frames, masks, views = self._pass(images, spacings)
-        redo = self._anatomy_spacing(images, frames, masks, views)
+        redo = self._anatomy_spacing(frames, masks, views, estimated)
+        for i in redo:
+            estimated[i] = True
         if redo:
             idx = sorted(redo)
             f2, m2, v2 = self._pass([images[i] for i in idx], [redo[i] for i in idx])
@@ -139,7 +150,7 @@ class TorchPredictor:
                 masks[i], views[i] = m2[j], v2[j]
         probs = torch.softmax(views, dim=1)
         out = []
-        for i, im in enumerate(images):
+        for i in range(len(images)):
             p = {v: float(probs[i, k]) for k, v in enumerate(VIEWS)}
             source = preprocess.logits_to_source(masks[i], frames[i])
             out.append(
@@ -148,32 +159,36 @@ class TorchPredictor:
                     view_probabilities=p,
                     masks={name: source[c] for c, name in enumerate(STRUCTURES)},
                     spacing_mm=(float(spacings[i][0]), float(spacings[i][1])),
-                    spacing_estimated=im.spacing_mm is None,
+                    spacing_estimated=estimated[i],
                 )
             )
         return out
 
     def _anatomy_spacing(
         self,
-        images: Sequence[DecodedImage],
         frames: Sequence[preprocess.Frame],
         masks: torch.Tensor,
         views: torch.Tensor,
+        estimated: Sequence[bool],
     ) -> dict[int, tuple[float, float]]:
-        """For images without header spacing: the scale at which the lungs span the
-        reference width learnt from the training data (per view)."""
+        """The scale at which the lungs span the reference width learnt from the training
+        data (per view): for images without header spacing, and for headers whose spacing
+        makes the anatomy implausibly small or large."""
         redo: dict[int, tuple[float, float]] = {}
-        for i, im in enumerate(images):
-            if im.spacing_mm is not None:
-                continue
+        low, high = IMPLAUSIBLE_HEADER_RATIO
+        for i, frame in enumerate(frames):
             view = VIEWS[int(views[i].argmax())]
             reference = self._meta.reference_lung_width_mm.get(str(view))
             if view == View.OTHER or reference is None:
                 continue
-            width = lung_width_px(masks[i])
-            new = preprocess.spacing_from_lung_width(width, frames[i], reference)
-            change = abs(new[1] / frames[i].spacing_mm[1] - 1) if new is not None else 0.0
-            if new is not None and change > SECOND_PASS_TOLERANCE:
+            new = preprocess.spacing_from_lung_width(lung_width_px(masks[i]), frame, reference)
+            if new is None:
+                continue
+            factor = new[1] / frame.spacing_mm[1]
+            if estimated[i] and abs(factor - 1) > SECOND_PASS_TOLERANCE:
+                redo[i] = new
+            elif not estimated[i] and not low <= factor <= high:
+                log.info("header spacing implausible for the anatomy (x%.2f): estimating", factor)
                 redo[i] = new
         return redo
 

@@ -208,7 +208,10 @@ def train(
     cache_base: Path | None = None,
     progress: bool = True,
     limit: int | None = None,
+    stop_after: int | None = None,
 ) -> TrainResult:
+    """Train (or resume) ``variant``; ``stop_after`` ends this run early at that step, as an
+    interruption would (the schedule is still the recipe's)."""
     torch.manual_seed(seed)
     torch.set_num_threads(recipe.threads)
     dev = resolve_device(device)
@@ -259,17 +262,19 @@ def train(
     t0 = time.monotonic()
     loss_value = float("nan")
     history: list[dict[str, Any]] = []
-    bar = tqdm(range(start, recipe.steps), initial=start, total=recipe.steps, disable=not progress)
+    end = recipe.steps if stop_after is None else min(recipe.steps, stop_after)
+    bar = tqdm(range(start, end), initial=start, total=recipe.steps, disable=not progress)
     for step in bar:
         model.train()
+        torch.manual_seed(seed * 1_000_003 + step)  # dropout: same draws after a resume
         batch = make_batch(train_pack, negatives, seed=seed, step=step, recipe=recipe)
         for group in opt.param_groups:
             group["lr"] = _lr(recipe, step)
-        logits, view_logits = model(batch["x"].to(dev))
+        logits, view_logits = model(batch["x"].to(dev), upsample=False)
         loss, parts = loss_fn(
             logits,
             view_logits,
-            batch["masks"].to(dev),
+            F.avg_pool2d(batch["masks"], 2).to(dev),  # area fractions at the logits' grid
             batch["weight"].to(dev),
             batch["views"].to(dev),
             recipe.view_weight,
@@ -281,7 +286,7 @@ def train(
         history.append({"step": step, "loss": loss_value, **parts})
         bar.set_postfix(loss=f"{loss_value:.3f}", mask=f"{parts['mask']:.3f}")
         done = step + 1
-        if done % recipe.checkpoint_every == 0 or done == recipe.steps:
+        if done % recipe.checkpoint_every == 0 or done in (recipe.steps, end):
             _save_checkpoint(ckpt, model, opt, done, identity)
         if val_pack is not None and (done % recipe.eval_every == 0 or done == recipe.steps):
             val = metrics.evaluate_pack(model, val_pack, device=dev)

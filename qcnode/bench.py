@@ -1,0 +1,244 @@
+"""``qcnode bench``: measured speed (DESIGN §7) — model per variant, QC per image, node.
+
+model: median forward time per image (batch 1) for every ``qcnet_d*_w*`` variant at each
+thread count, batched images/s, and for the shipped default the whole ``predict`` (resample,
+forward, masks back to source pixels) on a real-size radiograph.
+qc: median decode-to-verdict time per image through the same engine ``qcnode check`` uses.
+ingest / e2e: delegated to ``qcnode.node_bench`` (the node's own benchmarks).
+
+Every report names the machine (CPU count, load average before/after: this machine is
+shared, and a busy neighbour shows up in the numbers) and the torch device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from qcnode.config import Settings
+from qcnode.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _timed(fn: Callable[[], object], repeats: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
+def _stats(ms: Sequence[float]) -> dict[str, float]:
+    s = sorted(ms)
+    return {
+        "median_ms": round(statistics.median(s), 2),
+        "p90_ms": round(s[min(len(s) - 1, int(0.9 * len(s)))], 2),
+        "min_ms": round(s[0], 2),
+    }
+
+
+def bench_variants(
+    variants: Sequence[str], *, threads: Sequence[int], repeats: int, batch: int, device: str
+) -> list[dict[str, Any]]:
+    """Forward time per image for each variant (weights do not change the speed)."""
+    import torch
+
+    from qcnode.model.infer import resolve_device
+    from qcnode.model.network import build, count_parameters
+    from qcnode.model.preprocess import INPUT_SIZE
+
+    dev = resolve_device(device)
+    rows = []
+    before = torch.get_num_threads()
+    try:
+        for name in variants:
+            model = build(name).eval().to(dev)
+            one = torch.randn(1, 1, INPUT_SIZE, INPUT_SIZE, device=dev)
+            many = torch.randn(batch, 1, INPUT_SIZE, INPUT_SIZE, device=dev)
+
+            def run(x: torch.Tensor, m: torch.nn.Module = model) -> None:
+                with torch.inference_mode():
+                    m(x)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+
+            for n in threads if dev.type == "cpu" else [before]:
+                torch.set_num_threads(n)
+                single = _stats(_timed(functools.partial(run, one), repeats))
+                batched = _timed(functools.partial(run, many), max(3, repeats // 4), warmup=1)
+                rows.append(
+                    {
+                        "variant": name,
+                        "device": str(dev),
+                        "threads": n,
+                        "parameters": count_parameters(model),
+                        **single,
+                        f"batch{batch}_images_per_s": round(
+                            batch * 1000.0 / statistics.median(batched), 1
+                        ),
+                    }
+                )
+                log.info("bench %s", rows[-1])
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def _sample_radiograph() -> Path | None:
+    """A real-size chest radiograph that ships with the dev dependencies (WG04 RG1)."""
+    try:
+        import data_store  # pydicom-data
+
+        path = Path(data_store.__file__).parent / "data" / "RG1_UNCR.dcm"
+        return path if path.is_file() else None
+    except ImportError:
+        return None
+
+
+def bench_predict(settings: Settings, *, repeats: int, threads: int) -> dict[str, Any]:
+    """The shipped default's whole ``predict`` on one real-size radiograph, with spacing."""
+    import dataclasses
+
+    import torch
+
+    from qcnode.imaging import decode
+    from qcnode.model import load_predictor
+
+    path = _sample_radiograph()
+    if path is None:
+        return {"skipped": "pydicom-data (RG1_UNCR.dcm) is not installed"}
+    image = decode(path)
+    image = dataclasses.replace(image, spacing_mm=image.spacing_mm or (0.2, 0.2))
+    predictor = load_predictor(settings.model or None, device=settings.device)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ms = _timed(lambda: predictor.predict([image]), repeats, warmup=2)
+    finally:
+        torch.set_num_threads(before)
+    return {
+        "model": predictor.info.name,
+        "image": f"{path.name} {image.pixels.shape[0]}x{image.pixels.shape[1]}",
+        "threads": threads,
+        **_stats(ms),
+    }
+
+
+def bench_qc(settings: Settings, *, repeats: int, files: Sequence[Path] = ()) -> dict[str, Any]:
+    """Decode-to-verdict per image through the ``qcnode check`` engine (one image a call)."""
+    from qcnode.engine import load_engine
+    from qcnode.imaging import decode
+
+    paths = list(files) or [p for p in [_sample_radiograph()] if p is not None]
+    synth = Path("data/synth/eval-v1")
+    if not files and synth.is_dir():
+        paths += sorted(synth.glob("*.dcm"))[:8]
+    if not paths:
+        return {"skipped": "no sample radiographs"}
+    engine = load_engine(settings)
+    totals: list[float] = []
+    parts: dict[str, list[float]] = {"decode": [], "model": [], "rules": []}
+    for _ in range(repeats):
+        for p in paths:
+            t0 = time.perf_counter()
+            image = decode(p)
+            decode_ms = (time.perf_counter() - t0) * 1000.0
+            result = engine.run([image], decode_ms=[decode_ms])[0]
+            totals.append((time.perf_counter() - t0) * 1000.0)
+            for k in parts:
+                parts[k].append(float(result.timings_ms.get(k, 0.0)))
+    return {
+        "model": engine.model_info.name,
+        "images": len(paths),
+        "runs": len(totals),
+        **_stats(totals),
+        **{f"{k}_median_ms": round(statistics.median(v), 2) for k, v in parts.items()},
+    }
+
+
+def _print_model(rows: Sequence[dict[str, Any]]) -> None:
+    print(
+        f"{'variant':<15}{'device':<8}{'threads':>8}{'params':>10}{'median ms':>11}"
+        f"{'p90 ms':>9}{'images/s (batch)':>18}"
+    )
+    for r in rows:
+        ips = next(v for k, v in r.items() if k.endswith("_images_per_s"))
+        print(
+            f"{r['variant']:<15}{r['device']:<8}{r['threads']:>8}{r['parameters']:>10}"
+            f"{r['median_ms']:>11.1f}{r['p90_ms']:>9.1f}{ips:>18.1f}"
+        )
+
+
+def bench_command(settings: Settings, args: argparse.Namespace) -> int:
+    from qcnode.model.network import variant_names
+
+    what = getattr(args, "what", "all")
+    repeats = int(getattr(args, "repeats", None) or 30)
+    threads = [int(t) for t in (getattr(args, "threads", None) or "1,2").split(",")]
+    variants = getattr(args, "variants", None)
+    names = variants.split(",") if variants else variant_names()
+    report: dict[str, Any] = {"machine": machine()}
+    if what in ("model", "all"):
+        report["model"] = bench_variants(
+            names, threads=threads, repeats=repeats, batch=8, device=settings.device
+        )
+        try:
+            report["predict"] = bench_predict(settings, repeats=max(5, repeats // 3), threads=1)
+        except ModelError as exc:
+            report["predict"] = {"skipped": str(exc)}
+    if what in ("qc", "all"):
+        try:
+            report["qc"] = bench_qc(settings, repeats=max(1, repeats // 10))
+        except ModelError as exc:
+            report["qc"] = {"skipped": str(exc)}
+    if what in ("ingest", "e2e", "all"):
+        try:
+            from qcnode.node_bench import run as node_bench
+        except ImportError as exc:
+            report[what if what != "all" else "node"] = {
+                "skipped": f"node benchmarks are not available ({exc})"
+            }
+        else:
+            report.update(node_bench(settings, args))
+    report["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    if getattr(args, "json", False):
+        print(json.dumps(report, indent=1))
+        return 0
+    m = report["machine"]
+    print(
+        f"machine: {m['cpu_count']} CPUs ({m['processor']}), GPU {m['gpu'] or 'none'}, "
+        f"torch {m['torch']}, load {m['load_average']} -> {m['load_average_after']}"
+    )
+    if "model" in report:
+        _print_model(report["model"])
+        print(f"predict (default model, whole image): {json.dumps(report['predict'])}")
+    for key in ("qc", "ingest", "e2e", "node"):
+        if key in report:
+            print(f"{key}: {json.dumps(report[key])}")
+    return 0

@@ -1,0 +1,275 @@
+"""Model card numbers: Dice per structure (synthetic evaluation set, real films), view accuracy,
+held-out real negatives, and overlay pictures of real radiographs.
+
+    python -m qcnode.model.report [--model NAME | --weights FILE] [--set data/synth/eval-v1]
+        [--real ../shared/data/realcxr] [--overlays docs] [--json-out FILE]
+
+Real films are for evaluation only (never training). Their lung masks include the lung
+behind the heart, so they are compared with the union of the predicted right and left lung.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from qcnode.errors import QcnodeError
+from qcnode.imaging import decode
+from qcnode.model import data as datamod
+from qcnode.model.infer import TorchPredictor, load_predictor
+from qcnode.model.metrics import dice
+from qcnode.records import STRUCTURES, DecodedImage, Prediction, View
+
+log = logging.getLogger(__name__)
+
+REAL_ROOT = Path("/work/shared/data/realcxr")
+ATTRIBUTION = (
+    "Images: Hannover Medical School COVID-19 Image Repository (CC BY 3.0), NIH ChestX-ray14 "
+    "(NIH Clinical Center), M. Häggström (CC0). Lung masks: V7 Labs (CC BY 4.0)."
+)
+
+
+@dataclass(frozen=True)
+class RealCase:
+    path: Path
+    view: View
+    lungs: Path | None
+
+
+def real_cases(root: Path) -> list[RealCase]:
+    cases = []
+    for folder in ("frontal", "extra_frontal_nomask"):
+        for p in sorted((root / folder).glob("*.png")):
+            if p.stem.endswith("_lungs"):
+                continue
+            mask = p.with_name(f"{p.stem}_lungs.png")
+            cases.append(RealCase(p, View.FRONTAL, mask if mask.is_file() else None))
+    cases += [RealCase(p, View.LATERAL, None) for p in sorted((root / "lateral").glob("*.png"))]
+    cases += [RealCase(p, View.FRONTAL, None) for p in sorted((root / "dicom").glob("*.dcm"))]
+    return cases
+
+
+def _predict_all(
+    predictor: TorchPredictor, images: Sequence[DecodedImage], batch: int = 8
+) -> list[Prediction]:
+    out: list[Prediction] = []
+    for i in range(0, len(images), batch):
+        out += predictor.predict(images[i : i + batch])
+    return out
+
+
+def _lungs(pred: Prediction) -> np.ndarray:
+    return np.logical_or(pred.masks["lung_right"], pred.masks["lung_left"])
+
+
+def evaluate_real(
+    predictor: TorchPredictor, root: Path, *, overlays: Path | None = None
+) -> dict[str, Any]:
+    cases = real_cases(root)
+    rows = []
+    shown: list[tuple[RealCase, DecodedImage, Prediction, float | None]] = []
+    for start in range(0, len(cases), 8):
+        chunk = cases[start : start + 8]
+        images = [decode(c.path) for c in chunk]
+        preds = predictor.predict(images)
+        for case, image, pred in zip(chunk, images, preds, strict=True):
+            d = None
+            if case.lungs is not None:
+                truth = np.asarray(Image.open(case.lungs).convert("L")) > 127
+                d = dice(_lungs(pred), truth)
+            rows.append(
+                {
+                    "file": f"{case.path.parent.name}/{case.path.name}",
+                    "expected_view": str(case.view),
+                    "view": str(pred.view),
+                    "p_view": round(float(pred.view_probabilities[pred.view]), 3),
+                    "lung_dice": None if d is None else round(d, 4),
+                    "spacing_mm": [round(s, 3) for s in pred.spacing_mm],
+                    "spacing_estimated": pred.spacing_estimated,
+                }
+            )
+            shown.append((case, image, pred, d))
+    dices = [float(d) for _, _, _, d in shown if d is not None]
+    correct = [r["view"] == r["expected_view"] for r in rows]
+    if overlays is not None:
+        _overlay_sheets(shown, overlays)
+    return {
+        "lung_dice_mean": float(np.mean(dices)) if dices else None,
+        "lung_dice_median": float(np.median(dices)) if dices else None,
+        "lung_dice_min": float(np.min(dices)) if dices else None,
+        "lung_dice_n": len(dices),
+        "view_correct": int(sum(correct)),
+        "view_n": len(rows),
+        "view_wrong": [r["file"] for r, ok in zip(rows, correct, strict=True) if not ok],
+        "images": rows,
+    }
+
+
+def evaluate_synthetic(
+    predictor: TorchPredictor, root: Path, *, limit: int | None = None
+) -> dict[str, Any]:
+    """Dice per (view, structure) at source resolution; empty truths are skipped."""
+    samples = datamod.read_synthetic(root, limit=limit)
+    scores: dict[str, list[float]] = defaultdict(list)
+    confusion: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for start in range(0, len(samples), 8):
+        chunk = samples[start : start + 8]
+        images = [decode(s.image) for s in chunk]
+        preds = predictor.predict(images)
+        for s, pred in zip(chunk, preds, strict=True):
+            confusion[str(s.view)][str(pred.view)] += 1
+            if s.masks is None or s.view == View.OTHER:
+                continue
+            with np.load(s.masks) as z:
+                for name in STRUCTURES:
+                    truth = z[name]
+                    if truth.any():
+                        d = dice(pred.masks[name], truth)
+                        if d is not None:
+                            scores[f"{s.view}/{name}"].append(d)
+                lungs = np.logical_or(z["lung_right"], z["lung_left"])
+                d = dice(_lungs(pred), lungs)
+                if d is not None:
+                    scores[f"{s.view}/lungs_union"].append(d)
+    total = sum(sum(v.values()) for v in confusion.values())
+    right = sum(confusion[v].get(v, 0) for v in confusion)
+    return {
+        "set": str(root),
+        "n": len(samples),
+        "dice": {k: round(float(np.mean(v)), 4) for k, v in sorted(scores.items())},
+        "dice_n": {k: len(v) for k, v in sorted(scores.items())},
+        "view_accuracy": right / total if total else None,
+        "view_confusion": {k: dict(v) for k, v in confusion.items()},
+    }
+
+
+def evaluate_negatives(predictor: TorchPredictor) -> dict[str, Any]:
+    """Non-chest DICOM images (pydicom test data): held out from training, and seen ones."""
+    out: dict[str, Any] = {}
+    for held in (True, False):
+        images, names = [], []
+        for s in datamod.read_negatives(held_out=held):
+            try:
+                img = decode(s.image)
+            except QcnodeError:
+                continue
+            if min(img.pixels.shape) >= 32:
+                images.append(img)
+                names.append(s.id)
+        preds = _predict_all(predictor, images)
+        wrong = [n for n, p in zip(names, preds, strict=True) if p.view != View.OTHER]
+        out["held_out" if held else "trained_on"] = {
+            "n": len(names),
+            "other_correct": len(names) - len(wrong),
+            "wrong": wrong,
+        }
+    return out
+
+
+# --- pictures -----------------------------------------------------------------------------
+
+_COLOURS = {
+    "lung_right": (255, 80, 80),
+    "lung_left": (80, 255, 80),
+    "heart": (80, 160, 255),
+    "clavicle_right": (255, 230, 0),
+    "clavicle_left": (255, 230, 0),
+    "scapula_right": (255, 0, 255),
+    "scapula_left": (255, 0, 255),
+    "spine": (0, 255, 255),
+}
+
+
+def _tile(image: DecodedImage, pred: Prediction, truth: Path | None, caption: str) -> Image.Image:
+    h = 320
+    scale = h / image.pixels.shape[0]
+    w = max(1, round(image.pixels.shape[1] * scale))
+    grey = Image.fromarray((image.pixels * 255).astype(np.uint8))
+    grey = grey.resize((w, h), Image.Resampling.BILINEAR)
+    rgb = np.asarray(grey.convert("RGB")).copy()
+
+    def outline(mask: np.ndarray, colour: tuple[int, int, int]) -> None:
+        small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h))) > 127
+        edge = small & ~ndimage.binary_erosion(small, iterations=1)
+        rgb[edge] = colour
+
+    if truth is not None:
+        outline(np.asarray(Image.open(truth).convert("L")) > 127, (255, 255, 255))
+    for name, colour in _COLOURS.items():
+        outline(pred.masks[name], colour)
+    tile = Image.fromarray(rgb)
+    ImageDraw.Draw(tile).text((4, 4), caption, fill=(255, 255, 0))
+    return tile
+
+
+def _sheet(tiles: Sequence[Image.Image], columns: int) -> Image.Image:
+    h = max(t.height for t in tiles)
+    w = max(t.width for t in tiles)
+    rows = (len(tiles) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * w, rows * h + 18), (0, 0, 0))
+    for i, t in enumerate(tiles):
+        sheet.paste(t, ((i % columns) * w, (i // columns) * h))
+    ImageDraw.Draw(sheet).text((4, rows * h + 3), ATTRIBUTION, fill=(200, 200, 200))
+    return sheet
+
+
+def _overlay_sheets(
+    shown: Sequence[tuple[RealCase, DecodedImage, Prediction, float | None]], out: Path
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with_masks = [s for s in shown if s[3] is not None]
+    picks = sorted(with_masks, key=lambda s: s[3] or 0.0)
+    # the worst three, the median and the best two: honest about failures
+    chosen = picks[:3] + picks[len(picks) // 2 : len(picks) // 2 + 1] + picks[-2:]
+    tiles = [
+        _tile(im, p, c.lungs, f"{c.path.stem[:18]} Dice {d:.3f} {p.view}") for c, im, p, d in chosen
+    ]
+    if tiles:
+        _sheet(tiles, 3).save(out / "model_real_frontal.png", optimize=True)
+    others = [s for s in shown if s[0].lungs is None and s[0].path.parent.name != "frontal"]
+    tiles = [_tile(im, p, None, f"{c.path.stem[:22]} {p.view}") for c, im, p, _ in others]
+    if tiles:
+        _sheet(tiles, 4).save(out / "model_real_other.png", optimize=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m qcnode.model.report", description=__doc__)
+    ap.add_argument("--model", help="registry name (default: the registry's default)")
+    ap.add_argument("--weights", type=Path, help="a weights file instead of the registry")
+    ap.add_argument("--set", type=Path, dest="eval_set", help="synthetic evaluation set")
+    ap.add_argument("--limit", type=int)
+    ap.add_argument("--real", type=Path, default=REAL_ROOT)
+    ap.add_argument("--overlays", type=Path, help="write overlay pictures here (docs)")
+    ap.add_argument("--json-out", type=Path)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    predictor = load_predictor(args.model, device="cpu", weights_path=args.weights)
+    t0 = time.monotonic()
+    report: dict[str, Any] = {"model": predictor.info.__dict__}
+    if args.eval_set:
+        report["synthetic"] = evaluate_synthetic(predictor, args.eval_set, limit=args.limit)
+    if args.real and args.real.is_dir():
+        report["real"] = evaluate_real(predictor, args.real, overlays=args.overlays)
+    report["negatives"] = evaluate_negatives(predictor)
+    report["seconds"] = round(time.monotonic() - t0, 1)
+    text = json.dumps(report, indent=1)
+    if args.json_out:
+        args.json_out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
