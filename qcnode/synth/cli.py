@@ -40,15 +40,22 @@ def _work(
     return index, lines, timings
 
 
-def _done_poses(manifest: Path) -> tuple[set[int], int]:
+def _done_poses(manifest: Path, prefix: str) -> tuple[set[int], int]:
+    """Poses of this run (ids starting with `prefix`) already written, and their chest samples.
+
+    Several runs (e.g. frontal and lateral halves of an evaluation set, with different seeds)
+    may share one folder and manifest.
+    """
     poses: set[int] = set()
     n = 0
     if manifest.is_file():
         for line in manifest.read_text().splitlines():
             if line.strip():
                 rec = json.loads(line)
+                if not str(rec["id"]).startswith(prefix):
+                    continue
                 poses.add(int(rec["pose"]))
-                n += 1
+                n += rec["view"] != "other"
     return poses, n
 
 
@@ -60,9 +67,9 @@ def synth_command(args: argparse.Namespace) -> int:
         split=args.split, seed=args.seed, view=args.view, variants_per_pose=per_pose
     )
     manifest = out / "manifest.jsonl"
-    done, have = _done_poses(manifest)
-    # Poses yield per_pose samples (`other` poses about half): over-provision by 10 %.
-    n_poses = math.ceil(args.count / per_pose * 1.1) + 1
+    done, have = _done_poses(manifest, f"{args.split}-s{args.seed}-")
+    # `count` is chest samples; `other` poses (≈15 %) come on top. Stops once count is reached.
+    n_poses = math.ceil(args.count / per_pose / (1.0 - plan.other_fraction)) + 5
     todo = [i for i in range(n_poses) if i not in done]
     workers = max(1, int(args.workers))
     threads = max(1, int(getattr(args, "threads", 0) or (1 if workers > 1 else 2)))
@@ -74,7 +81,7 @@ def synth_command(args: argparse.Namespace) -> int:
                 "view": args.view,
                 "count": args.count,
                 "variants_per_pose": per_pose,
-                "generator": "qcnode.synth v1",
+                "generator": "qcnode.synth v1.1",
             },
             indent=1,
         )
@@ -94,7 +101,7 @@ def synth_command(args: argparse.Namespace) -> int:
             for line in lines:
                 fh.write(json.dumps({**line, "pose": index}) + "\n")
             fh.flush()
-            have += len(lines)
+            have += sum(line["view"] != "other" for line in lines)  # `other` come on top
             renders += 1
             render_s += timings["render_s"]
             variants_s += timings["variants_s"]

@@ -88,14 +88,15 @@ def move_bones(
         if dy or dx:
             arms = masks["humerus_right"] | masks["humerus_left"]
             part = np.where(arms, bone[_MOVABLE], 0.0).astype(np.float32)
-            arm_bone = _shift(part, dy, dx)
-            sleeve = physics.gaussian(
-                torch.from_numpy((arm_bone > 0.05).astype(np.float32)), 12.0 / p
-            ).numpy()
-            bone[_MOVABLE] = bone[_MOVABLE] - part + arm_bone
-            water = water + 9.0 * np.clip(sleeve * 1.6, 0.0, 1.0).astype(np.float32)
+            moved = _shift(part, dy, dx)
+            bone[_MOVABLE] = bone[_MOVABLE] - part + moved
             for side in ("right", "left"):
                 masks[f"humerus_{side}"] = _shift(masks[f"humerus_{side}"], dy, dx)
+            if dy > 0:  # arms down in front of the chest: add their soft tissue
+                sleeve = physics.gaussian(
+                    torch.from_numpy((moved > 0.05).astype(np.float32)), 12.0 / p
+                ).numpy()
+                water = water + 9.0 * np.clip(sleeve * 1.6, 0.0, 1.0).astype(np.float32)
     return water, bone, masks
 
 
@@ -158,8 +159,7 @@ def compose(
     w_water = water[sub]
     w_bone = bone[:, sub[0], sub[1]].sum(axis=0)
     rng = np.random.default_rng(v.noise_seed)
-    rel = physics.detect(w_water, w_bone, field_win, v.exposure, p, rng)
-    rel_clean = physics.detect(w_water, w_bone, field_win, v.exposure, p, rng, noise=False)
+    rel, rel_clean = physics.detect(w_water, w_bone, field_win, v.exposure, p, rng)
     y, norm = physics.process(rel, field_win, v.exposure, p)
     y_clean, _ = physics.process(rel_clean, field_win, v.exposure, p, norm=norm)
     y_text = burn_in(y, v, frontal, rng, p)

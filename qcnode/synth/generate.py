@@ -91,7 +91,7 @@ def _params(pose: Pose, v: edits.Variant, extra: dict[str, Any], pitch: float) -
         "diaphragm_shift_mm": round(pose.diaphragm_shift_mm, 3),
         "beam_center_mm": [round(c, 3) for c in pose.center_mm],
         "scapula_shift_mm": {"right": v.scapula_shift_mm[0], "left": v.scapula_shift_mm[1]},
-        "arms": "down" if v.arms_shift_mm[0] > 0 else "raised",
+        "arms": "down" if v.arms_shift_mm[0] > 0 else "raised",  # (lateral views)
         "arms_shift_mm": {"down": v.arms_shift_mm[0], "anterior": v.arms_shift_mm[1]},
         "window_px": {"row0": r0, "col0": c0, "rows": hh, "cols": ww},
         "detector_mm": [round(hh * pitch, 1), round(ww * pitch, 1)],

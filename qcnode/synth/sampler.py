@@ -113,13 +113,13 @@ def draw_window(
     h, w = det.shape
     p = det.pitch_mm
     sizes = [(430.0, 430.0), (430.0, 350.0), (350.0, 430.0)]  # (height, width) mm
-    probs = [0.55, 0.2, 0.25] if view == "frontal" else [0.5, 0.45, 0.05]
+    probs = [0.7, 0.2, 0.1] if view == "frontal" else [0.6, 0.35, 0.05]
     hh_mm, ww_mm = sizes[int(g.choice(3, p=probs))]
     hh, ww = min(h, round(hh_mm / p)), min(w, round(ww_mm / p))
     r0l, r1l, c0l, c1l = lungs_bbox
     cr, cc = (r0l + r1l) / 2.0, (c0l + c1l) / 2.0
     if g.uniform() < 0.7:
-        cr += g.normal(0, 12.0 / p) - 10.0 / p
+        cr += g.normal(0, 10.0 / p)
         cc += g.normal(0, 12.0 / p)
     else:
         cr += g.uniform(-90.0, 90.0) / p
@@ -156,8 +156,13 @@ def draw_variant(
     if view == "frontal":
         # The CT's scapulae project ~45 mm into the lungs: most draws move them laterally.
         scap = (_scapula(g), _scapula(g))
-    if view == "lateral" and g.uniform() < 0.3:
-        arms = (float(g.uniform(100, 220)), float(g.uniform(0, 60)))
+    if view == "lateral":
+        # The CT's raised humeral heads overlap the apices by ~600 mm² in a lateral: "raised
+        # clear" moves them up, "down" moves them over the lung fields.
+        if g.uniform() < 0.35:
+            arms = (float(g.uniform(100, 220)), float(g.uniform(0, 60)))
+        else:
+            arms = (-float(g.uniform(45, 90)), float(g.uniform(-10, 10)))
     return Variant(
         window=window,
         shutters_mm=shutters,

