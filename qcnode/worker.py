@@ -92,6 +92,7 @@ class _Item:
     decode_ms: float = 0.0
     objects: list[tuple[str, Dataset]] = field(default_factory=list)
     masks_path: str | None = None
+    extra_ms: dict[str, float] = field(default_factory=dict)
 
 
 class Worker:
@@ -218,7 +219,8 @@ class Worker:
             return
         for item, (prediction, result) in zip(items, pairs, strict=True):
             item.prediction = prediction
-            timings = {"decode": item.decode_ms, **result.timings_ms}
+            timings = {**result.timings_ms, "decode": item.decode_ms}
+            timings["total"] = sum(v for k, v in timings.items() if k != "total")
             item.result = QCResult(
                 sop_instance_uid=result.sop_instance_uid,
                 view=result.view,
@@ -241,6 +243,7 @@ class Worker:
             or item.image is None
         ):
             return
+        t0 = time.perf_counter()
         try:
             datasets = self.builder.build(
                 item.source, item.image, item.prediction, result, objects=self.object_kinds
@@ -248,6 +251,7 @@ class Worker:
         except Exception:  # a report bug must not lose the QC result
             log.exception("cannot build result objects for instance #%d", item.instance.id)
             return
+        item.extra_ms["report"] = (time.perf_counter() - t0) * 1000
         for ds in datasets:
             kind = OBJECT_KINDS.get(str(ds.SOPClassUID), "")
             if kind:
@@ -257,6 +261,7 @@ class Worker:
         # Files first (durable, deterministic names), then one transaction for all rows.
         written: dict[int, list[tuple[str, Dataset, str, int]]] = {}
         for item in items:
+            t0 = time.perf_counter()
             if item.prediction is not None and item.prediction.masks:
                 try:
                     item.masks_path = self.store.write_masks(
@@ -271,6 +276,7 @@ class Worker:
                     log.error("cannot write a %s for instance #%d: %s", kind, item.instance.id, exc)
                     continue
                 written.setdefault(item.claim.job_id, []).append((kind, ds, rel, size))
+            item.extra_ms["write"] = (time.perf_counter() - t0) * 1000
         with self.sessions.begin() as session:
             for item in items:
                 job = self.queue.holds(session, item.claim)
@@ -317,7 +323,9 @@ class Worker:
             model_name=result.model.name if result.model else "",
             model_version=result.model.version if result.model else "",
             model_sha256=result.model.sha256 if result.model else "",
-            timings_ms={k: round(float(v), 2) for k, v in result.timings_ms.items()},
+            timings_ms={
+                k: round(float(v), 2) for k, v in {**result.timings_ms, **item.extra_ms}.items()
+            },
             error=result.error,
             masks_path=item.masks_path,
         )
