@@ -256,8 +256,16 @@ def _web(settings: Settings, node: Node) -> Callable[[], None] | None:
     return run
 
 
+def _quiet_libraries(settings: Settings) -> None:
+    """pynetdicom narrates every association at INFO; keep that for --verbose."""
+    if not settings.verbose:
+        for name in ("pynetdicom", "alembic", "uvicorn.access"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def serve(settings: Settings) -> int:
     """``qcnode serve``: ingest + workers + senders + dashboard in one process."""
+    _quiet_libraries(settings)
     node = Node(settings=settings)
     node.start()
     return _run_until_signal(node, _web(settings, node))
@@ -267,6 +275,7 @@ def run_worker(settings: Settings) -> int:
     """``qcnode worker``: QC workers only, sharing the database (scale-out)."""
     if settings.workers <= 0:
         raise ConfigError("qcnode worker needs workers >= 1")
+    _quiet_libraries(settings)
     node = Node(settings=settings)
     node.start(ingest=False, senders=False)
     return _run_until_signal(node)
