@@ -47,6 +47,7 @@ RESULT_SOP_CLASSES = (
 )
 RESULT_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 CLAIM_LEASE = dt.timedelta(seconds=60)
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4: what we record when no context was accepted
 MAX_BACKOFF_SECONDS = 600.0
 
 
@@ -102,7 +103,10 @@ class DicomSender:
         assoc = self._assoc(destination)
         try:
             status = assoc.send_c_store(path)
-        except (ValueError, RuntimeError, OSError) as exc:
+        except ValueError as exc:  # no accepted presentation context for this object
+            log.warning("%s did not accept this object: %s", destination_key(destination), exc)
+            return SOP_CLASS_NOT_SUPPORTED
+        except (RuntimeError, OSError) as exc:
             assoc.abort()
             raise DeliveryError(f"C-STORE to {destination_key(destination)}: {exc}") from exc
         if "Status" not in status:  # no response: connection lost, timed out, aborted
