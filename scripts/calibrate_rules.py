@@ -51,6 +51,14 @@ def features(path_dcm: Path, path_masks: Path, view: View, cfg: RulesConfig) -> 
             out[rule] = {"error": repr(exc)}
             continue
         out[rule] = {"status": str(f.status), "value": f.value}
+    names = ("lung_right", "lung_left") if view is View.FRONTAL else ("lung_right",)
+    ratios = []
+    for n in names:
+        m = s.clean(n) if view is View.FRONTAL else s.lungs
+        a = s.area_mm2(m)
+        if a > 0:
+            ratios.append(s.edge_contact_mm(m) ** 2 / a)
+    out["lung_cut_ratio"] = max(ratios) if ratios else None
     lungs = masks["lung_right"] | masks["lung_left"]
     ext = col_extent(lungs)
     if ext is not None and image.spacing_mm is not None:
@@ -206,6 +214,14 @@ def report(rows: list[dict[str, Any]], cfg: RulesConfig) -> None:
                 print(
                     f"  rotation: tan(theta_true) = k * ratio, k (w/D) = {k:.4f}, corr {corr:.3f}"
                 )
+        lc = [
+            (r["feats"].get("lung_cut_ratio"), r["truth"].get("organs.lungs", {}).get("status"))
+            for r in vr
+        ]
+        lc = [(v, t) for v, t in lc if v is not None and t is not None]
+        if lc:
+            t_best, a_best = sweep([v for v, _ in lc], [t in PROBLEM for _, t in lc], False)
+            print(f"  organs.lungs by contact²/area: best {t_best:.4g} acc {100 * a_best:.1f}%")
         ext = [r["feats"].get("lung_extent_mm") for r in vr]
         ext = [e for e in ext if e]
         if ext:

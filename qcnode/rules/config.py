@@ -34,7 +34,7 @@ class OrgansConfig:
     heart_min_area_mm2: float = 3000.0
     clavicle_min_area_mm2: float = 750.0
     spine_min_area_mm2: float = 1500.0
-    spine_truncation_fail_mm: float = 40.0
+    spine_truncation_fail_mm: float = 100.0
     sternum_min_area_mm2: float = 300.0
     truncation_fail_mm: float = 110.0
     diaphragm_cut_fail_percent: float = 95.0
@@ -46,7 +46,7 @@ class ExposureConfig:
     deviation_index_fail: float = 3.0
     saturation_fail_percent: float = 1.0
     saturation_level: float = 0.002
-    contrast_fail: float = 0.42
+    contrast_fail: float = 0.64
     noise_fail: float = 0.045
     spine_through_heart_fail: float = 1.2
     spine_through_heart_delta: float = 0.02
@@ -61,8 +61,8 @@ class PositioningConfig:
     scapulae_fail_mm: float = 10.0
     inspiration_pass_ribs: int = 10
     inspiration_warn_ribs: int = 9
-    inspiration_recess_ribs: int = 1
-    tilt_min_mm: float = 7.0
+    inspiration_recess_ribs: int = 0
+    tilt_min_mm: float = 10.0
     tilt_max_mm: float = 20.0
     orientation_heart_offset_mm: float = 5.0
     lateral_rotation_fail_mm: float = 10.0

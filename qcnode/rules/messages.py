@@ -7,6 +7,7 @@ language-free.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from qcnode.records import Finding, Geometry, Status
@@ -416,6 +417,13 @@ def render(rule: str, key: str, language: str, **params: Any) -> str:
     return template(rule, key, language).format(**values)
 
 
+def _round(x: float) -> float:
+    """Two decimals, but at least three significant digits (noise is ~0.01)."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    return round(x, max(2, 2 - math.floor(math.log10(abs(x)))))
+
+
 def make(
     s: Any,
     rule: str,
@@ -430,7 +438,7 @@ def make(
 ) -> Finding:
     """Build a Finding with the catalogue's family/unit and the message in ``s.language``."""
     spec = SPECS[rule]
-    v = None if value is None else round(float(value), 2)
+    v = None if value is None else _round(float(value))
     t = None if threshold is None else float(threshold)
     message = render(rule, key, s.language, value=v, threshold=t, **params)
     return Finding(

@@ -266,7 +266,7 @@ def test_scapulae_inspiration_tilt() -> None:
     for n_ribs, status in ((9, Status.WARN), (8, Status.FAIL), (10, Status.PASS)):
         m = frontal_phantom()
         m["ribs_posterior_right"] = box(
-            m["ribs_posterior_right"], 40 + 24 * (n_ribs + 1), 399, 0, 399, False
+            m["ribs_posterior_right"], 40 + 24 * n_ribs, 399, 0, 399, False
         )
         f = run(m)
         assert f["positioning.inspiration"].value == n_ribs
@@ -343,7 +343,7 @@ def test_metadata_view_and_spacing() -> None:
     sp = f["metadata.spacing"]
     assert sp.status is Status.WARN
     # anatomy scale: the two lungs span cols 60..340 = 281 px for anatomy_lung_span_mm
-    assert sp.value == pytest.approx(round(CFG.metadata.anatomy_lung_span_mm / 281, 2))
+    assert sp.value == pytest.approx(CFG.metadata.anatomy_lung_span_mm / 281, abs=1e-3)
     assert f["completeness.apices"].value == pytest.approx(
         41 * CFG.metadata.anatomy_lung_span_mm / 281, abs=0.01
     )
