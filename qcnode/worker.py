@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pydicom.dataset import Dataset
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from qcnode.config import Destination, Settings
@@ -92,6 +92,7 @@ class _Item:
     decode_ms: float = 0.0
     objects: list[tuple[str, Dataset]] = field(default_factory=list)
     masks_path: str | None = None
+    result_id: int | None = None
     extra_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -166,9 +167,22 @@ class Worker:
         for item in items:
             self._prepare(item)
         self._analyze([i for i in items if i.result is None])
+        # Phase 1: the verdict and the SR (what the reading room waits for) are committed
+        # and handed to the sender first; phase 2 adds the overlay SC, GSPS, KOS and the
+        # masks and finishes the job. A crash between the phases leaves the job running:
+        # it is claimed again and redone (same UIDs, so the PACS keeps one SR).
+        first = tuple(k for k in self.object_kinds if k == "sr")
+        rest = tuple(k for k in self.object_kinds if k != "sr")
+        two_phase = bool(first and rest)
         for item in items:
-            self._build(item)
-        self._commit(items)
+            self._build(item, first if two_phase else self.object_kinds)
+        self._save(items, phase=1 if two_phase else 0)
+        if two_phase:
+            self.on_result()
+            for item in items:
+                item.objects.clear()
+                self._build(item, rest)
+            self._save(items, phase=2)
         self.processed += len(items)
         log.info(
             "processed %d image(s) in %.0f ms",
@@ -232,12 +246,12 @@ class Worker:
                 error=result.error,
             )
 
-    def _build(self, item: _Item) -> None:
+    def _build(self, item: _Item, kinds: tuple[str, ...]) -> None:
         result = item.result
         assert result is not None
         if (
             self.builder is None
-            or not self.object_kinds
+            or not kinds
             or result.verdict not in EVALUATED
             or item.source is None
             or item.image is None
@@ -246,23 +260,28 @@ class Worker:
         t0 = time.perf_counter()
         try:
             datasets = self.builder.build(
-                item.source, item.image, item.prediction, result, objects=self.object_kinds
+                item.source, item.image, item.prediction, result, objects=kinds
             )
         except Exception:  # a report bug must not lose the QC result
             log.exception("cannot build result objects for instance #%d", item.instance.id)
             return
-        item.extra_ms["report"] = (time.perf_counter() - t0) * 1000
+        ms = (time.perf_counter() - t0) * 1000
+        item.extra_ms["report"] = item.extra_ms.get("report", 0.0) + ms
         for ds in datasets:
             kind = OBJECT_KINDS.get(str(ds.SOPClassUID), "")
             if kind:
                 item.objects.append((kind, ds))
 
-    def _commit(self, items: list[_Item]) -> None:
-        # Files first (durable, deterministic names), then one transaction for all rows.
+    def _save(self, items: list[_Item], *, phase: int) -> None:
+        """Write the files (durable, deterministic names), then one transaction.
+
+        phase 0: everything at once; 1: result, findings and objects, job kept running;
+        2: more objects and the masks, job finished.
+        """
         written: dict[int, list[tuple[str, Dataset, str, int]]] = {}
         for item in items:
             t0 = time.perf_counter()
-            if item.prediction is not None and item.prediction.masks:
+            if phase != 1 and item.prediction is not None and item.prediction.masks:
                 try:
                     item.masks_path = self.store.write_masks(
                         item.instance.sop_instance_uid, item.prediction.masks
@@ -276,20 +295,32 @@ class Worker:
                     log.error("cannot write a %s for instance #%d: %s", kind, item.instance.id, exc)
                     continue
                 written.setdefault(item.claim.job_id, []).append((kind, ds, rel, size))
-            item.extra_ms["write"] = (time.perf_counter() - t0) * 1000
+            ms = (time.perf_counter() - t0) * 1000
+            item.extra_ms["write"] = item.extra_ms.get("write", 0.0) + ms
         with self.sessions.begin() as session:
             for item in items:
                 job = self.queue.holds(session, item.claim)
                 if job is None:
-                    log.warning(
-                        "lost the lease of job #%d; its new holder will finish it",
-                        item.claim.job_id,
-                    )
+                    if phase != 2 or item.result_id is not None:
+                        log.warning(
+                            "lost the lease of job #%d; its new holder will finish it",
+                            item.claim.job_id,
+                        )
                     continue
-                result = item.result
-                assert result is not None
-                self._store_result(session, item, result, written.get(item.claim.job_id, []))
-                self.queue.finish(session, job)
+                objects = written.get(item.claim.job_id, [])
+                if phase == 2 and item.result_id is not None:
+                    self._add_objects(session, item.result_id, objects)
+                    session.execute(
+                        update(Result)
+                        .where(Result.id == item.result_id)
+                        .values(masks_path=item.masks_path, timings_ms=self._timings(item))
+                    )
+                elif phase != 2:
+                    item.result_id = self._store_result(session, item, objects)
+                if phase != 1:
+                    self.queue.finish(session, job)
+        if phase == 1:
+            return
         for item in items:
             r = item.result
             assert r is not None
@@ -302,13 +333,20 @@ class Worker:
                 extra={"instance_id": item.instance.id, "verdict": str(r.verdict)},
             )
 
+    @staticmethod
+    def _timings(item: _Item) -> dict[str, float]:
+        assert item.result is not None
+        merged = {**item.result.timings_ms, **item.extra_ms}
+        return {k: round(float(v), 2) for k, v in merged.items()}
+
     def _store_result(
         self,
         session: Session,
         item: _Item,
-        result: QCResult,
         objects: list[tuple[str, Dataset, str, int]],
-    ) -> None:
+    ) -> int:
+        result = item.result
+        assert result is not None
         session.execute(delete(Result).where(Result.instance_id == item.instance.id))
         fam = {str(k): str(v) for k, v in result.families.items()}
         row = Result(
@@ -323,9 +361,7 @@ class Worker:
             model_name=result.model.name if result.model else "",
             model_version=result.model.version if result.model else "",
             model_sha256=result.model.sha256 if result.model else "",
-            timings_ms={
-                k: round(float(v), 2) for k, v in {**result.timings_ms, **item.extra_ms}.items()
-            },
+            timings_ms=self._timings(item),
             error=result.error,
             masks_path=item.masks_path,
         )
@@ -348,9 +384,15 @@ class Worker:
                     ],
                 )
             )
+        self._add_objects(session, row.id, objects)
+        return row.id
+
+    def _add_objects(
+        self, session: Session, result_id: int, objects: list[tuple[str, Dataset, str, int]]
+    ) -> None:
         for kind, ds, rel, size in objects:
             obj = ResultObject(
-                result_id=row.id,
+                result_id=result_id,
                 kind=kind,
                 sop_class_uid=str(ds.SOPClassUID),
                 sop_instance_uid=str(ds.SOPInstanceUID),

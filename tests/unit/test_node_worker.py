@@ -150,3 +150,37 @@ def test_unreadable_pixels_give_an_error_result(env, tmp_path) -> None:  # type:
         assert "pixel data" in (results[0].error or "")
         assert "too large" in (results[1].error or "")
         assert not list(s.scalars(select(Outbox)))
+
+
+def test_sr_is_committed_before_the_overlay_is_built(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Phase 1 hands the SR to the sender while the SC is still being drawn."""
+    settings, sessions, store = env
+    receive(sessions, store, tmp_path)
+    real = ReportBuilder(settings=settings)
+    drawing, release = threading.Event(), threading.Event()
+
+    class SlowOverlay:
+        def build(self, source, image, prediction, result, *, objects):  # type: ignore[no-untyped-def]
+            if "sc" in objects:
+                drawing.set()
+                assert release.wait(30)
+            return real.build(source, image, prediction, result, objects=objects)
+
+    worker = make_worker(settings, sessions, store, phantom_predictor())
+    worker.builder = SlowOverlay()
+    woken: list[int] = []
+    worker.on_result = lambda: woken.append(1)
+    t = threading.Thread(target=worker.run_once)
+    t.start()
+    assert drawing.wait(30)
+    with sessions() as s:
+        assert s.scalar(select(Job.state)) == "running"
+        assert list(s.scalars(select(ResultObject.kind))) == ["sr"]
+        assert len(list(s.scalars(select(Outbox)))) == 2  # PACS and ARCHIVE get the SR
+    assert woken == [1]  # the sender was woken for the SR
+    release.set()
+    t.join(30)
+    with sessions() as s:
+        assert s.scalar(select(Job.state)) == DONE
+        assert sorted(s.scalars(select(ResultObject.kind))) == ["sc", "sr"]
+        assert s.scalar(select(Result.masks_path))
