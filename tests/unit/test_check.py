@@ -124,3 +124,23 @@ def test_readable_table_without_json(tmp_path: Path) -> None:
 def test_dataset_is_readable_by_pydicom(tmp_path: Path) -> None:
     write_dx(tmp_path / "a.dcm")
     assert pydicom.dcmread(tmp_path / "a.dcm").Modality == "DX"
+
+
+def test_compressed_transfer_syntaxes_give_the_same_verdicts(tmp_path: Path) -> None:
+    from pydicom.uid import JPEGLSLossless, RLELossless
+
+    write_dx(tmp_path / "0_plain.dcm")
+    plain = pydicom.dcmread(tmp_path / "0_plain.dcm")
+    for i, syntax in enumerate((RLELossless, JPEGLSLossless), start=1):
+        ds = pydicom.dcmread(tmp_path / "0_plain.dcm")
+        ds.compress(syntax)
+        ds.save_as(tmp_path / f"{i}_{syntax.name.split()[0]}.dcm", enforce_file_format=True)
+    _, text = _check([tmp_path])
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert len(rows) == 3
+    statuses = [[f["status"] for f in r["findings"]] for r in rows]
+    assert statuses[0] == statuses[1] == statuses[2]
+    assert (
+        plain.file_meta.TransferSyntaxUID
+        != pydicom.dcmread(tmp_path / "1_RLE.dcm").file_meta.TransferSyntaxUID
+    )
