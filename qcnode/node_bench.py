@@ -269,7 +269,15 @@ def bench_e2e(
     from pynetdicom import AE
     from sqlalchemy import select
 
-    from qcnode.db import Instance, Outbox, Result, ResultObject, make_engine, make_sessions
+    from qcnode.db import (
+        Instance,
+        Job,
+        Outbox,
+        Result,
+        ResultObject,
+        make_engine,
+        make_sessions,
+    )
     from qcnode.node import Node
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -375,8 +383,11 @@ def bench_e2e(
         burst_s = time.perf_counter() - t0
 
         def pending() -> int:
+            """Outbox rows not yet sent plus jobs not finished (phase 2 adds SC rows)."""
             with sessions() as db:
-                return len(db.execute(select(Outbox.id).where(Outbox.state == "pending")).all())
+                rows = db.execute(select(Outbox.id).where(Outbox.state == "pending")).all()
+                jobs = db.execute(select(Job.id).where(Job.state != "done")).all()
+                return len(rows) + len(jobs)
 
         wait(0, lambda: -pending())  # every object delivered before counting at the PACS
         engine.dispose()
