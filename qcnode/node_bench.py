@@ -348,12 +348,18 @@ def bench_e2e(
         wait(1, finished)
         has_sr = delivered_sr() >= 1 or _wait_quiet(delivered_sr, 1, 10.0)
         base = delivered_sr()
-        # latency: one image at a time
+
+        def idle() -> int:
+            with sessions() as db:
+                return -len(db.execute(select(Job.id).where(Job.state != "done")).all())
+
+        # latency: one image at a time, each sent when the node is idle again
         for i, ds in enumerate(images[:latency_images]):
             send([ds])
             wait(i + 2, finished)
             if has_sr:
                 wait(base + i + 1, delivered_sr)
+            wait(0, idle)
         latencies = []
         with sessions() as db:
             uids = [str(d.SOPInstanceUID) for d in images[:latency_images]]
