@@ -63,9 +63,9 @@ def _landmark_margins(s: Subject, rule: str, threshold: float, landmark: str) ->
         missing = next(side for side in SIDES if side not in points)
         return make(s, rule, Status.NOT_EVALUABLE, None, threshold, "missing", side=missing)
     margins = {side: s.margin_mm(p) for side, p in points.items()}
-    if landmark in ("wall", "costophrenic"):
+    if landmark == "wall":
         for side in points:
-            if _cut_laterally(s, side, lower_only=landmark == "costophrenic"):
+            if _cut_laterally(s, side):
                 margins[side] = min(margins[side], 0.0)
     worst = min(margins, key=lambda k: margins[k])
     value = margins[worst]
@@ -76,12 +76,9 @@ def _landmark_margins(s: Subject, rule: str, threshold: float, landmark: str) ->
     return make(s, rule, status, value, threshold, str(status), geometry, side=worst)
 
 
-def _cut_laterally(
-    s: Subject, side: str, band_mm: float = 10.0, *, lower_only: bool = False
-) -> bool:
-    """The lung's outer 10 mm of columns touch the field edge below its upper third (lower
-    third for the costophrenic angle): the landmark may lie beyond the edge (a lung cropped
-    at the bottom has its widest point and its angle cut away)."""
+def _cut_laterally(s: Subject, side: str, band_mm: float = 10.0) -> bool:
+    """The lung's outer 10 mm of columns touch the field edge below its upper third: the
+    wall may lie beyond it (a lung cropped at the bottom has its widest point cut away)."""
     lung = s.clean(f"lung_{side}")
     ext = col_extent(lung)
     if ext is None:
@@ -91,8 +88,7 @@ def _cut_laterally(
     k = max(1, round(band_mm / s.sx))
     cols = np.arange(lung.shape[1])
     outer = (cols <= ext[0] + k) if lateral_sign(s, side) < 0 else (cols >= ext[1] - k)
-    cut = (rows[1] - rows[0]) * (2 if lower_only else 1) // 3
-    lower = np.arange(lung.shape[0]) >= rows[0] + cut
+    lower = np.arange(lung.shape[0]) >= rows[0] + (rows[1] - rows[0]) // 3  # not the apex
     return bool((lung & s.field_ring & outer[None, :] & lower[:, None]).any())
 
 

@@ -47,7 +47,7 @@ class ExposureConfig:
     saturation_fail_percent: float = 1.0
     saturation_level: float = 0.002
     contrast_fail: float = 0.64
-    noise_fail: float = 0.045
+    noise_fail: float = 0.03
     spine_through_heart_fail: float = 1.2
     spine_through_heart_delta: float = 0.02
     sharpness_edge_fail_mm: float = 16.0
