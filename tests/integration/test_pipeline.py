@@ -76,13 +76,19 @@ def test_storescu_to_orthanc(tmp_path: Path, orthanc: Orthanc, database_url: str
     try:
         files = [chest_file(tmp_path / "in" / f"{i}.dcm", seed=i) for i in range(4)]
         knee = write(radiograph(rows=64, columns=64, body_part="KNEE"), tmp_path / "in" / "k.dcm")
-        run = storescu(node.port, [*files, knee])
+        nopix = write(radiograph(rows=64, columns=64, pixel_data=False), tmp_path / "in" / "n.dcm")
+        huge = radiograph(rows=64, columns=64)
+        huge.Rows = huge.Columns = 60000  # absurd header, small pixel data
+        huge_file = write(huge, tmp_path / "in" / "h.dcm")
+        bad = [knee, nopix, huge_file]
+        run = storescu(node.port, [*files, *bad])
         assert run.returncode == 0, run.stderr
         sent = [str(pydicom.dcmread(f).SOPInstanceUID) for f in files]
-        knee_uid = str(pydicom.dcmread(knee).SOPInstanceUID)
-        wait_for(lambda: len(node.results()) == 5, 300, "QC of every image", step=0.5)
+        knee_uid, nopix_uid, huge_uid = (str(pydicom.dcmread(f).SOPInstanceUID) for f in bad)
+        wait_for(lambda: len(node.results()) == 7, 300, "QC of every image", step=0.5)
         results = node.results()
         assert results[knee_uid] == "not_applicable"
+        assert results[nopix_uid] == results[huge_uid] == "error"
         evaluated = [u for u in sent if results[u] in ("pass", "warn", "fail")]
         assert evaluated, results  # the test model sees these phantoms as frontal chests
         assert set(results[u] for u in sent) <= {"pass", "warn", "fail", "not_applicable"}
