@@ -6,7 +6,8 @@ burned-in text and air outside the body do not count:
 - tonal range: 1st–99th percentile of the exposed field;
 - lung: both lungs minus heart, spine, clavicles and scapulae (aerated lung only);
 - mediastinum: the heart;
-- noise: the pixel noise std in the aerated lung (robust std of the high-pass image);
+- noise: the pixel noise std in the aerated lung between the ribs (robust std of the
+  high-pass image);
 - spine visibility: vertebrae vs the paraspinal heart shadow, over the heart's noise;
 - sharpness: the edge width (step / steepest slope) of both heart borders against lung.
 """
@@ -86,7 +87,15 @@ def region_noise(s: Subject, region: BoolMask) -> float | None:
 
 
 def noise_sigma(s: Subject) -> float | None:
-    v = s.cached("noise_sigma", lambda: region_noise(s, lung_region(s)))
+    """Noise in the aerated lung between the ribs (rib edges are structure, not noise)."""
+
+    def compute() -> float | None:
+        region = lung_region(s)
+        ribs = s.mask("ribs_posterior_right") | s.mask("ribs_posterior_left")
+        between = region & ~ndimage.binary_dilation(ribs, iterations=2)
+        return region_noise(s, between if between.sum() >= 200 else region)
+
+    v = s.cached("noise_sigma", compute)
     return v  # type: ignore[return-value]
 
 
