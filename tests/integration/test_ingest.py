@@ -343,3 +343,35 @@ def test_dicom_tls_with_client_certificates(start_node, tmp_path) -> None:  # ty
             answer = b""
         assert answer == b""
     assert len(rows(node)) == 1
+
+
+def test_tcp_nodelay_and_concurrent_modalities(start_node, make_radiograph) -> None:  # type: ignore[no-untyped-def]
+    import socket
+    import threading
+
+    node = start_node()
+    port = node.address[1]
+    ae = AE(ae_title="PEEK")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="QCNODE")
+    server_side = [a for a in node.ingest.server.ae.active_associations if a.is_acceptor]
+    assert server_side
+    sock = server_side[0].dul.socket.socket
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    assoc.release()
+    # four modalities at once: every image kept, no database lock errors
+    batches = [
+        [make_radiograph(rows=128, columns=128, seed=10 * m + i) for i in range(5)]
+        for m in range(4)
+    ]
+    runs: list[subprocess.CompletedProcess[str]] = []
+    threads = [
+        threading.Thread(target=lambda b=b, m=m: runs.append(storescu(port, b, calling=f"MOD{m}")))
+        for m, b in enumerate(batches)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [r.returncode for r in runs] == [0, 0, 0, 0], [r.stderr for r in runs]
+    assert len(rows(node)) == 20

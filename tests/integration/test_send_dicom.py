@@ -3,6 +3,7 @@ and an unreachable destination."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,8 @@ def test_store_reuse_and_refusals(tmp_path: Path, orthanc: Orthanc) -> None:
         assert [sender.store(dest, p) for p in scs] == [0, 0, 0]
         assoc = sender._assocs[f"{dest.ae_title}@127.0.0.1:{dest.port}"]
         assert assoc.is_established  # one association for all three
+        sock = assoc.dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         dx = write(radiograph(rows=16, columns=16), tmp_path / "dx.dcm")  # not a result class
         assert sender.store(dest, dx) == SOP_CLASS_NOT_SUPPORTED
         assert assoc.is_established
