@@ -131,6 +131,8 @@ class Node:
         self.engine = make_engine(s)
         sessions = make_sessions(self.engine)
         store = FileStore(root=s.data_dir)
+        if store.sweep_tmp():
+            log.info("removed leftovers of interrupted receptions from %s", store.tmp)
         wake = threading.Event()
         JobQueue(sessions=sessions, worker_id="startup", lease_seconds=1).release_dead_local()
         if s.workers > 0:

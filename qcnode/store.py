@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -117,6 +118,20 @@ class FileStore:
 
     def absolute(self, relative: str | Path) -> Path:
         return self.root / relative
+
+    def sweep_tmp(self, *, older_than_s: float = 3600.0) -> int:
+        """Remove leftovers of receptions a crash interrupted (never acknowledged). Only old
+        files: another ingest process sharing ``data_dir`` may be receiving right now."""
+        removed = 0
+        cutoff = time.time() - older_than_s
+        for path in self.tmp.iterdir():
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free

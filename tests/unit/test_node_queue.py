@@ -77,3 +77,15 @@ def test_startup_requeues_jobs_of_dead_local_processes(sessions) -> None:  # typ
     with sessions() as s:
         states = {i: st for i, st in s.execute(select(Job.id, Job.state)).all()}
     assert states == {1: QUEUED, 2: RUNNING}
+
+
+def test_sweep_removes_only_old_leftovers(tmp_path: Path) -> None:
+    from qcnode.store import FileStore
+
+    store = FileStore(root=tmp_path)
+    old, new = store.tmp / "old.dcm", store.tmp / "new.dcm"
+    old.write_bytes(b"x")
+    new.write_bytes(b"y")
+    os.utime(old, (0, 0))
+    assert store.sweep_tmp() == 1
+    assert not old.exists() and new.exists()
