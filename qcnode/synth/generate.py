@@ -45,34 +45,48 @@ def _bbox(m: npt.NDArray[np.bool_]) -> tuple[int, int, int, int]:
 
 
 def count_ribs(ct: ctmod.PreparedCT, pose: Pose, proj: Projection | None = None) -> dict[str, Any]:
-    """Posterior ribs above the right hemidiaphragm, counted in a frontal view of this pose.
+    """Posterior ribs above the right hemidiaphragm dome, counted in a frontal view.
 
-    At the right lung's mid column (≈ mid-clavicular line) the dome is the top of the liver's
-    projection; the count is the highest posterior rib number seen above it on that column.
-    For lateral poses the same 3D state is projected PA at low resolution to count.
+    The dome is the top of the liver's projection (refined on a 1 mm column through its top);
+    the count is the highest posterior rib number seen above the dome's row on five columns
+    across the lateral half of the right lung (the labelled posterior ribs stop ≈2 cm lateral
+    of the spine, so a single mid-lung column misses them on rotated patients). Lateral poses
+    are projected PA at low resolution to count.
     """
     if proj is None or pose.view_position not in render.FRONTAL_POSITIONS:
         pose = replace(pose, view_position="PA", sid_mm=1800.0)
         proj = render.render(ct, pose, _COUNT_DET)
-    # Locate the column on the (coarse) projection, then sample it finely (1 mm rows).
     lung = proj.masks["lung_right"]
     r0, r1, c0, c1 = _bbox(lung)
     p = proj.pitch_mm
     h, w = proj.water_cm.shape
     det = Detector(width_mm=w * p, height_mm=h * p, pitch_mm=1.0, depth_step_mm=2.0)
-    col = round(((c0 + c1) / 2.0 + 0.5) * p - 0.5)
-    bits = render.soft_bits_along_column(ct, pose, det, col)
-    liver = np.nonzero((bits >> ctmod.SOFT_BITS["abdomen_right"]) & 1)[0]
-    lung_rows = np.nonzero((bits >> ctmod.SOFT_BITS["lung_right"]) & 1)[0]
-    top = int(lung_rows[0]) if lung_rows.size else int(r0 * p)
-    dome_row = int(liver[0]) if liver.size else int((r1 + 1) * p)
-    seen = render.rib_indices_along_column(ct, pose, det, col, range(max(0, top - 5), dome_row))
-    ribs = sorted(set().union(*seen)) if seen else []
+
+    def fine(c: float) -> int:
+        return round((c + 0.5) * p - 0.5)
+
+    lung_cols = np.asarray(lung.any(axis=0), dtype=bool)
+    liver = proj.masks["abdomen_right"] & lung_cols[None, :]
+    lrows = np.nonzero(liver.any(axis=1))[0]
+    if lrows.size:
+        dome_col = fine(float(np.median(np.nonzero(liver[lrows[0]])[0])))
+    else:
+        dome_col = fine((c0 + c1) / 2.0)
+    bits = render.soft_bits_along_column(ct, pose, det, dome_col)
+    liv = np.nonzero((bits >> ctmod.SOFT_BITS["abdomen_right"]) & 1)[0]
+    dome_row = int(liv[0]) if liv.size else int((r1 + 1) * p)
+    top = max(0, int(r0 * p) - 10)
+    ribs: set[int] = set()
+    cols = [fine(c0 + f * (c1 - c0)) for f in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    for col in cols:
+        for seen in render.rib_indices_along_column(ct, pose, det, col, range(top, dome_row)):
+            ribs |= seen
     return {
-        "count": int(max(ribs)) if ribs else 0,
-        "ribs_seen": ribs,
-        "column": col,
+        "count": max(ribs) if ribs else 0,
+        "ribs_seen": sorted(ribs),
+        "columns": cols,
         "dome_row": dome_row,
+        "dome_column": dome_col,
         "pitch_mm": det.pitch_mm,
     }
 

@@ -198,13 +198,53 @@ def summary(set_dir: Path) -> dict[str, object]:
     return {"views": views, "rules": dict(sorted(rules.items()))}
 
 
+def bench(renders: int = 3, variants: int = 20) -> dict[str, object]:
+    """Renders/s (3D pool) and variants/s (2D edits + physics + truth inputs) on this machine."""
+    import os
+    import time
+
+    import torch
+
+    from qcnode.synth import ct as ctmod
+    from qcnode.synth import edits, generate, render, sampler
+
+    ct = ctmod.load()
+    det = generate.BIG
+    t0 = time.perf_counter()
+    projs = []
+    for i in range(renders):
+        g = sampler.rng_for("test", 0, i)
+        projs.append(render.render(ct, sampler.draw_pose(g, "test", "frontal"), det))
+    t_render = time.perf_counter() - t0
+    proj = projs[0]
+    lb = generate._bbox(proj.masks["lung_right"] | proj.masks["lung_left"])
+    t1 = time.perf_counter()
+    for k in range(variants):
+        g = sampler.rng_for("test", 0, 0, 100 + k)
+        edits.compose(proj, sampler.draw_variant(g, det, lb, "frontal", k), frontal=True)
+    t_var = time.perf_counter() - t1
+    return {
+        "detector_px": list(det.shape),
+        "pitch_mm": det.pitch_mm,
+        "renders_per_s": round(renders / t_render, 3),
+        "variants_per_s": round(variants / t_var, 2),
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--set", type=Path, required=True, dest="set_dir")
+    ap.add_argument("--set", type=Path, dest="set_dir", default=Path("data/synth/train-v1"))
     ap.add_argument("--real", type=Path, default=Path("../shared/data/realcxr"))
     ap.add_argument("--docs", type=Path, default=Path("docs"))
     ap.add_argument("--summary", action="store_true", help="only print status counts")
+    ap.add_argument("--bench", action="store_true", help="only measure renders/s, variants/s")
     args = ap.parse_args()
+    if args.bench:
+        print(json.dumps(bench()))
+        return 0
     if args.summary:
         print(json.dumps(summary(args.set_dir), indent=1))
         return 0

@@ -65,7 +65,7 @@ def draw_pose(g: np.random.Generator, split: str, view: str) -> Pose:
         ),
         elastic_mm=_binned(g, 0.0, 10.0, split),
         elastic_seed=elastic_seed,
-        diaphragm_shift_mm=float(g.uniform(-75.0, 30.0)),
+        diaphragm_shift_mm=float(g.uniform(-100.0, 30.0)),
         center_mm=(float(g.normal(0, 10)), cz),
     )
 
@@ -138,9 +138,9 @@ def draw_window(
 
 def _scapula(g: np.random.Generator) -> float:
     """Medial shift in mm (negative = lateral): about half the draws clear the lung fields."""
-    if g.uniform() < 0.55:
-        return float(g.uniform(-75.0, -40.0))
-    return float(g.uniform(-40.0, 15.0))
+    if g.uniform() < 0.7:
+        return float(g.uniform(-90.0, -45.0))
+    return float(g.uniform(-45.0, 15.0))
 
 
 def draw_variant(
