@@ -38,6 +38,7 @@ class AugmentConfig:
     p_noise: float = 0.5
     noise: float = 0.05
     p_dropout: float = 0.3
+    p_lines: float = 0.3  # wires, tubes, ECG leads: thin bright or dark curves
 
 
 NONE = AugmentConfig(
@@ -49,6 +50,7 @@ NONE = AugmentConfig(
     p_pool=0.0,
     p_noise=0.0,
     p_dropout=0.0,
+    p_lines=0.0,
 )
 
 
@@ -93,6 +95,27 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
 
 
+def _lines(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """1-4 random quadratic curves, 1-3 px wide, drawn bright (wires) or dark."""
+    s = x.shape[-1]
+    canvas = torch.zeros_like(x)
+    t = torch.linspace(0, 1, 4 * s)
+    for _ in range(int(torch.randint(1, 5, (), generator=g))):
+        p = torch.rand((3, 2), generator=g) * s
+        pts = (
+            (1 - t)[:, None] ** 2 * p[0]
+            + 2 * ((1 - t) * t)[:, None] * p[1]
+            + t[:, None] ** 2 * p[2]
+        )
+        idx = pts.long().clamp(0, s - 1)
+        canvas[..., idx[:, 1], idx[:, 0]] = 1.0
+    width = int(torch.randint(1, 4, (), generator=g))
+    if width > 1:
+        canvas = F.max_pool2d(canvas, width, stride=1, padding=width // 2)[..., :s, :s]
+    value = _u(g, 0.0, 1.0) if _p(g, 0.3) else _u(g, 0.85, 1.2)
+    return torch.where(canvas > 0, torch.full_like(x, value), x)
+
+
 def _intensity(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """One (1, 1, S, S) image in [0, 1]-ish raw units."""
     x = img.clamp(0, 1)
@@ -119,6 +142,8 @@ def _intensity(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tor
         x = F.interpolate(F.avg_pool2d(x, k, ceil_mode=True), size=x.shape[-2:], mode="bilinear")
     if _p(g, cfg.p_noise):
         x = x + torch.randn(x.shape, generator=g) * _u(g, 0.005, cfg.noise)
+    if _p(g, cfg.p_lines):
+        x = _lines(x, g)
     if _p(g, cfg.p_dropout):
         s = x.shape[-1]
         for _ in range(int(torch.randint(1, 5, (), generator=g))):

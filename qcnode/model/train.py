@@ -384,6 +384,7 @@ def train_command(args: argparse.Namespace) -> int:
         seed=seed,
         device=args.device,
         resume=args.resume,
+        limit=getattr(args, "limit", None),
     )
     minutes = result.seconds / 60
     print(f"weights: {result.weights} ({minutes:.1f} min, loss {result.final_loss:.4f})")
