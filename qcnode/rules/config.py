@@ -48,6 +48,7 @@ class ExposureConfig:
     saturation_level: float = 0.002
     contrast_fail: float = 0.64
     noise_fail: float = 0.03
+    noise_fail_lateral: float = 0.025
     spine_through_heart_fail: float = 1.2
     spine_through_heart_delta: float = 0.02
     sharpness_edge_fail_mm: float = 16.0

@@ -144,7 +144,8 @@ def contrast(s: Subject, cfg: RulesConfig) -> Finding:
 
 def noise(s: Subject, cfg: RulesConfig) -> Finding:
     """Quantum mottle: the pixel noise std in the aerated lung (display units, 0–1)."""
-    rule, t = "exposure.noise", cfg.exposure.noise_fail
+    e = cfg.exposure
+    rule, t = "exposure.noise", e.noise_fail_lateral if s.view.value == "lateral" else e.noise_fail
     sigma = noise_sigma(s)
     if sigma is None:
         return make(s, rule, Status.NOT_EVALUABLE, None, t, "no_lungs")
