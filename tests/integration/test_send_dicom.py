@@ -3,6 +3,7 @@ and an unreachable destination."""
 
 from __future__ import annotations
 
+import gc
 import socket
 from pathlib import Path
 
@@ -42,3 +43,4 @@ def test_store_reuse_and_refusals(tmp_path: Path, orthanc: Orthanc) -> None:
     down = Destination(ae_title="NOBODY", host="127.0.0.1", port=free_port())
     with pytest.raises(DeliveryError):
         DicomSender(ae_title="QCNODE").store(down, scs[0])
+    gc.collect()  # the refused connection's socket is closed here, under this test's filter
