@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("--workers", type=int, default=1)
     y.add_argument("--variants-per-pose", type=int, default=8, help="2D variants per 3D render")
     y.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: auto)")
+    y.add_argument("--pitch-mm", type=float, default=1.4, help="detector pixel pitch (mm)")
 
     t = sub.add_parser("train", parents=[common], help="train a model variant")
     t.add_argument("--variant", default="qcnet_d15_w3")

@@ -13,6 +13,7 @@ import math
 import multiprocessing as mp
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +64,19 @@ def synth_command(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     per_pose = int(getattr(args, "variants_per_pose", 0) or 8)
+    pitch = float(getattr(args, "pitch_mm", 0.0) or generate.BIG.pitch_mm)
     plan = generate.Plan(
-        split=args.split, seed=args.seed, view=args.view, variants_per_pose=per_pose
+        split=args.split,
+        seed=args.seed,
+        view=args.view,
+        variants_per_pose=per_pose,
+        detector=replace(generate.BIG, pitch_mm=pitch, depth_step_mm=max(2.5, pitch)),
     )
     manifest = out / "manifest.jsonl"
     done, have = _done_poses(manifest, f"{args.split}-s{args.seed}-")
     # `count` is chest samples; `other` poses (≈15 %) come on top. Stops once count is reached.
     n_poses = math.ceil(args.count / per_pose / (1.0 - plan.other_fraction)) + 5
-    todo = [i for i in range(n_poses) if i not in done]
+    todo = [] if have >= args.count else [i for i in range(n_poses) if i not in done]
     workers = max(1, int(args.workers))
     threads = max(1, int(getattr(args, "threads", 0) or (1 if workers > 1 else 2)))
     (out / "recipe.json").write_text(
@@ -81,13 +87,14 @@ def synth_command(args: argparse.Namespace) -> int:
                 "view": args.view,
                 "count": args.count,
                 "variants_per_pose": per_pose,
+                "pitch_mm": pitch,
                 "generator": "qcnode.synth v1.1",
             },
             indent=1,
         )
     )
     t0 = time.perf_counter()
-    renders = 0
+    renders = written = 0
     render_s = variants_s = 0.0
     jobs = [(plan, i, str(out)) for i in todo]
     if workers == 1:
@@ -102,6 +109,7 @@ def synth_command(args: argparse.Namespace) -> int:
                 fh.write(json.dumps({**line, "pose": index}) + "\n")
             fh.flush()
             have += sum(line["view"] != "other" for line in lines)  # `other` come on top
+            written += len(lines)
             renders += 1
             render_s += timings["render_s"]
             variants_s += timings["variants_s"]
@@ -122,9 +130,7 @@ def synth_command(args: argparse.Namespace) -> int:
         "renders_this_run": renders,
         "wall_s": round(wall, 1),
         "renders_per_s": round(renders / render_s, 4) if render_s else None,
-        "variants_per_s": round(n_var_count(renders, per_pose) / variants_s, 3)
-        if variants_s
-        else None,
+        "variants_per_s": round(written / variants_s, 3) if variants_s else None,
         "torch_threads": threads,
         "workers": workers,
     }
@@ -133,7 +139,3 @@ def synth_command(args: argparse.Namespace) -> int:
         (out / "READY").write_text(json.dumps(stats) + "\n")
     print(json.dumps(stats))
     return 0
-
-
-def n_var_count(renders: int, per_pose: int) -> int:
-    return renders * per_pose

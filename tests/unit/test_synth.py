@@ -271,3 +271,21 @@ def test_rib_count_follows_the_diaphragm(ct: ctmod.PreparedCT) -> None:
     ]
     assert counts[0] > counts[1] >= counts[2], counts
     assert counts[2] >= 6 and counts[0] <= 12
+
+
+def test_cli_writes_a_resumable_set(ct: ctmod.PreparedCT, tmp_path: Path) -> None:
+    from qcnode.cli import main
+
+    out = tmp_path / "set"
+    argv = ["synth", "--out", str(out), "--count", "3", "--seed", "9", "--pitch-mm", "5"]
+    argv += ["--variants-per-pose", "2", "--view", "frontal"]
+    assert main(argv) == 0
+    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    chest = [x for x in lines if x["view"] != "other"]
+    assert len(chest) >= 3 and (out / "READY").is_file()
+    for rec in lines:
+        assert {"id", "view", "split", "dcm", "masks", "truth"} <= set(rec)
+        assert rec["split"] == "train" and (out / rec["dcm"]).is_file()
+    # A second run with the same arguments finds everything done and writes nothing new.
+    assert main(argv) == 0
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == len(lines)
