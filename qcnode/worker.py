@@ -213,6 +213,11 @@ class Worker:
         except (DecodeError, UnsupportedInput) as exc:
             log.warning("instance #%d cannot be evaluated: %s", inst.id, exc)
             item.result = outcome(inst.sop_instance_uid, Verdict.ERROR, str(exc))
+        except Exception as exc:  # a decoder bug on one image must not stall the batch
+            log.exception("decoding instance #%d failed", inst.id)
+            item.result = outcome(
+                inst.sop_instance_uid, Verdict.ERROR, f"decoding failed: {type(exc).__name__}"
+            )
         item.decode_ms = (time.perf_counter() - t0) * 1000
 
     def _analyze(self, items: list[_Item]) -> None:
