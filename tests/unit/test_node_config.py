@@ -30,3 +30,14 @@ def test_destination_tables(tmp_path: Path) -> None:
     )
     (dest,) = load_settings(cfg, environ={}).destinations
     assert dest == Destination(ae_title="PACS", host="pacs", port=104, objects=("sr", "kos"))
+
+
+def test_docker_files_use_real_settings() -> None:
+    """Every QCNODE_* variable in docker/ names a setting, and the image's command works."""
+    root = ETC.parents[1]
+    text = (root / "docker" / "compose.yaml").read_text() + (
+        root / "docker" / "Dockerfile"
+    ).read_text()
+    names = {n.lower() for n in re.findall(r"QCNODE_([A-Z_]+)", text)}
+    assert names and names <= {f.name for f in dataclasses.fields(Settings)}
+    assert 'CMD ["serve", "--config", "/opt/qcnode/etc/qcnode.toml"]' in text
