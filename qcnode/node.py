@@ -259,8 +259,11 @@ def _web(settings: Settings, node: Node) -> Callable[[], None] | None:
 
 
 def _quiet_libraries(settings: Settings) -> None:
-    """pynetdicom narrates every association at INFO; keep that for --verbose."""
-    if not settings.verbose:
+    """pynetdicom narrates every association at INFO; keep that for --verbose (the flag or
+    ``verbose = true`` in the settings file, which also turns on our debug logging)."""
+    if settings.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+    else:
         for name in ("pynetdicom", "alembic", "uvicorn.access"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
