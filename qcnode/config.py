@@ -70,6 +70,7 @@ class Settings:
     uid_root: str = ""  # organisation UID root for result UIDs; empty: 2.25.<name-based UUID>
     institution_name: str = ""  # written into result objects
     sc_max_size: int = 1024  # long side (px) of the image in the overlay Secondary Capture
+    sc_compression: str = "none"  # overlay SC pixels: none | rle (lossless) | jpeg (~10x smaller)
     # web
     web_port: int = 8080
     web_bind: str = "127.0.0.1"
