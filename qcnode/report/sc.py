@@ -20,6 +20,12 @@ from qcnode.report.common import (
 from qcnode.report.overlay import render_overlay
 
 _BIPED = {"A", "P", "R", "L", "H", "F"}
+# sc_compression -> (transfer syntax, photometric interpretation as encoded)
+_ENCODINGS = {
+    "none": (pydicom.uid.ExplicitVRLittleEndian, "RGB"),
+    "rle": (pydicom.uid.RLELossless, "RGB"),
+    "jpeg": (pydicom.uid.JPEGBaseline8Bit, "YBR_FULL_422"),
+}
 
 
 def _orientation(source: pydicom.Dataset) -> list[str]:
@@ -45,11 +51,12 @@ def build_overlay_sc(
         image, prediction, result, language=options.language, max_size=options.sc_max_size
     )
     orientation = _orientation(source)
+    syntax, photometric = _ENCODINGS[options.sc_compression]
     # Patient and study attributes are copied afterwards, verbatim (highdicom's name check
     # would warn about legitimate one-component names like "ward").
     sc = hd.sc.SCImage(
         pixel_array=pixels,
-        photometric_interpretation="RGB",
+        photometric_interpretation=photometric,
         bits_allocated=8,
         coordinate_system="PATIENT",
         # highdicom insists on an orientation; the real value (or an empty Type 2) is set below
@@ -60,7 +67,7 @@ def build_overlay_sc(
         sop_instance_uid=info.sop_instance_uid,
         instance_number=info.instance_number,
         manufacturer=options.manufacturer,
-        transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
+        transfer_syntax_uid=syntax,
         series_description=i18n.text("sc_series", options.language),
         manufacturer_model_name="qcnode",
         software_versions=software_versions(options, result.model),
@@ -70,7 +77,13 @@ def build_overlay_sc(
     sc.ConversionType = "WSD"  # workstation: drawn by software, not digitised film
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"
-    sc.LossyImageCompression = "00"
+    if options.sc_compression == "jpeg":
+        sc.LossyImageCompression = "01"
+        sc.LossyImageCompressionMethod = "ISO_10918_1"
+        encoded = len(sc.PixelData)
+        sc.LossyImageCompressionRatio = f"{pixels.nbytes / max(1, encoded):.2f}"[:16]
+    else:
+        sc.LossyImageCompression = "00"
     sc.ImageComments = i18n.text("not_for_diagnosis", options.language)
     sc.DerivationDescription = (
         f"{i18n.text('not_for_diagnosis', options.language)}: qcnode QC overlay"

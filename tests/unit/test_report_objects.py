@@ -185,12 +185,14 @@ def test_options_from_settings() -> None:
             "language": "zh",
             "kos_title": "rejected",
             "sc_max_size": "800",
+            "sc_compression": "jpeg",
             "uid_root": "1.2.3",
         }
     )
     options = ReportOptions.from_settings(settings)
     assert (options.language, options.kos_title, options.sc_max_size) == ("zh", "rejected", 800)
     assert options.uid_root == "1.2.3" and options.institution_name is None
+    assert options.sc_compression == "jpeg"
     with pytest.raises(ConfigError):
         ReportOptions(language="fr")
     with pytest.raises(ConfigError):
@@ -249,3 +251,26 @@ def test_findings_of_the_real_rule_engine_build_valid_objects(language: str, vie
     texts = {str(elem.value) for elem in objects[0].iterall() if elem.keyword == "TextValue"}
     assert {f.rule for f in findings} <= texts  # every rule's ID is in the SR
     assert {f.message for f in findings if f.message} <= texts  # and its message
+
+
+@pytest.mark.parametrize("compression", ["rle", "jpeg"])
+def test_compressed_overlay_sc_is_valid_and_decodes_close_to_the_picture(compression: str) -> None:
+    header, image = header_and_image(source_dataset())
+    result = example_result(image)
+    plain = build_overlay_sc(header, image, example_prediction(image), result)
+    packed = build_overlay_sc(
+        header,
+        image,
+        example_prediction(image),
+        result,
+        options=ReportOptions(sc_compression=compression),
+    )  # type: ignore[arg-type]
+    back = roundtrip(packed)
+    assert_valid(back)
+    assert len(back.PixelData) < len(plain.PixelData)
+    pixels = back.pixel_array.astype(int)  # pydicom converts YBR back to RGB
+    error = np.abs(pixels - plain.pixel_array.astype(int)).mean()
+    if compression == "rle":
+        assert error == 0 and back.LossyImageCompression == "00"
+    else:
+        assert error < 6 and back.LossyImageCompression == "01"
