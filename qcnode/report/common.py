@@ -70,7 +70,7 @@ class ReportOptions:
             "uid_root": settings.uid_root or None,
             "institution_name": settings.institution_name or None,
             "sc_max_size": int(settings.sc_max_size),
-            "sc_compression": getattr(settings, "sc_compression", "none"),
+            "sc_compression": settings.sc_compression,
         }
         values.update(overrides)
         return cls(**values)
