@@ -488,3 +488,16 @@ def test_model_speckle_does_not_move_landmarks() -> None:
     assert f["completeness.apices"].value == 41.0
     assert f["completeness.collimation"].value == 40.0
     assert f["organs.heart"].value == 0.0
+
+
+@pytest.mark.parametrize("op", ["erode", "dilate"])
+def test_masks_off_by_a_pixel_keep_every_status(op: str) -> None:
+    """A model's masks are never pixel-exact: one pixel more or less changes no status."""
+    from scipy import ndimage
+
+    base = run(frontal_phantom())
+    fn = ndimage.binary_erosion if op == "erode" else ndimage.binary_dilation
+    m = {k: (v if k == "field" else fn(v)) for k, v in frontal_phantom().items()}
+    moved = run(m)
+    for rule, finding in moved.items():
+        assert finding.status is base[rule].status, (rule, finding.message)
