@@ -104,8 +104,8 @@ def frontal_phantom(shape: tuple[int, int] = (400, 400)) -> dict[str, BoolMask]:
     Landmarks (row, col): right lung rows 60–300 × cols 60–170, left lung 60–300 × 230–340;
     field rows 20–340 × cols 20–380 (every lung margin and excess is 41/40 px); spine 190–210
     (centre 200); clavicle medial ends at cols 185 and 215 (15 px each side: no rotation),
-    rows 70–80 (15 px below the apices); ten posterior rib bands (period 24 px) above
-    the right lung's lowest row 300; heart 200–300 × 170–260 (to
+    rows 70–80 (15 px below the apices); eleven posterior rib bands (period 24 px) above
+    the right lung's lowest row 300, i.e. ten above the dome; heart 200–300 × 170–260 (to
     the image right); scapulae overlap each lung by 5 px.
     """
     b = _box
@@ -124,7 +124,7 @@ def frontal_phantom(shape: tuple[int, int] = (400, 400)) -> dict[str, BoolMask]:
     }
     ribs_r = np.zeros(shape, dtype=bool)
     ribs_l = np.zeros(shape, dtype=bool)
-    for k in range(10):
+    for k in range(11):  # the 11th band lies in the "posterior recess" below the dome
         r0 = 40 + 24 * k
         ribs_r |= b(shape, r0, r0 + 9, 50, 185)
         ribs_l |= b(shape, r0, r0 + 9, 215, 350)

@@ -62,7 +62,7 @@ class PositioningConfig:
     scapulae_fail_mm: float = 10.0
     inspiration_pass_ribs: int = 10
     inspiration_warn_ribs: int = 9
-    inspiration_recess_ribs: int = 0
+    inspiration_recess_ribs: int = 1
     tilt_min_mm: float = 10.0
     tilt_max_mm: float = 20.0
     orientation_heart_offset_mm: float = 5.0

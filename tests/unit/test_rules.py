@@ -266,7 +266,7 @@ def test_scapulae_inspiration_tilt() -> None:
     for n_ribs, status in ((9, Status.WARN), (8, Status.FAIL), (10, Status.PASS)):
         m = frontal_phantom()
         m["ribs_posterior_right"] = box(
-            m["ribs_posterior_right"], 40 + 24 * n_ribs, 399, 0, 399, False
+            m["ribs_posterior_right"], 40 + 24 * (n_ribs + 1), 399, 0, 399, False
         )
         f = run(m)
         assert f["positioning.inspiration"].value == n_ribs
