@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("--variants-per-pose", type=int, default=8, help="2D variants per 3D render")
     y.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: auto)")
     y.add_argument("--pitch-mm", type=float, default=1.4, help="detector pixel pitch (mm)")
+    y.add_argument("--no-ready", action="store_true", help="do not write READY (a part of a set)")
 
     t = sub.add_parser("train", parents=[common], help="train a model variant")
     t.add_argument("--variant", default="qcnet_d15_w3")

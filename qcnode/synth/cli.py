@@ -134,8 +134,8 @@ def synth_command(args: argparse.Namespace) -> int:
         "torch_threads": threads,
         "workers": workers,
     }
-    (out / "stats.json").write_text(json.dumps(stats, indent=1))
-    if have >= args.count:
+    (out / f"stats_{args.split}_s{args.seed}.json").write_text(json.dumps(stats, indent=1))
+    if have >= args.count and not getattr(args, "no_ready", False):
         (out / "READY").write_text(json.dumps(stats) + "\n")
     print(json.dumps(stats))
     return 0
