@@ -8,6 +8,7 @@ from qcnode.config import Settings
 from qcnode.db import Base, make_engine
 
 config = context.config
+MIGRATION_LOCK = 0x71C0DE  # pg advisory lock key for migrations
 target_metadata = Base.metadata
 
 
@@ -39,6 +40,10 @@ def run_migrations_online() -> None:
                 render_as_batch=conn.dialect.name == "sqlite",
             )
             with context.begin_transaction():
+                if conn.dialect.name == "postgresql":
+                    # several processes may start at once (ingest nodes, workers): one
+                    # migrates, the others wait here and then find the schema at head
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
                 context.run_migrations()
     finally:
         engine.dispose()

@@ -45,3 +45,26 @@ def test_db_upgrade_on_postgres(postgres) -> None:  # type: ignore[no-untyped-de
     upgrade(settings)
     upgrade(settings)
     assert_schema_matches(settings)
+
+
+@pytest.mark.postgres
+def test_concurrent_upgrades_on_postgres(postgres) -> None:  # type: ignore[no-untyped-def]
+    """Processes starting together (ingest nodes, workers) all migrate safely."""
+    import os
+    import subprocess
+    import sys
+
+    url = postgres.create_database("race")
+    env = {**os.environ, "QCNODE_DATABASE_URL": url}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "qcnode.cli", "db", "upgrade"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=120)[0].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    assert_schema_matches(Settings(database_url=url))
