@@ -42,9 +42,11 @@ _MU_BONE = np.array(
     [7.68, 2.55, 1.28, 0.814, 0.605, 0.50, 0.428, 0.39, 0.357, 0.34, 0.325, 0.31, 0.295, 0.284]
 )
 
-# Unattenuated quanta per mm² at DI = 0. Lower than a real detector's ~25 000 so that the
-# coarse 1.4 mm pixels keep the relative noise of a finely sampled radiograph after resizing.
-PHOTONS_PER_MM2_AT_TARGET = 3000.0
+# Automatic exposure control: at DI = 0 the median signal over the exposed field receives this
+# many quanta per mm² (whatever the patient's thickness, as an AEC chamber does). Lower than a
+# real detector's so that the coarse 1.4 mm pixels keep the relative noise of a finely
+# sampled radiograph.
+QUANTA_PER_MM2_AT_TARGET = 300.0
 
 
 def spectrum(kvp: float) -> tuple[npt.NDArray[np.float64], ...]:
@@ -157,7 +159,9 @@ def detect(
         signal = signal * (
             1.0 - exp.grid_lines * torch.cos(2 * math.pi * cols / exp.grid_period_px)
         )
-    n0 = PHOTONS_PER_MM2_AT_TARGET * pitch_mm**2 * 10 ** (exp.deviation_index / 10.0)
+    vals = signal[fld > 0] if bool((fld > 0).any()) else signal.flatten()
+    reference = max(_quantile(vals, 0.3), 1e-6)  # the attenuated part, not direct exposure
+    n0 = QUANTA_PER_MM2_AT_TARGET * pitch_mm**2 * 10 ** (exp.deviation_index / 10.0) / reference
     quanta = signal * n0
     g = torch.from_numpy(rng.standard_normal(quanta.shape).astype(np.float32))
     e = torch.from_numpy(rng.standard_normal(quanta.shape).astype(np.float32))
