@@ -244,6 +244,37 @@ def _overlay_sheets(
         _sheet(tiles, 4).save(out / "model_real_other.png", optimize=True)
 
 
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The numbers worth keeping next to the weights (registry ``metrics``)."""
+    out: dict[str, Any] = {}
+    if "synthetic" in report:
+        s = report["synthetic"]
+        out["synthetic_set"] = s["set"]
+        out["synthetic_n"] = s["n"]
+        out["synthetic_view_accuracy"] = s["view_accuracy"]
+        out["synthetic_dice"] = s["dice"]
+    if "real" in report:
+        r = report["real"]
+        out["real_lung_dice_mean"] = r["lung_dice_mean"]
+        out["real_lung_dice_median"] = r["lung_dice_median"]
+        out["real_lung_dice_n"] = r["lung_dice_n"]
+        out["real_view_correct"] = f"{r['view_correct']}/{r['view_n']}"
+    held = report["negatives"]["held_out"]
+    out["held_out_negatives_other"] = f"{held['other_correct']}/{held['n']}"
+    return out
+
+
+def record(name: str | None, report: dict[str, Any]) -> None:
+    import dataclasses
+
+    from qcnode.model.registry import REGISTRY_FILE, load_registry
+
+    registry = load_registry()
+    entry = registry.get(name)
+    metrics = {**dict(entry.metrics), **headline(report)}
+    registry.with_entry(dataclasses.replace(entry, metrics=metrics)).save(REGISTRY_FILE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m qcnode.model.report", description=__doc__)
     ap.add_argument("--model", help="registry name (default: the registry's default)")
@@ -253,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--real", type=Path, default=REAL_ROOT)
     ap.add_argument("--overlays", type=Path, help="write overlay pictures here (docs)")
     ap.add_argument("--json-out", type=Path)
+    ap.add_argument(
+        "--record", action="store_true", help="store the headline metrics in the registry entry"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     predictor = load_predictor(args.model, device="cpu", weights_path=args.weights)
@@ -264,6 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["real"] = evaluate_real(predictor, args.real, overlays=args.overlays)
     report["negatives"] = evaluate_negatives(predictor)
     report["seconds"] = round(time.monotonic() - t0, 1)
+    if args.record:
+        if args.weights is not None:
+            raise SystemExit("--record needs a registry model, not --weights")
+        record(args.model, report)
     text = json.dumps(report, indent=1)
     if args.json_out:
         args.json_out.write_text(text)
