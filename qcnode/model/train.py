@@ -194,6 +194,7 @@ class TrainResult:
     seconds: float
     final_loss: float
     val: dict[str, Any]
+    code_version: str = "unknown"
 
 
 def train(
@@ -212,6 +213,7 @@ def train(
 ) -> TrainResult:
     """Train (or resume) ``variant``; ``stop_after`` ends this run early at that step, as an
     interruption would (the schedule is still the recipe's)."""
+    code_version = git_version()  # at the start: the code that trains, not what ships later
     torch.manual_seed(seed)
     torch.set_num_threads(recipe.threads)
     dev = resolve_device(device)
@@ -314,6 +316,7 @@ def train(
         seconds=time.monotonic() - t0,
         final_loss=loss_value,
         val=val_result,
+        code_version=code_version,
     )
 
 
@@ -361,7 +364,7 @@ def ship(
         reference_lung_width_mm=result.meta.reference_lung_width_mm,
         recipe=recipe_doc,
         data_version=result.data_version,
-        code_version=git_version(),
+        code_version=result.code_version,
         metrics=metrics_doc,
     )
     load_registry(weights_dir / "registry.toml").with_entry(entry, make_default=make_default).save(
