@@ -1,0 +1,232 @@
+"""Fuzz targets and crash bookkeeping, shared by the CI fuzz tests and scripts/fuzz.
+
+A *crash* is any exception other than a qcnode.errors.QcnodeError subclass escaping a
+stage that the node calls, or a broken output contract (decoded pixels not float32 in
+[0, 1] with the header's shape; a finding value that is not finite). The targets mirror
+what the worker does with a received file: ``read_dataset`` → ``decode_dataset`` (the
+worker catches only DecodeError/UnsupportedInput) → the model (FakePredictor, masks drawn
+by the fuzzer) → ``qcnode.rules.evaluate`` → the ``--json`` contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import traceback
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcnode.errors import QcnodeError
+from qcnode.imaging import decode_dataset, read_dataset
+from qcnode.records import STRUCTURES, BoolMask, DecodedImage, Prediction, View
+from qcnode.rules import evaluate, load_config
+from qcnode.rules.config import RulesConfig
+from qcnode.testing import FakePredictor, frontal_phantom, lateral_phantom
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ContractViolation(AssertionError):
+    """A stage returned, but what it returned breaks its contract."""
+
+
+# Crashes already reported to the node engineer (.cache/requests-to-node.md), each with a
+# strict-xfail regression test in tests/fuzz/test_fuzz_known.py. A signature is the
+# exception type and the qcnode frame it escaped from. The CI fuzz tests fail on anything
+# else; when a fix lands the xfail test passes, fails as strict, and the entry goes.
+KNOWN: dict[str, str] = {
+    "TypeError @ imaging.py:image_meta": "request 1: Rows/Columns with several values",
+    "TypeError @ imaging.py:normalise_pixels": "request 2: empty RescaleSlope, RescaleIntercept set",
+    "error @ imaging.py:read_dataset": "request 6: zlib.error from a broken deflated dataset",
+    "ContractViolation: exposure.deviation_index: value": "request 3: infinite deviation index",
+    "NodeFailure: unexpected C-STORE status 0xC211": "request 4: ingest handler raised",
+    "NodeFailure: pynetdicom.service_class: int() argument must be a string, a bytes-like object"
+    " or a real number, not '…'": "request 4: ingest handler raised (multi-valued Rows)",
+    "NodeFailure: qcnode.worker: cannot build result objects for instance #N: ValueError: "
+    "Unable to convert '…' to '…' object": "request 5: bad StudyDate stops the SR/SC",
+}
+
+
+def decode_file(path: Path) -> DecodedImage | None:
+    """The worker's decode of a kept file; None when it refuses it with a QcnodeError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns on odd values; the node runs so too
+        try:
+            ds = read_dataset(path)
+            image = decode_dataset(ds)
+        except QcnodeError:
+            return None
+    check_decoded(image)
+    return image
+
+
+def check_decoded(image: DecodedImage) -> None:
+    pixels = image.pixels
+    if pixels.dtype != np.float32 or pixels.ndim != 2:
+        raise ContractViolation(f"pixels {pixels.dtype} {pixels.shape}, want 2-D float32")
+    if pixels.shape != (image.meta.rows, image.meta.columns):
+        raise ContractViolation(
+            f"pixels {pixels.shape} but header {image.meta.rows}x{image.meta.columns}"
+        )
+    if not bool(np.all(np.isfinite(pixels))):
+        raise ContractViolation("decoded pixels contain NaN or infinity")
+    if pixels.size and (float(pixels.min()) < 0.0 or float(pixels.max()) > 1.0):
+        raise ContractViolation("decoded pixels outside [0, 1]")
+    if image.spacing_mm is not None and not all(
+        math.isfinite(v) and v > 0 for v in image.spacing_mm
+    ):
+        raise ContractViolation(f"unusable spacing {image.spacing_mm}")
+
+
+def _resize_nearest(mask: BoolMask, shape: tuple[int, int]) -> BoolMask:
+    rows = (np.arange(shape[0]) * mask.shape[0] // max(shape[0], 1)).clip(0, mask.shape[0] - 1)
+    cols = (np.arange(shape[1]) * mask.shape[1] // max(shape[1], 1)).clip(0, mask.shape[1] - 1)
+    return mask[np.ix_(rows, cols)]
+
+
+@dataclass(frozen=True)
+class MaskPlan:
+    """How the fake model answers: a view, and per structure keep/empty/full/noise/shift."""
+
+    view: View
+    edits: Mapping[str, str] = field(default_factory=dict)
+    seed: int = 0
+    spacing_mm: tuple[float, float] | None = None  # the model's estimate when the header has none
+
+
+def masks_for(image: DecodedImage, plan: MaskPlan) -> dict[str, BoolMask]:
+    shape = image.pixels.shape
+    phantom = lateral_phantom() if plan.view is View.LATERAL else frontal_phantom()
+    rng = np.random.default_rng(plan.seed)
+    out: dict[str, BoolMask] = {}
+    for name in STRUCTURES:
+        base = phantom.get(name)
+        mask = _resize_nearest(base, shape) if base is not None else np.zeros(shape, dtype=bool)
+        edit = plan.edits.get(name, "keep")
+        if edit == "empty":
+            mask = np.zeros(shape, dtype=bool)
+        elif edit == "full":
+            mask = np.ones(shape, dtype=bool)
+        elif edit == "noise":
+            mask = rng.random(shape) < 0.3
+        elif edit == "shift":
+            mask = np.roll(mask, (shape[0] // 3, -shape[1] // 4), axis=(0, 1))
+        elif edit == "pixel":
+            mask = np.zeros(shape, dtype=bool)
+            mask[rng.integers(0, shape[0]), rng.integers(0, shape[1])] = True
+        out[name] = mask
+    return out
+
+
+_RULES: RulesConfig | None = None
+
+
+def rules_config() -> RulesConfig:
+    global _RULES
+    if _RULES is None:
+        _RULES = load_config()
+    return _RULES
+
+
+def run_rules(image: DecodedImage, plan: MaskPlan, *, language: str = "en") -> tuple[Any, ...]:
+    """FakePredictor (the plan's masks) → rules; checks the findings' JSON contract."""
+    predictor = FakePredictor(
+        source=lambda img: (plan.view, masks_for(img, plan)), spacing_mm=plan.spacing_mm
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (prediction,) = predictor.predict([image])
+        try:
+            findings = evaluate(image, prediction, config=rules_config(), language=language)
+        except QcnodeError:
+            return ()
+    check_findings(findings)
+    return findings
+
+
+def check_findings(findings: tuple[Any, ...]) -> None:
+    for f in findings:
+        for name in ("value", "threshold"):
+            v = getattr(f, name)
+            if v is not None and not math.isfinite(float(v)):
+                raise ContractViolation(f"{f.rule}: {name} is {v}")
+        for g in f.geometry:
+            if not all(math.isfinite(float(c)) for p in g.points for c in p):
+                raise ContractViolation(f"{f.rule}: geometry has a non-finite point")
+    json.dumps([f.to_json() for f in findings], allow_nan=False)
+
+
+def prediction_for(image: DecodedImage, plan: MaskPlan) -> Prediction:
+    predictor = FakePredictor(source=lambda img: (plan.view, masks_for(img, plan)))
+    return predictor.predict([image])[0]
+
+
+def known(sig: str) -> str:
+    """Why a crash signature is known (its request), or "" (KNOWN keys are prefixes)."""
+    return next((why for prefix, why in KNOWN.items() if sig.startswith(prefix)), "")
+
+
+# --- crash bookkeeping (scripts/fuzz) -------------------------------------------------------
+
+
+def signature(exc: BaseException) -> str:
+    """Exception type + the innermost qcnode frame (or the innermost frame at all)."""
+    if type(exc).__name__ == "NodeFailure":  # tests.fuzz.cstore: the message says what
+        text = re.sub(r"#\d+", "#N", str(exc))
+        return "NodeFailure: " + re.sub(r"'[^']*'", "'…'", text)[:160]
+    if isinstance(exc, ContractViolation):  # where the contract broke, not where we noticed
+        return f"ContractViolation: {str(exc).split(' is ')[0].split(' contain')[0][:60]}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if "/qcnode/" in f.filename and "/tests/" not in f.filename]
+    frame = (ours or frames or [None])[-1]
+    where = f"{Path(frame.filename).name}:{frame.name}" if frame is not None else "?"
+    return f"{type(exc).__name__} @ {where}"
+
+
+@dataclass
+class CrashBook:
+    """Counts inputs and distinct crashes; keeps the first input of each crash kind."""
+
+    directory: Path
+    tried: int = 0
+    crashes: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, str] = field(default_factory=dict)
+    messages: dict[str, str] = field(default_factory=dict)
+
+    def record(self, exc: BaseException, data: bytes | None) -> str:
+        sig = signature(exc)
+        self.crashes[sig] = self.crashes.get(sig, 0) + 1
+        if sig not in self.examples:
+            self.messages[sig] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            if data is not None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                name = hashlib.sha1(sig.encode()).hexdigest()[:12] + ".dcm"
+                (self.directory / name).write_bytes(data)
+                self.examples[sig] = str(self.directory / name)
+            else:
+                self.examples[sig] = ""
+        return sig
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "inputs": self.tried,
+            "crashing_inputs": sum(self.crashes.values()),
+            "distinct_crashes": len(self.crashes),
+            "crashes": [
+                {
+                    "signature": sig,
+                    "count": n,
+                    "message": self.messages.get(sig, ""),
+                    "example": self.examples.get(sig, ""),
+                    "known": known(sig),
+                }
+                for sig, n in sorted(self.crashes.items(), key=lambda kv: -kv[1])
+            ],
+        }

@@ -1,0 +1,152 @@
+"""The long fuzz run behind ``scripts/fuzz`` (not collected by pytest).
+
+Runs the hypothesis strategies of tests/fuzz/dicom_inputs.py against the targets of
+tests/fuzz/harness.py in chunks, recording every crash (and continuing) instead of
+stopping at the first. Writes ``summary-<target>.json`` under ``--out`` after every chunk
+(a checkpoint: a killed run keeps its figures) and the first input of each crash kind.
+
+    scripts/fuzz --target decode --inputs 100000      # decode → normalise → rules
+    scripts/fuzz --target rules --inputs 20000        # rules on drawn images and masks
+    scripts/fuzz --target cstore --inputs 2000        # C-STORE to a running node
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from tests.fuzz.dicom_inputs import hostile_file
+from tests.fuzz.harness import ROOT, CrashBook, decode_file, run_rules
+from tests.fuzz.strategies_rules import drawn_image, mask_plan
+
+CHUNK = 500
+
+
+def _settings(n: int) -> settings:
+    return settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+
+
+def decode_chunk(book: CrashBook, n: int, scratch: Path) -> None:
+    path = scratch / "input.dcm"
+
+    @_settings(n)
+    @given(data=hostile_file(), plan=mask_plan())
+    def one(data: bytes, plan: Any) -> None:
+        book.tried += 1
+        path.write_bytes(data)
+        try:
+            image = decode_file(path)
+            if image is not None and image.pixels.size <= 1024 * 1024:
+                run_rules(image, plan)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a Rust panic in a codec is a BaseException
+            book.record(exc, data)
+
+    one()
+
+
+def rules_chunk(book: CrashBook, n: int, scratch: Path) -> None:
+    @_settings(n)
+    @given(image=drawn_image(), plan=mask_plan(), language=st.sampled_from(["en", "zh"]))
+    def one(image: Any, plan: Any, language: str) -> None:
+        book.tried += 1
+        try:
+            run_rules(image, plan, language=language)
+        except Exception as exc:
+            book.record(exc, None)
+
+    one()
+
+
+def cstore_chunk(book: CrashBook, n: int, scratch: Path) -> None:
+    from tests.fuzz.cstore import CStoreTarget
+
+    target = CStoreTarget.shared(scratch)
+
+    @_settings(n)
+    @given(data=hostile_file())
+    def one(data: bytes) -> None:
+        book.tried += 1
+        try:
+            target.send(data)
+        except Exception as exc:
+            book.record(exc, data)
+
+    one()
+    for exc in target.drain_node_errors():
+        book.record(exc, None)
+
+
+TARGETS: dict[str, Callable[[CrashBook, int, Path], None]] = {
+    "decode": decode_chunk,
+    "rules": rules_chunk,
+    "cstore": cstore_chunk,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", choices=sorted(TARGETS), default="decode")
+    parser.add_argument("--inputs", type=int, default=100_000)
+    parser.add_argument(
+        "--seconds", type=float, default=0.0, help="stop after this long (0: no limit)"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / ".cache" / "fuzz")
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    book = CrashBook(directory=out / f"crashes-{args.target}")
+    generator_errors: list[str] = []
+    started = time.monotonic()
+    summary_path = out / f"summary-{args.target}.json"
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
+        while book.tried < args.inputs:
+            try:
+                TARGETS[args.target](book, min(CHUNK, args.inputs - book.tried), Path(tmp))
+            except Exception as exc:  # the generator itself failed: note it, go on
+                generator_errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                if len(generator_errors) > 200:
+                    raise
+            elapsed = time.monotonic() - started
+            summary = {
+                "target": args.target,
+                "seconds": round(elapsed, 1),
+                "inputs_per_second": round(book.tried / max(elapsed, 1e-9), 1),
+                **book.summary(),
+                "generator_errors": generator_errors,
+            }
+            summary_path.write_text(json.dumps(summary, indent=2))
+            print(
+                f"{args.target}: {book.tried} inputs, {summary['crashing_inputs']} crashing"
+                f" ({summary['distinct_crashes']} kinds), {elapsed:.0f} s",
+                flush=True,
+            )
+            if args.seconds and elapsed > args.seconds:
+                break
+    if args.target == "cstore":
+        from tests.fuzz.cstore import CStoreTarget
+
+        CStoreTarget.close_shared()
+    print(json.dumps(json.loads(summary_path.read_text()), indent=2))
+    return 1 if book.crashes else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
