@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from qcnode.errors import ModelError
 from qcnode.model import preprocess
@@ -25,6 +26,11 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FORMAT = "qcnode-qcnet-1"
 _LUNGS = (STRUCTURES.index("lung_right"), STRUCTURES.index("lung_left"))
+# One connected object each: keep the largest component and fill its holes. Ribs are many
+# objects and stay as predicted.
+SINGLE_OBJECT = tuple(
+    i for i, name in enumerate(STRUCTURES) if not name.startswith("ribs_posterior")
+)
 SECOND_PASS_TOLERANCE = 0.05  # rerun when the anatomy-based scale differs by more than 5 %
 # A header spacing that makes the lungs this much smaller/larger than the reference is not
 # believed (e.g. a detector pitch copied onto a downsampled matrix): anatomy decides then.
@@ -152,7 +158,7 @@ class TorchPredictor:
         out = []
         for i in range(len(images)):
             p = {v: float(probs[i, k]) for k, v in enumerate(VIEWS)}
-            source = preprocess.logits_to_source(masks[i], frames[i])
+            source = preprocess.logits_to_source(clean_logits(masks[i]), frames[i])
             out.append(
                 Prediction(
                     view=VIEWS[int(probs[i].argmax())],
@@ -191,6 +197,31 @@ class TorchPredictor:
                 log.info("header spacing implausible for the anatomy (x%.2f): estimating", factor)
                 redo[i] = new
         return redo
+
+
+def clean_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Canvas logits with specks removed and holes filled for single-object structures.
+
+    Done on the 256 x 256 canvas (cheap) by moving logits across zero, so the bilinear
+    return to source pixels still draws smooth contours.
+    """
+    out = logits.clone()
+    for c in SINGLE_OBJECT:
+        pos = (out[c] > 0).numpy()
+        if not pos.any():
+            continue
+        labels, n = ndimage.label(pos)
+        if n > 1:
+            sizes = np.bincount(labels.ravel())[1:]
+            keep = labels == (int(np.argmax(sizes)) + 1)
+        else:
+            keep = pos
+        filled = ndimage.binary_fill_holes(keep)
+        drop = torch.from_numpy(pos & ~keep)
+        add = torch.from_numpy(filled & ~pos)
+        out[c][drop] = -out[c][drop].abs().clamp(min=0.5)
+        out[c][add] = 0.5
+    return out
 
 
 def lung_width_px(mask_logits: torch.Tensor) -> float:
