@@ -43,7 +43,7 @@ class ContractViolation(AssertionError):
 # else; when a fix lands the xfail test passes, fails as strict, and the entry goes.
 KNOWN: dict[str, str] = {
     "TypeError @ imaging.py:image_meta": "request 1: Rows/Columns with several values",
-    "TypeError @ imaging.py:normalise_pixels": "request 2: empty RescaleSlope, RescaleIntercept set",
+    "TypeError @ imaging.py:normalise_pixels": "request 2: empty RescaleSlope with an intercept",
     "error @ imaging.py:read_dataset": "request 6: zlib.error from a broken deflated dataset",
     "ContractViolation: exposure.deviation_index: value": "request 3: infinite deviation index",
     "NodeFailure: unexpected C-STORE status 0xC211": "request 4: ingest handler raised",

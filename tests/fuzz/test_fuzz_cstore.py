@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -21,7 +20,6 @@ from tests.fuzz.cstore import CStoreTarget, NodeFailure
 from tests.fuzz.dicom_inputs import PLACEHOLDER_SOP_UID, _set, encode, hostile_file
 from tests.fuzz.harness import known, signature
 from tests.fuzz.test_fuzz_pipeline import CI
-
 
 # The node runs in this process: pytest's "warnings are errors" would reach its threads and
 # turn pydicom's warnings about odd values into exceptions a real node never sees.
