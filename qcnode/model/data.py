@@ -117,6 +117,13 @@ def read_synthetic(root: Path, *, limit: int | None = None) -> list[Sample]:
     return out
 
 
+def held_out_pose(sample_id: str) -> bool:
+    """The validation hold-out of a training set: ~1 in 20 poses, with every 2D variant of a
+    held-out 3D render, so that no anatomy is shared with training."""
+    pose = sample_id.rsplit("-v", 1)[0]
+    return int(hashlib.sha1(pose.encode()).hexdigest(), 16) % 20 == 0
+
+
 def negative_files() -> list[Path]:
     """Non-chest DICOM images in pydicom's test files and the pydicom-data package."""
     roots = [Path(pydicom.data.__file__).parent / "test_files"]

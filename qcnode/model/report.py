@@ -118,10 +118,16 @@ def evaluate_real(
 
 
 def evaluate_synthetic(
-    predictor: TorchPredictor, root: Path, *, limit: int | None = None
+    predictor: TorchPredictor, root: Path, *, limit: int | None = None, held_out: bool = False
 ) -> dict[str, Any]:
-    """Dice per (view, structure) at source resolution; empty truths are skipped."""
-    samples = datamod.read_synthetic(root, limit=limit)
+    """Dice per (view, structure) at source resolution; empty truths are skipped.
+
+    ``held_out``: only the poses that training held out of this (training) set.
+    """
+    samples = datamod.read_synthetic(root)
+    if held_out:
+        samples = [s for s in samples if datamod.held_out_pose(s.id)]
+    samples = samples[:limit] if limit else samples
     scores: dict[str, list[float]] = defaultdict(list)
     confusion: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for start in range(0, len(samples), 8):
@@ -253,6 +259,11 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         out["synthetic_n"] = s["n"]
         out["synthetic_view_accuracy"] = s["view_accuracy"]
         out["synthetic_dice"] = s["dice"]
+    if "held_out_poses" in report:
+        h = report["held_out_poses"]
+        out["held_out_poses_n"] = h["n"]
+        out["held_out_poses_view_accuracy"] = h["view_accuracy"]
+        out["held_out_poses_dice"] = h["dice"]
     if "real" in report:
         r = report["real"]
         out["real_lung_dice_mean"] = r["lung_dice_mean"]
@@ -281,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--weights", type=Path, help="a weights file instead of the registry")
     ap.add_argument("--set", type=Path, dest="eval_set", help="synthetic evaluation set")
     ap.add_argument("--limit", type=int)
+    ap.add_argument("--held-out-of", type=Path, help="training set: evaluate its held-out poses")
     ap.add_argument("--real", type=Path, default=REAL_ROOT)
     ap.add_argument("--overlays", type=Path, help="write overlay pictures here (docs)")
     ap.add_argument("--json-out", type=Path)
@@ -294,6 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {"model": predictor.info.__dict__}
     if args.eval_set:
         report["synthetic"] = evaluate_synthetic(predictor, args.eval_set, limit=args.limit)
+    if args.held_out_of:
+        report["held_out_poses"] = evaluate_synthetic(
+            predictor, args.held_out_of, limit=args.limit, held_out=True
+        )
     if args.real and args.real.is_dir():
         report["real"] = evaluate_real(predictor, args.real, overlays=args.overlays)
     report["negatives"] = evaluate_negatives(predictor)

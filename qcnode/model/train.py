@@ -222,11 +222,8 @@ def train(
         raise QcnodeError(f"no samples under {', '.join(map(str, data_dirs))}")
     cache = datamod.cache_dir(cache_base)
 
-    # Deterministic validation hold-out: ~1 in 20 poses (every 2D variant of a held-out 3D
-    # render, so no anatomy is shared with training), never trained on.
     def held(s: datamod.Sample) -> bool:
-        pose = s.id.rsplit("-v", 1)[0]
-        return int(hashlib.sha1(pose.encode()).hexdigest(), 16) % 20 == 0
+        return datamod.held_out_pose(s.id)
 
     holdout = recipe.val_count > 0
     val_samples = [s for s in samples if holdout and held(s)][: recipe.val_count]
