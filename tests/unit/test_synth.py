@@ -118,9 +118,13 @@ def test_bone_masks_are_high_attenuation(ct: ctmod.PreparedCT) -> None:
 
 
 def _truth(
-    proj: render.Projection, v: edits.Variant, thresholds: dict[str, object], ribs: int = 10
+    proj: render.Projection,
+    v: edits.Variant,
+    thresholds: dict[str, object],
+    ribs: int = 10,
+    view: str = "frontal",
 ) -> dict[str, dict[str, object]]:
-    comp = edits.compose(proj, v, frontal=True)
+    comp = edits.compose(proj, v, frontal=view == "frontal")
     params = {
         "rotation_deg": proj.pose.rotation_deg,
         "tilt_deg": proj.pose.tilt_deg,
@@ -130,7 +134,7 @@ def _truth(
         "rotated180": v.rotated180,
     }
     tin = truth.TruthInput(
-        view="frontal",
+        view=view,
         full_masks=comp.full_masks,
         field_rect=comp.field_rect,
         window=v.window,
@@ -142,7 +146,7 @@ def _truth(
         pitch_mm=proj.pitch_mm,
         params=params,
         rib_count=ribs,
-        header_view_position="PA",
+        header_view_position="PA" if view == "frontal" else "LL",
         header_spacing_ok=True,
     )
     return truth.rules_truth(tin, thresholds)  # type: ignore[arg-type]
@@ -289,3 +293,25 @@ def test_cli_writes_a_resumable_set(ct: ctmod.PreparedCT, tmp_path: Path) -> Non
     # A second run with the same arguments finds everything done and writes nothing new.
     assert main(argv) == 0
     assert len((out / "manifest.jsonl").read_text().splitlines()) == len(lines)
+
+
+def test_lateral_truth_arms_and_rotation(
+    ct: ctmod.PreparedCT, thresholds: dict[str, object]
+) -> None:
+    det = replace(SMALL, pitch_mm=2.0)
+    win = (0, 0, *det.shape)
+    proj = render.render(ct, Pose(view_position="LL"), det)
+    raised = _truth(
+        proj, edits.Variant(window=win, arms_shift_mm=(-70.0, 0.0)), thresholds, view="lateral"
+    )
+    assert set(raised) == set(truth.LATERAL_RULES)
+    assert raised["positioning.arms"]["status"] == "pass"
+    assert raised["positioning.rotation"]["status"] == "pass"
+    down = _truth(
+        proj, edits.Variant(window=win, arms_shift_mm=(160.0, 30.0)), thresholds, view="lateral"
+    )
+    assert down["positioning.arms"]["status"] == "fail"
+    turned = render.render(ct, Pose(view_position="LL", rotation_deg=12.0), det)
+    rot = _truth(turned, edits.Variant(window=win), thresholds, view="lateral")
+    assert rot["positioning.rotation"]["status"] == "fail"
+    assert rot["positioning.rotation"]["value"] > raised["positioning.rotation"]["value"] + 10
