@@ -264,7 +264,7 @@ def _quiet_libraries(settings: Settings) -> None:
     if settings.verbose:
         logging.getLogger().setLevel(logging.DEBUG)
     else:
-        for name in ("pynetdicom", "alembic", "uvicorn.access"):
+        for name in ("pynetdicom", "alembic", "highdicom", "uvicorn.access"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from qcnode.config import load_settings
-from qcnode.node import EngineAnalyzer, Node, _run_until_signal
+from qcnode.node import EngineAnalyzer, Node, _quiet_libraries, _run_until_signal
 from qcnode.records import View
 from qcnode.testing import FakePredictor, frontal_phantom
 
@@ -23,6 +23,7 @@ def main() -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = load_settings(Path(sys.argv[1]))
+    _quiet_libraries(settings)
     predictor = FakePredictor(source=lambda img: (View.FRONTAL, frontal_phantom(img.pixels.shape)))
     node = Node(
         settings=settings,

@@ -8,6 +8,7 @@ once it is back.
 
 from __future__ import annotations
 
+import gc
 import threading
 from pathlib import Path
 
@@ -83,29 +84,37 @@ def assert_delivered_once(node: NodeProcess, pacs: Orthanc, sources: list[str]) 
 
 
 @pytest.mark.slow
+# the modality's association dies with the node: pynetdicom leaves its socket to the GC
+@pytest.mark.filterwarnings("ignore:unclosed <socket:ResourceWarning")
 def test_sigkill_during_a_stream_then_restart(tmp_path: Path, orthanc: Orthanc) -> None:
     node = NodeProcess(tmp_path / "n", fake_model=True, **node_settings(tmp_path, orthanc))
     node.start()
-    images = [radiograph(rows=400, columns=400, seed=i) for i in range(24)]
+    images = [radiograph(rows=400, columns=400, seed=i) for i in range(16)]
     acknowledged: list[str] = []
     stop = threading.Event()
     sender = threading.Thread(target=stream, args=(node.port, images, acknowledged, stop))
     sender.start()
-    wait_for(lambda: len(acknowledged) >= 8, 60, "the first acknowledged images")
+    wait_for(lambda: len(acknowledged) >= 6, 60, "the first acknowledged images")
     node.kill()  # mid-stream: ingest, worker and sender all die where they are
     stop.set()
     sender.join(timeout=60)
-    assert 8 <= len(acknowledged) < len(images)
+    assert 6 <= len(acknowledged) < len(images)
     node.start()
     # the modality re-sends what was not acknowledged (and, harmlessly, one that was)
     rest = [ds for ds in images if str(ds.SOPInstanceUID) not in acknowledged]
     again: list[str] = []
     stream(node.port, [images[0], *rest], again, threading.Event())
     assert len(again) == len(rest) + 1
+    # and again while it catches up: results half-committed, deliveries in flight
+    wait_for(lambda: len(sop_uids_at(orthanc)) >= 4, 60, "the first deliveries")
+    node.kill()
+    node.start()
     try:
         assert_delivered_once(node, orthanc, [str(ds.SOPInstanceUID) for ds in images])
     finally:
         node.stop()
+    assert "re-claim" in node.log() or "requeued" in node.log()  # the dead worker's jobs
+    gc.collect()  # the dead association's socket, under this test's warning filter
 
 
 @pytest.mark.slow
