@@ -45,6 +45,9 @@ KNOWN: dict[str, str] = {
     "TypeError @ imaging.py:image_meta": "request 1: Rows/Columns with several values",
     "TypeError @ imaging.py:normalise_pixels": "request 2: empty RescaleSlope with an intercept",
     "error @ imaging.py:read_dataset": "request 6: zlib.error from a broken deflated dataset",
+    "PanicException @ imaging.py:decode_dataset": "request 7: a codec panic kills the worker",
+    "ContractViolation: decoded pixels": "request 8: a NaN window centre gives NaN pixels",
+    "NotImplementedError @ imaging.py:": "request 9: an unknown VR escapes as NotImplementedError",
     "ContractViolation: exposure.deviation_index: value": "request 3: infinite deviation index",
     "NodeFailure: unexpected C-STORE status 0xC211": "request 4: ingest handler raised",
     "NodeFailure: pynetdicom.service_class: int() argument must be a string, a bytes-like object"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
 from qcnode.errors import QcnodeError
 from qcnode.imaging import decode_dataset, read_dataset
@@ -72,3 +72,59 @@ def test_truncated_deflated_dataset_is_a_decode_error(tmp_path: Path) -> None:
         warnings.simplefilter("ignore")
         with contextlib.suppress(QcnodeError):
             decode_dataset(read_dataset(cut))
+
+
+def _rle_overrun() -> Dataset:
+    """An RLE codestream for 32x32 pixels under a header that says 2x1."""
+    ds = radiograph(rows=32, columns=32)
+    ds.compress(RLELossless)
+    ds.Rows, ds.Columns = 2, 1
+    return ds
+
+
+@pytest.mark.xfail(strict=True, reason="request 7: pylibjpeg-rle panics (a BaseException)")
+def test_codec_panic_is_a_decode_error(tmp_path: Path) -> None:
+    try:
+        _decode(_rle_overrun(), tmp_path)
+    except Exception:
+        raise
+    except BaseException as exc:  # pyo3 PanicException is not an Exception
+        raise AssertionError(f"{type(exc).__name__} escaped decode: {exc}") from None
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.xfail(strict=True, reason="request 7: the panic ends the worker thread for good")
+def test_codec_panic_does_not_stop_the_worker(tmp_path: Path) -> None:
+    from tests.fuzz.cstore import CStoreTarget
+    from tests.fuzz.dicom_inputs import PLACEHOLDER_SOP_UID, encode
+
+    target = CStoreTarget(tmp_path)
+    try:
+        for ds in (_rle_overrun(), radiograph(rows=64, columns=64)):
+            ds.SOPInstanceUID = PLACEHOLDER_SOP_UID
+            ds.file_meta.MediaStorageSOPInstanceUID = PLACEHOLDER_SOP_UID
+            assert target.send(encode(ds)) == 0
+        target.settle(timeout=10)  # the valid image after the bad one is QC'd too
+    finally:
+        target.close()
+
+
+@pytest.mark.xfail(strict=True, reason="request 8: NaN window centre gives NaN pixels")
+def test_nan_window_centre_gives_finite_pixels(tmp_path: Path) -> None:
+    ds = radiograph(rows=24, columns=30)
+    _set(ds, "WindowCenter", ["nan", "1e30"])
+    _set(ds, "WindowWidth", "0.0001")
+    ds.VOILUTFunction = "LINEAR_EXACT"
+    decode_file(write(ds, tmp_path / "in.dcm"))  # raises ContractViolation
+
+
+@pytest.mark.xfail(strict=True, reason="request 9: unknown VR raises NotImplementedError")
+def test_unknown_vr_is_a_decode_error(tmp_path: Path) -> None:
+    data = write(radiograph(rows=16, columns=16), tmp_path / "ok.dcm").read_bytes()
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(data.replace(b"\x08\x00\x60\x00CS", b"\x08\x00\x60\x00C\x01", 1))
+    assert bad.read_bytes() != data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with contextlib.suppress(QcnodeError):
+            decode_dataset(read_dataset(bad))
