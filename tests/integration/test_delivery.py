@@ -60,6 +60,11 @@ def stream(port: int, images: list, acknowledged: list[str], stop: threading.Eve
             break
     if assoc.is_established:
         assoc.release()
+    else:  # the node died under us: close what pynetdicom leaves open
+        assoc.abort()
+        sock = getattr(assoc.dul.socket, "socket", None)
+        if sock is not None:
+            sock.close()
 
 
 def sop_uids_at(pacs: Orthanc) -> list[str]:
