@@ -375,3 +375,16 @@ def test_tcp_nodelay_and_concurrent_modalities(start_node, make_radiograph) -> N
         t.join(120)
     assert [r.returncode for r in runs] == [0, 0, 0, 0], [r.stderr for r in runs]
     assert len(rows(node)) == 20
+
+
+def test_total_association_limit(start_node) -> None:  # type: ignore[no-untyped-def]
+    node = start_node(max_associations=1)
+    port = node.address[1]
+    first_ae, second_ae = AE(ae_title="ONE"), AE(ae_title="TWO")
+    for ae in (first_ae, second_ae):
+        ae.add_requested_context("1.2.840.10008.1.1")
+    first = first_ae.associate("127.0.0.1", port, ae_title="QCNODE")
+    assert first.is_established
+    second = second_ae.associate("127.0.0.1", port, ae_title="QCNODE")
+    assert second.is_rejected
+    first.release()
