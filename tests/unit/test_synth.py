@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -39,7 +40,7 @@ def ct() -> ctmod.PreparedCT:
 
 
 @pytest.fixture(scope="module")
-def thresholds() -> dict[str, object]:
+def thresholds() -> dict[str, Any]:
     return truth.load_thresholds()
 
 
@@ -120,10 +121,10 @@ def test_bone_masks_are_high_attenuation(ct: ctmod.PreparedCT) -> None:
 def _truth(
     proj: render.Projection,
     v: edits.Variant,
-    thresholds: dict[str, object],
+    thresholds: dict[str, Any],
     ribs: int = 10,
     view: str = "frontal",
-) -> dict[str, dict[str, object]]:
+) -> dict[str, dict[str, Any]]:
     comp = edits.compose(proj, v, frontal=view == "frontal")
     params = {
         "rotation_deg": proj.pose.rotation_deg,
@@ -149,12 +150,10 @@ def _truth(
         header_view_position="PA" if view == "frontal" else "LL",
         header_spacing_ok=True,
     )
-    return truth.rules_truth(tin, thresholds)  # type: ignore[arg-type]
+    return truth.rules_truth(tin, thresholds)
 
 
-def test_crop_above_the_apex_fails_apices(
-    ct: ctmod.PreparedCT, thresholds: dict[str, object]
-) -> None:
+def test_crop_above_the_apex_fails_apices(ct: ctmod.PreparedCT, thresholds: dict[str, Any]) -> None:
     proj = render.render(ct, Pose(), SMALL)
     h, w = SMALL.shape
     full = _truth(proj, edits.Variant(window=(0, 0, h, w)), thresholds)
@@ -171,7 +170,7 @@ def test_crop_above_the_apex_fails_apices(
 
 
 def test_exposure_truth_follows_parameters(
-    ct: ctmod.PreparedCT, thresholds: dict[str, object]
+    ct: ctmod.PreparedCT, thresholds: dict[str, Any]
 ) -> None:
     proj = render.render(ct, Pose(), SMALL)
     win = (0, 0, *SMALL.shape)
@@ -199,7 +198,7 @@ def test_masks_and_image_stay_aligned_under_2d_edits(ct: ctmod.PreparedCT) -> No
         assert np.array_equal(ref.masks[name], expect)
     assert ref.masks["field"].sum() < hh * ww
     for kw in ({"flipped": True}, {"rotated180": True}, {"flipped": True, "rotated180": True}):
-        v = replace(base, **kw)
+        v = replace(base, flipped=kw.get("flipped", False), rotated180=kw.get("rotated180", False))
         comp = edits.compose(proj, v, frontal=True)
 
         def orient(a: np.ndarray, kw: dict[str, bool] = kw) -> np.ndarray:
@@ -228,7 +227,7 @@ def test_masks_and_image_stay_aligned_under_2d_edits(ct: ctmod.PreparedCT) -> No
 
 
 def test_samples_pass_dciodvfy_and_fixed_seed_is_identical(
-    ct: ctmod.PreparedCT, thresholds: dict[str, object], tmp_path: Path
+    ct: ctmod.PreparedCT, thresholds: dict[str, Any], tmp_path: Path
 ) -> None:
     plan = generate.Plan(split="train", seed=3, view="both", variants_per_pose=2, detector=SMALL)
     outs = []
@@ -295,9 +294,7 @@ def test_cli_writes_a_resumable_set(ct: ctmod.PreparedCT, tmp_path: Path) -> Non
     assert len((out / "manifest.jsonl").read_text().splitlines()) == len(lines)
 
 
-def test_lateral_truth_arms_and_rotation(
-    ct: ctmod.PreparedCT, thresholds: dict[str, object]
-) -> None:
+def test_lateral_truth_arms_and_rotation(ct: ctmod.PreparedCT, thresholds: dict[str, Any]) -> None:
     det = replace(SMALL, pitch_mm=2.0)
     win = (0, 0, *det.shape)
     proj = render.render(ct, Pose(view_position="LL"), det)
