@@ -71,7 +71,8 @@ TRANSFER_SYNTAXES = (
 # Start writing a streaming dataset to disk every this many bytes (see Ingest._on_data)
 WRITEBACK_CHUNK = 2 * 1024 * 1024
 # BodyPartExamined values that mean "chest" (empty: unknown, the model's view head decides)
-CHEST_BODY_PARTS = frozenset({"", "CHEST", "THORAX", "LUNG", "CHEST_LAT", "CHESTLAT"})
+# (substrings, as qcnode.engine.chest_header: "CHEST PA", "THORAX", German "TORAX"/"BRUST")
+CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "TORAX", "BRUST")
 
 
 def set_nodelay(sock: socket.socket | None) -> None:
@@ -88,8 +89,12 @@ def assoc_socket(assoc: Any) -> socket.socket | None:
 
 
 def is_chest(sop_class_uid: str, body_part: str) -> bool:
-    """Header-level decision; the model's view head may still say "other" later."""
-    return sop_class_uid in CHEST_SOP_CLASSES and body_part.upper() in CHEST_BODY_PARTS
+    """Header-level decision, the same as the engine's; an empty body part is not held
+    against the image (the model's view head may still say "other" later)."""
+    part = body_part.upper()
+    return sop_class_uid in CHEST_SOP_CLASSES and (
+        not part or any(p in part for p in CHEST_BODY_PARTS)
+    )
 
 
 def _study_date(value: str) -> dt.date | None:

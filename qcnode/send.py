@@ -46,6 +46,8 @@ RESULT_SOP_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection
 )
 RESULT_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+SC_COMPRESSED_SYNTAXES = ("1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50")  # RLE, JPEG baseline
 CLAIM_LEASE = dt.timedelta(seconds=60)
 SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4: what we record when no context was accepted
 MAX_BACKOFF_SECONDS = 600.0
@@ -82,6 +84,10 @@ class DicomSender:
         self.ae.network_timeout = timeout
         for uid in RESULT_SOP_CLASSES:
             self.ae.add_requested_context(uid, list(RESULT_TRANSFER_SYNTAXES))
+        # a compressed overlay (sc_compression) needs its own contexts: pynetdicom sends
+        # compressed pixels only under exactly their transfer syntax
+        for syntax in SC_COMPRESSED_SYNTAXES:
+            self.ae.add_requested_context(SECONDARY_CAPTURE, syntax)
         self._assocs: dict[str, Association] = {}
         self._lock = threading.Lock()
 

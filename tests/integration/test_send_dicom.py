@@ -37,9 +37,12 @@ def test_store_reuse_and_refusals(tmp_path: Path, orthanc: Orthanc) -> None:
         assert sender.store(dest, dx) == SOP_CLASS_NOT_SUPPORTED
         assert assoc.is_established
         assert sender.store(dest, scs[0]) == 0  # again: the PACS keeps it once
+        rle = radiograph(rows=16, columns=16, sop_class=SECONDARY_CAPTURE, modality="OT")
+        rle.compress("1.2.840.10008.1.2.5")
+        assert sender.store(dest, write(rle, tmp_path / "rle.dcm")) == 0  # sent as RLE
     finally:
         sender.close()
-    assert orthanc.count() == 3
+    assert orthanc.count() == 4
     down = Destination(ae_title="NOBODY", host="127.0.0.1", port=free_port())
     with pytest.raises(DeliveryError):
         DicomSender(ae_title="QCNODE").store(down, scs[0])

@@ -41,3 +41,16 @@ def test_docker_files_use_real_settings() -> None:
     names = {n.lower() for n in re.findall(r"QCNODE_([A-Z_]+)", text)}
     assert names and names <= {f.name for f in dataclasses.fields(Settings)}
     assert 'CMD ["serve", "--config", "/opt/qcnode/etc/qcnode.toml"]' in text
+
+
+def test_ingest_and_engine_agree_on_chest_headers() -> None:
+    from qcnode.engine import chest_header
+    from qcnode.ingest import is_chest
+    from qcnode.records import ImageMeta
+
+    cr = "1.2.840.10008.5.1.4.1.1.1"
+    for part in ("", "CHEST", "chest pa", "THORAX", "TORAX", "BRUST", "KNEE", "HAND", "ABDOMEN"):
+        meta = ImageMeta(sop_instance_uid="1", sop_class_uid=cr, modality="CR", rows=1, columns=1,
+                         photometric="MONOCHROME2", body_part=part.upper())  # fmt: skip
+        assert is_chest(cr, part) == chest_header(meta), part
+    assert not is_chest("1.2.840.10008.5.1.4.1.1.7", "CHEST")  # Secondary Capture
