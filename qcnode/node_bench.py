@@ -5,7 +5,8 @@ over one association to (a) qcnode's ingest (fsync'd file + directory + committe
 before each success), (b) DCMTK ``storescp`` (no fsync), (c) ``storescp`` that runs
 ``sync FILE`` before answering (``--exec-on-reception --exec-sync``: fsync durability).
 Both peers get ``TCP_NODELAY=1``. Each target runs ``rounds`` times on a fresh directory;
-the median is reported.
+the best round is reported (on a shared machine
+other load only ever adds time), with the median beside it.
 
 e2e: qcnode (ingest + worker with the configured model + sender) in front of a real
 Orthanc. Latency is C-STORE success at qcnode (instance row committed) to the SR's
@@ -176,7 +177,7 @@ def _round_storescp(files: list[Path], work: Path, *, fsync: bool) -> float:
     return elapsed
 
 
-def bench_ingest(settings: Settings, *, count: int = 24, rounds: int = 3) -> dict[str, Any]:
+def bench_ingest(settings: Settings, *, count: int = 24, rounds: int = 5) -> dict[str, Any]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=settings.data_dir))
     try:
@@ -194,11 +195,12 @@ def bench_ingest(settings: Settings, *, count: int = 24, rounds: int = 3) -> dic
         shutil.rmtree(work, ignore_errors=True)
     result: dict[str, Any] = {"files": count, "megabytes": round(total / 1e6, 1), "rounds": rounds}
     for name, values in times.items():
-        t = statistics.median(values)
+        t = min(values)
         result[name] = {
             "seconds": round(t, 3),
             "mb_per_s": round(total / 1e6 / t, 1),
             "images_per_s": round(count / t, 1),
+            "median_mb_per_s": round(total / 1e6 / statistics.median(values), 1),
         }
     q = result["qcnode"]["mb_per_s"]
     result["ratio_vs_storescp"] = round(q / result["storescp"]["mb_per_s"], 2)
