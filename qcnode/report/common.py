@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -162,6 +163,53 @@ PATIENT_STUDY_KEYWORDS: tuple[str, ...] = (
     "PatientWeight",
     "TimezoneOffsetFromUTC",
 )
+
+
+# Type 2 patient/study attributes highdicom reads from the evidence (and validates strictly:
+# a one-component name warns, an unknown sex raises). It gets them empty; the real values
+# are copied verbatim afterwards by copy_patient_and_study.
+_EVIDENCE_BLANKS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "AccessionNumber",
+)
+_PIXEL_GROUP = 0x7FE0
+
+
+def evidence_header(source: pydicom.Dataset) -> pydicom.Dataset:
+    """The source header as highdicom should see it: no pixels, blank patient/study Type 2
+    attributes, a VOI window only when centre and width are both present and finite."""
+    header = pydicom.Dataset()
+    for elem in source:
+        if elem.tag.group != _PIXEL_GROUP:
+            header.add(copy.copy(elem))  # own elements: blanking must not touch the source
+    for keyword in _EVIDENCE_BLANKS:
+        setattr(header, keyword, None)
+    for keyword in ("PatientName", "ReferringPhysicianName"):
+        setattr(header, keyword, "")
+    if not _window_usable(source):
+        for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation"):
+            if keyword in header:
+                delattr(header, keyword)
+    return header
+
+
+def _window_usable(source: pydicom.Dataset) -> bool:
+    centre, width = source.get("WindowCenter"), source.get("WindowWidth")
+    if centre is None and width is None:
+        return True
+    try:
+        c = [float(v) for v in (centre if isinstance(centre, MultiValue | list) else [centre])]
+        w = [float(v) for v in (width if isinstance(width, MultiValue | list) else [width])]
+    except (TypeError, ValueError):
+        return False
+    return len(c) == len(w) > 0 and all(math.isfinite(v) for v in c + w) and min(w) > 0
 
 
 def copy_patient_and_study(source: pydicom.Dataset, target: pydicom.Dataset) -> None:

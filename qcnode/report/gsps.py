@@ -27,6 +27,7 @@ from qcnode.report import i18n, uids
 from qcnode.report.common import (
     ReportOptions,
     copy_patient_and_study,
+    evidence_header,
     model_version,
     series_info,
     set_body_part,
@@ -150,6 +151,7 @@ def build_gsps(
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """GSPS on ``source`` with structure outlines, finding graphics and the verdict."""
     options = options or ReportOptions()
+    evidence = evidence_header(source)
     language = options.language
     rows, columns = int(source.Rows), int(source.Columns)
     info = series_info(source, result.model, "gsps", options)
@@ -168,7 +170,7 @@ def build_gsps(
             layers.append(layer)
             annotations.append(
                 GraphicAnnotation(
-                    referenced_images=[source],
+                    referenced_images=[evidence],
                     graphic_layer=layer,
                     graphic_objects=graphics or None,
                     text_objects=texts or None,
@@ -201,7 +203,7 @@ def build_gsps(
     )
     inverse = str(source.get("PhotometricInterpretation", "")) == "MONOCHROME1"
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
-        referenced_images=[source],
+        referenced_images=[evidence],
         series_instance_uid=info.series_instance_uid,
         series_number=info.series_number,
         sop_instance_uid=info.sop_instance_uid,

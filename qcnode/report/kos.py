@@ -17,6 +17,7 @@ from qcnode.report.common import (
     ReportOptions,
     copy_patient_and_study,
     device_observer,
+    evidence_header,
     series_info,
     settle_character_set,
 )
@@ -48,6 +49,7 @@ def build_kos(
 ) -> hd.ko.KeyObjectSelectionDocument:
     """A KOS that references ``source`` with a Quality Issue (or Rejected) title."""
     options = options or ReportOptions()
+    evidence = evidence_header(source)
     info = series_info(source, result.model, "kos", options)
     title = (
         codes.DCM.RejectedForQualityReasons
@@ -57,12 +59,12 @@ def build_kos(
     observer = device_observer(options, result.model)
     content = hd.ko.KeyObjectSelection(
         document_title=title,
-        referenced_objects=[source],
+        referenced_objects=[evidence],
         observer_device_context=observer,
         description=_description(result, options.language),
     )
     kos = hd.ko.KeyObjectSelectionDocument(
-        evidence=[source],
+        evidence=[evidence],
         content=content,
         series_instance_uid=info.series_instance_uid,
         series_number=info.series_number,

@@ -29,6 +29,7 @@ from qcnode.report.common import (
     ReportOptions,
     copy_patient_and_study,
     device_observer,
+    evidence_header,
     model_version,
     series_info,
     settle_character_set,
@@ -316,6 +317,7 @@ def build_sr(
 ) -> hd.sr.Comprehensive3DSR:
     """The Measurement Report of ``result`` on ``source`` (header-only dataset is enough)."""
     options = options or ReportOptions()
+    evidence = evidence_header(source)
     rows, columns = int(source.Rows), int(source.Columns)
     info = series_info(source, result.model, "sr", options)
     observer = device_observer(options, result.model)
@@ -359,7 +361,7 @@ def build_sr(
     _insert_image_library(root, source)
     root.ContentSequence.append(_overall(result, options.language))
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[source],
+        evidence=[evidence],
         content=root,
         series_instance_uid=info.series_instance_uid,
         series_number=info.series_number,

@@ -24,7 +24,7 @@ from qcnode.report import (
 )
 from qcnode.report.examples import example_prediction, example_result
 from qcnode.report.overlay import BANNER_COLOURS
-from qcnode.report.validate import assert_valid
+from qcnode.report.validate import assert_valid, dciodvfy
 
 PATIENT_STUDY = (
     "PatientName",
@@ -274,3 +274,58 @@ def test_compressed_overlay_sc_is_valid_and_decodes_close_to_the_picture(compres
         assert error == 0 and back.LossyImageCompression == "00"
     else:
         assert error < 6 and back.LossyImageCompression == "01"
+
+
+def _drop(*keywords: str):  # type: ignore[no-untyped-def]
+    def edit(ds: pydicom.Dataset) -> None:
+        for keyword in keywords:
+            delattr(ds, keyword)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _drop(
+            "PatientName",
+            "PatientID",
+            "PatientBirthDate",
+            "PatientSex",
+            "StudyID",
+            "StudyDate",
+            "StudyTime",
+            "ReferringPhysicianName",
+            "AccessionNumber",
+        ),
+        lambda ds: setattr(ds, "PatientName", "ward"),  # one component: highdicom would warn
+        lambda ds: setattr(ds, "ReferringPhysicianName", "ward"),
+        lambda ds: setattr(ds, "PatientSex", "X"),  # highdicom would refuse it
+        _drop("WindowWidth"),  # a centre without width: highdicom's GSPS would refuse it
+    ],
+    ids=["no-type2", "one-part-name", "one-part-referrer", "odd-sex", "centre-only"],
+)
+def test_odd_real_world_headers_still_give_valid_objects_copied_verbatim(edit) -> None:
+    source = source_dataset()
+    edit(source)
+    source = roundtrip(source)
+    _, image = header_and_image(source)
+    objects = build_results(
+        source,
+        image,
+        example_prediction(image),
+        example_result(image),
+        objects=("sr", "sc", "gsps", "kos"),
+    )  # full dataset, pixels too
+    for obj in objects:
+        back = roundtrip(obj)
+        # copied verbatim: an invalid source value stays (the PACS must match the patient),
+        # and is then the only thing dciodvfy objects to
+        errors = dciodvfy(back).errors
+        inherited = source.get("PatientSex") not in ("M", "F", "O", "", None)
+        assert all("PatientSex" in e for e in errors) if inherited else not errors, errors
+        for keyword in ("PatientName", "PatientSex", "ReferringPhysicianName"):
+            if keyword in source:
+                assert back[keyword].value == source[keyword].value
+            else:
+                assert back[keyword].value in ("", None)  # Type 2: present, empty
