@@ -12,9 +12,11 @@ PACS's success and our commit replaces instead of duplicating at the PACS.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from typing import Any, Protocol
 
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.transport import AssociationSocket
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -73,10 +76,29 @@ def is_delivered(status: int) -> bool:
     return status == 0x0000 or 0xB000 <= status <= 0xBFFF or status == 0x0107
 
 
+def _close_even_if_shutdown_fails(self: AssociationSocket) -> None:
+    sock = self.socket
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def _fix_refused_connection_leak() -> None:
+    """pynetdicom 3.0.4 skips ``close()`` when ``shutdown()`` fails, which it always does
+    for a refused connection: while a PACS is down every retry would leak a socket until
+    the garbage collector finds it. Close it in any case (idempotent)."""
+    if AssociationSocket._shutdown_socket is not _close_even_if_shutdown_fails:
+        AssociationSocket._shutdown_socket = _close_even_if_shutdown_fails  # type: ignore[method-assign]
+
+
 class DicomSender:
     """C-STORE SCU with one reused association per destination and TCP_NODELAY."""
 
     def __init__(self, *, ae_title: str, timeout: float = 30.0) -> None:
+        _fix_refused_connection_leak()
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_pdu_size = 0
         self.ae.acse_timeout = timeout
