@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 REAL_ROOT = Path("/work/shared/data/realcxr")
 ATTRIBUTION = (
     "Images: Hannover Medical School COVID-19 Image Repository (CC BY 3.0), NIH ChestX-ray14 "
-    "(NIH Clinical Center), M. Häggström (CC0). Lung masks: V7 Labs (CC BY 4.0)."
+    "(NIH Clinical Center), M. Haggstrom (CC0). Lung masks: V7 Labs (CC BY 4.0)."
 )
 
 
@@ -275,6 +275,67 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_TABLE_STRUCTURES = (
+    "lungs_union",
+    "lung_right",
+    "lung_left",
+    "heart",
+    "clavicle_right",
+    "clavicle_left",
+    "scapula_right",
+    "scapula_left",
+    "spine",
+    "trachea",
+    "sternum",
+    "humerus_right",
+    "humerus_left",
+    "ribs_posterior_right",
+    "ribs_posterior_left",
+    "body",
+    "field",
+)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Model-card tables from a report."""
+    lines: list[str] = []
+    sets = [(k, report[k]) for k in ("synthetic", "held_out_poses") if k in report]
+    if sets:
+        head = " | ".join(f"{k} frontal | {k} lateral" for k, _ in sets)
+        lines += [f"| structure | {head} |", "|---" * (1 + 2 * len(sets)) + "|"]
+        for name in _TABLE_STRUCTURES:
+            cells = []
+            for _, s in sets:
+                for view in ("frontal", "lateral"):
+                    key = f"{view}/{name}"
+                    d, n = s["dice"].get(key), s["dice_n"].get(key, 0)
+                    cells.append("—" if d is None else f"{d:.3f} (n={n})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for k, s in sets:
+            acc = s["view_accuracy"]
+            lines.append(
+                f"- {k} ({s['set']}, {s['n']} images): view accuracy "
+                f"{'—' if acc is None else f'{100 * acc:.2f} %'}; confusion "
+                f"(true → predicted) {json.dumps(s['view_confusion'])}"
+            )
+    if "real" in report:
+        r = report["real"]
+        lines.append(
+            f"- real films: lung Dice (right ∪ left vs V7 masks) mean {r['lung_dice_mean']:.3f}, "
+            f"median {r['lung_dice_median']:.3f}, min {r['lung_dice_min']:.3f} "
+            f"(n={r['lung_dice_n']}); view correct {r['view_correct']}/{r['view_n']}"
+            + (f" (wrong: {', '.join(r['view_wrong'])})" if r["view_wrong"] else "")
+        )
+    neg = report.get("negatives", {})
+    for k, v in neg.items():
+        lines.append(
+            f"- non-chest DICOM ({k.replace('_', ' ')}): `other` {v['other_correct']}/{v['n']}"
+            + (f" (wrong: {', '.join(v['wrong'])})" if v["wrong"] else "")
+        )
+    return "\n".join(lines) + "\n"
+
+
 def record(name: str | None, report: dict[str, Any]) -> None:
     import dataclasses
 
@@ -296,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--real", type=Path, default=REAL_ROOT)
     ap.add_argument("--overlays", type=Path, help="write overlay pictures here (docs)")
     ap.add_argument("--json-out", type=Path)
+    ap.add_argument("--markdown", type=Path, help="write model-card tables here")
     ap.add_argument(
         "--record", action="store_true", help="store the headline metrics in the registry entry"
     )
@@ -318,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.weights is not None:
             raise SystemExit("--record needs a registry model, not --weights")
         record(args.model, report)
+    if args.markdown:
+        args.markdown.write_text(markdown(report), encoding="utf-8")
     text = json.dumps(report, indent=1)
     if args.json_out:
         args.json_out.write_text(text)
