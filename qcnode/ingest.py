@@ -145,6 +145,7 @@ class Ingest:
         self.on_stored = on_stored or (lambda: None)
         self.server: ThreadedAssociationServer | None = None
         self._old_tempdir: str | None = None
+        self._old_chunked = False
         self._lock = threading.Lock()
         self.stored = 0
 
@@ -167,6 +168,7 @@ class Ingest:
         """Start listening (non-blocking); returns the bound (address, port)."""
         # Chunked receive: pynetdicom writes the incoming dataset straight to a temporary
         # file; putting that file in data_dir/tmp makes keeping it a rename, not a copy.
+        self._old_chunked = _config.STORE_RECV_CHUNKED_DATASET
         _config.STORE_RECV_CHUNKED_DATASET = True
         self._old_tempdir = tempfile.tempdir
         tempfile.tempdir = str(self.store.tmp)
@@ -218,8 +220,10 @@ class Ingest:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
-        if self._old_tempdir is not None or tempfile.tempdir == str(self.store.tmp):
+        # pynetdicom's and tempfile's settings are process-wide: give them back
+        if tempfile.tempdir == str(self.store.tmp):
             tempfile.tempdir = self._old_tempdir
+        _config.STORE_RECV_CHUNKED_DATASET = self._old_chunked
 
     # --- association events --------------------------------------------------------
 
