@@ -271,15 +271,41 @@ def block_mean(pixels: FloatImage, k: int) -> FloatImage:
     return blocks.mean(axis=(1, 3), dtype=np.float32).astype(np.float32)
 
 
+def upright_votes(
+    masks: Mapping[str, BoolMask], lungs: BoolMask, cl: Point, ch: Point | None
+) -> int:
+    """Positive when the anatomy says "upright", negative when upside down."""
+    votes = 0
+    clav = masks.get("clavicle_right")
+    other = masks.get("clavicle_left")
+    cc = centroid(clav | other) if clav is not None and other is not None else None
+    if cc is not None:
+        votes += 2 if cc[0] < cl[0] else -2
+    trachea = masks.get("trachea")
+    ct = centroid(trachea) if trachea is not None else None
+    if ct is not None:
+        votes += 1 if ct[0] < cl[0] else -1
+    if ch is not None:
+        votes += 1 if ch[0] > cl[0] else -1
+    rows = np.flatnonzero(lungs.any(axis=1))
+    if rows.size >= 10:
+        k = max(1, rows.size // 5)
+        top = lungs[rows[:k]].sum()
+        bottom = lungs[rows[-k:]].sum()
+        votes += 1 if bottom > top else -1
+    return votes
+
+
 def detect_orientation(
     masks: Mapping[str, BoolMask], view: View, sx: float, heart_offset_mm: float
 ) -> str:
     """How a film hangs, from the anatomy: "upright", "mirrored", "upside_down", "flipped".
 
-    Upright: the heart's centre lies below the lungs' centre (without a heart: the lungs are
-    wider at the bottom). Mirrored (frontal only): the heart's centre lies more than
-    ``heart_offset_mm`` to the image left of the midline between the two lungs; a chest film
-    hangs with the patient's left — the heart — on the viewer's right.
+    Upright: a vote of the clavicles (above the lungs' centre, counted twice), the trachea
+    (above), the heart (below) and the lungs' shape (narrow apices, wide bases).
+    Mirrored (frontal only): the heart's centre lies more than ``heart_offset_mm`` to the
+    image left of the midline between the two lungs; a chest film hangs with the patient's
+    left — the heart — on the viewer's right.
     """
     right, left = masks.get("lung_right"), masks.get("lung_left")
     if right is None or left is None:
@@ -290,12 +316,7 @@ def detect_orientation(
         return "upright"
     heart = masks.get("heart")
     ch = centroid(heart) if heart is not None else None
-    if ch is not None:
-        up = ch[0] > cl[0]
-    else:
-        rows = np.flatnonzero(lungs.any(axis=1))
-        mid = (rows[0] + rows[-1]) // 2
-        up = bool(lungs[mid:].sum() >= lungs[:mid].sum())
+    up = upright_votes(masks, lungs, cl, ch) >= 0
     mirrored = False
     if view is View.FRONTAL and ch is not None:
         cr, cc = centroid(right), centroid(left)
