@@ -128,6 +128,10 @@ class Ingest:
     """The Storage SCP. ``on_stored`` is called after each committed instance (wakes the
     in-process worker); it must not block."""
 
+    _active = 0  # running ingests in this process (they share pynetdicom's settings)
+    _active_lock = threading.Lock()
+    _saved: tuple[bool, str | None] = (False, None)
+
     def __init__(
         self,
         *,
@@ -144,8 +148,7 @@ class Ingest:
         self.store = store
         self.on_stored = on_stored or (lambda: None)
         self.server: ThreadedAssociationServer | None = None
-        self._old_tempdir: str | None = None
-        self._old_chunked = False
+        self._started = False
         self._lock = threading.Lock()
         self.stored = 0
 
@@ -168,10 +171,12 @@ class Ingest:
         """Start listening (non-blocking); returns the bound (address, port)."""
         # Chunked receive: pynetdicom writes the incoming dataset straight to a temporary
         # file; putting that file in data_dir/tmp makes keeping it a rename, not a copy.
-        self._old_chunked = _config.STORE_RECV_CHUNKED_DATASET
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        self._old_tempdir = tempfile.tempdir
-        tempfile.tempdir = str(self.store.tmp)
+        with Ingest._active_lock:
+            if Ingest._active == 0:
+                Ingest._saved = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
+            Ingest._active += 1
+            _config.STORE_RECV_CHUNKED_DATASET = True
+            tempfile.tempdir = str(self.store.tmp)
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REQUESTED, self._on_requested),
@@ -181,6 +186,7 @@ class Ingest:
             (evt.EVT_DATA_RECV, self._on_data),
         ]
         ae = self.make_ae()
+        self._started = True
         server = ae.start_server(
             (self.settings.bind_address, self.settings.port),
             block=False,
@@ -220,10 +226,14 @@ class Ingest:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
-        # pynetdicom's and tempfile's settings are process-wide: give them back
-        if tempfile.tempdir == str(self.store.tmp):
-            tempfile.tempdir = self._old_tempdir
-        _config.STORE_RECV_CHUNKED_DATASET = self._old_chunked
+        # pynetdicom's and tempfile's settings are process-wide: the last ingest to stop
+        # gives them back
+        with Ingest._active_lock:
+            if self._started:
+                self._started = False
+                Ingest._active -= 1
+                if Ingest._active == 0:
+                    _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = Ingest._saved
 
     # --- association events --------------------------------------------------------
 
