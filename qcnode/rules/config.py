@@ -34,10 +34,10 @@ class OrgansConfig:
     heart_min_area_mm2: float = 3000.0
     clavicle_min_area_mm2: float = 750.0
     spine_min_area_mm2: float = 1500.0
-    spine_truncation_fail_mm: float = 100.0
+    spine_truncation_fail_mm: float = 120.0
     sternum_min_area_mm2: float = 300.0
     truncation_fail_mm: float = 110.0
-    diaphragm_cut_fail_percent: float = 95.0
+    diaphragm_cut_fail_percent: float = 98.0
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,10 @@ class ExposureConfig:
     deviation_index_fail: float = 3.0
     saturation_fail_percent: float = 1.0
     saturation_level: float = 0.002
-    contrast_fail: float = 0.64
+    contrast_fail: float = 0.61
     noise_fail: float = 0.03
-    noise_fail_lateral: float = 0.025
-    spine_through_heart_fail: float = 1.2
+    noise_fail_lateral: float = 0.024
+    spine_through_heart_fail: float = 1.4
     spine_through_heart_delta: float = 0.02
     sharpness_edge_fail_mm: float = 16.0
 
@@ -63,8 +63,8 @@ class PositioningConfig:
     inspiration_pass_ribs: int = 10
     inspiration_warn_ribs: int = 9
     inspiration_recess_ribs: int = 1
-    tilt_min_mm: float = 10.0
-    tilt_max_mm: float = 20.0
+    tilt_min_mm: float = 8.0
+    tilt_max_mm: float = 25.0
     orientation_heart_offset_mm: float = 5.0
     lateral_rotation_fail_mm: float = 10.0
     arms_overlap_fail_mm2: float = 100.0
