@@ -184,3 +184,27 @@ def test_sr_is_committed_before_the_overlay_is_built(env, tmp_path) -> None:  # 
         assert s.scalar(select(Job.state)) == DONE
         assert sorted(s.scalars(select(ResultObject.kind))) == ["sc", "sr"]
         assert s.scalar(select(Result.masks_path))
+
+
+def test_each_destination_gets_the_objects_it_asked_for(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    viewer = Destination(ae_title="VIEWER", host="h", port=1, objects=("gsps", "kos"))
+    settings = Settings(data_dir=tmp_path, destinations=(PACS, viewer), kos_when="always")
+    upgrade(settings)
+    engine = make_engine(settings)
+    sessions = make_sessions(engine)
+    store = FileStore(root=tmp_path)
+    receive(sessions, store, tmp_path)
+    make_worker(settings, sessions, store, phantom_predictor()).run_once()
+    with sessions() as s:
+        rows = s.execute(
+            select(ResultObject.kind, Outbox.destination).join(
+                Outbox, Outbox.object_id == ResultObject.id
+            )
+        ).all()
+    engine.dispose()
+    assert sorted(rows) == [
+        ("gsps", "VIEWER@h:1"),
+        ("kos", "VIEWER@h:1"),
+        ("sc", "PACS@127.0.0.1:104"),
+        ("sr", "PACS@127.0.0.1:104"),
+    ]
