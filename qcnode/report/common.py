@@ -5,15 +5,18 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import highdicom as hd
 import pydicom
-from pydicom.charset import convert_encodings
+from pydicom.charset import convert_encodings, decode_bytes, encode_string
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
+from pydicom.valuerep import PersonName
 
 from qcnode import __version__
 from qcnode.config import Settings
@@ -183,8 +186,9 @@ _PIXEL_GROUP = 0x7FE0
 
 
 def evidence_header(source: pydicom.Dataset) -> pydicom.Dataset:
-    """The source header as highdicom should see it: no pixels, blank patient/study Type 2
-    attributes, a VOI window only when centre and width are both present and finite."""
+    """The source header as highdicom should see it: no pixels, no character set, blank
+    patient/study Type 2 attributes, a VOI window only when centre and width are both present
+    and finite."""
     header = pydicom.Dataset()
     for elem in source:
         if elem.tag.group != _PIXEL_GROUP:
@@ -193,6 +197,10 @@ def evidence_header(source: pydicom.Dataset) -> pydicom.Dataset:
         setattr(header, keyword, None)
     for keyword in ("PatientName", "ReferringPhysicianName"):
         setattr(header, keyword, "")
+    # highdicom rejects valid ISO 2022 sets ("\\ISO 2022 IR 58"); settle_character_set
+    # writes the character set of every result object afterwards
+    if "SpecificCharacterSet" in header:
+        del header.SpecificCharacterSet
     if not _window_usable(source):
         for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation"):
             if keyword in header:
@@ -222,47 +230,71 @@ def copy_patient_and_study(source: pydicom.Dataset, target: pydicom.Dataset) -> 
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
 
 
-def _texts(ds: pydicom.Dataset) -> list[str]:
-    out: list[str] = []
+def _texts(ds: pydicom.Dataset) -> list[str | PersonName]:
+    out: list[str | PersonName] = []
     for elem in ds.iterall():
         if elem.VR not in _TEXT_VRS or elem.value is None:
             continue
         values = elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
         for value in values:
-            out.append(str(value))
+            out.append(value if isinstance(value, PersonName) else str(value))
     return out
 
 
-def _encodable(value: str, codecs: list[str]) -> bool:
-    for char in value:
-        for codec in codecs:
-            try:
-                char.encode(codec)
-                break
-            except (UnicodeEncodeError, LookupError):
-                continue
-        else:
+_ISO2022_ESCAPE = re.compile("\x1b[\x20-\x2f]*[\x30-\x7e]")
+
+
+def _round_trips(value: str | PersonName, charset: Any) -> bool:
+    """Whether pydicom writes ``value`` in ``charset`` so that it reads back unchanged.
+
+    Stricter than "every character exists in the repertoire": pydicom writes GB2312 text
+    for "\\ISO 2022 IR 58" without the escape sequences and cannot read it back.
+    """
+    if str(value).isascii():
+        return True
+    if not charset:
+        return False  # default repertoire: ASCII only
+    codecs = convert_encodings(charset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            if isinstance(value, PersonName):  # per component, original bytes when unchanged
+                again = PersonName(value.encode(codecs), encodings=codecs)
+                return str(again) == str(value)
+            encoded = encode_string(value, codecs)
+            return bool(decode_bytes(encoded, codecs, set()) == value)
+        except (UnicodeError, LookupError, ValueError, UserWarning):
             return False
-    return True
+
+
+def _strip_escapes(ds: pydicom.Dataset) -> None:
+    """Drop ISO 2022 escape sequences that pydicom leaves in decoded text (IR 58 sources),
+    before the text is written in UTF-8."""
+    for elem in ds.iterall():
+        if elem.VR not in _TEXT_VRS or elem.value is None or elem.VM != 1:
+            continue
+        text = str(elem.value)
+        if "\x1b" in text:
+            clean = _ISO2022_ESCAPE.sub("", text)
+            elem.value = PersonName(clean) if elem.VR == "PN" else clean
 
 
 def settle_character_set(source: pydicom.Dataset, target: pydicom.Dataset) -> None:
-    """Use the source's character set when it can carry every text; otherwise ISO_IR 192.
+    """Use the source's character set when every text round-trips in it; else ISO_IR 192.
 
-    The patient's name is decoded with the source's character set on reading and re-encoded
-    with the target's on writing, so it round-trips either way; switching to UTF-8 is only
-    needed when, say, Chinese text goes into a Latin-1 study.
+    Kept, the patient's name is written back byte for byte (pydicom keeps the original
+    bytes). Switching to UTF-8 is needed when, say, Chinese text goes into a Latin-1 study;
+    the name is then re-encoded from its decoded form, which is the same name.
     """
     charset = source.get("SpecificCharacterSet")
-    # without SpecificCharacterSet the repertoire is ASCII (pydicom would read Latin-1)
-    codecs = convert_encodings(charset) if charset else ["ascii"]
-    if all(_encodable(t, codecs) for t in _texts(target)):
+    if all(_round_trips(t, charset) for t in _texts(target)):
         if charset:
             target.SpecificCharacterSet = copy.deepcopy(charset)
         elif "SpecificCharacterSet" in target:
             del target.SpecificCharacterSet
         return
     log.debug("result text needs more than the source character set; using ISO_IR 192")
+    _strip_escapes(target)
     target.SpecificCharacterSet = "ISO_IR 192"
 
 

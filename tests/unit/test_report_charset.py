@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import pytest
 from report_support import header_and_image, roundtrip, source_dataset
@@ -18,9 +19,13 @@ KINDS = ("sr", "sc", "gsps", "kos")
 
 @pytest.mark.parametrize(
     ("charset", "language"),
-    [("ISO_IR 192", "zh"), ("GB18030", "zh"), ("GB18030", "en")],
+    [
+        ("ISO_IR 192", "zh"),
+        ("GB18030", "zh"),
+        ("GB18030", "en"),
+    ],
 )
-def test_chinese_patient_name_round_trips(charset: str, language: str) -> None:
+def test_chinese_patient_name_round_trips(charset: str | list[str], language: str) -> None:
     source = source_dataset(charset=charset, patient_name=NAME)
     assert str(source.PatientName) == NAME  # decoded from the source's bytes
     header, image = header_and_image(source)
@@ -82,3 +87,43 @@ def test_chinese_overlay_uses_a_cjk_font() -> None:
     font = _font(40, False, True)
     glyph, missing = font.getmask("质"), font.getmask("\U000f0000")
     assert glyph.size != missing.size or bytes(glyph) != bytes(missing)
+
+
+def _iso2022_ir58_source():  # type: ignore[no-untyped-def]
+    """A "\\ISO 2022 IR 58" (GB2312 by code extension) source whose name is encoded as in
+    PS3.5 Annex K, escape sequences and all (pydicom itself cannot write that)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    ds = source_dataset(charset=["", "ISO 2022 IR 58"], patient_name="Zhang^XiaoDong")
+    raw = b"Zhang^XiaoDong=\x1b$)A\xd5\xc5^\x1b$)A\xd0\xa1\xb6\xab="
+    ds[Tag("PatientName")] = RawDataElement(Tag("PatientName"), "PN", len(raw), raw, 0, False, True)
+    return roundtrip(ds), raw
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_iso2022_gb2312_name_is_kept_byte_exact_or_cleanly_converted(language: str) -> None:
+    source, _ = _iso2022_ir58_source()
+    header, image = header_and_image(source)
+    received = header.PatientName.original_string  # the bytes as the modality sent them
+    assert b"\x1b$)A" in received
+    objects = build_results(
+        header,
+        image,
+        None,
+        example_result(image),
+        objects=("sr", "kos"),
+        options=ReportOptions(language=language),
+    )
+    for obj in objects:
+        back = roundtrip(obj)
+        assert_valid(back)
+        if back.SpecificCharacterSet == ["", "ISO 2022 IR 58"]:
+            # the result's own text fits: the name goes back exactly as it came
+            buffer = io.BytesIO()
+            obj.save_as(buffer, enforce_file_format=True)
+            assert received in buffer.getvalue()
+        else:  # Chinese text does not round-trip in pydicom's IR 58: UTF-8, name readable
+            assert back.SpecificCharacterSet == "ISO_IR 192"
+            assert str(back.PatientName) == "Zhang^XiaoDong=张^小东"
+    assert language == "zh" or objects[0].SpecificCharacterSet != "ISO_IR 192"
