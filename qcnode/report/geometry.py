@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 from skimage import measure
 
 from qcnode.records import BoolMask, Geometry
@@ -79,3 +80,15 @@ def mask_contours(
         if len(xy) >= 4:
             out.append(xy.astype(np.float32))
     return out
+
+
+def coverage(mask: BoolMask, size: tuple[int, int]) -> npt.NDArray[np.float32]:
+    """Fraction of each pixel of a (width, height) grid that ``mask`` covers, in [0, 1].
+
+    Tracing outlines at 0.5 on a smaller coverage map is much faster than on the mask
+    and gives smooth (sub-pixel) lines.
+    """
+    img = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+    shrink = size[1] <= mask.shape[0]
+    img = img.resize(size, Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.float32) / 255.0

@@ -34,7 +34,7 @@ from qcnode.report.common import (
     settle_character_set,
     software_versions,
 )
-from qcnode.report.geometry import mask_contours, to_shapes
+from qcnode.report.geometry import coverage, mask_contours, to_shapes
 from qcnode.report.overlay import STATUS_COLOURS, STRUCTURE_STYLE, value_text
 
 _PIXEL = AnnotationUnitsValues.PIXEL
@@ -55,14 +55,17 @@ TrackingUid = Callable[..., str]
 def _structure_objects(
     prediction: Prediction, rows: int, columns: int, tracking_uid: TrackingUid
 ) -> list[GraphicObject]:
-    tolerance = max(1.0, max(rows, columns) / 1000)  # ~1000 px worth of detail is plenty
+    # ~1000 px worth of detail is plenty for outlines: trace on a coverage map of that size
+    factor = max(1.0, max(rows, columns) / 1000)
+    grid = (max(1, round(columns / factor)), max(1, round(rows / factor)))
     objects = []
     for name in STRUCTURE_STYLE:
         mask = prediction.masks.get(name)
         if mask is None or not mask.any():
             continue
-        scale = rows / mask.shape[0] if mask.shape[0] else 1.0  # masks: source pixels
-        for i, outline in enumerate(mask_contours(mask, scale=scale, tolerance=tolerance)):
+        cover = coverage(mask, grid)  # masks are in source pixels; any size works
+        outlines = mask_contours(cover, scale=rows / grid[1], tolerance=1.0)
+        for i, outline in enumerate(outlines):
             pts = np.clip(outline, 0.0, [float(columns), float(rows)]).astype(np.float32)
             if not np.array_equal(pts[0], pts[-1]):
                 pts = np.vstack([pts, pts[:1]])
