@@ -64,3 +64,23 @@ def test_mask_contours_follow_pixel_edges_and_drop_specks() -> None:
     half = mask_contours(mask, scale=0.5, tolerance=0.1)
     assert max(float(o[:, 0].max()) for o in half) == pytest.approx(40.0, abs=0.5)
     assert mask_contours(np.zeros((5, 5), dtype=bool)) == []
+
+
+def test_validate_command_line_reports_errors(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from report_support import header_and_image, source_dataset
+
+    from qcnode.report import build_sr
+    from qcnode.report.examples import example_result
+    from qcnode.report.validate import main
+
+    header, image = header_and_image(source_dataset())
+    good = tmp_path / "sr.dcm"
+    build_sr(header, example_result(image)).save_as(good, enforce_file_format=True)
+    assert main([str(good)]) == 0
+    bad = tmp_path / "bad.dcm"
+    broken = build_sr(header, example_result(image))
+    del broken.CompletionFlag  # Type 1 in the SR Document General module
+    broken.save_as(bad, enforce_file_format=True)
+    assert main([str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "sr.dcm: 0 error(s)" in out and "Error" in out
