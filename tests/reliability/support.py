@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -166,3 +167,79 @@ class MemoryWatch:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+def delivery_figures(
+    node: Any, pacs: Any, sources: Sequence[str], timeout: float
+) -> dict[str, Any]:
+    """Wait until every source has a result and the outbox is drained, then count what
+    matters: lost (acknowledged, no result), results given up on, evaluated images whose
+    SR/SC are missing, missing/duplicated/unexpected objects at the PACS, dead letters.
+
+    ``node`` is a tests.integration.nodeproc.NodeProcess, ``pacs`` a conftest Orthanc.
+    """
+    from sqlalchemy import func, select
+
+    from qcnode.db import DEAD, PENDING, Instance, Outbox, Result
+
+    def rows() -> dict[str, tuple[str, str | None]]:
+        found = node.query(
+            select(Instance.sop_instance_uid, Result.verdict, Result.error).join(
+                Result, Result.instance_id == Instance.id
+            )
+        )
+        return {uid: (verdict, error) for uid, verdict, error in found}
+
+    def settled() -> bool:
+        if not set(sources) <= set(rows()):
+            return False
+        objects = node.objects()
+        evaluated = [s for s, (v, _) in rows().items() if v in ("pass", "warn", "fail")]
+        if any(len(objects.get(s, [])) < 2 for s in evaluated):
+            return False
+        pending = node.query(
+            select(func.count()).select_from(Outbox).where(Outbox.state == PENDING)
+        )
+        return int(pending[0][0]) == 0
+
+    deadline = time.monotonic() + timeout
+    while not settled() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    results = rows()
+    objects = node.objects()
+    expected = [uid for src in sources for _, uid in objects.get(src, [])]
+    at_pacs = [i["MainDicomTags"]["SOPInstanceUID"] for i in pacs.instances()]
+    evaluated = [s for s in sources if results.get(s, ("", None))[0] in ("pass", "warn", "fail")]
+    dead = node.query(select(func.count()).select_from(Outbox).where(Outbox.state == DEAD))
+    return {
+        "acknowledged": len(sources),
+        "lost": sum(1 for s in sources if s not in results),
+        "evaluated": len(evaluated),
+        "given_up": sum(1 for s in sources if "given up" in (results.get(s, ("", ""))[1] or "")),
+        "other_errors": sum(
+            1
+            for s in sources
+            if results.get(s, ("", None))[0] == "error" and "given up" not in (results[s][1] or "")
+        ),
+        "evaluated_without_sr_sc": sum(1 for s in evaluated if len(objects.get(s, [])) < 2),
+        "objects_expected": len(expected),
+        "objects_missing_at_pacs": len(set(expected) - set(at_pacs)),
+        "objects_duplicated_at_pacs": len(at_pacs) - len(set(at_pacs)),
+        "objects_unexpected_at_pacs": len(set(at_pacs) - set(expected)),
+        "dead_letters": int(dead[0][0]),
+    }
+
+
+NOTHING_LOST = {
+    "lost": 0,
+    "evaluated_without_sr_sc": 0,
+    "objects_missing_at_pacs": 0,
+    "objects_duplicated_at_pacs": 0,
+    "objects_unexpected_at_pacs": 0,
+    "dead_letters": 0,
+}
+
+
+def nothing_lost(figures: dict[str, Any]) -> dict[str, Any]:
+    """The figures that must be zero, as they are (compare with NOTHING_LOST)."""
+    return {k: figures[k] for k in NOTHING_LOST}
