@@ -48,6 +48,11 @@ KNOWN: dict[str, str] = {
     "PanicException @ imaging.py:decode_dataset": "request 7: a codec panic kills the worker",
     "ContractViolation: decoded pixels": "request 8: a NaN window centre gives NaN pixels",
     "NotImplementedError @ imaging.py:": "request 9: an unknown VR escapes as NotImplementedError",
+    "UFuncTypeError @ imaging.py:normalise_pixels": "request 2: LUT/VOI data of the wrong type",
+    "error @ imaging.py:normalise_pixels": "request 2: LUT data shorter than its descriptor",
+    "BytesLengthException @ imaging.py:": "request 9: element access raises",
+    "ValueError @ geometry.py:block_mean": "request 13: absurd header spacing (1e-30 mm)",
+    "ContractViolation: pixels float32": "request 14: excess pixel data → a 3-D image",
     "ContractViolation: exposure.deviation_index: value": "request 3: infinite deviation index",
     "NodeFailure: unexpected C-STORE status 0xC211": "request 4: ingest handler raised",
     "NodeFailure: pynetdicom.service_class: int() argument must be a string, a bytes-like object"

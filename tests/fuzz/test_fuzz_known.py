@@ -128,3 +128,19 @@ def test_unknown_vr_is_a_decode_error(tmp_path: Path) -> None:
         warnings.simplefilter("ignore")
         with contextlib.suppress(QcnodeError):
             decode_dataset(read_dataset(bad))
+
+
+@pytest.mark.xfail(strict=True, reason="request 13: a 1e-30 mm spacing breaks rules block_mean")
+def test_absurd_header_spacing_does_not_break_the_rules(tmp_path: Path) -> None:
+    ds = radiograph(rows=11, columns=8)
+    _set(ds, "ImagerPixelSpacing", ["1e-30", "2"])
+    image = decode_file(write(ds, tmp_path / "in.dcm"))
+    assert image is not None
+    run_rules(image, MaskPlan(view=View.FRONTAL))  # ValueError from geometry.block_mean
+
+
+@pytest.mark.xfail(strict=True, reason="request 14: excess pixel data decodes as a 3-D image")
+def test_excess_pixel_data_does_not_give_a_3d_image(tmp_path: Path) -> None:
+    ds = radiograph(rows=2, columns=2)
+    ds.PixelData = bytes(range(22))  # 8 bytes expected
+    decode_file(write(ds, tmp_path / "in.dcm"))  # ContractViolation: (2, 2, 2)
