@@ -78,7 +78,7 @@ def test_repeated_sigkill_at_random_points(tmp_path: Path, orthanc: Orthanc) -> 
     node = NodeProcess(tmp_path / "n", fake_model=True, **node_settings(tmp_path, orthanc))
     node.start()
     try:
-        modalities = run_modalities(node.port, count=3, per=6, seed=11)
+        modalities = run_modalities(node.port, count=2, per=5, seed=11)
         repeated_sigkill(node, modalities, kills=3, rng=random.Random(8))
         for m in modalities:
             m.join(240)

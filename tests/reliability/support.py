@@ -172,8 +172,9 @@ class MemoryWatch:
 def delivery_figures(
     node: Any, pacs: Any, sources: Sequence[str], timeout: float
 ) -> dict[str, Any]:
-    """Wait until every source has a result and the outbox is drained, then count what
-    matters: lost (acknowledged, no result), results given up on, evaluated images whose
+    """Wait until every source has a result and the outbox is drained (or the timeout),
+    then count what matters: lost (acknowledged, not kept), not yet QC'd (kept, no result
+    at the timeout), results given up on, evaluated images whose
     SR/SC are missing, missing/duplicated/unexpected objects at the PACS, dead letters.
 
     ``node`` is a tests.integration.nodeproc.NodeProcess, ``pacs`` a conftest Orthanc.
@@ -206,6 +207,7 @@ def delivery_figures(
     while not settled() and time.monotonic() < deadline:
         time.sleep(0.5)
     results = rows()
+    stored = {uid for (uid,) in node.query(select(Instance.sop_instance_uid))}
     objects = node.objects()
     expected = [uid for src in sources for _, uid in objects.get(src, [])]
     at_pacs = [i["MainDicomTags"]["SOPInstanceUID"] for i in pacs.instances()]
@@ -213,7 +215,8 @@ def delivery_figures(
     dead = node.query(select(func.count()).select_from(Outbox).where(Outbox.state == DEAD))
     return {
         "acknowledged": len(sources),
-        "lost": sum(1 for s in sources if s not in results),
+        "lost": sum(1 for s in sources if s not in stored),  # acknowledged, not kept
+        "not_yet_qcd": sum(1 for s in sources if s in stored and s not in results),
         "evaluated": len(evaluated),
         "given_up": sum(1 for s in sources if "given up" in (results.get(s, ("", ""))[1] or "")),
         "other_errors": sum(
@@ -232,6 +235,7 @@ def delivery_figures(
 
 NOTHING_LOST = {
     "lost": 0,
+    "not_yet_qcd": 0,
     "evaluated_without_sr_sc": 0,
     "objects_missing_at_pacs": 0,
     "objects_duplicated_at_pacs": 0,
