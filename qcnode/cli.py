@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--steps", type=int, help="override the recipe's step count")
     t.add_argument("--limit", type=int, help="use the first N samples of each manifest")
+    t.add_argument("--init", type=Path, help="start from these weights (a second stage)")
     t.add_argument("--ship", action="store_true", help="copy weights to the registry")
     t.add_argument("--default", action="store_true", help="with --ship: make it the default")
 

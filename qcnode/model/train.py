@@ -58,6 +58,8 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     # ~1 h on the shared 2-core CPU for qcnet_d15_w3 (0.8-1.2 s per step of 8 there).
     "cpu": Recipe(name="cpu", steps=3000, batch=8, lr=3e-3, eval_every=500),
+    # Second stage from the `cpu` weights (--init): a warm restart of the cosine schedule.
+    "cpu-ft": Recipe(name="cpu-ft", steps=900, batch=8, lr=1.5e-3, eval_every=300),
     # Not run in this project's sessions (no GPU was lent); sized for one modern GPU.
     "gpu": Recipe(
         name="gpu",
@@ -195,6 +197,7 @@ class TrainResult:
     final_loss: float
     val: dict[str, Any]
     code_version: str = "unknown"
+    init_sha256: str = ""
 
 
 def train(
@@ -210,6 +213,7 @@ def train(
     progress: bool = True,
     limit: int | None = None,
     stop_after: int | None = None,
+    init: Path | None = None,
 ) -> TrainResult:
     """Train (or resume) ``variant``; ``stop_after`` ends this run early at that step, as an
     interruption would (the schedule is still the recipe's)."""
@@ -244,12 +248,25 @@ def train(
     data_version = " + ".join(_data_version(d, [s.id for s in samples]) for d in data_dirs)
     log.info("training %s on %d samples (%s)", variant, len(train_pack), data_version)
 
-    model: QCNet = build(variant).to(dev)
+    model: QCNet = build(variant)
+    init_sha = ""
+    if init is not None:  # a second stage: start from trained weights (recorded)
+        from qcnode.model.infer import read_weights
+        from qcnode.model.registry import sha256_file
+
+        init_meta, state = read_weights(init)
+        if init_meta.variant != variant:
+            raise QcnodeError(f"--init {init} holds {init_meta.variant}, not {variant}")
+        model.load_state_dict(state)
+        init_sha = sha256_file(init)
+    model = model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "last.pt"
     start = 0
     identity = {"variant": variant, "recipe": recipe.name, "seed": seed, "data": data_version}
+    if init_sha:
+        identity["init"] = init_sha
     if resume and ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         if state["identity"] != identity:
@@ -314,6 +331,7 @@ def train(
         final_loss=loss_value,
         val=val_result,
         code_version=code_version,
+        init_sha256=init_sha,
     )
 
 
@@ -337,6 +355,7 @@ def ship(
     metrics_doc: dict[str, Any],
     make_default: bool,
     weights_dir: Path = WEIGHTS_DIR,
+    previous: dict[str, Any] | None = None,
 ) -> ModelEntry:
     """Copy trained weights next to the registry and record them (checksum, provenance)."""
     target = weights_dir / f"{name}.pt"
@@ -348,6 +367,10 @@ def ship(
         "train_seconds": round(result.seconds),
         "final_loss": result.final_loss,
     }
+    if result.init_sha256:
+        recipe_doc["init_sha256"] = result.init_sha256
+    if previous:
+        recipe_doc["previous_stage"] = previous
     entry = ModelEntry(
         name=name,
         file=target.name,
@@ -388,12 +411,18 @@ def train_command(args: argparse.Namespace) -> int:
         device=args.device,
         resume=args.resume,
         limit=getattr(args, "limit", None),
+        init=getattr(args, "init", None),
     )
     minutes = result.seconds / 60
     print(f"weights: {result.weights} ({minutes:.1f} min, loss {result.final_loss:.4f})")
     if result.val:
         print(f"validation (held-out synthetic): {json.dumps(result.val)}")
     if getattr(args, "ship", False):
+        previous = None
+        if result.init_sha256:  # keep the first stage's recipe in the record
+            for e in load_registry().entries.values():
+                if e.sha256 == result.init_sha256:
+                    previous = dict(e.recipe)
         entry = ship(
             result,
             name=args.variant,
@@ -401,6 +430,7 @@ def train_command(args: argparse.Namespace) -> int:
             seed=seed,
             metrics_doc={"validation": result.val},
             make_default=bool(getattr(args, "default", False)),
+            previous=previous,
         )
         print(f"registered {entry.name} sha256 {entry.sha256}")
     return 0
