@@ -57,6 +57,8 @@ class Settings:
     batch_size: int = 8
     batch_max_wait_ms: int = 50
     lease_seconds: int = 120
+    # a job whose worker died this many times (a poison image) gets an error result
+    job_max_attempts: int = 5
     device: str = "auto"  # auto | cpu | cuda
     model: str = ""  # empty: the registry's default
     # sender

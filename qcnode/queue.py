@@ -26,6 +26,7 @@ from qcnode.db import DONE, FAILED, QUEUED, RUNNING, Job, utcnow
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
+DEFERRED = "deferred"  # Job.worker of a job given back to be retried after its lease
 
 
 def new_worker_id() -> str:
@@ -55,7 +56,12 @@ class JobQueue:
         self.clock = clock
 
     def claim(self, limit: int) -> list[Claim]:
-        """Claim up to ``limit`` jobs, oldest first."""
+        """Claim up to ``limit`` fresh jobs, oldest first, or one job that was started
+        before and not finished (its worker died, or it was deferred).
+
+        Such a job runs alone: if it is the image that kills workers (a decoder crash),
+        it takes no batch-mates down with it, and only its own attempts count.
+        """
         if limit <= 0:
             return []
         now = self.clock()
@@ -64,17 +70,25 @@ class JobQueue:
                 select(Job)
                 .where(
                     or_(
-                        Job.state == QUEUED,
+                        and_(Job.state == QUEUED, Job.attempts > 0),
                         and_(Job.state == RUNNING, Job.lease_until < now),
                     )
                 )
                 .order_by(Job.id)
-                .limit(limit)
+                .limit(1)
                 .with_for_update(skip_locked=True)
             ).all()
+            if not jobs:
+                jobs = session.scalars(
+                    select(Job)
+                    .where(Job.state == QUEUED, Job.attempts == 0)
+                    .order_by(Job.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                ).all()
             claims = []
             for job in jobs:
-                if job.state == RUNNING:
+                if job.state == RUNNING and job.worker != DEFERRED:
                     log.warning("re-claiming job #%d after its lease expired", job.id)
                 job.state = RUNNING
                 job.worker = self.worker_id
@@ -83,6 +97,13 @@ class JobQueue:
                 job.started_at = now
                 claims.append(Claim(job.id, job.instance_id, job.attempts))
         return claims
+
+    def defer(self, job: Job, seconds: float) -> None:
+        """Give a held job back to be tried again later, without counting this attempt
+        (inside the caller's transaction): for passing trouble such as a full disk."""
+        job.worker = DEFERRED
+        job.attempts = max(0, job.attempts - 1)
+        job.lease_until = self.clock() + dt.timedelta(seconds=seconds)
 
     def holds(self, session: Session, claim: Claim) -> Job | None:
         """The job, locked, if this worker still holds ``claim`` (inside a transaction)."""

@@ -207,7 +207,10 @@ class FileStore:
     def write_object(self, ds: Dataset, kind: str = "results") -> tuple[str, int]:
         """Write a result dataset (Part 10, with its file meta) durably."""
         rel = self._relative(kind, str(ds.SOPInstanceUID))
-        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".dcm")
+        try:
+            fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".dcm")
+        except OSError as exc:
+            raise StorageError(f"cannot write result object: {exc}") from exc
         os.close(fd)
         tmp = Path(name)
         try:
@@ -232,7 +235,10 @@ class FileStore:
             shape = small.shape
             arrays[name] = np.packbits(small.ravel())
         arrays["shape"] = np.asarray(shape, dtype=np.int64)
-        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".npz")
+        try:
+            fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".npz")
+        except OSError as exc:
+            raise StorageError(f"cannot write masks: {exc}") from exc
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez_compressed(fh, **arrays)

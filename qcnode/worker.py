@@ -32,8 +32,8 @@ from qcnode.store import FileStore
 
 log = logging.getLogger(__name__)
 
-# A job whose processing killed its worker this many times is given up (error result).
-MAX_JOB_ATTEMPTS = 3
+# Seconds before a job whose result objects could not be written (disk full) is retried
+RETRY_WRITE_SECONDS = 10.0
 # Result objects by SOP Class UID
 OBJECT_KINDS = {
     "1.2.840.10008.5.1.4.1.1.88.34": "sr",  # Comprehensive 3D SR
@@ -93,6 +93,7 @@ class _Item:
     objects: list[tuple[str, Dataset]] = field(default_factory=list)
     masks_path: str | None = None
     result_id: int | None = None
+    unwritten: bool = False  # a result object could not be written (disk full)
     extra_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -179,10 +180,11 @@ class Worker:
         self._save(items, phase=1 if two_phase else 0)
         if two_phase:
             self.on_result()
-            for item in items:
+            later = [i for i in items if not i.unwritten]  # deferred jobs are redone whole
+            for item in later:
                 item.objects.clear()
                 self._build(item, rest)
-            self._save(items, phase=2)
+            self._save(later, phase=2)
         self.processed += len(items)
         log.info(
             "processed %d image(s) in %.0f ms",
@@ -196,7 +198,7 @@ class Worker:
         from qcnode.imaging import decode_dataset, read_dataset
 
         inst = item.instance
-        if item.claim.attempt > MAX_JOB_ATTEMPTS:
+        if item.claim.attempt > self.settings.job_max_attempts:
             item.result = outcome(
                 inst.sop_instance_uid,
                 Verdict.ERROR,
@@ -298,6 +300,7 @@ class Worker:
                     rel, size = self.store.write_object(ds)
                 except StorageError as exc:
                     log.error("cannot write a %s for instance #%d: %s", kind, item.instance.id, exc)
+                    item.unwritten = True
                     continue
                 written.setdefault(item.claim.job_id, []).append((kind, ds, rel, size))
             ms = (time.perf_counter() - t0) * 1000
@@ -322,7 +325,17 @@ class Worker:
                     )
                 elif phase != 2:
                     item.result_id = self._store_result(session, item, objects)
-                if phase != 1:
+                if item.unwritten:
+                    # the verdict is kept (and shown); the whole job is redone later, when
+                    # the objects can be written: a result is never left without its SR/SC
+                    delay = min(RETRY_WRITE_SECONDS, float(self.settings.lease_seconds))
+                    self.queue.defer(job, delay)
+                    log.warning(
+                        "instance #%d: result objects not written, retrying in %.0f s",
+                        item.instance.id,
+                        delay,
+                    )
+                elif phase != 1:
                     self.queue.finish(session, job)
         if phase == 1:
             return

@@ -94,7 +94,6 @@ def test_repeated_sigkill_at_random_points(tmp_path: Path, orthanc: Orthanc) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="request 10: external kills count as poison attempts")
 def test_three_kills_during_one_job_do_not_give_the_image_up(
     tmp_path: Path, orthanc: Orthanc
 ) -> None:
@@ -296,7 +295,6 @@ def test_sigkill_while_the_modality_is_mid_dataset(tmp_path: Path, orthanc: Orth
 
 @pytest.mark.slow
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="request 11: result objects not written are never retried")
 def test_disk_full_while_the_worker_writes_results(
     tmp_path: Path, orthanc: Orthanc, postgres: Postgres
 ) -> None:

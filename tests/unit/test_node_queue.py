@@ -89,3 +89,22 @@ def test_sweep_removes_only_old_leftovers(tmp_path: Path) -> None:
     os.utime(old, (0, 0))
     assert store.sweep_tmp() == 1
     assert not old.exists() and new.exists()
+
+
+def test_a_job_started_before_runs_alone_and_defer_does_not_count(sessions) -> None:  # type: ignore[no-untyped-def]
+    add_jobs(sessions, 4)
+    clock = FakeClock()
+    q = JobQueue(sessions=sessions, worker_id="w", lease_seconds=10, clock=clock)
+    first = q.claim(2)
+    clock.advance(11)  # the worker died holding two jobs
+    (retry,) = q.claim(8)  # one of them, alone, not a batch with the fresh jobs
+    assert retry.job_id == first[0].job_id and retry.attempt == 2
+    with sessions.begin() as s:
+        job = q.holds(s, retry)
+        assert job is not None
+        q.defer(job, 30)  # e.g. the disk is full: try again later, not a crash
+    assert [c.job_id for c in q.claim(8)] == [first[1].job_id]  # the other dead one
+    assert [c.job_id for c in q.claim(8)] == [3, 4]  # then the fresh ones, as a batch
+    clock.advance(31)
+    (again,) = q.claim(8)
+    assert again.job_id == retry.job_id and again.attempt == 2  # the deferral did not count

@@ -21,6 +21,7 @@ from qcnode.db import (
     make_engine,
     make_sessions,
     upgrade,
+    utcnow,
 )
 from qcnode.node import EngineAnalyzer, ReportBuilder
 from qcnode.queue import JobQueue
@@ -208,3 +209,36 @@ def test_each_destination_gets_the_objects_it_asked_for(tmp_path) -> None:  # ty
         ("sc", "PACS@127.0.0.1:104"),
         ("sr", "PACS@127.0.0.1:104"),
     ]
+
+
+def test_objects_not_written_defer_the_job_until_they_can_be(env, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Disk full while writing the SR: the verdict is kept, the job is redone later (not
+    counted as a crash), and then the SR and SC are written and queued for delivery."""
+    from qcnode.errors import StorageError
+    from qcnode.testing import FakeClock
+
+    settings, sessions, store = env
+    receive(sessions, store, tmp_path)
+    clock = FakeClock(start=utcnow())
+    worker = make_worker(settings, sessions, store, phantom_predictor())
+    worker.queue.clock = clock
+    real_write = store.write_object
+
+    def full(ds):  # type: ignore[no-untyped-def]
+        raise StorageError("No space left on device")
+
+    monkeypatch.setattr(store, "write_object", full)
+    assert worker.run_once() == 1
+    with sessions() as s:
+        job = s.scalar(select(Job))
+        assert job is not None and job.state == "running" and job.attempts == 0
+        assert s.scalar(select(Result.verdict)) in ("pass", "warn", "fail")
+        assert not list(s.scalars(select(ResultObject)))
+    assert worker.run_once() == 0  # not before the retry delay
+    monkeypatch.setattr(store, "write_object", real_write)
+    clock.advance(60)
+    assert worker.run_once() == 1
+    with sessions() as s:
+        assert s.scalar(select(Job.state)) == DONE
+        assert sorted(s.scalars(select(ResultObject.kind))) == ["sc", "sr"]
+        assert len(list(s.scalars(select(Outbox)))) == 3  # SR to both, SC to PACS
