@@ -21,6 +21,11 @@ class Destination:
     host: str
     port: int
     objects: tuple[str, ...] = ("sr", "sc")  # any of sr, sc, gsps, kos
+    # DICOM TLS to this destination: a CA file turns it on (the PACS certificate must be
+    # signed by it); our certificate and key make it mutual
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
     @classmethod
     def parse(cls, text: str) -> Destination:
@@ -95,6 +100,9 @@ def _destination(table: Mapping[str, Any]) -> Destination:
     values = dict(table)
     if "objects" in values:
         values["objects"] = tuple(values["objects"])
+    for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        if values.get(key) not in (None, ""):
+            values[key] = Path(values[key])
     values["port"] = int(values.get("port", 104))
     return Destination(**values)
 

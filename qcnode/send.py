@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -111,6 +112,7 @@ class DicomSender:
         for syntax in SC_COMPRESSED_SYNTAXES:
             self.ae.add_requested_context(SECONDARY_CAPTURE, syntax)
         self._assocs: dict[str, Association] = {}
+        self._contexts: dict[str, ssl.SSLContext] = {}
         self._lock = threading.Lock()
 
     def _assoc(self, dest: Destination) -> Association:
@@ -120,12 +122,36 @@ class DicomSender:
             return assoc
         handlers: list[Any] = [(evt.EVT_CONN_OPEN, lambda e: set_nodelay(assoc_socket(e.assoc)))]
         assoc = self.ae.associate(
-            dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=handlers
+            dest.host,
+            dest.port,
+            ae_title=dest.ae_title,
+            evt_handlers=handlers,
+            tls_args=self._tls(dest),
         )
         if not assoc.is_established:
             raise DeliveryError(f"no association with {key}")
         self._assocs[key] = assoc
         return assoc
+
+    def _tls(self, dest: Destination) -> tuple[ssl.SSLContext, str] | None:
+        """DICOM TLS (BCP 195: TLS 1.2+) when the destination names a CA file. The PACS
+        certificate must chain to that CA; its host name is not checked (PACS are often
+        addressed by IP), but sent for SNI."""
+        if dest.tls_ca_file is None:
+            return None
+        key = destination_key(dest)
+        if key not in self._contexts:
+            try:
+                context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+                context.load_verify_locations(cafile=str(dest.tls_ca_file))
+                context.check_hostname = False
+                context.minimum_version = ssl.TLSVersion.TLSv1_2
+                if dest.tls_cert_file is not None and dest.tls_key_file is not None:
+                    context.load_cert_chain(dest.tls_cert_file, dest.tls_key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise DeliveryError(f"TLS settings of {key}: {exc}") from exc
+            self._contexts[key] = context
+        return self._contexts[key], dest.host
 
     def store(self, destination: Destination, path: Path) -> int:
         assoc = self._assoc(destination)

@@ -122,7 +122,6 @@ def test_refusal_reasons_as_dcmtk_reports_them(start_node) -> None:  # type: ign
         held.release()
 
 
-@pytest.mark.xfail(strict=True, reason="request 15: destinations have no TLS settings yet")
 def test_results_delivered_over_tls_to_a_dcmtk_storescp(tmp_path: Path) -> None:
     """The sender side: a PACS (DCMTK storescp +tls, requiring a client certificate from
     our CA) receives the SR and SC over TLS. Specifies the settings asked for: per

@@ -54,3 +54,13 @@ def test_ingest_and_engine_agree_on_chest_headers() -> None:
                          photometric="MONOCHROME2", body_part=part.upper())  # fmt: skip
         assert is_chest(cr, part) == chest_header(meta), part
     assert not is_chest("1.2.840.10008.5.1.4.1.1.7", "CHEST")  # Secondary Capture
+
+
+def test_destination_tls_paths(tmp_path: Path) -> None:
+    cfg = tmp_path / "q.toml"
+    cfg.write_text(
+        '[[destinations]]\nae_title = "PACS"\nhost = "pacs"\nport = 2762\n'
+        'tls_ca_file = "/etc/ca.crt"\n'
+    )
+    (dest,) = load_settings(cfg, environ={}).destinations
+    assert dest.tls_ca_file == Path("/etc/ca.crt") and dest.tls_cert_file is None
