@@ -57,8 +57,6 @@ KNOWN: dict[str, str] = {
     "NodeFailure: unexpected C-STORE status 0xC211": "request 4: ingest handler raised",
     "NodeFailure: pynetdicom.service_class: int() argument must be a string, a bytes-like object"
     " or a real number, not '…'": "request 4: ingest handler raised (multi-valued Rows)",
-    "NodeFailure: qcnode.worker: cannot build result objects for instance #N: ValueError: "
-    "Unable to convert '…' to '…' object": "request 5: bad StudyDate stops the SR/SC",
 }
 
 

@@ -93,7 +93,6 @@ def test_codec_panic_is_a_decode_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-@pytest.mark.xfail(strict=True, reason="request 7: the panic ends the worker thread for good")
 def test_codec_panic_does_not_stop_the_worker(tmp_path: Path) -> None:
     from tests.fuzz.cstore import CStoreTarget
     from tests.fuzz.dicom_inputs import PLACEHOLDER_SOP_UID, encode
