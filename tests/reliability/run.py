@@ -7,6 +7,7 @@ tests/integration/node_launcher.py), Orthanc as the PACS, pynetdicom modalities.
     scripts/reliability pacs-down --down-seconds 180
     scripts/reliability db-lock --lock-seconds 45
     scripts/reliability disk-full
+    scripts/reliability memory --per 3 --side 4900
 
 Each scenario prints and writes ``.cache/reliability/<scenario>.json``: what was sent,
 acknowledged, lost, given up, duplicated or missing at the PACS, the node's peak RSS and
@@ -233,18 +234,64 @@ def scenario_disk_full(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return out
 
 
+def scenario_memory(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Ingest only: peak RSS before and after receiving large datasets (chunked receive)."""
+    from tests.conftest import radiograph, storescu, write
+    from tests.reliability.support import memory_kib
+
+    node = NodeProcess(
+        root / "n",
+        fake_model=True,
+        data_dir=str(root / "node"),
+        bind_address="127.0.0.1",
+        port=free_port(),
+        web_port=0,
+        workers=0,
+        min_free_disk_bytes=0,
+    )
+    node.start()
+    try:
+        assert node.proc is not None
+        big = radiograph(rows=args.side, columns=args.side, seed=1)
+        paths = []
+        for i in range(args.per):
+            big.SOPInstanceUID = f"1.2.826.0.1.3680043.10.1176.8.{i}"
+            big.file_meta.MediaStorageSOPInstanceUID = big.SOPInstanceUID
+            paths.append(write(big, root / f"big{i}.dcm"))
+        before = memory_kib(node.proc.pid)
+        t0 = time.monotonic()
+        run = storescu(node.port, paths)
+        seconds = time.monotonic() - t0
+        after = memory_kib(node.proc.pid)
+        return {
+            "datasets": len(paths),
+            "dataset_mib": round(paths[0].stat().st_size / 2**20, 1),
+            "storescu_exit": run.returncode,
+            "seconds": round(seconds, 1),
+            "peak_rss_before_mib": round(before["VmHWM"] / 1024, 1),
+            "peak_rss_after_mib": round(after["VmHWM"] / 1024, 1),
+            "peak_rss_growth_mib": round((after["VmHWM"] - before["VmHWM"]) / 1024, 1),
+            "lost": 0 if run.returncode == 0 else len(paths),
+        }
+    finally:
+        node.stop()
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace, Path], dict[str, Any]]] = {
     "load": scenario_load,
     "kills": scenario_kills,
     "pacs-down": scenario_pacs_down,
     "db-lock": scenario_db_lock,
     "disk-full": scenario_disk_full,
+    "memory": scenario_memory,
 }
 
 
 def lost_anything(figures: dict[str, Any]) -> bool:
     if "lost" not in figures:
         return any(lost_anything(v) for v in figures.values() if isinstance(v, dict))
+    if "acknowledged" not in figures:  # memory: storescu's exit status says it
+        return bool(figures["lost"])
     return nothing_lost(figures) != NOTHING_LOST or figures.get("never_acknowledged", 0) > 0
 
 
@@ -260,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock-seconds", type=float, default=45.0)
     parser.add_argument("--deadline", type=float, default=3600.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--side", type=int, default=4900, help="memory: rows = columns")
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qcnode-reliability-") as tmp:
