@@ -113,6 +113,17 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str:
     return str(value)[:limit]
 
 
+def _int(ds: Dataset, keyword: str) -> int:
+    """An integer header value; 0 when absent or unusable (a multi-valued Rows, say)."""
+    value = ds.get(keyword, 0)
+    if isinstance(value, MultiValue):
+        value = value[0] if len(value) else 0
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _allowed(entries: tuple[str, ...], ae_title: str, address: str) -> bool:
     """Allow list entries are ``AE`` or ``AE@ADDRESS``; empty list: anyone."""
     if not entries:
@@ -362,10 +373,17 @@ class Ingest:
             return self._replace(existing.id, received, synced, sop_uid, calling, address)
 
         try:
-            placed = self.store.place(received, sop_uid, synced=synced)
-            instance_id = self._commit(
-                header, sop_uid, sop_class, placed.path, placed.size, calling, address, applicable
+            instance = self._instance(header, sop_uid, sop_class, calling, address, applicable)
+        except Exception:  # any header value pydicom cannot convert: refuse, keep the file
+            log.exception("unusable header from %s", calling)
+            self.store.reject(received, "header")
+            return self._refuse(
+                CANNOT_UNDERSTAND, "header values cannot be used", calling, address, size
             )
+        try:
+            placed = self.store.place(received, sop_uid, synced=synced)
+            instance.path, instance.size_bytes = placed.path, placed.size
+            instance_id = self._commit(instance)
             placed.wait()  # file and directory fsyncs ran while the row was committed
         except (StorageError, OSError) as exc:
             log.error("cannot keep an instance from %s: %s", calling, exc)
@@ -421,27 +439,27 @@ class Ingest:
         self.on_stored()
         return SUCCESS
 
-    def _commit(
-        self,
+    @staticmethod
+    def _instance(
         header: Dataset,
         sop_uid: str,
         sop_class: str,
-        rel: str,
-        size: int,
         calling: str,
         address: str,
         applicable: bool,
-    ) -> int | None:
+    ) -> Instance:
+        """The row's header facts; built before the file is placed, so that a header
+        whose values cannot be used is refused without leaving a file behind."""
         file_meta = getattr(header, "file_meta", None)
-        instance = Instance(
+        return Instance(
             sop_instance_uid=sop_uid,
             sop_class_uid=sop_class,
             study_instance_uid=_text(header, "StudyInstanceUID", 64),
             series_instance_uid=_text(header, "SeriesInstanceUID", 64),
             transfer_syntax_uid=str(getattr(file_meta, "TransferSyntaxUID", "") or "")[:64],
             modality=_text(header, "Modality", 16),
-            path=rel,
-            size_bytes=size,
+            path="",
+            size_bytes=0,
             calling_ae=calling[:16],
             peer_address=address[:64],
             station_name=_text(header, "StationName", 64),
@@ -452,10 +470,12 @@ class Ingest:
             study_date=_study_date(_text(header, "StudyDate", 8)),
             view_position=_text(header, "ViewPosition", 16).upper(),
             body_part=_text(header, "BodyPartExamined", 16).upper(),
-            rows=int(header.get("Rows", 0) or 0),
-            columns=int(header.get("Columns", 0) or 0),
+            rows=_int(header, "Rows"),
+            columns=_int(header, "Columns"),
             applicable=applicable,
         )
+
+    def _commit(self, instance: Instance) -> int | None:
         try:
             with self.sessions.begin() as session:
                 session.add(instance)

@@ -135,7 +135,9 @@ class Worker:
                 if not self.run_once():
                     self.wake.wait(self.poll_seconds)
                     self.wake.clear()
-            except Exception:  # keep serving: a database hiccup must not kill the worker
+            except BaseException as exc:  # keep serving: nothing may end the worker thread
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
                 log.exception("worker loop error; retrying")
                 stop.wait(1.0)
 
@@ -215,8 +217,14 @@ class Worker:
         except (DecodeError, UnsupportedInput) as exc:
             log.warning("instance #%d cannot be evaluated: %s", inst.id, exc)
             item.result = outcome(inst.sop_instance_uid, Verdict.ERROR, str(exc))
-        except Exception as exc:  # a decoder bug on one image must not stall the batch
-            log.exception("decoding instance #%d failed", inst.id)
+        except BaseException as exc:  # a decoder bug (even a codec's Rust panic, which is
+            # a BaseException) on one image must not stall the batch or end the worker
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            # for the operator this is an image that cannot be decoded: a warning and an
+            # error result; the traceback (a decoder bug to report) at debug level
+            log.warning("instance #%d cannot be decoded: %s: %s", inst.id, type(exc).__name__, exc)
+            log.debug("decoder failure", exc_info=True)
             item.result = outcome(
                 inst.sop_instance_uid, Verdict.ERROR, f"decoding failed: {type(exc).__name__}"
             )
@@ -227,7 +235,9 @@ class Worker:
             return
         try:
             pairs = self.analyzer.analyze([i.image for i in items if i.image is not None])
-        except Exception as exc:
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
             if len(items) == 1:
                 log.exception("QC failed for instance #%d", items[0].instance.id)
                 items[0].result = outcome(
@@ -269,7 +279,7 @@ class Worker:
             datasets = self.builder.build(
                 item.source, item.image, item.prediction, result, objects=kinds
             )
-        except Exception:  # a report bug must not lose the QC result
+        except Exception:  # a report bug must not lose the QC result (nor its job)
             log.exception("cannot build result objects for instance #%d", item.instance.id)
             return
         ms = (time.perf_counter() - t0) * 1000
