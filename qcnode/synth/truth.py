@@ -23,7 +23,7 @@ Mask = npt.NDArray[np.bool_]
 LUNG_VISIBLE_MIN = 0.95  # organs.*: visible fraction of the projected organ
 CLAVICLE_VISIBLE_MIN = 0.5
 CONTRAST_FAIL_SCALE = 0.55  # exposure.contrast fails when the display range was flattened below
-NOISE_FAIL = 0.04  # exposure.noise: std of the noise in lung fields, display units [0, 1]
+NOISE_FAIL = 0.03  # exposure.noise: std of the noise in lung fields, display units [0, 1]
 SPINE_CNR_FAIL = 1.5  # exposure.spine_through_heart: spine vs paraspinal heart, clean Δ / σ
 SPINE_DELTA_FAIL = 0.02  # … or the clean display difference itself
 BLUR_FAIL_MM = 3.0  # exposure.sharpness: FWHM of motion + extra blur
@@ -98,6 +98,11 @@ class TruthInput:
     rib_count: int
     header_view_position: str
     header_spacing_ok: bool
+
+
+def view_mismatch_status(thr: dict[str, Any]) -> str:
+    """The status of a header ViewPosition naming the other view (rules.toml policy)."""
+    return str(thr.get("metadata", {}).get("view_mismatch_status", "fail"))
 
 
 def _r(status: str, value: float | None, unit: str | None) -> dict[str, Any]:
@@ -304,7 +309,9 @@ def _frontal(t: TruthInput, thr: dict[str, Any]) -> dict[str, Any]:
     bad = bool(t.params["flipped"]) or bool(t.params["rotated180"])
     out["positioning.orientation"] = _r("fail" if bad else "pass", None, None)
     out["metadata.view"] = _r(
-        "pass" if t.header_view_position in ("PA", "AP") else "fail", None, None
+        "pass" if t.header_view_position in ("PA", "AP") else view_mismatch_status(thr),
+        None,
+        None,
     )
     out["metadata.spacing"] = _r("pass" if t.header_spacing_ok else "fail", None, None)
     return out
@@ -374,7 +381,9 @@ def _lateral(t: TruthInput, thr: dict[str, Any]) -> dict[str, Any]:
     )
     out["positioning.inspiration"] = _r(st, float(n), "{ribs}")
     out["metadata.view"] = _r(
-        "pass" if t.header_view_position in ("LL", "RL") else "fail", None, None
+        "pass" if t.header_view_position in ("LL", "RL") else view_mismatch_status(thr),
+        None,
+        None,
     )
     return out
 
