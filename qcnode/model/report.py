@@ -118,7 +118,12 @@ def evaluate_real(
 
 
 def evaluate_synthetic(
-    predictor: TorchPredictor, root: Path, *, limit: int | None = None, held_out: bool = False
+    predictor: TorchPredictor,
+    root: Path,
+    *,
+    limit: int | None = None,
+    held_out: bool = False,
+    stride: int = 1,
 ) -> dict[str, Any]:
     """Dice per (view, structure) at source resolution; empty truths are skipped.
 
@@ -127,7 +132,7 @@ def evaluate_synthetic(
     samples = datamod.read_synthetic(root)
     if held_out:
         samples = [s for s in samples if datamod.held_out_pose(s.id)]
-    samples = samples[:limit] if limit else samples
+    samples = samples[::stride][:limit] if limit else samples[::stride]
     scores: dict[str, list[float]] = defaultdict(list)
     confusion: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for start in range(0, len(samples), 8):
@@ -152,7 +157,7 @@ def evaluate_synthetic(
     total = sum(sum(v.values()) for v in confusion.values())
     right = sum(confusion[v].get(v, 0) for v in confusion)
     return {
-        "set": str(root),
+        "set": str(root) + (f" (every {stride}th)" if stride > 1 else ""),
         "n": len(samples),
         "dice": {k: round(float(np.mean(v)), 4) for k, v in sorted(scores.items())},
         "dice_n": {k: len(v) for k, v in sorted(scores.items())},
@@ -353,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--weights", type=Path, help="a weights file instead of the registry")
     ap.add_argument("--set", type=Path, dest="eval_set", help="synthetic evaluation set")
     ap.add_argument("--limit", type=int)
+    ap.add_argument("--stride", type=int, default=1, help="every Nth sample of the set")
     ap.add_argument("--held-out-of", type=Path, help="training set: evaluate its held-out poses")
     ap.add_argument("--real", type=Path, default=REAL_ROOT)
     ap.add_argument("--overlays", type=Path, help="write overlay pictures here (docs)")
@@ -367,11 +373,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     report: dict[str, Any] = {"model": predictor.info.__dict__}
     if args.eval_set:
-        report["synthetic"] = evaluate_synthetic(predictor, args.eval_set, limit=args.limit)
-    if args.held_out_of:
-        report["held_out_poses"] = evaluate_synthetic(
-            predictor, args.held_out_of, limit=args.limit, held_out=True
+        report["synthetic"] = evaluate_synthetic(
+            predictor, args.eval_set, limit=args.limit, stride=args.stride
         )
+    if args.held_out_of:
+        report["held_out_poses"] = evaluate_synthetic(predictor, args.held_out_of, held_out=True)
     if args.real and args.real.is_dir():
         report["real"] = evaluate_real(predictor, args.real, overlays=args.overlays)
     report["negatives"] = evaluate_negatives(predictor)
