@@ -341,19 +341,30 @@ class Ingest:
             from qcnode.imaging import read_dataset
 
             header = read_dataset(received, stop_before_pixels=True)
-        except DecodeError:
+        except Exception as exc:  # DecodeError, and whatever else a hostile header raises
+            if not isinstance(exc, DecodeError):
+                log.warning("unreadable header from %s: %s: %s", calling, type(exc).__name__, exc)
             self.store.reject(received, "unreadable")
             return self._refuse(
                 CANNOT_UNDERSTAND, "dataset cannot be parsed", calling, address, size
             )
-        if header.get("SOPInstanceUID") != sop_uid or header.get("SOPClassUID") != sop_class:
+        try:
+            same = (
+                header.get("SOPInstanceUID") == sop_uid and header.get("SOPClassUID") == sop_class
+            )
+        except Exception:  # an element pydicom cannot convert on access
+            same = False
+        if not same:
             # truncated or inconsistent: the dataset is not what the request announced
             self.store.reject(received, "mismatch")
             return self._refuse(
                 CANNOT_UNDERSTAND, "SOP Class/Instance UID not as requested", calling, address, size
             )
 
-        body_part = _text(header, "BodyPartExamined", 16).upper()
+        try:
+            body_part = _text(header, "BodyPartExamined", 16).upper()
+        except Exception:
+            body_part = ""
         applicable = is_chest(sop_class, body_part)
         if (
             not applicable

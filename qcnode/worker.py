@@ -94,6 +94,7 @@ class _Item:
     masks_path: str | None = None
     result_id: int | None = None
     unwritten: bool = False  # a result object could not be written (disk full)
+    given_up: bool = False  # too many attempts ended with the worker dead
     extra_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -201,6 +202,7 @@ class Worker:
 
         inst = item.instance
         if item.claim.attempt > self.settings.job_max_attempts:
+            item.given_up = True
             item.result = outcome(
                 inst.sop_instance_uid,
                 Verdict.ERROR,
@@ -326,6 +328,18 @@ class Worker:
                         )
                     continue
                 objects = written.get(item.claim.job_id, [])
+                if item.given_up:
+                    # keep a result an earlier attempt committed (its SR may be at the PACS
+                    # already): replacing it would leave the PACS with an SR we disown
+                    if item.result_id is None:
+                        item.result_id = session.scalar(
+                            select(Result.id).where(Result.instance_id == item.instance.id)
+                        ) or self._store_result(session, item, objects)
+                    if phase != 1:
+                        self.queue.finish(
+                            session, job, error=item.result.error if item.result else None
+                        )
+                    continue
                 if phase == 2 and item.result_id is not None:
                     self._add_objects(session, item.result_id, objects)
                     session.execute(

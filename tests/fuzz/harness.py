@@ -54,9 +54,6 @@ KNOWN: dict[str, str] = {
     "ValueError @ geometry.py:block_mean": "request 13: absurd header spacing (1e-30 mm)",
     "ContractViolation: pixels float32": "request 14: excess pixel data → a 3-D image",
     "ContractViolation: exposure.deviation_index: value": "request 3: infinite deviation index",
-    "NodeFailure: unexpected C-STORE status 0xC211": "request 4: ingest handler raised",
-    "NodeFailure: pynetdicom.service_class: int() argument must be a string, a bytes-like object"
-    " or a real number, not '…'": "request 4: ingest handler raised (multi-valued Rows)",
 }
 
 

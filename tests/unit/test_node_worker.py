@@ -242,3 +242,23 @@ def test_objects_not_written_defer_the_job_until_they_can_be(env, tmp_path, monk
         assert s.scalar(select(Job.state)) == DONE
         assert sorted(s.scalars(select(ResultObject.kind))) == ["sc", "sr"]
         assert len(list(s.scalars(select(Outbox)))) == 3  # SR to both, SC to PACS
+
+
+def test_giving_up_keeps_a_result_already_delivered(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings, sessions, store = env
+    receive(sessions, store, tmp_path)
+    worker = make_worker(settings, sessions, store, phantom_predictor())
+    worker.run_once()
+    with sessions() as s:
+        before = sorted(s.scalars(select(ResultObject.sop_instance_uid)))
+        verdict = s.scalar(select(Result.verdict))
+    with sessions.begin() as s:  # as if every later attempt had died with its worker
+        job = s.scalar(select(Job))
+        assert job is not None
+        job.state, job.attempts = "queued", settings.job_max_attempts
+    assert worker.run_once() == 1
+    with sessions() as s:
+        job = s.scalar(select(Job))
+        assert job is not None and job.state == "failed" and "given up" in (job.error or "")
+        assert s.scalar(select(Result.verdict)) == verdict  # not replaced by an error
+        assert sorted(s.scalars(select(ResultObject.sop_instance_uid))) == before
