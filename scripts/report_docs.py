@@ -8,6 +8,7 @@ Inputs, best available first, and the picture says which (model name in the bann
 - findings: always the real rule engine (``qcnode.rules.evaluate``) on those masks.
 
 Usage: .venv/bin/python scripts/report_docs.py [--synth data/synth/DIR] [--out docs]
+       [--weights FILE]   (a weights file instead of the registry's default model)
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ GROUND_TRUTH = ModelInfo(name="ground-truth masks", version="synthetic", sha256=
 HAND_MADE = ModelInfo(name="hand-made example masks", version="no model", sha256="-")
 
 
-def _model():  # type: ignore[no-untyped-def]
+def _model(weights: Path | None):  # type: ignore[no-untyped-def]
     try:
-        return importlib.import_module("qcnode.model").load_predictor(None, device="cpu")
+        load = importlib.import_module("qcnode.model").load_predictor
+        return load(None, device="cpu", weights_path=weights)
     except (ImportError, AttributeError, QcnodeError) as exc:
         print(f"no model ({exc}); using ground-truth / example masks", file=sys.stderr)
         return None
@@ -106,9 +108,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--synth", type=Path, default=Path("data/synth"))
     parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--weights", type=Path, help="a weights file instead of the registry")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    predictor = _model()
+    predictor = _model(args.weights)
     from pydicom.data import get_testdata_file
 
     render(Path(str(get_testdata_file("RG1_UNCR.dcm"))), "rg1", args.out, predictor, "en")
