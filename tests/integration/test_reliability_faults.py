@@ -36,6 +36,12 @@ from tests.reliability.support import (
     nothing_lost,
 )
 
+# A node SIGKILLed mid-association leaves pynetdicom's requestor socket to the garbage
+# collector (a ResourceWarning at an arbitrary later moment): not what these tests judge.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
+)
+
 
 def run_modalities(port: int, count: int, per: int, seed: int) -> list[Modality]:
     return [
@@ -252,7 +258,7 @@ def test_disk_nearly_full_refuses_then_recovers(
         node.start()
         try:
             filler = fill(small, leave_bytes=(3 << 20))
-            m = Modality(port=node.port, images=mixed_images(4, seed=51, sizes=((1024, 1024),)))
+            m = Modality(port=node.port, images=mixed_images(3, seed=51, sizes=((1024, 1024),)))
             m.run_once()
             if guard:  # refused before anything is written, with the named status
                 assert m.statuses.get(DISK_FULL, 0) >= 1, m.statuses
@@ -274,7 +280,7 @@ def test_sigkill_while_the_modality_is_mid_dataset(tmp_path: Path, orthanc: Orth
     node = NodeProcess(tmp_path / "n", fake_model=True, **node_settings(tmp_path, orthanc))
     node.start()
     try:
-        m = Modality(port=node.port, images=mixed_images(3, seed=61, sizes=((2048, 2048),)))
+        m = Modality(port=node.port, images=mixed_images(1, seed=61, sizes=((2048, 2048),)))
         thread = threading.Thread(target=m.run_once)
         thread.start()
         wait_for(
