@@ -49,6 +49,7 @@ class Settings:
     max_associations: int = 16
     max_associations_per_ae: int = 8
     max_dataset_bytes: int = 512 * 1024 * 1024
+    max_pixels: int = 8000 * 8000  # Rows x Columns of a CR/DX image (largest detectors ~4300²)
     min_free_disk_bytes: int = 1024 * 1024 * 1024
     non_chest: str = "keep"  # keep (marked not_applicable) | refuse
     database_url: str = ""  # empty: sqlite file under data_dir

@@ -42,6 +42,7 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_TOO_LARGE = 0xA701
 DISK_FULL = 0xA702
+IMAGE_TOO_LARGE = 0xA703
 CANNOT_UNDERSTAND = 0xC000
 NOT_A_CHEST_IMAGE = 0xC001
 
@@ -383,6 +384,11 @@ class Ingest:
                 return SUCCESS
             return self._replace(existing.id, received, synced, sop_uid, calling, address)
 
+        rows, columns = _int(header, "Rows"), _int(header, "Columns")
+        if sop_class in CHEST_SOP_CLASSES and rows * columns > self.settings.max_pixels:
+            return self._refuse(
+                IMAGE_TOO_LARGE, f"image of {rows}x{columns} pixels", calling, address, size
+            )
         try:
             instance = self._instance(header, sop_uid, sop_class, calling, address, applicable)
         except Exception:  # any header value pydicom cannot convert: refuse, keep the file

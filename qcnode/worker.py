@@ -212,6 +212,13 @@ class Worker:
         if not inst.applicable:
             item.result = outcome(inst.sop_instance_uid, Verdict.NOT_APPLICABLE)
             return
+        if inst.rows * inst.columns > self.settings.max_pixels:  # never decode a bomb
+            item.result = outcome(
+                inst.sop_instance_uid,
+                Verdict.ERROR,
+                f"image of {inst.rows}x{inst.columns} pixels is larger than max_pixels",
+            )
+            return
         t0 = time.perf_counter()
         try:
             item.source = read_dataset(self.store.absolute(inst.path))

@@ -30,6 +30,7 @@ from qcnode.ingest import (
     CANNOT_UNDERSTAND,
     DATASET_TOO_LARGE,
     DISK_FULL,
+    IMAGE_TOO_LARGE,
     NOT_A_CHEST_IMAGE,
     SUCCESS,
 )
@@ -195,6 +196,9 @@ def test_refusals_have_named_statuses(start_node, tmp_path) -> None:  # type: ig
     assert scu_store(port, radiograph(rows=400, columns=400)) == DATASET_TOO_LARGE
     knee = radiograph(rows=64, columns=64, body_part="KNEE")
     assert scu_store(port, knee) == NOT_A_CHEST_IMAGE
+    bomb = radiograph(rows=64, columns=64)
+    bomb.Rows = bomb.Columns = 20000  # a header that would decode to 1.6 GB
+    assert scu_store(port, bomb) == IMAGE_TOO_LARGE
     # Secondary Capture is accepted but not evaluated
     sc = radiograph(rows=64, columns=64, sop_class=SECONDARY_CAPTURE, modality="OT")
     assert scu_store(port, sc) == SUCCESS
@@ -203,6 +207,7 @@ def test_refusals_have_named_statuses(start_node, tmp_path) -> None:  # type: ig
     assert {e.detail["status"] for e in audit(node, "store_refused")} == {
         DATASET_TOO_LARGE,
         NOT_A_CHEST_IMAGE,
+        IMAGE_TOO_LARGE,
     }
 
 
