@@ -86,6 +86,8 @@ class Settings:
     web_user: str = ""  # one basic-auth user; set together with web_password
     web_password: str = ""
     verbose: bool = False
+    # audit trail to syslog, IHE ATNA style (udp://host:514 or tcp://host:6514); empty: off
+    audit_syslog: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

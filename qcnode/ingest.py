@@ -30,6 +30,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from qcnode import audit
+from qcnode.audit import Auditor
 from qcnode.config import Settings
 from qcnode.db import QUEUED, AuditEvent, Instance, Job
 from qcnode.errors import ConfigError, DecodeError, StorageError
@@ -152,11 +154,13 @@ class Ingest:
         store: FileStore,
         on_stored: Callable[[], None] | None = None,
         read_sessions: sessionmaker[Session] | None = None,
+        auditor: Auditor | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         # the duplicate check only reads: on SQLite it must not queue for the write lock
         self.read_sessions = read_sessions or sessions
+        self.auditor = auditor
         self.store = store
         self.on_stored = on_stored or (lambda: None)
         self.server: ThreadedAssociationServer | None = None
@@ -263,6 +267,7 @@ class Ingest:
                 "rejected association from %s at %s: calling AE not allowed", calling, address
             )
             self._audit("association_rejected", calling, address, "calling AE not allowed")
+            self._syslog_security(calling, address, "calling AE not allowed")
             assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, calling AE not recognised
             assoc.kill()  # waits until the reject is on the wire, as pynetdicom's own path
             return
@@ -277,6 +282,7 @@ class Ingest:
         if len(same) >= self.settings.max_associations_per_ae:
             log.warning("rejected association from %s: per-AE association limit", calling)
             self._audit("association_rejected", calling, address, "per-AE association limit")
+            self._syslog_security(calling, address, "per-AE association limit")
             assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, local limit exceeded
             assoc.kill()
 
@@ -411,6 +417,14 @@ class Ingest:
         with self._lock:
             self.stored += 1
         self.on_stored()
+        if self.auditor is not None:
+            self.auditor.emit(
+                "transferred",
+                outcome=audit.SUCCESS,
+                source=(calling, address),
+                destination=(self.settings.ae_title, ""),
+                instances=(audit.Instance(instance.study_instance_uid, sop_class, sop_uid),),
+            )
         log.info(
             "stored instance #%d (%s, %.1f MB) from %s in %.0f ms",
             instance_id,
@@ -513,7 +527,26 @@ class Ingest:
             extra={"status": status, "calling_ae": calling, "bytes": size},
         )
         self._audit("store_refused", calling, address, why, status=status, bytes=size)
+        if self.auditor is not None:
+            self.auditor.emit(
+                "transferred",
+                outcome=audit.MINOR_FAILURE,
+                source=(calling, address),
+                destination=(self.settings.ae_title, ""),
+                description=f"refused 0x{status:04X}: {why}",
+            )
         return status
+
+    def _syslog_security(self, calling: str, address: str, why: str) -> None:
+        if self.auditor is not None:
+            self.auditor.emit(
+                "security",
+                outcome=audit.MINOR_FAILURE,
+                source=(calling, address),
+                destination=(self.settings.ae_title, ""),
+                action="E",
+                description=f"association rejected: {why}",
+            )
 
     def _audit(self, kind: str, calling: str, address: str, message: str, **detail: Any) -> None:
         try:

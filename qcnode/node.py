@@ -18,6 +18,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from qcnode.audit import Auditor
 from qcnode.config import Settings
 from qcnode.db import make_engine, make_sessions, upgrade
 from qcnode.errors import ConfigError
@@ -122,6 +123,7 @@ class Node:
     dispatchers: list[Dispatcher] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
     address: tuple[str, int] | None = None
+    auditor: Auditor | None = None
 
     def start(self, *, ingest: bool = True, senders: bool = True) -> None:
         s = self.settings
@@ -131,6 +133,7 @@ class Node:
         self.engine = make_engine(s)
         sessions = make_sessions(self.engine)
         store = FileStore(root=s.data_dir)
+        self.auditor = Auditor.from_settings(s)
         if store.sweep_tmp():
             log.info("removed leftovers of interrupted receptions from %s", store.tmp)
         wake = threading.Event()
@@ -163,7 +166,12 @@ class Node:
             for dest in s.destinations:
                 self.dispatchers.append(
                     Dispatcher(
-                        settings=s, sessions=sessions, store=store, sender=sender, destination=dest
+                        settings=s,
+                        sessions=sessions,
+                        store=store,
+                        sender=sender,
+                        destination=dest,
+                        auditor=self.auditor,
                     )
                 )
         for n, w in enumerate(self.workers):
@@ -178,8 +186,10 @@ class Node:
                 store=store,
                 on_stored=wake.set,
                 read_sessions=make_sessions(self.read_engine),
+                auditor=self.auditor,
             )
             self.address = self.ingest.start()
+        self._activity("start")
 
     def _thread(self, target: Callable[[threading.Event], None], name: str) -> None:
         t = threading.Thread(target=target, args=(self.stop,), name=name, daemon=True)
@@ -190,7 +200,18 @@ class Node:
         for d in self.dispatchers:
             d.wake.set()
 
+    def _activity(self, what: str) -> None:
+        if self.auditor is not None:
+            self.auditor.emit(
+                "activity",
+                outcome=0,
+                source=(self.settings.ae_title, ""),
+                destination=(self.settings.ae_title, ""),
+                description=what,
+            )
+
     def close(self) -> None:
+        self._activity("stop")
         self.stop.set()
         if self.ingest is not None:
             self.ingest.stop()
@@ -202,6 +223,8 @@ class Node:
             t.join(timeout=30)
         if self.sender is not None:
             self.sender.close()
+        if self.auditor is not None:
+            self.auditor.close()
         for name in ("engine", "read_engine"):
             engine = getattr(self, name, None)
             if engine is not None:

@@ -30,8 +30,20 @@ from pynetdicom.transport import AssociationSocket
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from qcnode import audit
+from qcnode.audit import Auditor
 from qcnode.config import Destination, Settings
-from qcnode.db import DEAD, PENDING, SENT, AuditEvent, Outbox, ResultObject, utcnow
+from qcnode.db import (
+    DEAD,
+    PENDING,
+    SENT,
+    AuditEvent,
+    Instance,
+    Outbox,
+    Result,
+    ResultObject,
+    utcnow,
+)
 from qcnode.errors import DeliveryError
 from qcnode.ingest import assoc_socket, set_nodelay
 from qcnode.store import FileStore
@@ -200,6 +212,7 @@ class Dispatcher:
         clock: Clock = utcnow,
         batch: int = 32,
         idle_release_seconds: float = 5.0,
+        auditor: Auditor | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -212,6 +225,7 @@ class Dispatcher:
         self.idle_release_seconds = idle_release_seconds
         self.wake = threading.Event()
         self.sent = 0
+        self.auditor = auditor
 
     def run(self, stop: threading.Event, poll_seconds: float = 0.5) -> None:
         log.info("sender for %s started", self.key)
@@ -276,6 +290,32 @@ class Dispatcher:
                 self._failed(row_id, attempts + 1, f"status 0x{status:04X}")
         return delivered
 
+    def _audit(self, session: Session, row_id: int, outcome: int, reason: str = "") -> None:
+        if self.auditor is None:
+            return
+        row = session.execute(
+            select(
+                Instance.study_instance_uid,
+                ResultObject.sop_class_uid,
+                ResultObject.sop_instance_uid,
+            )
+            .select_from(Outbox)
+            .join(ResultObject, ResultObject.id == Outbox.object_id)
+            .join(Result, Result.id == ResultObject.result_id)
+            .join(Instance, Instance.id == Result.instance_id)
+            .where(Outbox.id == row_id)
+        ).first()
+        if row is None:
+            return
+        self.auditor.emit(
+            "transferred",
+            outcome=outcome,
+            source=(self.settings.ae_title, ""),
+            destination=(self.destination.ae_title, f"{self.destination.host}"),
+            instances=(audit.Instance(row[0], row[1], row[2]),),
+            description=reason,
+        )
+
     def _sent(self, row_id: int) -> None:
         with self.sessions.begin() as session:
             session.execute(
@@ -283,6 +323,7 @@ class Dispatcher:
                 .where(Outbox.id == row_id)
                 .values(state=SENT, sent_at=self.clock(), last_error=None)
             )
+            self._audit(session, row_id, audit.SUCCESS)
         self.sent += 1
         log.debug("delivered outbox row #%d to %s", row_id, self.key)
 
@@ -301,6 +342,7 @@ class Dispatcher:
                 )
             )
             if dead:
+                self._audit(session, row_id, audit.SERIOUS_FAILURE, f"dead letter: {error}")
                 session.add(
                     AuditEvent(
                         kind="dead_letter",

@@ -167,3 +167,36 @@ def test_outbox_cli_lists_dead_letters(env, monkeypatch, capsys) -> None:  # typ
     assert "after 3 attempts: status 0xA700" in out
     assert main(["outbox", "--retry-dead", "--json"]) == 0
     assert states(sessions) == [PENDING]
+
+
+def test_deliveries_and_dead_letters_are_audited(env) -> None:  # type: ignore[no-untyped-def]
+    import socket
+    import xml.etree.ElementTree as ET
+
+    from qcnode.audit import Auditor
+
+    settings, sessions, store = env
+    collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    collector.bind(("127.0.0.1", 0))
+    collector.settimeout(5)
+    auditor = Auditor(url=f"udp://127.0.0.1:{collector.getsockname()[1]}", ae_title="QCNODE")
+    add_objects(sessions, store, 1)
+    d = Dispatcher(
+        settings=settings,
+        sessions=sessions,
+        store=store,
+        sender=FakeSender(),
+        destination=PACS,
+        clock=FakeClock(),
+        auditor=auditor,
+    )
+    try:
+        assert d.run_once() == 1
+        root = ET.fromstring(collector.recv(65536).partition(b"\xef\xbb\xbf")[2])
+    finally:
+        auditor.close()
+        collector.close()
+    ident = root.find("EventIdentification")
+    assert ident is not None and ident.get("EventOutcomeIndicator") == "0"
+    assert [p.get("UserID") for p in root.iter("ActiveParticipant")] == ["QCNODE", "PACS"]
+    assert root.find("ParticipantObjectIdentification/ParticipantObjectDescription/SOPClass")
