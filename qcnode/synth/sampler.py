@@ -132,7 +132,9 @@ def draw_window(
     if g.uniform() < 0.2:  # a tight shutter that may cut into the lungs
         side = int(g.integers(4))
         lung_edge = [r0l - r0, (r0 + hh - 1) - r1l, c0l - c0, (c0 + ww - 1) - c1l][side] * p
-        sh[side] = float(np.clip(lung_edge + g.uniform(-60, 12), 0, 150))
+        # Laterals: the heart sits well inside the lungs' anterior edge, so cut deeper there.
+        deep = -130.0 if view == "lateral" and side == 2 else -60.0
+        sh[side] = float(np.clip(lung_edge + g.uniform(deep, 12), 0, 200))
     return (r0, c0, hh, ww), (sh[0], sh[1], sh[2], sh[3])
 
 
