@@ -131,6 +131,8 @@ def draw_window(
         sh = [float(g.uniform(0, 50)) for _ in range(4)]
     if g.uniform() < 0.2:  # a tight shutter that may cut into the lungs
         side = int(g.integers(4))
+        if view == "lateral" and g.uniform() < 0.5:
+            side = 2  # anterior: the only side where a lateral's heart can be cut
         lung_edge = [r0l - r0, (r0 + hh - 1) - r1l, c0l - c0, (c0 + ww - 1) - c1l][side] * p
         # Laterals: the heart sits well inside the lungs' anterior edge, so cut deeper there.
         deep = -130.0 if view == "lateral" and side == 2 else -60.0
