@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import traceback
@@ -52,6 +53,7 @@ KNOWN: dict[str, str] = {
     "error @ imaging.py:normalise_pixels": "request 2: LUT data shorter than its descriptor",
     "BytesLengthException @ imaging.py:": "request 9: element access raises",
     "ValueError @ geometry.py:block_mean": "request 13: absurd header spacing (1e-30 mm)",
+    "ContractViolation: completeness.collimation": "request 13: absurd spacing (1e308 mm)",
     "ContractViolation: pixels float32": "request 14: excess pixel data → a 3-D image",
     "ContractViolation: exposure.deviation_index: value": "request 3: infinite deviation index",
 }
@@ -143,15 +145,35 @@ def run_rules(image: DecodedImage, plan: MaskPlan, *, language: str = "en") -> t
     predictor = FakePredictor(
         source=lambda img: (plan.view, masks_for(img, plan)), spacing_mm=plan.spacing_mm
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        (prediction,) = predictor.predict([image])
-        try:
-            findings = evaluate(image, prediction, config=rules_config(), language=language)
-        except QcnodeError:
-            return ()
+    failed = _RuleFailures()
+    rules_log = logging.getLogger("qcnode.rules")
+    rules_log.addHandler(failed)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            (prediction,) = predictor.predict([image])
+            try:
+                findings = evaluate(image, prediction, config=rules_config(), language=language)
+            except QcnodeError:
+                return ()
+    finally:
+        rules_log.removeHandler(failed)
+    if failed.errors:  # evaluate() turns a rule's exception into not_evaluable: still a bug
+        raise failed.errors[0]
     check_findings(findings)
     return findings
+
+
+class _RuleFailures(logging.Handler):
+    """Exceptions that qcnode.rules logged and swallowed ("rule failed")."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.errors.append(record.exc_info[1])
 
 
 def check_findings(findings: tuple[Any, ...]) -> None:
