@@ -35,6 +35,9 @@ SECOND_PASS_TOLERANCE = 0.05  # rerun when the anatomy-based scale differs by mo
 # A header spacing that makes the lungs this much smaller/larger than the reference is not
 # believed (e.g. a detector pitch copied onto a downsampled matrix): anatomy decides then.
 IMPLAUSIBLE_HEADER_RATIO = (0.5, 2.0)
+# A header spacing that makes the whole field smaller than this (mm) cannot be a chest film's
+# detector; when the first pass then sees no chest, the size-based guess gets a second pass.
+SMALLEST_CHEST_FIELD_MM = 250.0
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,11 @@ class TorchPredictor:
         for i, frame in enumerate(frames):
             view = VIEWS[int(views[i].argmax())]
             reference = self._meta.reference_lung_width_mm.get(str(view))
+            field_mm = max(frame.rows * frame.spacing_mm[0], frame.columns * frame.spacing_mm[1])
+            if view == View.OTHER and not estimated[i] and field_mm < SMALLEST_CHEST_FIELD_MM:
+                log.info("header spacing gives a %.0f mm field: trying the size guess", field_mm)
+                redo[i] = preprocess.guessed_spacing(frame.rows, frame.columns)
+                continue
             if view == View.OTHER or reference is None:
                 continue
             new = preprocess.spacing_from_lung_width(lung_width_px(masks[i]), frame, reference)
