@@ -88,7 +88,7 @@ def synth_command(args: argparse.Namespace) -> int:
                 "count": args.count,
                 "variants_per_pose": per_pose,
                 "pitch_mm": pitch,
-                "generator": "qcnode.synth v1.7",
+                "generator": "qcnode.synth v1.8",
             },
             indent=1,
         )

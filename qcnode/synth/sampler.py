@@ -134,9 +134,10 @@ def draw_window(
         if view == "lateral" and g.uniform() < 0.5:
             side = 2  # anterior: the only side where a lateral's heart can be cut
         lung_edge = [r0l - r0, (r0 + hh - 1) - r1l, c0l - c0, (c0 + ww - 1) - c1l][side] * p
-        # Laterals: the heart sits well inside the lungs' anterior edge, so cut deeper there.
-        deep = -130.0 if view == "lateral" and side == 2 else -60.0
-        sh[side] = float(np.clip(lung_edge + g.uniform(deep, 12), 0, 200))
+        # Shutter = distance from the window edge: beyond `lung_edge` it cuts into the lung.
+        # Laterals' heart sits ≈25 mm inside the lungs' anterior edge: cut deeper there.
+        low, high = (-20.0, 110.0) if view == "lateral" and side == 2 else (-60.0, 12.0)
+        sh[side] = float(np.clip(lung_edge + g.uniform(low, high), 0, 200))
     return (r0, c0, hh, ww), (sh[0], sh[1], sh[2], sh[3])
 
 
