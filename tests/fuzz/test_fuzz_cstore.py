@@ -84,3 +84,17 @@ def test_partial_study_date_still_gets_result_objects(target: CStoreTarget) -> N
     failures = target.drain_node_errors()
     assert not failures, failures
     wait_for(lambda: len(target.sender.stored) >= before + 2, 30, "its SR and SC delivered")
+
+
+@pytest.mark.xfail(strict=True, reason="request 18: one-valued ImagerPixelSpacing stops SR/SC")
+def test_one_valued_imager_pixel_spacing_still_gets_result_objects(
+    target: CStoreTarget,
+) -> None:
+    target.drain_node_errors()
+    before = len(target.sender.stored)
+    ds = _sop(radiograph(rows=64, columns=64))
+    _set(ds, "ImagerPixelSpacing", "0.2")  # VM 1: sloppy, and legal bytes
+    assert target.send(encode(ds)) == SUCCESS
+    failures = target.drain_node_errors()
+    assert not failures, failures  # "cannot build result objects ... DSfloat not iterable"
+    wait_for(lambda: len(target.sender.stored) >= before + 2, 30, "its SR and SC delivered")
