@@ -24,6 +24,13 @@ from qcnode.records import DecodedImage, FloatImage, ImageMeta
 
 log = logging.getLogger(__name__)
 
+# Plausible detector pixel spacing (mm); a value outside is treated as absent so that the
+# anatomy-based estimate takes over instead of a 1e-30 mm grid exhausting memory.
+SPACING_RANGE_MM = (0.01, 5.0)
+# Codec bugs surface as any exception type, and Rust codecs (pylibjpeg-rle) even raise pyo3's
+# PanicException, a BaseException: everything but interpreter exits becomes a DecodeError.
+_FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
 # Largest radiograph we accept (a 43x43 cm detector at 0.1 mm is 4300x4300): anything bigger
 # is refused before decoding, so a malicious header cannot make us allocate gigabytes.
 MAX_PIXELS = 12_000 * 12_000
@@ -34,11 +41,15 @@ def read_dataset(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
     """Read a DICOM file (Part 10, or a bare dataset as some modalities write)."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
-    except (OSError, pydicom.errors.InvalidDicomError, EOFError, ValueError) as exc:
+        if "SOPClassUID" not in ds and "PixelData" not in ds:
+            raise DecodeError(f"{path.name}: not a DICOM dataset")
+        _ensure_transfer_syntax(ds)
+    except DecodeError:
+        raise
+    except _FATAL:
+        raise
+    except BaseException as exc:  # zlib.error, NotImplementedError (unknown VR), ...
         raise DecodeError(f"{path.name}: not a readable DICOM file ({exc})") from exc
-    if "SOPClassUID" not in ds and "PixelData" not in ds:
-        raise DecodeError(f"{path.name}: not a DICOM dataset")
-    _ensure_transfer_syntax(ds)
     return ds
 
 
@@ -68,6 +79,12 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value) if value is not None else ""
 
 
+def _int(ds: Dataset, keyword: str) -> int:
+    """A single non-negative integer, or 0 (a multi-valued or odd value is not a size)."""
+    value = ds.get(keyword, 0)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
 def _number(ds: Dataset, keyword: str) -> float | None:
     value = ds.get(keyword)
     try:
@@ -87,7 +104,8 @@ def header_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str]:
             row, col = (float(v) for v in value)
         except (TypeError, ValueError):
             continue
-        if row > 0 and col > 0 and np.isfinite(row) and np.isfinite(col):
+        low, high = SPACING_RANGE_MM
+        if low <= row <= high and low <= col <= high:
             return (row, col), keyword
     return None, ""
 
@@ -99,8 +117,8 @@ def image_meta(ds: Dataset) -> ImageMeta:
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
         sop_class_uid=_text(ds, "SOPClassUID"),
         modality=_text(ds, "Modality"),
-        rows=int(ds.get("Rows", 0) or 0),
-        columns=int(ds.get("Columns", 0) or 0),
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
         photometric=_text(ds, "PhotometricInterpretation"),
         study_instance_uid=_text(ds, "StudyInstanceUID"),
         series_instance_uid=_text(ds, "SeriesInstanceUID"),
@@ -131,41 +149,58 @@ def _to_unit_range(values: np.ndarray, low: float, high: float) -> FloatImage:
     if not high > low:
         return np.zeros(values.shape, dtype=np.float32)
     out = (values.astype(np.float64) - low) / (high - low)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0).astype(np.float32)
 
 
 def normalise_pixels(ds: Dataset, stored: np.ndarray) -> FloatImage:
     """Modality LUT, VOI LUT/window, MONOCHROME1 inversion → [0, 1] MONOCHROME2 sense."""
     photometric = _text(ds, "PhotometricInterpretation").upper()
-    if (
-        int(ds.get("SamplesPerPixel", 1) or 1) == 3
-    ):  # colour (e.g. a Secondary Capture): ITU-R 601 luma
+    if int(ds.get("SamplesPerPixel", 1) or 1) == 3:  # colour: ITU-R 601 luma
         rgb = stored.astype(np.float32)
         grey = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
         return _to_unit_range(grey, 0.0, float(2 ** int(ds.get("BitsStored", 8)) - 1))
-    values = apply_modality_lut(stored, ds)
+    try:
+        values = apply_modality_lut(stored, ds)
+    except Exception as exc:  # malformed rescale/LUT: the stored values still show the image
+        log.debug("modality LUT not usable, using stored values: %s", exc)
+        values = stored
     has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
     if has_voi:
         try:
             windowed = apply_voi_lut(values, ds, index=0)
+            if not np.all(np.isfinite(windowed)):
+                raise ValueError("the VOI window is not finite")
             if "VOILUTSequence" in ds:
                 lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
                 low, high = 0.0, float(2**lut_bits - 1)
             else:
                 low, high = _output_range(ds)
             out = _to_unit_range(windowed, low, high)
-        except (ValueError, TypeError, AttributeError, IndexError) as exc:
+        except Exception as exc:  # malformed VOI data of every kind: use the value range
             log.debug("VOI not usable, falling back to the value range: %s", exc)
             has_voi = False
     if not has_voi:
-        out = _to_unit_range(values, float(np.min(values)), float(np.max(values)))
+        finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+        low, high = (float(np.min(finite)), float(np.max(finite))) if finite.size else (0.0, 0.0)
+        out = _to_unit_range(values, low, high)
     if photometric == "MONOCHROME1":
         out = 1.0 - out
     return out
 
 
 def decode_dataset(ds: Dataset) -> DecodedImage:
-    """Decode a dataset that carries pixel data."""
+    """Decode a dataset that carries pixel data; any failure is a DecodeError/UnsupportedInput."""
+    try:
+        return _decode_dataset(ds)
+    except (DecodeError, UnsupportedInput):
+        raise
+    except _FATAL:
+        raise
+    except BaseException as exc:
+        raise DecodeError(f"the dataset cannot be decoded: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode_dataset(ds: Dataset) -> DecodedImage:
     meta = image_meta(ds)
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise UnsupportedInput("the dataset has no pixel data")
@@ -176,11 +211,15 @@ def decode_dataset(ds: Dataset) -> DecodedImage:
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         stored = ds.pixel_array
-    except Exception as exc:  # pydicom raises many types for bad or unsupported pixel data
+    except _FATAL:
+        raise
+    except BaseException as exc:  # pydicom and codecs raise many types (and panics)
         raise DecodeError(f"pixel data cannot be decoded: {exc}") from exc
     if frames > 1:
         stored = stored[0]
-    if stored.shape[:2] != (meta.rows, meta.columns):
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    expected = (meta.rows, meta.columns) if samples == 1 else (meta.rows, meta.columns, samples)
+    if stored.shape != expected:
         raise DecodeError(f"pixel data shape {stored.shape} does not match the header")
     spacing, _ = header_spacing(ds)
     return DecodedImage(pixels=normalise_pixels(ds, stored), spacing_mm=spacing, meta=meta)
