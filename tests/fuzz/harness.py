@@ -46,6 +46,10 @@ KNOWN: dict[str, str] = {
     "ContractViolation: exposure.deviation_index: value": "request 3: infinite deviation index",
     "NodeFailure: qcnode.worker: cannot build result objects for instance #N: TypeError: '…'"
     " object is not iterable": "request 18: one-valued ImagerPixelSpacing stops SR/SC",
+    "NodeFailure: qcnode.worker: cannot build result objects": "request 19: report on odd headers",
+    "NodeFailure: qcnode.rules: rule failed: ValueError: operands could not be broadcast": (
+        "request 20: a rule fails on an empty region"
+    ),
 }
 
 
