@@ -57,7 +57,7 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     # ~1 h on the shared 2-core CPU for qcnet_d15_w3 (0.8-1.2 s per step of 8 there).
-    "cpu": Recipe(name="cpu", steps=3000, batch=8, lr=3e-3, eval_every=500),
+    "cpu": Recipe(name="cpu", steps=2000, batch=8, lr=3e-3, eval_every=500),
     # Second stage from the `cpu` weights (--init): a warm restart of the cosine schedule.
     "cpu-ft": Recipe(name="cpu-ft", steps=600, batch=8, lr=1.5e-3, eval_every=300),
     # Not run in this project's sessions (no GPU was lent); sized for one modern GPU.
