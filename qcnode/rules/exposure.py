@@ -34,7 +34,7 @@ def deviation_index(s: Subject, cfg: RulesConfig) -> Finding:
     ei, target = meta.exposure_index, meta.target_exposure_index
     if di is None and ei is not None and target is not None and ei > 0 and target > 0:
         di = 10.0 * math.log10(ei / target)
-    if di is None:
+    if di is None or not math.isfinite(di):  # absent, or absurd EI values (1e308 / 1e-4)
         return make(s, rule, Status.NOT_EVALUABLE, None, e.deviation_index_fail, "no_header")
     a = abs(di)
     if a > e.deviation_index_fail:

@@ -280,7 +280,9 @@ def test_sigkill_while_the_modality_is_mid_dataset(tmp_path: Path, orthanc: Orth
     node = NodeProcess(tmp_path / "n", fake_model=True, **node_settings(tmp_path, orthanc))
     node.start()
     try:
-        m = Modality(port=node.port, images=mixed_images(1, seed=61, sizes=((2048, 2048),)))
+        # 18 MB uncompressed: big enough that a 2 ms poll sees it half received even on an
+        # idle machine (an 8 MB dataset sometimes arrived whole between two polls).
+        m = Modality(port=node.port, images=mixed_images(1, seed=61, sizes=((3072, 3072),)))
         thread = threading.Thread(target=m.run_once)
         thread.start()
         wait_for(
@@ -289,7 +291,7 @@ def test_sigkill_while_the_modality_is_mid_dataset(tmp_path: Path, orthanc: Orth
             ),
             60,
             "a dataset half received",
-            step=0.02,
+            step=0.002,
         )
         node.kill()
         thread.join(60)
