@@ -224,8 +224,8 @@ def _library_descriptors(source: pydicom.Dataset) -> list[hd.sr.ContentItem]:
                 relationship_type=acq,
             )
         )
-    spacing = list(source.get("ImagerPixelSpacing") or [])
-    if len(spacing) == 2 and all(float(v) > 0 for v in spacing):
+    spacing = _two_spacing_values(source.get("ImagerPixelSpacing"))
+    if spacing is not None:
         for name, value in (
             (codes.DCM.HorizontalPixelSpacing, spacing[1]),
             (codes.DCM.VerticalPixelSpacing, spacing[0]),
@@ -236,6 +236,18 @@ def _library_descriptors(source: pydicom.Dataset) -> list[hd.sr.ContentItem]:
                 )
             )
     return out
+
+
+def _two_spacing_values(raw: object) -> tuple[float, float] | None:
+    """(row, column) spacing when the header holds two positive numbers; sloppy headers
+    (one value, text, zero) simply leave the descriptor out."""
+    try:
+        values = [float(v) for v in raw]  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return None
+    if len(values) == 2 and all(v > 0 and math.isfinite(v) for v in values):
+        return values[0], values[1]
+    return None
 
 
 def _insert_image_library(root: pydicom.Dataset, source: pydicom.Dataset) -> None:

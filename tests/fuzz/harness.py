@@ -43,8 +43,6 @@ class ContractViolation(AssertionError):
 # exception type and the qcnode frame it escaped from. The CI fuzz tests fail on anything
 # else; when a fix lands the xfail test passes, fails as strict, and the entry goes.
 KNOWN: dict[str, str] = {
-    "NodeFailure: qcnode.worker: cannot build result objects for instance #N: TypeError: '…'"
-    " object is not iterable": "request 18: one-valued ImagerPixelSpacing stops SR/SC",
     "NodeFailure: qcnode.worker: cannot build result objects": "request 19: report on odd headers",
     "NodeFailure: qcnode.rules: rule failed: ValueError: operands could not be broadcast": (
         "request 20: a rule fails on an empty region"

@@ -86,7 +86,6 @@ def test_partial_study_date_still_gets_result_objects(target: CStoreTarget) -> N
     wait_for(lambda: len(target.sender.stored) >= before + 2, 30, "its SR and SC delivered")
 
 
-@pytest.mark.xfail(strict=True, reason="request 18: one-valued ImagerPixelSpacing stops SR/SC")
 def test_one_valued_imager_pixel_spacing_still_gets_result_objects(
     target: CStoreTarget,
 ) -> None:
