@@ -1,6 +1,7 @@
 """Ground truth for every rule of DESIGN §4, from exact masks and known parameters.
 
-Deliberately independent of qcnode.rules (no import): the evaluation compares the two.
+Deliberately independent of the rules' measurements (only the rule-ID catalogue is shared):
+the evaluation compares the two.
 Thresholds come from etc/rules.toml; rules whose threshold is "calibrated" get their truth
 status from a known generation parameter or an exact (noise-free, exact-mask) measurement,
 with the criteria below, so that the rules engineer can calibrate the measured rule on them.
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from qcnode.rules import catalogue
+
 Mask = npt.NDArray[np.bool_]
 
 # Truth criteria for the "calibrated" rules (definitions of the synthetic ground truth).
@@ -30,47 +33,12 @@ BLUR_FAIL_MM = 3.0  # exposure.sharpness: FWHM of motion + extra blur
 TILT_FAIL_DEG = 8.0  # positioning.tilt: known lordotic/kyphotic tilt
 ARMS_OVERLAP_FAIL_MM2 = 50.0  # positioning.arms (lateral)
 
-FRONTAL_RULES = (
-    "completeness.apices",
-    "completeness.costophrenic",
-    "completeness.lateral_walls",
-    "completeness.collimation",
-    "completeness.centering",
-    "organs.lungs",
-    "organs.heart",
-    "organs.clavicles",
-    "organs.diaphragm",
-    "exposure.deviation_index",
-    "exposure.saturation",
-    "exposure.contrast",
-    "exposure.noise",
-    "exposure.spine_through_heart",
-    "exposure.sharpness",
-    "positioning.rotation",
-    "positioning.scapulae",
-    "positioning.inspiration",
-    "positioning.tilt",
-    "positioning.orientation",
-    "metadata.view",
-    "metadata.spacing",
-)
-LATERAL_RULES = (
-    "completeness.apices",
-    "completeness.costophrenic",
-    "completeness.anteroposterior",
-    "organs.lungs",
-    "organs.heart",
-    "organs.spine",
-    "organs.sternum",
-    "exposure.deviation_index",
-    "exposure.saturation",
-    "exposure.contrast",
-    "exposure.noise",
-    "exposure.sharpness",
-    "positioning.rotation",
-    "positioning.arms",
-    "positioning.inspiration",
-    "metadata.view",
+# The rule IDs are the contract of DESIGN §4 and live in one place; only the names are
+# shared, every truth value below is computed here, independently of the rules' measurements.
+FRONTAL_RULES = catalogue.FRONTAL_RULES
+# The truth does not label the lateral orientation and spacing checks.
+LATERAL_RULES = tuple(
+    r for r in catalogue.LATERAL_RULES if r not in ("positioning.orientation", "metadata.spacing")
 )
 
 
