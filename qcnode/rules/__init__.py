@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 
 from qcnode.records import DecodedImage, Finding, Prediction, Status, View
 from qcnode.rules import completeness, exposure, lateral, metadata, organs, positioning
@@ -20,6 +23,9 @@ from qcnode.rules.messages import LANGUAGES, make
 log = logging.getLogger(__name__)
 
 Rule = Callable[[Subject, RulesConfig], Finding]
+
+# Fewer source pixels than this along a side: nothing on the film can be located.
+MIN_SIDE_PX = 8
 
 _COMMON: dict[str, Rule] = {
     "completeness.apices": completeness.apices,
@@ -77,6 +83,13 @@ def evaluate(
     view = prediction.view
     if view is View.OTHER:
         return ()
+    shape = degenerate_shape(image, prediction)
+    if shape is not None:  # say so per rule instead of measuring noise or raising
+        s = _Language(language)
+        return tuple(
+            make(s, rule, Status.NOT_EVALUABLE, None, None, "degenerate", shape=shape)
+            for rule in CATALOGUE[view]
+        )
     subject = Subject.build(
         image,
         prediction,
@@ -95,6 +108,26 @@ def evaluate(
             log.exception("rule failed", extra={"rule": rule})
             findings.append(make(subject, rule, Status.NOT_EVALUABLE, None, None, "internal"))
     return tuple(findings)
+
+
+@dataclass(frozen=True)
+class _Language:
+    language: str
+
+
+def degenerate_shape(image: DecodedImage, prediction: Prediction) -> str | None:
+    """The pixel grid's shape as text when the rules cannot measure on it, else None.
+
+    Not 2-D (a multi-sample or 3-D array), fewer than ``MIN_SIDE_PX`` pixels along a side,
+    non-finite pixels, or a mask whose shape differs from the image's.
+    """
+    px = np.asarray(image.pixels)
+    text = "×".join(str(n) for n in px.shape) or "scalar"
+    if px.ndim != 2 or min(px.shape) < MIN_SIDE_PX or not bool(np.isfinite(px).all()):
+        return text
+    if any(np.shape(m) != px.shape for m in prediction.masks.values()):
+        return text + " ≠ masks"
+    return None
 
 
 __all__ = [

@@ -23,6 +23,7 @@ from skimage import measure
 from qcnode.records import BoolMask, DecodedImage, FloatImage, Geometry, Prediction, View
 
 WORK_MM = 1.0  # target working pixel size (mm)
+MIN_GRID_PX = 8  # never average a film down to fewer working pixels than this per side
 Point = tuple[float, float]  # (row, col) on the working grid
 
 
@@ -110,7 +111,8 @@ class Subject:
         else:
             last = 350.0 / max(shape)  # last resort: a 35 cm detector
             spacing, source = (last, last), "anatomy"
-        stride = max(1, int(work_mm / min(spacing)))
+        # a tiny image with a fine spacing still keeps a grid of >= MIN_GRID_PX per side
+        stride = max(1, min(int(work_mm / min(spacing)), min(shape) // MIN_GRID_PX))
         o = stride // 2
         small = {k: np.ascontiguousarray(v[o::stride, o::stride]) for k, v in masks.items()}
         pixels = block_mean(image.pixels, stride)

@@ -42,6 +42,10 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     "*.no_lungs": ("Lungs not found: not evaluable.", "未识别到肺野，无法评价。"),
     "*.missing": ("{what} not found: not evaluable.", "未识别到{what}，无法评价。"),
     "*.internal": ("Measurement failed: not evaluable.", "测量失败，无法评价。"),
+    "*.degenerate": (
+        "Image too small or not a 2-D grey-level grid ({shape}): not evaluable.",
+        "图像过小或不是二维灰度图像（{shape}），无法评价。",
+    ),
     # completeness
     "completeness.apices.pass": (
         "Both lung apices inside the field (smallest margin {value:.0f} mm ≥ {threshold:.0f} mm).",

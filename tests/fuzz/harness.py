@@ -44,9 +44,6 @@ class ContractViolation(AssertionError):
 # else; when a fix lands the xfail test passes, fails as strict, and the entry goes.
 KNOWN: dict[str, str] = {
     "NodeFailure: qcnode.worker: cannot build result objects": "request 19: report on odd headers",
-    "NodeFailure: qcnode.rules: rule failed: ValueError: operands could not be broadcast": (
-        "request 20: a rule fails on an empty region"
-    ),
 }
 
 
