@@ -34,6 +34,7 @@ class AugmentConfig:
     p_curve: float = 0.8
     p_blur: float = 0.25
     p_sharpen: float = 0.25
+    sharpen_sigma: tuple[float, float] = (1.0, 3.0)  # px at 1.75 mm; large = multi-scale look
     p_pool: float = 0.2
     p_noise: float = 0.5
     noise: float = 0.05
@@ -136,7 +137,7 @@ def _intensity(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tor
     if _p(g, cfg.p_blur):
         x = _blur(x, _u(g, 0.5, 1.5))
     elif _p(g, cfg.p_sharpen):
-        x = x + _u(g, 0.5, 1.5) * (x - _blur(x, _u(g, 1.0, 3.0)))
+        x = x + _u(g, 0.5, 1.5) * (x - _blur(x, _u(g, *cfg.sharpen_sigma)))
     if _p(g, cfg.p_pool):
         k = int(torch.randint(2, 5, (), generator=g))
         x = F.interpolate(F.avg_pool2d(x, k, ceil_mode=True), size=x.shape[-2:], mode="bilinear")

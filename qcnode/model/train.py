@@ -53,6 +53,31 @@ class Recipe:
     val_count: int = 96
     threads: int = 2
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Cosine schedule with warm restarts: ``cycles`` equal cycles after the warm-up, the
+    # k-th peaking at lr * cycle_decay**k. Each cycle ends in a usable checkpoint.
+    cycles: int = 1
+    cycle_decay: float = 1.0
+    # Extra loss weight per structure (name -> factor, others 1): thin bones are a few
+    # pixels at 3.5 mm and were under-learnt with equal weights.
+    structure_weight: tuple[tuple[str, float], ...] = ()
+
+
+# Thin structures: clavicles, scapulae, humeri, ribs, sternum, trachea.
+THIN_WEIGHTS: tuple[tuple[str, float], ...] = (
+    ("clavicle_right", 3.0),
+    ("clavicle_left", 3.0),
+    ("scapula_right", 2.0),
+    ("scapula_left", 2.0),
+    ("humerus_right", 3.0),
+    ("humerus_left", 3.0),
+    ("ribs_posterior_right", 2.0),
+    ("ribs_posterior_left", 2.0),
+    ("sternum", 2.0),
+    ("trachea", 2.0),
+)
+
+# Stronger large-scale contrast processing (vendor multi-scale enhancement on real films).
+LONG_AUGMENT = AugmentConfig(sharpen_sigma=(1.0, 16.0), p_sharpen=0.35)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -60,6 +85,21 @@ RECIPES: dict[str, Recipe] = {
     "cpu": Recipe(name="cpu", steps=2000, batch=8, lr=3e-3, eval_every=500),
     # Second stage from the `cpu` weights (--init): a warm restart of the cosine schedule.
     "cpu-ft": Recipe(name="cpu-ft", steps=600, batch=8, lr=1.5e-3, eval_every=300),
+    # Session 2's long CPU run from the shipped weights (--init): three warm-restart cosine
+    # cycles, thin-structure loss weights, stronger large-scale sharpening.
+    "cpu-long": Recipe(
+        name="cpu-long",
+        steps=6600,
+        batch=8,
+        lr=2e-3,
+        warmup=100,
+        eval_every=700,
+        checkpoint_every=50,
+        cycles=3,
+        cycle_decay=0.6,
+        structure_weight=THIN_WEIGHTS,
+        augment=LONG_AUGMENT,
+    ),
     # Not run in this project's sessions (no GPU was lent); sized for one modern GPU.
     "gpu": Recipe(
         name="gpu",
@@ -117,14 +157,19 @@ def loss_fn(
     weight: torch.Tensor,
     views: torch.Tensor,
     view_weight: float,
+    factors: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """BCE + soft Dice per (sample, structure), masked by channel weight; CE for the view."""
+    """BCE + soft Dice per (sample, structure), masked by channel weight; CE for the view.
+
+    ``factors`` (C,) scale structures up without scaling the others down: the normaliser is
+    the unfactored weight sum."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(2, 3))
     probs = torch.sigmoid(logits)
     inter = (probs * target).sum(dim=(2, 3))
     denom = probs.sum(dim=(2, 3)) + target.sum(dim=(2, 3))
     dice = 1 - (2 * inter + 1) / (denom + 1)
-    mask_loss = ((bce + dice) * weight).sum() / weight.sum().clamp(min=1.0)
+    scaled = weight if factors is None else weight * factors
+    mask_loss = ((bce + dice) * scaled).sum() / weight.sum().clamp(min=1.0)
     view_loss = F.cross_entropy(view_logits, views, label_smoothing=0.05)
     total = mask_loss + view_weight * view_loss
     return total, {"mask": float(mask_loss.detach()), "view": float(view_loss.detach())}
@@ -178,8 +223,25 @@ def make_batch(
 def _lr(recipe: Recipe, step: int) -> float:
     if step < recipe.warmup:
         return recipe.lr * (step + 1) / recipe.warmup
-    progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
-    return recipe.lr * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * min(progress, 1.0))))
+    progress = min((step - recipe.warmup) / max(1, recipe.steps - recipe.warmup), 1.0)
+    cycle = min(int(progress * recipe.cycles), recipe.cycles - 1)
+    local = progress * recipe.cycles - cycle
+    peak = recipe.lr * recipe.cycle_decay**cycle
+    return float(peak * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * local))))
+
+
+def cycle_ends(recipe: Recipe) -> list[int]:
+    """Steps (counted from 1) after which each cosine cycle ends: the next step restarts."""
+    span = recipe.steps - recipe.warmup
+    return [recipe.warmup - (-span * (k + 1) // recipe.cycles) for k in range(recipe.cycles)]
+
+
+def structure_factors(recipe: Recipe) -> torch.Tensor:
+    """(C,) loss factor per structure from ``recipe.structure_weight``."""
+    factors = torch.ones(len(STRUCTURES))
+    for name, w in recipe.structure_weight:
+        factors[STRUCTURES.index(name)] = w
+    return factors
 
 
 def _data_version(root: Path, ids: Sequence[str]) -> str:
@@ -278,6 +340,7 @@ def train(
     elif resume:
         log.warning("--resume: no checkpoint at %s, starting from scratch", ckpt)
 
+    factors = structure_factors(recipe).to(dev)
     t0 = time.monotonic()
     loss_value = float("nan")
     history: list[dict[str, Any]] = []
@@ -297,6 +360,7 @@ def train(
             batch["weight"].to(dev),
             batch["views"].to(dev),
             recipe.view_weight,
+            factors,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -307,6 +371,15 @@ def train(
         done = step + 1
         if done % recipe.checkpoint_every == 0 or done in (recipe.steps, end):
             _save_checkpoint(ckpt, model, opt, done, identity)
+        if recipe.cycles > 1 and done in cycle_ends(recipe)[:-1]:  # a restart: keep a snapshot
+            snap_meta = WeightsMeta(
+                variant=variant,
+                input_size=preprocess.INPUT_SIZE,
+                spacing_mm=preprocess.SPACING_MM,
+                reference_lung_width_mm=datamod.lung_widths_mm(train_pack),
+            )
+            save_weights(out / f"{variant}-step{done}.pt", model, snap_meta)
+            model.to(dev)
         if val_pack is not None and (done % recipe.eval_every == 0 or done == recipe.steps):
             val = metrics.evaluate_pack(model, val_pack, device=dev)
             log.info("step %d val %s", done, json.dumps(metrics.summary(val)))

@@ -1,0 +1,85 @@
+"""Training mechanics added for the long CPU recipe: warm-restart schedule, per-structure loss
+weights, the configurable sharpening scale. Fast: no training here."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from qcnode.model.augment import NONE, augment
+from qcnode.model.train import (
+    RECIPES,
+    _lr,
+    cycle_ends,
+    loss_fn,
+    structure_factors,
+)
+from qcnode.records import STRUCTURES
+
+
+def test_single_cycle_schedule_is_the_old_cosine() -> None:
+    r = RECIPES["cpu"]
+    assert _lr(r, 0) == pytest.approx(r.lr / r.warmup)
+    assert _lr(r, r.warmup) == pytest.approx(r.lr)
+    assert _lr(r, r.steps - 1) == pytest.approx(0.02 * r.lr, rel=0.05)
+    assert cycle_ends(r) == [r.steps]
+
+
+def test_warm_restarts_jump_back_up_with_decaying_peaks() -> None:
+    r = RECIPES["cpu-long"]
+    ends = cycle_ends(r)
+    assert len(ends) == r.cycles and ends[-1] == r.steps
+    for k, end in enumerate(ends[:-1]):
+        low, high = _lr(r, end - 1), _lr(r, end)
+        assert low < 0.05 * r.lr  # each cycle anneals ...
+        assert high == pytest.approx(r.lr * r.cycle_decay ** (k + 1), rel=0.01)  # ... restarts
+    assert _lr(r, r.steps - 1) < 0.05 * r.lr
+
+
+def test_structure_factors_name_real_structures() -> None:
+    f = structure_factors(RECIPES["cpu-long"])
+    assert f.shape == (len(STRUCTURES),)
+    assert f[STRUCTURES.index("lung_right")] == 1.0
+    assert f[STRUCTURES.index("humerus_left")] > 1.0
+    assert torch.equal(structure_factors(RECIPES["cpu"]), torch.ones(len(STRUCTURES)))
+
+
+def test_factors_raise_thin_structures_without_lowering_the_others() -> None:
+    g = torch.Generator().manual_seed(0)
+    n, c, s = 2, len(STRUCTURES), 16
+    logits = torch.randn((n, c, s, s), generator=g, requires_grad=True)
+    target = (torch.rand((n, c, s, s), generator=g) > 0.5).float()
+    weight, views, view_logits = torch.ones((n, c)), torch.tensor([0, 1]), torch.zeros((n, 3))
+    factors = torch.ones(c)
+    thin = STRUCTURES.index("clavicle_right")
+    factors[thin] = 3.0
+
+    def grads(f: torch.Tensor | None) -> torch.Tensor:
+        logits.grad = None
+        loss, _ = loss_fn(logits, view_logits, target, weight, views, 0.5, f)
+        loss.backward()
+        assert logits.grad is not None
+        return logits.grad.abs().sum(dim=(0, 2, 3))
+
+    plain, weighted = grads(None), grads(factors)
+    assert weighted[thin] == pytest.approx(3 * float(plain[thin]), rel=1e-5)
+    lung = STRUCTURES.index("lung_left")
+    assert weighted[lung] == pytest.approx(float(plain[lung]), rel=1e-5)
+
+
+def test_sharpen_sigma_is_configurable_and_changes_the_image() -> None:
+    x = torch.rand((1, 1, 64, 64), generator=torch.Generator().manual_seed(1))
+    valid = torch.ones_like(x, dtype=torch.bool)
+    masks = torch.zeros((1, len(STRUCTURES), 64, 64))
+    base = dataclasses.replace(NONE, p_sharpen=1.0, p_curve=1e-9)  # only sharpening acts
+
+    def run(sigma: tuple[float, float]) -> torch.Tensor:
+        cfg = dataclasses.replace(base, sharpen_sigma=sigma)
+        out, _ = augment(x, valid, masks, cfg=cfg, generator=torch.Generator().manual_seed(2))
+        return out
+
+    small, large = run((1.0, 1.0)), run((12.0, 12.0))
+    assert not torch.allclose(small, large, atol=1e-3)
+    assert torch.equal(run((12.0, 12.0)), large)  # seeded: reproducible
