@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: auto)")
     y.add_argument("--pitch-mm", type=float, default=1.4, help="detector pixel pitch (mm)")
     y.add_argument("--no-ready", action="store_true", help="do not write READY (a part of a set)")
+    y.add_argument(
+        "--visible-lungs", action="store_true", help="also write lungs cut at the diaphragm"
+    )
 
     t = sub.add_parser("train", parents=[common], help="train a model variant")
     t.add_argument("--variant", default="qcnet_d15_w3")

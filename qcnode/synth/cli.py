@@ -71,6 +71,7 @@ def synth_command(args: argparse.Namespace) -> int:
         view=args.view,
         variants_per_pose=per_pose,
         detector=replace(generate.BIG, pitch_mm=pitch, depth_step_mm=max(2.5, pitch)),
+        visible_lungs=bool(getattr(args, "visible_lungs", False)),
     )
     manifest = out / "manifest.jsonl"
     done, have = _done_poses(manifest, f"{args.split}-s{args.seed}-")
@@ -88,7 +89,8 @@ def synth_command(args: argparse.Namespace) -> int:
                 "count": args.count,
                 "variants_per_pose": per_pose,
                 "pitch_mm": pitch,
-                "generator": "qcnode.synth v1.8",
+                "visible_lungs": plan.visible_lungs,
+                "generator": "qcnode.synth v1.9",
             },
             indent=1,
         )

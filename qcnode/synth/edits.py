@@ -47,7 +47,7 @@ class Composed:
     """A finished variant: stored pixels, masks, and what truth needs."""
 
     stored: npt.NDArray[np.uint16]  # final orientation, photometric applied
-    masks: dict[str, npt.NDArray[np.bool_]]  # STRUCTURES, final orientation
+    masks: dict[str, npt.NDArray[np.bool_]]  # STRUCTURES (+ *_visible), final orientation
     display: npt.NDArray[np.float32]  # [0,1] MONOCHROME2 sense, window orientation, pre-text
     display_clean: npt.NDArray[np.float32]  # the same without quantum/electronic noise
     full_masks: dict[str, npt.NDArray[np.bool_]]  # projection frame, un-cropped, after moves
@@ -165,7 +165,8 @@ def compose(
     y_text = burn_in(y, v, frontal, rng, p)
     stored = physics.quantise(y_text, v.exposure.bits_stored)
     win_masks: dict[str, npt.NDArray[np.bool_]] = {}
-    for name in STRUCTURES:
+    extras = [k for k in full if k.endswith("_visible")]  # optional visible-lung masks
+    for name in (*STRUCTURES, *extras):
         if name == "field":
             win_masks[name] = field_win.copy()
         else:

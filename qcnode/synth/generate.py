@@ -1,8 +1,9 @@
 """The pool: a few hundred 3D renders, many cheap 2D variants of each, written as samples.
 
 Sample files (the contract others code against, see docs/SYNTH.md): `<id>.dcm`,
-`<id>_masks.npz` (one bool array per name in STRUCTURES, the image's shape), `<id>.json`
-(truth), and one line per sample appended to `manifest.jsonl`.
+`<id>_masks.npz` (one bool array per name in STRUCTURES, the image's shape, plus
+``lung_right_visible`` / ``lung_left_visible`` when the plan asks for visible lungs),
+`<id>.json` (truth), and one line per sample appended to `manifest.jsonl`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,27 @@ class Plan:
     variants_per_pose: int = 8
     other_fraction: float = 0.15
     detector: Detector = BIG
+    visible_lungs: bool = False  # also write VISIBLE_LUNGS masks (data v2 onwards)
+
+
+# Extra mask arrays (not network channels): the lungs as a radiograph shows them.
+VISIBLE_LUNGS = ("lung_right_visible", "lung_left_visible")
+
+
+def visible_lungs(masks: dict[str, npt.NDArray[np.bool_]]) -> dict[str, npt.NDArray[np.bool_]]:
+    """Lung projections cut, per detector column, below the top of the abdomen's projection.
+
+    The full lung projection reaches into the posterior costophrenic recesses behind the
+    liver and stomach; a radiograph shows the lung only down to the hemidiaphragm silhouette,
+    which is the upper edge of the abdominal organs' projection in each column. Human lung
+    masks on real films (V7, SCR) stop there, so this is the definition to compare with them.
+    Row 0 is the head end of the projection frame (before any 2D flip).
+    """
+    abdomen = masks["abdomen_right"] | masks["abdomen_left"]
+    rows = abdomen.shape[0]
+    top = np.where(abdomen.any(axis=0), abdomen.argmax(axis=0), rows)
+    above = np.arange(rows)[:, None] < top[None, :]
+    return {f"{name}_visible": masks[name] & above for name in ("lung_right", "lung_left")}
 
 
 def _bbox(m: npt.NDArray[np.bool_]) -> tuple[int, int, int, int]:
@@ -138,7 +160,8 @@ def _write_sample(
 ) -> dict[str, Any]:
     dicomio.write(out / f"{sample_id}.dcm", comp.stored, header)
     tmp = out / f"{sample_id}_masks.tmp.npz"
-    np.savez_compressed(tmp, allow_pickle=False, **{k: comp.masks[k] for k in STRUCTURES})
+    names = [*STRUCTURES, *(k for k in VISIBLE_LUNGS if k in comp.masks)]
+    np.savez_compressed(tmp, allow_pickle=False, **{k: comp.masks[k] for k in names})
     tmp.replace(out / f"{sample_id}_masks.npz")
     rows, cols = comp.stored.shape
     doc = {
@@ -186,6 +209,8 @@ def make_pose_samples(
     pose = sampler.draw_pose(g, plan.split, view)
     t0 = time.perf_counter()
     proj = render.render(ct, pose, plan.detector)
+    if plan.visible_lungs and view != "other":
+        proj.masks.update(visible_lungs(proj.masks))
     t_render = time.perf_counter() - t0
     lines: list[dict[str, Any]] = []
     t1 = time.perf_counter()

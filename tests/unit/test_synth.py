@@ -312,3 +312,49 @@ def test_lateral_truth_arms_and_rotation(ct: ctmod.PreparedCT, thresholds: dict[
     rot = _truth(turned, edits.Variant(window=win), thresholds, view="lateral")
     assert rot["positioning.rotation"]["status"] == "fail"
     assert rot["positioning.rotation"]["value"] > raised["positioning.rotation"]["value"] + 10
+
+
+@pytest.mark.parametrize("view_position", ["PA", "LL"])
+def test_visible_lungs_stop_at_the_diaphragm(ct: ctmod.PreparedCT, view_position: str) -> None:
+    proj = render.render(ct, Pose(view_position=view_position), SMALL)
+    vis = generate.visible_lungs(proj.masks)
+    abdomen = proj.masks["abdomen_right"] | proj.masks["abdomen_left"]
+    for side in ("right", "left"):
+        full, seen = proj.masks[f"lung_{side}"], vis[f"lung_{side}_visible"]
+        assert not (seen & ~full).any()
+        assert 0.5 < seen.sum() / full.sum() < 0.97  # the recesses behind the abdomen go
+        if view_position == "PA":  # the lateral keeps its (visible) posterior sulcus
+            assert _bbox(seen)[1] < _bbox(full)[1]
+        assert _bbox(seen)[0] == _bbox(full)[0]  # apices untouched
+        # Nothing visible at or below the abdomen's top edge in any column.
+        for c in np.nonzero(abdomen.any(axis=0))[0]:
+            top = int(np.argmax(abdomen[:, c]))
+            assert not seen[top:, c].any()
+
+
+def test_visible_lungs_are_written_only_when_asked(ct: ctmod.PreparedCT, tmp_path: Path) -> None:
+    det = replace(SMALL, pitch_mm=5.0, depth_step_mm=5.0)
+    thr = truth.load_thresholds()
+    for flag in (False, True):
+        plan = generate.Plan(
+            split="train",
+            seed=4,
+            view="frontal",
+            variants_per_pose=2,
+            detector=det,
+            other_fraction=0.0,
+            visible_lungs=flag,
+        )
+        out = tmp_path / str(flag)
+        out.mkdir()
+        lines, _ = generate.make_pose_samples(ct, plan, 0, out, thr)
+        assert lines
+        for rec in lines:
+            with np.load(out / rec["masks"]) as z:
+                extra = set(z.files) - set(STRUCTURES)
+                assert extra == (set(generate.VISIBLE_LUNGS) if flag else set())
+                for side in ("right", "left"):
+                    if flag:  # same frame (crop, flips) as the full lung, and inside it
+                        seen, full = z[f"lung_{side}_visible"], z[f"lung_{side}"]
+                        assert seen.shape == full.shape and seen.any()
+                        assert not (seen & ~full).any()
