@@ -146,12 +146,25 @@ def read_negatives(*, held_out: bool) -> list[Sample]:
     return samples
 
 
-def _load_masks(path: Path) -> npt.NDArray[np.bool_]:
+# Lung target definitions: the full 3D-lung projection (data v1) or the lungs as a radiograph
+# shows them, cut at the diaphragm silhouette (`qcnode synth --visible-lungs`, data v2).
+LUNG_TARGETS = ("projection", "visible")
+
+
+def _load_masks(path: Path, lungs: str = "projection") -> npt.NDArray[np.bool_]:
     with np.load(path) as z:
-        return np.stack([z[name].astype(bool) for name in STRUCTURES])
+        if lungs == "visible" and "lung_right_visible" not in z.files:
+            raise QcnodeError(f"{path} has no visible-lung masks (made without --visible-lungs)")
+        suffix = "_visible" if lungs == "visible" else ""
+        return np.stack(
+            [
+                z[name + suffix if name in ("lung_right", "lung_left") else name].astype(bool)
+                for name in STRUCTURES
+            ]
+        )
 
 
-def _encode(sample: Sample, size: int) -> dict[str, np.ndarray] | None:
+def _encode(sample: Sample, size: int, lungs: str = "projection") -> dict[str, np.ndarray] | None:
     """Decode and place one sample on the canvas; None when it cannot serve (too small...)."""
     try:
         img = decode(sample.image)
@@ -165,7 +178,7 @@ def _encode(sample: Sample, size: int) -> dict[str, np.ndarray] | None:
     canvas, frame = preprocess.to_canvas(img.pixels, spacing, size=size)
     weight = np.ones(len(STRUCTURES), dtype=np.float32)
     if sample.masks is not None:
-        masks = _load_masks(sample.masks)
+        masks = _load_masks(sample.masks, lungs)
         if masks.shape[1:] != (rows, cols):
             log.warning("masks of %s do not match its image; skipped", sample.id)
             return None
@@ -189,9 +202,10 @@ def cache_dir(base: Path | None = None) -> Path:
     return (base or Path(".cache")) / "qcnode" / "model" / key
 
 
-def _cache_name(sample: Sample) -> str:
+def _cache_name(sample: Sample, lungs: str = "projection") -> str:
     digest = hashlib.sha1(str(sample.image.resolve()).encode()).hexdigest()[:16]
-    return f"{sample.id}-{digest}.npz"
+    tag = "" if lungs == "projection" or sample.masks is None else f"-{lungs}"
+    return f"{sample.id}-{digest}{tag}.npz"
 
 
 def load_pack(
@@ -201,19 +215,24 @@ def load_pack(
     size: int = preprocess.INPUT_SIZE,
     progress: bool = True,
     desc: str = "cache",
+    lungs: str = "projection",
 ) -> Pack:
-    """Every sample as a cached canvas (computing the missing ones), stacked in memory."""
+    """Every sample as a cached canvas (computing the missing ones), stacked in memory.
+
+    ``lungs`` picks the lung target definition (LUNG_TARGETS)."""
+    if lungs not in LUNG_TARGETS:
+        raise QcnodeError(f"unknown lung target {lungs!r}; known: {', '.join(LUNG_TARGETS)}")
     cache.mkdir(parents=True, exist_ok=True)
     items, ids = [], []
     sample_list = list(samples)
     for s in tqdm(sample_list, desc=desc, disable=not progress, unit="img"):
-        path = cache / _cache_name(s)
+        path = cache / _cache_name(s, lungs)
         item: dict[str, np.ndarray] | None = None
         if path.is_file():
             with np.load(path) as z:
                 item = {k: z[k] for k in z.files}
         else:
-            item = _encode(s, size)
+            item = _encode(s, size, lungs)
             if item is None:
                 continue
             tmp = path.with_suffix(".tmp.npz")

@@ -60,6 +60,9 @@ class Recipe:
     # Extra loss weight per structure (name -> factor, others 1): thin bones are a few
     # pixels at 3.5 mm and were under-learnt with equal weights.
     structure_weight: tuple[tuple[str, float], ...] = ()
+    # Lung targets: "projection" (whole 3D lungs) or "visible" (cut at the diaphragm; needs
+    # data made with `qcnode synth --visible-lungs`).
+    lungs: str = "projection"
 
 
 # Thin structures: clavicles, scapulae, humeri, ribs, sternum, trachea.
@@ -99,6 +102,20 @@ RECIPES: dict[str, Recipe] = {
         cycle_decay=0.6,
         structure_weight=THIN_WEIGHTS,
         augment=LONG_AUGMENT,
+    ),
+    # The same on data made with `qcnode synth --visible-lungs` (not yet run: no such data).
+    "cpu-long-visible": Recipe(
+        name="cpu-long-visible",
+        steps=6600,
+        batch=8,
+        lr=2e-3,
+        warmup=100,
+        eval_every=700,
+        cycles=3,
+        cycle_decay=0.6,
+        structure_weight=THIN_WEIGHTS,
+        augment=LONG_AUGMENT,
+        lungs="visible",
     ),
     # Not run in this project's sessions (no GPU was lent); sized for one modern GPU.
     "gpu": Recipe(
@@ -294,7 +311,9 @@ def train(
     holdout = recipe.val_count > 0
     val_samples = [s for s in samples if holdout and held(s)][: recipe.val_count]
     train_samples = [s for s in samples if not (holdout and held(s))]
-    train_pack = datamod.load_pack(train_samples, cache=cache, progress=progress, desc="train")
+    train_pack = datamod.load_pack(
+        train_samples, cache=cache, progress=progress, desc="train", lungs=recipe.lungs
+    )
     negatives = None
     if recipe.p_negative > 0:
         negatives = datamod.dedupe(
@@ -303,7 +322,9 @@ def train(
             )
         )
     val_pack = (
-        datamod.load_pack(val_samples, cache=cache, progress=progress, desc="val")
+        datamod.load_pack(
+            val_samples, cache=cache, progress=progress, desc="val", lungs=recipe.lungs
+        )
         if val_samples
         else None
     )

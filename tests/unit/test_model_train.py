@@ -4,10 +4,14 @@ weights, the configurable sharpening scale. Fast: no training here."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from qcnode.errors import QcnodeError
+from qcnode.model import data as datamod
 from qcnode.model.augment import NONE, augment
 from qcnode.model.train import (
     RECIPES,
@@ -83,3 +87,32 @@ def test_sharpen_sigma_is_configurable_and_changes_the_image() -> None:
     small, large = run((1.0, 1.0)), run((12.0, 12.0))
     assert not torch.allclose(small, large, atol=1e-3)
     assert torch.equal(run((12.0, 12.0)), large)  # seeded: reproducible
+
+
+def test_visible_lung_targets_replace_the_lung_channels(tmp_path: Path) -> None:
+    from tests.unit.test_model import _tiny_dataset
+
+    root = _tiny_dataset(tmp_path / "set", n=2)
+    samples = datamod.read_synthetic(root)
+    with pytest.raises(QcnodeError, match="visible-lung"):
+        datamod.load_pack(samples, cache=tmp_path / "c", progress=False, lungs="visible")
+    for s in samples:  # add visible lungs: the upper half of each lung
+        assert s.masks is not None
+        with np.load(s.masks) as z:
+            arrays = {k: z[k] for k in z.files}
+        upper = (
+            np.arange(arrays["lung_right"].shape[0])[:, None] < arrays["lung_right"].shape[0] // 2
+        )
+        for side in ("right", "left"):
+            arrays[f"lung_{side}_visible"] = arrays[f"lung_{side}"] & upper
+        np.savez_compressed(s.masks, **arrays)
+    full = datamod.load_pack(samples, cache=tmp_path / "c", progress=False)
+    seen = datamod.load_pack(samples, cache=tmp_path / "c", progress=False, lungs="visible")
+    lung = STRUCTURES.index("lung_right")
+    body = STRUCTURES.index("body")
+    a, b = full.masks([0, 1]), seen.masks([0, 1])
+    assert 0 < b[:, lung].sum() < a[:, lung].sum()
+    assert not (b[:, lung] > a[:, lung]).any()
+    assert torch.equal(a[:, body], b[:, body])
+    with pytest.raises(QcnodeError, match="unknown lung target"):
+        datamod.load_pack(samples, cache=tmp_path / "c", progress=False, lungs="bottom")
