@@ -1,0 +1,30 @@
+"""The label-gap diagnostic of the model report (a bound that uses the truth, not a score)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qcnode.model.report import _label_gap, below_truth_floor
+
+
+def test_below_truth_floor_is_per_column() -> None:
+    truth = np.zeros((10, 4), bool)
+    truth[2:5, 0] = True  # floor at row 4
+    truth[1:8, 1] = True  # floor at row 7
+    below = below_truth_floor(truth)
+    assert below[5:, 0].all() and not below[:5, 0].any()
+    assert below[8:, 1].all() and not below[:8, 1].any()
+    assert not below[:, 2:].any()  # columns without truth: nothing is cut
+
+
+def test_label_gap_counts_only_the_overshoot_below_the_diaphragm() -> None:
+    truth = np.zeros((20, 10), bool)
+    truth[2:12, 2:8] = True
+    pred = np.zeros_like(truth)
+    pred[2:16, 2:8] = True  # the same lung reaching 4 rows deeper (the recess)
+    pred[2:12, 8] = True  # and one column too wide: not below any floor
+    gap = _label_gap([(pred, truth)])
+    assert gap["false_positive_share_below_floor"] == pytest.approx(24 / 34)
+    assert gap["dice_cut_mean"] == pytest.approx(2 * 60 / (70 + 60))
+    assert gap["area_ratio_median"] == pytest.approx(94 / 60)
