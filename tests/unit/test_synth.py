@@ -358,3 +358,39 @@ def test_visible_lungs_are_written_only_when_asked(ct: ctmod.PreparedCT, tmp_pat
                         seen, full = z[f"lung_{side}_visible"], z[f"lung_{side}"]
                         assert seen.shape == full.shape and seen.any()
                         assert not (seen & ~full).any()
+
+
+def test_retrofitted_visible_lungs_match_generated_ones(
+    ct: ctmod.PreparedCT, tmp_path: Path
+) -> None:
+    from qcnode.synth import visible
+
+    det = replace(generate.BIG, pitch_mm=5.0, depth_step_mm=5.0)
+    thr = truth.load_thresholds()
+    sets = {}
+    for flag in (False, True):
+        plan = generate.Plan(
+            split="train",
+            seed=5,
+            view="both",
+            variants_per_pose=2,
+            detector=det,
+            other_fraction=0.0,
+            visible_lungs=flag,
+        )
+        out = tmp_path / str(flag)
+        out.mkdir()
+        lines: list[dict[str, Any]] = []
+        for index in (0, 1):
+            lines += generate.make_pose_samples(ct, plan, index, out, thr)[0]
+        (out / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        (out / "recipe.json").write_text(json.dumps({"pitch_mm": det.pitch_mm}))
+        sets[flag] = (out, lines)
+    out, lines = sets[False]
+    result = visible.add_visible_lungs(out)
+    assert result["samples"] == len(lines) and result["pose_check_lung_dice_median"] > 0.95
+    for rec in lines:
+        with np.load(out / rec["masks"]) as a, np.load(sets[True][0] / rec["masks"]) as b:
+            for name in generate.VISIBLE_LUNGS:
+                x, y = a[name], b[name]
+                assert 2 * (x & y).sum() / (x.sum() + y.sum()) > 0.95, (rec["id"], name)
