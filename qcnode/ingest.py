@@ -18,7 +18,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,16 @@ from pydicom.multival import MultiValue
 from pynetdicom import AE, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qcnode import audit
 from qcnode.audit import Auditor
 from qcnode.config import Settings
-from qcnode.db import QUEUED, AuditEvent, Instance, Job
+from qcnode.db import QUEUED, AuditEvent, Instance, Job, utcnow
 from qcnode.errors import ConfigError, DecodeError, StorageError
+from qcnode.groupcommit import GroupCommit
+from qcnode.netio import guard_chunked_receive, receive_error, tune_acceptor
 from qcnode.store import FileStore, start_writeback
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ class Ingest:
         self.read_sessions = read_sessions or sessions
         self.auditor = auditor
         self.store = store
+        self._rows = GroupCommit(sessions=sessions)
         self.on_stored = on_stored or (lambda: None)
         self.server: ThreadedAssociationServer | None = None
         self._started = False
@@ -192,6 +194,7 @@ class Ingest:
                 Ingest._saved = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
             Ingest._active += 1
             _config.STORE_RECV_CHUNKED_DATASET = True
+            guard_chunked_receive(True)  # a failed write answers 0xA700 (qcnode.netio)
             tempfile.tempdir = str(self.store.tmp)
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
@@ -250,11 +253,13 @@ class Ingest:
                 Ingest._active -= 1
                 if Ingest._active == 0:
                     _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = Ingest._saved
+                    guard_chunked_receive(False)
 
     # --- association events --------------------------------------------------------
 
     def _on_conn_open(self, event: evt.Event) -> None:
         set_nodelay(assoc_socket(event.assoc))
+        tune_acceptor(event.assoc)  # bulk reads, no polling sleeps (qcnode.netio)
 
     def _on_requested(self, event: evt.Event) -> None:
         """Calling-AE allow list (optionally with peer address) and per-AE limits."""
@@ -324,17 +329,23 @@ class Ingest:
         sop_uid = str(request.AffectedSOPInstanceUID or "")
         sop_class = str(request.AffectedSOPClassUID or "")
         received = Path(event.dataset_path)
+        failed = receive_error(request)
+        if failed is not None:  # the disk filled (or a limit hit) while it streamed in
+            received.unlink(missing_ok=True)
+            log.error("cannot write a dataset from %s while receiving it: %s", calling, failed)
+            return self._refuse(
+                OUT_OF_RESOURCES,
+                f"write failed during reception: {failed.strerror or failed}",
+                calling,
+                address,
+                0,
+            )
         try:
             size = received.stat().st_size
         except OSError as exc:
             log.error("received dataset vanished before it was kept: %s", exc)
             return OUT_OF_RESOURCES
 
-        try:
-            synced = self.store.begin_sync(received)  # overlaps with the checks below
-        except OSError as exc:
-            log.error("cannot open a received dataset: %s", exc)
-            return OUT_OF_RESOURCES
         if size > self.settings.max_dataset_bytes:
             return self._refuse(
                 DATASET_TOO_LARGE, "dataset larger than max_dataset_bytes", calling, address, size
@@ -388,7 +399,7 @@ class Ingest:
             if self.store.same_content(existing.path, received):
                 log.info("duplicate instance from %s acknowledged, not stored again", calling)
                 return SUCCESS
-            return self._replace(existing.id, received, synced, sop_uid, calling, address)
+            return self._replace(existing.id, received, sop_uid, calling, address)
 
         rows, columns = _int(header, "Rows"), _int(header, "Columns")
         if sop_class in CHEST_SOP_CLASSES and rows * columns > self.settings.max_pixels:
@@ -396,7 +407,7 @@ class Ingest:
                 IMAGE_TOO_LARGE, f"image of {rows}x{columns} pixels", calling, address, size
             )
         try:
-            instance = self._instance(header, sop_uid, sop_class, calling, address, applicable)
+            row = self._instance_row(header, sop_uid, sop_class, calling, address, applicable)
         except Exception:  # any header value pydicom cannot convert: refuse, keep the file
             log.exception("unusable header from %s", calling)
             self.store.reject(received, "header")
@@ -404,9 +415,9 @@ class Ingest:
                 CANNOT_UNDERSTAND, "header values cannot be used", calling, address, size
             )
         try:
-            placed = self.store.place(received, sop_uid, synced=synced)
-            instance.path, instance.size_bytes = placed.path, placed.size
-            instance_id = self._commit(instance)
+            placed = self.store.place(received, sop_uid)
+            row["path"], row["size_bytes"] = placed.path, placed.size
+            instance_id = self._commit(row)
             placed.wait()  # file and directory fsyncs ran while the row was committed
         except (StorageError, OSError) as exc:
             log.error("cannot keep an instance from %s: %s", calling, exc)
@@ -423,7 +434,7 @@ class Ingest:
                 outcome=audit.SUCCESS,
                 source=(calling, address),
                 destination=(self.settings.ae_title, ""),
-                instances=(audit.Instance(instance.study_instance_uid, sop_class, sop_uid),),
+                instances=(audit.Instance(row["study_instance_uid"], sop_class, sop_uid),),
             )
         log.info(
             "stored instance #%d (%s, %.1f MB) from %s in %.0f ms",
@@ -440,7 +451,6 @@ class Ingest:
         self,
         instance_id: int,
         received: Path,
-        synced: Future[None],
         sop_uid: str,
         calling: str,
         address: str,
@@ -448,7 +458,7 @@ class Ingest:
         """Same SOP Instance UID, different bytes (a corrected image, or a file damaged by a
         power cut before it was acknowledged): keep the new bytes and QC again."""
         try:
-            placed = self.store.place(received, sop_uid, synced=synced)
+            placed = self.store.place(received, sop_uid)
             placed.wait()
             with self.sessions.begin() as session:
                 job = session.scalar(select(Job).where(Job.instance_id == instance_id))
@@ -471,52 +481,46 @@ class Ingest:
         return SUCCESS
 
     @staticmethod
-    def _instance(
+    def _instance_row(
         header: Dataset,
         sop_uid: str,
         sop_class: str,
         calling: str,
         address: str,
         applicable: bool,
-    ) -> Instance:
+    ) -> dict[str, Any]:
         """The row's header facts; built before the file is placed, so that a header
         whose values cannot be used is refused without leaving a file behind."""
         file_meta = getattr(header, "file_meta", None)
-        return Instance(
-            sop_instance_uid=sop_uid,
-            sop_class_uid=sop_class,
-            study_instance_uid=_text(header, "StudyInstanceUID", 64),
-            series_instance_uid=_text(header, "SeriesInstanceUID", 64),
-            transfer_syntax_uid=str(getattr(file_meta, "TransferSyntaxUID", "") or "")[:64],
-            modality=_text(header, "Modality", 16),
-            path="",
-            size_bytes=0,
-            calling_ae=calling[:16],
-            peer_address=address[:64],
-            station_name=_text(header, "StationName", 64),
-            operators_name=_text(header, "OperatorsName", 256),
-            manufacturer=_text(header, "Manufacturer", 64),
-            manufacturer_model=_text(header, "ManufacturerModelName", 64),
-            institution_name=_text(header, "InstitutionName", 128),
-            study_date=_study_date(_text(header, "StudyDate", 8)),
-            view_position=_text(header, "ViewPosition", 16).upper(),
-            body_part=_text(header, "BodyPartExamined", 16).upper(),
-            rows=_int(header, "Rows"),
-            columns=_int(header, "Columns"),
-            applicable=applicable,
-        )
+        return {
+            "sop_instance_uid": sop_uid,
+            "sop_class_uid": sop_class,
+            "study_instance_uid": _text(header, "StudyInstanceUID", 64),
+            "series_instance_uid": _text(header, "SeriesInstanceUID", 64),
+            "transfer_syntax_uid": str(getattr(file_meta, "TransferSyntaxUID", "") or "")[:64],
+            "modality": _text(header, "Modality", 16),
+            "path": "",
+            "size_bytes": 0,
+            "calling_ae": calling[:16],
+            "peer_address": address[:64],
+            "received_at": utcnow(),
+            "station_name": _text(header, "StationName", 64),
+            "operators_name": _text(header, "OperatorsName", 256),
+            "manufacturer": _text(header, "Manufacturer", 64),
+            "manufacturer_model": _text(header, "ManufacturerModelName", 64),
+            "institution_name": _text(header, "InstitutionName", 128),
+            "study_date": _study_date(_text(header, "StudyDate", 8)),
+            "view_position": _text(header, "ViewPosition", 16).upper(),
+            "body_part": _text(header, "BodyPartExamined", 16).upper(),
+            "rows": _int(header, "Rows"),
+            "columns": _int(header, "Columns"),
+            "applicable": applicable,
+        }
 
-    def _commit(self, instance: Instance) -> int | None:
-        try:
-            with self.sessions.begin() as session:
-                session.add(instance)
-                session.flush()
-                session.add(Job(instance_id=instance.id, state=QUEUED))
-        except IntegrityError:
-            return None
-        except SQLAlchemyError as exc:
-            raise StorageError(f"database: {exc.__class__.__name__}") from exc
-        return instance.id
+    def _commit(self, row: dict[str, Any]) -> int | None:
+        """Insert the instance and its job durably, in a batch with any C-STORE of
+        another association that is committing at the same time (qcnode.groupcommit)."""
+        return self._rows.commit(row)
 
     def _refuse(self, status: int, why: str, calling: str, address: str, size: int) -> int:
         log.warning(

@@ -108,23 +108,32 @@ def _write(ds: Dataset, path: Path) -> Path:
     return path
 
 
-def _storescu(port: int, files: list[Path], called: str) -> float:
+def _storescu(port: int, files: list[Path], called: str, concurrency: int = 1) -> float:
+    """Send ``files`` with ``concurrency`` storescu processes at once (one association
+    each, files dealt round-robin); the wall time until the last one is done."""
+    groups = [files[i::concurrency] for i in range(concurrency)]
     started = time.perf_counter()
-    run = subprocess.run(
-        [_tool("storescu"), "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port)]
-        + [str(f) for f in files],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TCP_NODELAY": "1"},
-        check=False,
-    )
+    procs = [
+        subprocess.Popen(
+            [_tool("storescu"), "-aet", f"BENCH{i}", "-aec", called, "127.0.0.1", str(port)]
+            + [str(f) for f in group],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )
+        for i, group in enumerate(groups)
+        if group
+    ]
+    errors = [p.communicate()[1] for p in procs]
     elapsed = time.perf_counter() - started
-    if run.returncode != 0:
-        raise QcnodeError(f"storescu failed: {run.stderr.strip()[-500:]}")
+    for proc, err in zip(procs, errors, strict=True):
+        if proc.returncode != 0:
+            raise QcnodeError(f"storescu failed: {err.strip()[-500:]}")
     return elapsed
 
 
-def _round_qcnode(settings: Settings, files: list[Path], work: Path) -> float:
+def _round_qcnode(settings: Settings, files: list[Path], work: Path, concurrency: int = 1) -> float:
     from qcnode.node import Node
 
     data = work / "qcnode"
@@ -143,7 +152,7 @@ def _round_qcnode(settings: Settings, files: list[Path], work: Path) -> float:
     node.start()
     try:
         assert node.address is not None
-        elapsed = _storescu(node.address[1], files, s.ae_title)
+        elapsed = _storescu(node.address[1], files, s.ae_title, concurrency)
         assert node.ingest is not None and node.ingest.stored == len(files)
     finally:
         node.close()
@@ -151,11 +160,13 @@ def _round_qcnode(settings: Settings, files: list[Path], work: Path) -> float:
     return elapsed
 
 
-def _round_storescp(files: list[Path], work: Path, *, fsync: bool) -> float:
+def _round_storescp(files: list[Path], work: Path, *, fsync: bool, concurrency: int = 1) -> float:
     out = work / "storescp"
     out.mkdir()
     port = _free_port()
     cmd = [_tool("storescp"), "-aet", "STORESCP", "-od", str(out)]
+    if concurrency > 1:
+        cmd.append("--fork")  # one process per association, as qcnode's thread each
     if fsync:
         cmd += ["--exec-on-reception", "sync #p/#f", "--exec-sync"]
     proc = subprocess.Popen(
@@ -166,7 +177,7 @@ def _round_storescp(files: list[Path], work: Path, *, fsync: bool) -> float:
     )
     try:
         _wait_port(port)
-        elapsed = _storescu(port, files, "STORESCP")
+        elapsed = _storescu(port, files, "STORESCP", concurrency)
         stored = len(list(out.iterdir()))
         if stored != len(files):
             raise QcnodeError(f"storescp kept {stored} of {len(files)} files")
@@ -177,7 +188,9 @@ def _round_storescp(files: list[Path], work: Path, *, fsync: bool) -> float:
     return elapsed
 
 
-def bench_ingest(settings: Settings, *, count: int = 24, rounds: int = 5) -> dict[str, Any]:
+def bench_ingest(
+    settings: Settings, *, count: int = 24, rounds: int = 5, concurrency: int = 1
+) -> dict[str, Any]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=settings.data_dir))
     try:
@@ -188,12 +201,22 @@ def bench_ingest(settings: Settings, *, count: int = 24, rounds: int = 5) -> dic
         total = sum(f.stat().st_size for f in files)
         times: dict[str, list[float]] = {"qcnode": [], "storescp": [], "storescp_fsync": []}
         for _ in range(rounds):  # interleaved, so that background load hits all alike
-            times["qcnode"].append(_round_qcnode(settings, files, work))
-            times["storescp"].append(_round_storescp(files, work, fsync=False))
-            times["storescp_fsync"].append(_round_storescp(files, work, fsync=True))
+            times["qcnode"].append(_round_qcnode(settings, files, work, concurrency))
+            times["storescp"].append(
+                _round_storescp(files, work, fsync=False, concurrency=concurrency)
+            )
+            times["storescp_fsync"].append(
+                _round_storescp(files, work, fsync=True, concurrency=concurrency)
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result: dict[str, Any] = {"files": count, "megabytes": round(total / 1e6, 1), "rounds": rounds}
+    result: dict[str, Any] = {
+        "files": count,
+        "megabytes": round(total / 1e6, 1),
+        "rounds": rounds,
+        "associations": concurrency,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
     for name, values in times.items():
         t = min(values)
         result[name] = {
@@ -439,7 +462,11 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     what = getattr(args, "what", "all")
     out: dict[str, Any] = {}
     if what in ("ingest", "all"):
-        out["ingest"] = bench_ingest(settings)
+        out["ingest"] = bench_ingest(
+            settings,
+            rounds=int(getattr(args, "rounds", 5) or 5),
+            concurrency=int(getattr(args, "concurrency", 1) or 1),
+        )
     if what in ("e2e", "all"):
         try:
             out["e2e"] = bench_e2e(settings)
@@ -456,6 +483,8 @@ if __name__ == "__main__":
     parser.add_argument("--what", default="ingest")
     parser.add_argument("--data-dir", type=Path, default=Path("qcnode-data"))
     parser.add_argument("--model", default="")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=1, help="parallel associations")
     a = parser.parse_args()
     from qcnode.config import load_settings
 

@@ -6,6 +6,8 @@ and in the database.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +34,7 @@ from qcnode.ingest import (
     DISK_FULL,
     IMAGE_TOO_LARGE,
     NOT_A_CHEST_IMAGE,
+    OUT_OF_RESOURCES,
     SUCCESS,
 )
 from qcnode.node import Node
@@ -58,12 +61,14 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
 
     def start(**overrides: Any) -> Node:
         settings = Settings(
-            data_dir=tmp_path / "node",
-            bind_address="127.0.0.1",
-            port=free_port(),
-            workers=0,
-            web_port=0,
-            **overrides,
+            **{
+                "data_dir": tmp_path / "node",
+                "bind_address": "127.0.0.1",
+                "port": free_port(),
+                "workers": 0,
+                "web_port": 0,
+                **overrides,
+            }
         )
         node = Node(settings=settings)
         node.start()
@@ -222,6 +227,50 @@ def test_disk_guard(start_node) -> None:  # type: ignore[no-untyped-def]
     node = start_node(min_free_disk_bytes=1 << 62)
     assert scu_store(node.address[1], radiograph(rows=64, columns=64)) == DISK_FULL
     assert rows(node) == []
+
+
+@contextlib.contextmanager
+def tiny_filesystem(path: Path, megabytes: int) -> Iterator[Path]:
+    """A tmpfs of ``megabytes`` (a real file system that fills up; needs mount rights)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def test_disk_full_during_reception_answers_out_of_resources(  # type: ignore[no-untyped-def]
+    start_node, make_radiograph, tmp_path
+) -> None:
+    """No free-space guard, and the disk fills while a dataset streams in (a real ENOSPC
+    on a small tmpfs): storescu gets 0xA700 (not an abort) for that image, the partial
+    file is removed and audited, and the node keeps serving."""
+    big = make_radiograph(rows=2000, columns=2000, seed=1)  # 8 MB
+    small = make_radiograph(rows=64, columns=64, seed=2)
+    with tiny_filesystem(tmp_path / "tiny", 16) as tiny:
+        node = start_node(data_dir=tiny / "node", min_free_disk_bytes=0)
+        free = os.statvfs(tiny).f_bavail * os.statvfs(tiny).f_frsize
+        (tiny / "filler").write_bytes(b"\0" * (free - (3 << 20)))  # leave 3 MB
+        run = storescu(node.address[1], [big], options=("-v",))
+        out = (run.stdout + run.stderr).lower()
+        assert "store response (refused: outofresources)" in out, out
+        assert "abort" not in out, out
+        assert storescu(node.address[1], [small]).returncode == 0  # still serving
+        kept = rows(node)
+        assert [r.sop_instance_uid for r in kept] == [pydicom.dcmread(small).SOPInstanceUID]
+        assert not list((node.settings.data_dir / "tmp").iterdir())
+        (refused,) = audit(node, "store_refused")
+        assert refused.detail["status"] == OUT_OF_RESOURCES
+        assert "write failed" in refused.message
+        node.close()
 
 
 def test_unsupported_sop_class_is_not_negotiated(start_node, make_radiograph) -> None:  # type: ignore[no-untyped-def]

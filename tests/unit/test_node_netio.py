@@ -1,0 +1,102 @@
+"""qcnode.netio: the acceptor socket's bulk reads and event-driven wait, and that a real
+pynetdicom association gets it (the pynetdicom internals it relies on still exist)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.transport import AssociationSocket
+
+from qcnode import netio
+
+
+def _fast_pair() -> tuple[netio.FastSocket, socket.socket, socket.socket]:
+    """A FastSocket over one end of a socket pair, as tune_acceptor leaves it."""
+    ours, peer = socket.socketpair()
+    fast = object.__new__(netio.FastSocket)  # no association: only the I/O methods
+    fast.socket, fast._is_connected = ours, True
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    fast._wake_r, fast._wake_w = wake_r, wake_w
+    return fast, peer, wake_w
+
+
+def test_recv_reads_exactly_and_stops_at_close() -> None:
+    fast, peer, _ = _fast_pair()
+    try:
+        payload = bytes(range(256)) * 4096  # 1 MiB, more than one socket buffer
+        sender = threading.Thread(target=peer.sendall, args=(payload + b"tail",))
+        sender.start()
+        assert fast.recv(len(payload)) == payload
+        sender.join()
+        assert fast.recv(4) == b"tail"
+        peer.sendall(b"ab")
+        peer.close()
+        assert fast.recv(10) == b"ab"  # the peer closed: what there was
+    finally:
+        fast.socket.close()  # type: ignore[union-attr]
+        netio._close_pair(fast._wake_r, fast._wake_w)  # type: ignore[arg-type]
+
+
+def test_ready_waits_for_data_or_a_wake_up() -> None:
+    fast, peer, wake_w = _fast_pair()
+    try:
+        t = time.perf_counter()
+        assert fast.ready is False  # nothing: returns after IDLE_WAIT_S
+        assert time.perf_counter() - t >= netio.IDLE_WAIT_S * 0.9
+        outgoing = netio._WakingQueue(wake_w)
+        threading.Timer(0.001, outgoing.put, args=("primitive",)).start()
+        t = time.perf_counter()
+        assert fast.ready is False  # woken early by the put: nothing to read
+        assert outgoing.get_nowait() == "primitive"
+        peer.sendall(b"x")
+        assert fast.ready is True
+    finally:
+        peer.close()
+        fast.socket.close()  # type: ignore[union-attr]
+        netio._close_pair(fast._wake_r, fast._wake_w)  # type: ignore[arg-type]
+
+
+def test_a_real_association_gets_the_fast_socket() -> None:
+    seen: dict[str, Any] = {}
+
+    def on_open(event: evt.Event) -> None:
+        netio.tune_acceptor(event.assoc)
+
+    def on_echo(event: evt.Event) -> int:
+        seen["socket"] = type(event.assoc.dul.socket)
+        seen["delay"] = event.assoc.dul._run_loop_delay
+        return 0x0000
+
+    scp = AE(ae_title="NETIO")
+    scp.add_supported_context("1.2.840.10008.1.1")
+    scp.add_supported_context("1.2.840.10008.5.1.4.1.1.7", ExplicitVRLittleEndian)
+    server = scp.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_C_ECHO, on_echo)],
+    )
+    assert server is not None
+    try:
+        scu = AE(ae_title="SCU")
+        scu.add_requested_context("1.2.840.10008.1.1")
+        port = server.server_address[1]
+        for _ in range(3):  # echo round trips over one association stay fast
+            assoc = scu.associate("127.0.0.1", port, ae_title="NETIO")
+            assert assoc.is_established
+            t = time.perf_counter()
+            for _ in range(20):
+                assert assoc.send_c_echo().Status == 0x0000
+            per_echo = (time.perf_counter() - t) / 20
+            assoc.release()
+        assert seen["socket"] is netio.FastSocket
+        assert issubclass(netio.FastSocket, AssociationSocket)
+        assert seen["delay"] == netio.DUL_LOOP_DELAY_S
+        assert per_echo < 0.5  # a hang on the wake-up would show as a timeout here
+    finally:
+        server.shutdown()
