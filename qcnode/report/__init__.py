@@ -14,7 +14,7 @@ from collections.abc import Collection
 import pydicom
 
 from qcnode.records import DecodedImage, Prediction, QCResult
-from qcnode.report.common import ReportOptions
+from qcnode.report.common import ReportOptions, report_source
 from qcnode.report.gsps import build_gsps
 from qcnode.report.kos import build_kos, kos_wanted
 from qcnode.report.overlay import render_overlay
@@ -59,6 +59,7 @@ def build_results(
     options = options or ReportOptions()
     if language is not None and language != options.language:
         options = dataclasses.replace(options, language=language)
+    source = report_source(source, options)  # once: each builder's own call is then a copy
     out: list[pydicom.Dataset] = []
     if "sr" in objects:
         out.append(build_sr(source, result, options=options))

@@ -13,10 +13,11 @@ from typing import Any, Literal
 
 import highdicom as hd
 import pydicom
-from pydicom.charset import convert_encodings, decode_bytes, encode_string
+from pydicom import config
+from pydicom.charset import convert_encodings, decode_bytes, encode_string, python_encoding
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
-from pydicom.valuerep import PersonName
+from pydicom.valuerep import PersonName, validate_value
 
 from qcnode import __version__
 from qcnode.config import Settings
@@ -109,6 +110,128 @@ def software_versions(options: ReportOptions, model: ModelInfo | None) -> list[s
     return versions
 
 
+def report_source(source: pydicom.Dataset, options: ReportOptions) -> pydicom.Dataset:
+    """The source header as every builder reads it: only the elements pydicom can convert,
+    and a Study and Series Instance UID present.
+
+    The node QCs whatever its decoder accepts, and a modality can send an element with an
+    unknown VR ("ES") or undecodable bytes in an attribute the decoder never reads; such an
+    element would stop the report at the first access (highdicom and the patient/study copy
+    read every element), so it is left out of the results, like any other attribute they do
+    not copy. A missing or empty Study/Series Instance UID (Type 1; a broken sender) is
+    replaced by a UID derived from the source's SOP Instance UID: the results then form a
+    study/series of their own for that image, the same on every re-run (docs/report.md).
+    """
+    clean = _readable(source)
+    sop_uid = str(clean.get("SOPInstanceUID") or "")
+    for keyword, kind in (("StudyInstanceUID", "study"), ("SeriesInstanceUID", "series")):
+        if not _UID_CHARACTERS.fullmatch(str(clean.get(keyword) or "").strip()):
+            log.warning("source %s missing or unusable: the results use a derived one", keyword)
+            setattr(clean, keyword, uids.source_stand_in_uid(sop_uid, kind, root=options.uid_root))
+    for keyword in _BLANK_WHEN_INVALID:
+        if keyword in clean and not _valid(clean[keyword]):
+            setattr(clean, keyword, None)  # Type 2 (or 3): present and empty
+    for keyword in _EQUIPMENT:
+        if keyword in clean and not _valid(clean[keyword]):
+            del clean[keyword]  # highdicom copies it into the SR's Contributing Equipment
+    if "SpecificCharacterSet" in clean and not _known_character_set(clean.SpecificCharacterSet):
+        del clean.SpecificCharacterSet  # pydicom decoded its text with the default repertoire
+    return clean
+
+
+# A UID that can be written at all (UI characters, 64 at most). One that is merely odd, such
+# as "1.2.03" (a leading zero, common from older modalities), is kept: the PACS files the
+# results under the source's study by exact match.
+_UID_CHARACTERS = re.compile("[0-9.]{1,64}")
+# Copied attributes the PACS does not match on: an unparsable date, time, age or number, or
+# text with control characters or undecodable bytes, is written empty rather than copied
+# into an invalid object. Identity attributes (patient name and ID, sex, accession number,
+# study ID, UIDs) are copied verbatim, whatever they hold.
+_BLANK_WHEN_INVALID = (
+    "StudyDate",
+    "StudyTime",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "StudyDescription",
+    "ReferringPhysicianName",
+    "PatientComments",
+    "TimezoneOffsetFromUTC",
+    "TypeOfPatientID",
+)
+# The source's acquisition equipment, which highdicom names in the SR (Type 3 there).
+_EQUIPMENT = (
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SoftwareVersions",
+    "DeviceSerialNumber",
+    "InstitutionName",
+    "InstitutionalDepartmentName",
+    "InstitutionAddress",
+    "StationName",
+)
+# Control characters no text VR allows (ESC starts ISO 2022 escapes; ST/LT/UT may hold
+# CR, LF, FF and TAB), and the replacement character of bytes the character set could not
+# decode.
+_BAD_TEXT = {
+    "multi-line": re.compile("[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f\ufffd]"),
+    "one-line": re.compile("[\x00-\x1a\x1c-\x1f\x7f\ufffd]"),
+}
+_MULTI_LINE_VRS = frozenset({"ST", "LT", "UT"})
+
+
+def _valid(elem: pydicom.DataElement) -> bool:
+    """Whether every value of ``elem`` is valid for its VR (pydicom's check, and no control
+    characters in text)."""
+    values = elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
+    bad = _BAD_TEXT["multi-line" if elem.VR in _MULTI_LINE_VRS else "one-line"]
+    for value in values:
+        if value is None or value == "":
+            continue
+        text = str(value)
+        if elem.VR in _TEXT_VRS and bad.search(text):
+            return False
+        try:
+            validate_value(elem.VR, text, config.RAISE)
+        except (ValueError, TypeError):
+            return False
+    return True
+
+
+def _known_character_set(charset: object) -> bool:
+    """Whether every term is a DICOM defined term ("UTF-8" or "ISO_IR 999" are not)."""
+    terms = charset if isinstance(charset, MultiValue | list) else [charset]
+    return all(str(t).strip() in _DEFINED_TERMS for t in terms)
+
+
+# pydicom's table also holds aliases ("ISO 2022 GBK") that are not DICOM defined terms
+_DEFINED_TERMS = frozenset(
+    t for t in python_encoding if re.fullmatch(r"ISO_IR \d+|ISO 2022 IR \d+|GB18030|GBK|", t)
+)
+
+
+def _readable(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """A copy of ``ds`` without the elements (at any depth) that pydicom cannot convert."""
+    out = pydicom.Dataset()
+    for tag in list(ds.keys()):
+        try:
+            elem = ds[tag]
+            if elem.VR == "SQ" and elem.value is not None:
+                items = [_readable(item) for item in elem.value]
+                elem = pydicom.DataElement(elem.tag, "SQ", pydicom.Sequence(items))
+            else:
+                elem = copy.copy(elem)
+        except Exception as exc:
+            log.debug("leaving an unreadable source element out: %s", type(exc).__name__)
+            continue
+        out.add(elem)
+    if hasattr(ds, "file_meta"):
+        out.file_meta = ds.file_meta
+    return out
+
+
 @dataclass(frozen=True)
 class SeriesInfo:
     """UIDs and numbers of one result object."""
@@ -134,8 +257,17 @@ def series_info(
             str(source.SOPInstanceUID), version, kind, root=options.uid_root
         ),
         # Images of one source series share a result series: number them like the source.
-        instance_number=max(1, int(source.get("InstanceNumber") or 1)),
+        instance_number=_instance_number(source),
     )
+
+
+def _instance_number(source: pydicom.Dataset) -> int:
+    """The source's Instance Number when it is a usable positive integer, else 1."""
+    try:
+        number = int(source.get("InstanceNumber") or 1)
+    except (TypeError, ValueError, OverflowError):
+        return 1
+    return number if 1 <= number < 2**31 else 1
 
 
 # Patient, General Study and Patient Study attributes copied verbatim from the source, so
@@ -298,14 +430,21 @@ def settle_character_set(source: pydicom.Dataset, target: pydicom.Dataset) -> No
     target.SpecificCharacterSet = "ISO_IR 192"
 
 
+_CODE_STRING = re.compile("[A-Z0-9_ ]{1,16}")
+
+
 def set_body_part(source: pydicom.Dataset, target: pydicom.Dataset, *, is_chest: bool) -> None:
     """Body Part Examined (and so the Laterality condition) of an image-like result series.
 
-    The chest is unpaired, so with BodyPartExamined present Laterality stays absent; when
-    the body part is unknown, Laterality is present and empty ("unknown"), as PS3.3 allows.
+    The chest is unpaired, so with BodyPartExamined CHEST Laterality stays absent; for any
+    other or an unknown body part, Laterality is present and empty ("unknown"), as PS3.3
+    allows. A body part that is not a valid code string even in upper case is unknown.
     """
-    body_part = str(source.get("BodyPartExamined") or "") or ("CHEST" if is_chest else "")
+    body_part = str(source.get("BodyPartExamined") or "").strip().upper()
+    if not _CODE_STRING.fullmatch(body_part):  # "chest" is now CHEST; "胸部" is no code string
+        body_part = ""
+    body_part = body_part or ("CHEST" if is_chest else "")
     if body_part:
         target.BodyPartExamined = body_part
-    else:
+    if body_part != "CHEST":  # unknown, or possibly paired (a KNEE sent to the chest node)
         target.Laterality = None

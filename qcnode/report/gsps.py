@@ -29,6 +29,7 @@ from qcnode.report.common import (
     copy_patient_and_study,
     evidence_header,
     model_version,
+    report_source,
     series_info,
     set_body_part,
     settle_character_set,
@@ -154,6 +155,7 @@ def build_gsps(
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """GSPS on ``source`` with structure outlines, finding graphics and the verdict."""
     options = options or ReportOptions()
+    source = report_source(source, options)
     evidence = evidence_header(source)
     language = options.language
     rows, columns = int(source.Rows), int(source.Columns)

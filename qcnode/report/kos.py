@@ -18,6 +18,7 @@ from qcnode.report.common import (
     copy_patient_and_study,
     device_observer,
     evidence_header,
+    report_source,
     series_info,
     settle_character_set,
 )
@@ -49,6 +50,7 @@ def build_kos(
 ) -> hd.ko.KeyObjectSelectionDocument:
     """A KOS that references ``source`` with a Quality Issue (or Rejected) title."""
     options = options or ReportOptions()
+    source = report_source(source, options)
     evidence = evidence_header(source)
     info = series_info(source, result.model, "kos", options)
     title = (

@@ -12,6 +12,7 @@ from qcnode.report import i18n
 from qcnode.report.common import (
     ReportOptions,
     copy_patient_and_study,
+    report_source,
     series_info,
     set_body_part,
     settle_character_set,
@@ -46,6 +47,7 @@ def build_overlay_sc(
 ) -> hd.sc.SCImage:
     """An RGB Secondary Capture with the overlay burned in, "NOT FOR DIAGNOSIS"."""
     options = options or ReportOptions()
+    source = report_source(source, options)
     info = series_info(source, result.model, "sc", options)
     pixels = render_overlay(
         image, prediction, result, language=options.language, max_size=options.sc_max_size

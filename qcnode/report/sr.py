@@ -31,6 +31,7 @@ from qcnode.report.common import (
     device_observer,
     evidence_header,
     model_version,
+    report_source,
     series_info,
     settle_character_set,
     software_versions,
@@ -329,6 +330,7 @@ def build_sr(
 ) -> hd.sr.Comprehensive3DSR:
     """The Measurement Report of ``result`` on ``source`` (header-only dataset is enough)."""
     options = options or ReportOptions()
+    source = report_source(source, options)
     evidence = evidence_header(source)
     rows, columns = int(source.Rows), int(source.Columns)
     info = series_info(source, result.model, "sr", options)

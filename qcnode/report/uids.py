@@ -78,3 +78,9 @@ def item_uid(
     return derived_uid(
         "item", source_sop_instance_uid, _model_key(model_version), *labels, root=root
     )
+
+
+def source_stand_in_uid(source_sop_instance_uid: str, kind: str, *, root: str | None = None) -> UID:
+    """Stands in for a source's missing Study or Series Instance UID (``kind``: study,
+    series): derived from its SOP Instance UID, so every re-run agrees."""
+    return derived_uid("source", kind, source_sop_instance_uid, root=root)

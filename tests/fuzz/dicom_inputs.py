@@ -245,7 +245,9 @@ def _change(draw: Any, ds: Dataset, change: int) -> None:
         )
         ds.Manufacturer = "M" * draw(st.sampled_from([0, 64, 70, 5000]))
     elif change == 15:  # identifiers missing or odd
-        keyword = draw(st.sampled_from(["SOPClassUID", "StudyInstanceUID", "Modality"]))
+        keyword = draw(
+            st.sampled_from(["SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"])
+        )
         _set(ds, keyword, draw(st.sampled_from([None, "", "1.2.3", "CT", "x" * 80])))
     elif change == 16:  # several frames claimed, pixel data for one
         _set(ds, "NumberOfFrames", draw(st.sampled_from(["2", "3", "1000000"])))

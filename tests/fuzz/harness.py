@@ -42,9 +42,7 @@ class ContractViolation(AssertionError):
 # strict-xfail regression test in tests/fuzz/test_fuzz_known.py. A signature is the
 # exception type and the qcnode frame it escaped from. The CI fuzz tests fail on anything
 # else; when a fix lands the xfail test passes, fails as strict, and the entry goes.
-KNOWN: dict[str, str] = {
-    "NodeFailure: qcnode.worker: cannot build result objects": "request 19: report on odd headers",
-}
+KNOWN: dict[str, str] = {}
 
 
 def decode_file(path: Path) -> DecodedImage | None:

@@ -97,3 +97,22 @@ def test_one_valued_imager_pixel_spacing_still_gets_result_objects(
     failures = target.drain_node_errors()
     assert not failures, failures  # "cannot build result objects ... DSfloat not iterable"
     wait_for(lambda: len(target.sender.stored) >= before + 2, 30, "its SR and SC delivered")
+
+
+@pytest.mark.parametrize("edit", ["unknown-vr", "no-series-uid"])
+def test_odd_headers_still_get_result_objects(target: CStoreTarget, edit: str) -> None:
+    """Was request 19: an element with an unknown VR, or no SeriesInstanceUID, stopped the
+    SR and SC of an image that got a verdict (the report now reads a sanitised copy)."""
+    target.drain_node_errors()
+    before = len(target.sender.stored)
+    ds = _sop(radiograph(rows=64, columns=64))
+    if edit == "no-series-uid":
+        del ds.SeriesInstanceUID
+    data = encode(ds)
+    if edit == "unknown-vr":
+        data = data.replace(b"\x08\x00\x08\x00CS", b"\x08\x00\x08\x00ES", 1)  # ImageType
+        assert b"\x08\x00\x08\x00ES" in data
+    assert target.send(data) == SUCCESS
+    failures = target.drain_node_errors()
+    assert not failures, failures  # "cannot build result objects ..."
+    wait_for(lambda: len(target.sender.stored) >= before + 2, 30, "its SR and SC delivered")
