@@ -60,6 +60,8 @@ class Settings:
     tls_ca_file: Path | None = None
     # worker
     workers: int = 1
+    # serve: run the workers in one child process (own GIL) instead of threads beside ingest
+    worker_process: bool = True
     batch_size: int = 8
     batch_max_wait_ms: int = 50
     lease_seconds: int = 120

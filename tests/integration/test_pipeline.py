@@ -7,6 +7,7 @@ only so that these tests exercise the real network code; never shipped.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,53 @@ def test_storescu_to_orthanc(tmp_path: Path, orthanc: Orthanc, database_url: str
     finally:
         node.stop()
     assert "Tech^One" not in node.log() and "TEST0001" not in node.log()  # no PHI in logs
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    found: list[int] = []
+    for task in tasks.iterdir() if tasks.exists() else []:
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"  # exited, not yet reaped
+
+
+def test_qc_process_follows_serve(tmp_path: Path, orthanc: Orthanc) -> None:
+    """``serve`` runs QC in one child process: it stops with serve (SIGTERM) and on its
+    own when serve is SIGKILLed, so no orphan keeps claiming jobs."""
+    if not TEST_WEIGHTS:
+        pytest.skip("no tests/data/testonly_*.pt weights")
+    node = NodeProcess(
+        tmp_path / "node",
+        fake_model=False,
+        data_dir=str(tmp_path / "node" / "data"),
+        bind_address="127.0.0.1",
+        port=free_port(),
+        web_port=0,
+        model=str(TEST_WEIGHTS[0]),
+        device="cpu",
+        destinations=[orthanc.destination],
+    )
+    for n, how in enumerate(("SIGTERM", "SIGKILL"), start=1):
+        node.start()
+        assert node.proc is not None
+        children = _children(node.proc.pid)
+        assert len(children) >= 1, "no QC child process"
+        assert "QC workers running in process" in node.log()
+        run = storescu(node.port, [chest_file(tmp_path / "in" / f"{how}.dcm", seed=n)])
+        assert run.returncode == 0, run.stderr
+        wait_for(lambda n=n: len(node.results()) >= n, 120, "QC in the child")
+        if how == "SIGTERM":
+            node.stop()
+        else:
+            node.kill()
+        gone = list(children)
+        wait_for(lambda gone=gone: all(_gone(c) for c in gone), 30, f"the QC child gone ({how})")
