@@ -38,6 +38,8 @@ from qcnode.ingest import (
     SUCCESS,
     TRANSFER_SYNTAXES,
     VERIFICATION,
+    assoc_socket,
+    set_nodelay,
 )
 from qcnode.node import EngineAnalyzer, Node, ReportBuilder
 from qcnode.records import View
@@ -147,6 +149,7 @@ class CStoreTarget:
             assoc = self.ae.associate("127.0.0.1", self.port, ae_title="QCNODE")
             if not assoc.is_established:
                 raise NodeFailure("the node refused or did not answer an association")
+            set_nodelay(assoc_socket(assoc))  # as a DCMTK modality: no Nagle stalls
             self.assoc = assoc
         return self.assoc
 

@@ -274,7 +274,7 @@ def _compress(ds: Dataset, syntax: str) -> None:
         ds["PixelData"].VR = "OB"
         ds.file_meta.TransferSyntaxUID = syntax
     else:
-        ds.compress(syntax)
+        ds.compress(syntax, generate_instance_uid=False)  # keep the placeholder UID
 
 
 @st.composite
@@ -301,7 +301,7 @@ def rle_bomb(draw: Any) -> Dataset:
     """A tiny RLE codestream whose header claims a large image (a decompression bomb)."""
     ds = radiograph(rows=8, columns=8, sop_uid=PLACEHOLDER_SOP_UID, study_uid=fixed_uid(0))
     ds.SeriesInstanceUID = fixed_uid(1)
-    ds.compress(RLELossless)
+    ds.compress(RLELossless, generate_instance_uid=False)
     side = draw(st.sampled_from([64, 1024, 4096, 12_000, 30_000]))
     ds.Rows = side
     ds.Columns = side

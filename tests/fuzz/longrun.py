@@ -8,6 +8,7 @@ stopping at the first. Writes ``summary-<target>.json`` under ``--out`` after ev
     scripts/fuzz --target decode --inputs 100000      # decode → normalise → rules
     scripts/fuzz --target rules --inputs 20000        # rules on drawn images and masks
     scripts/fuzz --target cstore --inputs 2000        # C-STORE to a running node
+    scripts/fuzz --target ingest --inputs 100000      # the C-STORE handler alone
 """
 
 from __future__ import annotations
@@ -94,11 +95,57 @@ def cstore_chunk(book: CrashBook, n: int, scratch: Path) -> None:
         book.record(exc, None)
 
 
+_INGEST: Any = None  # the IngestTarget of an ``ingest`` run (one node at a time, recycled)
+
+
+def ingest_chunk(book: CrashBook, n: int, scratch: Path) -> None:
+    global _INGEST
+    from tests.fuzz.ingest_target import MODES, IngestTarget
+
+    if _INGEST is None:
+        _INGEST = IngestTarget(scratch)
+    target = _INGEST
+
+    @_settings(n)
+    @given(data=hostile_file(), mode=st.sampled_from(MODES))
+    def one(data: bytes, mode: str) -> None:
+        book.tried += 1
+        try:
+            target.send(data, mode)
+        except Exception as exc:
+            book.record(exc, data)
+
+    one()
+
+
+def ingest_figures() -> dict[str, Any]:
+    """What the ingest target counted: C-STOREs that reached the node, by status and mode."""
+    t = _INGEST
+    if t is None:
+        return {}
+    return {
+        "c_stores_sent": t.sent,
+        "statuses": {f"0x{k:04X}": v for k, v in sorted(t.statuses.items())},
+        "modes": dict(t.modes),
+        "nodes_audited": t.nodes,
+        "handled_tracebacks": dict(t.handled_tracebacks.most_common(20)),
+    }
+
+
 TARGETS: dict[str, Callable[[CrashBook, int, Path], None]] = {
     "decode": decode_chunk,
     "rules": rules_chunk,
     "cstore": cstore_chunk,
+    "ingest": ingest_chunk,
 }
+
+
+def _progress(target: str, book: CrashBook) -> int:
+    """Inputs run so far; for ``ingest``, C-STOREs that reached the node (an input whose
+    file meta the SCU cannot read is generated but never sent)."""
+    if target == "ingest":
+        return int(_INGEST.sent) if _INGEST is not None else 0
+    return book.tried
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     summary_path = out / f"summary-{args.target}.json"
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
-        while book.tried < args.inputs:
+        while _progress(args.target, book) < args.inputs:
+            left = args.inputs - _progress(args.target, book)
             try:
-                TARGETS[args.target](book, min(CHUNK, args.inputs - book.tried), Path(tmp))
+                TARGETS[args.target](book, min(CHUNK, left), Path(tmp))
             except Exception as exc:  # the generator itself failed: note it, go on
                 generator_errors.append(f"{type(exc).__name__}: {exc}"[:300])
                 if len(generator_errors) > 200:
@@ -127,9 +175,11 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = time.monotonic() - started
             summary = {
                 "target": args.target,
+                "finished": False,  # true only once the run ended by itself (not killed)
                 "seconds": round(elapsed, 1),
                 "inputs_per_second": round(book.tried / max(elapsed, 1e-9), 1),
                 **book.summary(),
+                **ingest_figures(),
                 "generator_errors": generator_errors,
             }
             summary_path.write_text(json.dumps(summary, indent=2))
@@ -140,11 +190,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             if args.seconds and elapsed > args.seconds:
                 break
-    if args.target == "cstore":
-        from tests.fuzz.cstore import CStoreTarget
+        if args.target == "cstore":
+            from tests.fuzz.cstore import CStoreTarget
 
-        CStoreTarget.close_shared()
-    print(json.dumps(json.loads(summary_path.read_text()), indent=2))
+            CStoreTarget.close_shared()
+        if _INGEST is not None:
+            for failure in _INGEST.close():  # the last node's orphan audit
+                book.record(failure, None)
+    summary = json.loads(summary_path.read_text())
+    summary.update(book.summary(), finished=True, seconds=round(time.monotonic() - started, 1))
+    summary_path.write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
     return 1 if book.crashes else 0
 
 
