@@ -25,6 +25,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -303,12 +304,11 @@ def bench_e2e(
         make_engine,
         make_sessions,
     )
-    from qcnode.node import Node
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-", dir=settings.data_dir))
     pacs = _Orthanc(work / "orthanc")
-    node: Node | None = None
+    node: subprocess.Popen[bytes] | None = None
     try:
         dest = Destination(ae_title="ORTHANC", host="127.0.0.1", port=pacs.dicom_port)
         s = dataclasses.replace(
@@ -322,9 +322,15 @@ def bench_e2e(
             allowed_calling_aes=(),
             workers=max(1, settings.workers),
         )
-        node = Node(settings=s)
-        node.start()
-        assert node.address is not None
+        # qcnode serve as users run it (QC in its child process unless worker_process is off)
+        node = _serve_process(
+            s,
+            s.data_dir,
+            s.port,
+            QCNODE_WORKERS=str(s.workers),
+            QCNODE_WORKER_PROCESS=str(s.worker_process).lower(),
+            QCNODE_DESTINATIONS=f"{dest.ae_title}@{dest.host}:{dest.port}",
+        )
         engine = make_engine(s, readonly=True)
         sessions = make_sessions(engine)
 
@@ -349,7 +355,7 @@ def bench_e2e(
             for i in range(max(latency_images, burst_images))
         ]
 
-        port = node.address[1]
+        port = s.port
 
         def send(batch: list[Dataset]) -> None:
             assoc = ae.associate("127.0.0.1", port, ae_title=s.ae_title)
@@ -425,7 +431,8 @@ def bench_e2e(
         at_pacs = pacs.count()
     finally:
         if node is not None:
-            node.close()
+            node.terminate()
+            node.wait(timeout=60)
         pacs.close()
         shutil.rmtree(work, ignore_errors=True)
     return {
@@ -440,6 +447,101 @@ def bench_e2e(
         "sustained_images_per_s": round(burst_images / burst_s, 2),
         "instances_at_pacs": at_pacs,
     }
+
+
+def _serve_process(
+    settings: Settings, data: Path, port: int, **env: str
+) -> subprocess.Popen[bytes]:
+    """``qcnode serve`` as users run it, configured through QCNODE_* variables."""
+    environ = {
+        **os.environ,
+        "QCNODE_DATA_DIR": str(data),
+        "QCNODE_DATABASE_URL": "",
+        "QCNODE_BIND_ADDRESS": "127.0.0.1",
+        "QCNODE_PORT": str(port),
+        "QCNODE_WEB_PORT": "0",
+        "QCNODE_MODEL": settings.model,
+        "QCNODE_DEVICE": settings.device,
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qcnode.cli", "serve"],
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port, timeout=300)
+    except QcnodeError:
+        proc.kill()
+        raise
+    return proc
+
+
+def bench_ingest_during_qc(
+    settings: Settings, *, rounds: int = 3, backlog: int = 12, count: int = 24
+) -> dict[str, Any]:
+    """Ingest while the node is busy with QC: ``qcnode serve`` (the configured model) is
+    first sent ``backlog`` 2000x1800 chest images, then, while it analyses them, the
+    ingest files; ingest MB/s with no workers, with the workers as threads and as a
+    child process (``worker_process``). Best of ``rounds`` each, interleaved."""
+    from sqlalchemy import create_engine, text
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-qc-", dir=settings.data_dir))
+    modes = {
+        "no_qc": {"QCNODE_WORKERS": "0"},
+        "qc_threads": {"QCNODE_WORKERS": "1", "QCNODE_WORKER_PROCESS": "false"},
+        "qc_process": {"QCNODE_WORKERS": "1", "QCNODE_WORKER_PROCESS": "true"},
+    }
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    busy: dict[str, list[int]] = {m: [] for m in modes}
+    try:
+        files = []
+        for i in range(count):
+            rows, cols = INGEST_SIZES[i % len(INGEST_SIZES)]
+            files.append(_write(dx_dataset(rows, cols, seed=i), work / f"in{i:03d}.dcm"))
+        total = sum(f.stat().st_size for f in files)
+        for r in range(rounds):
+            for mode, env in modes.items():
+                queued = [
+                    _write(
+                        dx_dataset(2000, 1800, pixels=_chest_pixels(2000, 1800, 500 + r * 50 + i)),
+                        work / f"qc{i:03d}.dcm",
+                    )
+                    for i in range(backlog)
+                ]
+                data, port = work / f"node-{mode}-{r}", _free_port()
+                proc = _serve_process(settings, data, port, **env)
+                try:
+                    _storescu(port, queued, settings.ae_title)
+                    elapsed = _storescu(port, files, settings.ae_title)
+                    engine = create_engine(f"sqlite:///{data / 'qcnode.sqlite'}")
+                    with engine.connect() as conn:
+                        done = int(conn.execute(text("SELECT count(*) FROM results")).scalar_one())
+                    engine.dispose()
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=60)
+                    shutil.rmtree(data, ignore_errors=True)
+                times[mode].append(elapsed)
+                busy[mode].append(backlog - done)  # still queued when ingest ended
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result: dict[str, Any] = {
+        "files": count,
+        "megabytes": round(total / 1e6, 1),
+        "rounds": rounds,
+        "backlog": backlog,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+    for mode, values in times.items():
+        result[mode] = {
+            "mb_per_s": round(total / 1e6 / min(values), 1),
+            "median_mb_per_s": round(total / 1e6 / statistics.median(values), 1),
+            "backlog_left_at_end": busy[mode],
+        }
+    return result
 
 
 def _wait_quiet(fn: Any, target: int, timeout: float) -> bool:
@@ -458,7 +560,8 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    """``qcnode bench --what ingest|e2e|all`` (node part): a dict of measured numbers."""
+    """``qcnode bench --what ingest|e2e|all`` (node part): a dict of measured numbers;
+    ``python -m qcnode.node_bench --what ingest-qc`` measures ingest while QC runs."""
     what = getattr(args, "what", "all")
     out: dict[str, Any] = {}
     if what in ("ingest", "all"):
@@ -467,6 +570,13 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             rounds=int(getattr(args, "rounds", 5) or 5),
             concurrency=int(getattr(args, "concurrency", 1) or 1),
         )
+    if what == "ingest-qc":
+        try:
+            out["ingest_during_qc"] = bench_ingest_during_qc(
+                settings, rounds=int(getattr(args, "rounds", 3) or 3)
+            )
+        except ModelError as exc:
+            out["ingest_during_qc"] = {"skipped": str(exc)}
     if what in ("e2e", "all"):
         try:
             out["e2e"] = bench_e2e(settings)
