@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Orthanc, free_port
+from tests.conftest import free_port
 from tests.integration.nodeproc import NodeProcess
 from tests.integration.test_delivery import node_settings
 from tests.integration.test_reliability_faults import (
@@ -41,6 +41,7 @@ from tests.reliability.support import (
     NOTHING_LOST,
     SIZES_CI,
     SIZES_FULL,
+    CountingOrthanc,
     MemoryWatch,
     Modality,
     delivery_figures,
@@ -53,10 +54,10 @@ OUT = ROOT / ".cache" / "reliability"
 
 
 @contextmanager
-def world(root: Path, **extra: Any) -> Iterator[tuple[NodeProcess, Orthanc, MemoryWatch]]:
+def world(root: Path, **extra: Any) -> Iterator[tuple[NodeProcess, CountingOrthanc, MemoryWatch]]:
     """Orthanc + a fake-model node on free ports, memory watched; torn down afterwards."""
     (root / "orthanc").mkdir(parents=True)
-    pacs = Orthanc(
+    pacs = CountingOrthanc(
         ae_title="ORTHANC", dicom_port=free_port(), http_port=free_port(), root=root / "orthanc"
     )
     pacs.start()
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=3600.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--side", type=int, default=4900, help="memory: rows = columns")
+    parser.add_argument("--name", default="", help="figures file name (default: the scenario)")
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qcnode-reliability-") as tmp:
@@ -320,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": "2-core CPU, no GPU (shared)",
         **figures,
     }
-    path = OUT / f"{args.scenario}.json"
+    path = OUT / f"{args.name or args.scenario}.json"
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 1 if lost_anything(figures) else 0

@@ -8,9 +8,13 @@ tests/conftest.py's Orthanc); the delivery check is test_delivery.assert_deliver
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
 import threading
 import time
+import urllib.error
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +30,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
-from tests.conftest import DX_PRESENTATION, radiograph
+from tests.conftest import DX_PRESENTATION, Orthanc, dcmtk_env, need, radiograph, wait_for
 
 SYNTAXES = (
     ExplicitVRLittleEndian,
@@ -210,7 +214,19 @@ def delivery_figures(
     stored = {uid for (uid,) in node.query(select(Instance.sop_instance_uid))}
     objects = node.objects()
     expected = [uid for src in sources for _, uid in objects.get(src, [])]
+    restarted = pacs.ensure_up() if isinstance(pacs, CountingOrthanc) else False
     at_pacs = [i["MainDicomTags"]["SOPInstanceUID"] for i in pacs.instances()]
+    receipts = pacs.receipts() if isinstance(pacs, CountingOrthanc) else None
+    redelivery: dict[str, Any] = {}
+    if receipts is not None:
+        redelivery = {
+            "pacs_c_stores_received": sum(receipts[u] for u in set(expected)),
+            "objects_received_more_than_once": sum(1 for u in set(expected) if receipts[u] > 1),
+            "extra_c_stores_of_objects_already_there": sum(
+                max(0, receipts[u] - 1) for u in set(expected)
+            ),
+            "pacs_restarted_to_count": restarted,
+        }
     evaluated = [s for s in sources if results.get(s, ("", None))[0] in ("pass", "warn", "fail")]
     dead = node.query(select(func.count()).select_from(Outbox).where(Outbox.state == DEAD))
     return {
@@ -230,7 +246,91 @@ def delivery_figures(
         "objects_duplicated_at_pacs": len(at_pacs) - len(set(at_pacs)),
         "objects_unexpected_at_pacs": len(set(at_pacs) - set(expected)),
         "dead_letters": int(dead[0][0]),
+        **redelivery,
     }
+
+
+# Orthanc keeps one instance per SOP Instance UID (OverwriteInstances false): a second
+# C-STORE of an object it has is acknowledged and dropped, so its REST count can never show
+# a duplicate. This Lua filter, which Orthanc calls for every received instance before
+# storing it, appends the UID to a file: re-deliveries become countable.
+_RECEIPT_LUA = """
+function ReceivedInstanceFilter(dicom, origin, info)
+   local f = io.open("{path}", "a")
+   f:write(dicom.SOPInstanceUID .. "\\n")
+   f:close()
+   return true
+end
+"""
+
+
+class CountingOrthanc(Orthanc):
+    """The test PACS (tests/conftest.py's Orthanc, same configuration) that also logs
+    every C-STORE it receives, in ``root/receipts.txt``."""
+
+    @property
+    def receipts_file(self) -> Path:
+        return self.root / "receipts.txt"
+
+    def start(self) -> None:
+        lua = self.root / "receipts.lua"
+        lua.write_text(_RECEIPT_LUA.format(path=self.receipts_file))
+        config = {
+            "Name": "qcnode-test-pacs",
+            "StorageDirectory": str(self.root / "storage"),
+            "IndexDirectory": str(self.root / "index"),
+            "DicomAet": self.ae_title,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "Plugins": [],
+            "SaveJobs": False,
+            "StorageCompression": False,
+            "OverwriteInstances": False,
+            "LuaScripts": [str(lua)],
+        }
+        (self.root / "orthanc.json").write_text(json.dumps(config))
+        with (self.root / "orthanc.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [need("/usr/sbin/Orthanc"), str(self.root / "orthanc.json")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dcmtk_env(),
+            )
+
+        def up() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"Orthanc exited: {(self.root / 'orthanc.log').read_text()}")
+            try:
+                self.get("/system")
+                return True
+            except (OSError, urllib.error.URLError):
+                return False
+
+        wait_for(up, 30, "Orthanc to start")
+
+    def receipts(self) -> Counter[str]:
+        """SOP Instance UID → how many C-STOREs of it Orthanc received."""
+        if not self.receipts_file.exists():
+            return Counter()
+        return Counter(line for line in self.receipts_file.read_text().split() if line)
+
+    def ensure_up(self) -> bool:
+        """Restart Orthanc on its own storage when it is not answering (something else on
+        the shared machine killed it); True when it had to. Its index keeps what it had."""
+        try:
+            self.get("/system")
+            return False
+        except (OSError, urllib.error.URLError):
+            if self.process is not None and self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self.start()
+            return True
 
 
 NOTHING_LOST = {
