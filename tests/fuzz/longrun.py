@@ -9,6 +9,7 @@ stopping at the first. Writes ``summary-<target>.json`` under ``--out`` after ev
     scripts/fuzz --target rules --inputs 20000        # rules on drawn images and masks
     scripts/fuzz --target cstore --inputs 2000        # C-STORE to a running node
     scripts/fuzz --target ingest --inputs 100000      # the C-STORE handler alone
+    scripts/fuzz --target cstore-real --inputs 3000   # a real node process + Orthanc
 """
 
 from __future__ import annotations
@@ -132,11 +133,49 @@ def ingest_figures() -> dict[str, Any]:
     }
 
 
+_REAL: Any = None  # the RealNodeTarget of a ``cstore-real`` run
+
+
+def cstore_real_chunk(book: CrashBook, n: int, scratch: Path) -> None:
+    global _REAL
+    from tests.fuzz.realnode import RealNodeTarget
+
+    if _REAL is None:
+        _REAL = RealNodeTarget(scratch)
+    target = _REAL
+
+    @_settings(n)
+    @given(data=hostile_file())
+    def one(data: bytes) -> None:
+        book.tried += 1
+        try:
+            target.send(data)
+        except Exception as exc:
+            book.record(exc, data)
+
+    one()
+    for failure in target.log_errors():
+        book.record(failure, None)
+
+
+def real_figures() -> dict[str, Any]:
+    t = _REAL
+    if t is None:
+        return {}
+    return {
+        "c_stores_sent": t.sent,
+        "statuses": {f"0x{k:04X}": v for k, v in sorted(t.statuses.items())},
+        "acknowledged": len(set(t.acknowledged)),
+        "node_restarts": t.restarts,
+    }
+
+
 TARGETS: dict[str, Callable[[CrashBook, int, Path], None]] = {
     "decode": decode_chunk,
     "rules": rules_chunk,
     "cstore": cstore_chunk,
     "ingest": ingest_chunk,
+    "cstore-real": cstore_real_chunk,
 }
 
 
@@ -145,6 +184,8 @@ def _progress(target: str, book: CrashBook) -> int:
     file meta the SCU cannot read is generated but never sent)."""
     if target == "ingest":
         return int(_INGEST.sent) if _INGEST is not None else 0
+    if target == "cstore-real":
+        return int(_REAL.sent) if _REAL is not None else 0
     return book.tried
 
 
@@ -180,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 "inputs_per_second": round(book.tried / max(elapsed, 1e-9), 1),
                 **book.summary(),
                 **ingest_figures(),
+                **real_figures(),
                 "generator_errors": generator_errors,
             }
             summary_path.write_text(json.dumps(summary, indent=2))
@@ -197,8 +239,16 @@ def main(argv: list[str] | None = None) -> int:
         if _INGEST is not None:
             for failure in _INGEST.close():  # the last node's orphan audit
                 book.record(failure, None)
+        delivery: dict[str, Any] = {}
+        if _REAL is not None:  # QC and delivery of everything acknowledged, then the checks
+            delivery, failures = _REAL.finish()
+            for failure in failures:
+                book.record(failure, None)
+            _REAL.close()
     summary = json.loads(summary_path.read_text())
     summary.update(book.summary(), finished=True, seconds=round(time.monotonic() - started, 1))
+    if delivery:
+        summary["delivery"] = delivery
     summary_path.write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return 1 if book.crashes else 0
