@@ -136,11 +136,12 @@ def frontal_phantom(shape: tuple[int, int] = (400, 400)) -> dict[str, BoolMask]:
 def lateral_phantom(shape: tuple[int, int] = (400, 400)) -> dict[str, BoolMask]:
     """A lateral chest of rectangles, anterior to the image left, arms raised.
 
-    Lungs rows 60–300 × cols 100–300 (both sides superimposed); sternum cols 80–95;
+    Lungs rows 50–300 × cols 100–300 (both sides superimposed); heart 180–300 (its lower
+    border, on the diaphragm, 250 mm below the apex: full inspiration); sternum cols 80–95;
     spine cols 300–340; posterior ribs of both sides end at col 310; field as frontal.
     """
     b = _box
-    lungs = b(shape, 60, 300, 100, 300)
+    lungs = b(shape, 50, 300, 100, 300)
     masks = {
         "lung_right": lungs.copy(),
         "lung_left": lungs.copy(),
@@ -148,8 +149,8 @@ def lateral_phantom(shape: tuple[int, int] = (400, 400)) -> dict[str, BoolMask]:
         "spine": b(shape, 0, shape[0] - 1, 300, 340),
         "sternum": b(shape, 100, 250, 80, 95),
         "trachea": b(shape, 20, 120, 200, 215),
-        "humerus_right": b(shape, 0, 50, 150, 200),
-        "humerus_left": b(shape, 0, 50, 160, 210),
+        "humerus_right": b(shape, 0, 45, 150, 200),
+        "humerus_left": b(shape, 0, 45, 160, 210),
         "body": b(shape, 0, shape[0] - 1, 60, 360),
         "field": b(shape, 20, 340, 20, 380),
     }

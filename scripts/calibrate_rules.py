@@ -26,7 +26,7 @@ from qcnode.records import View
 from qcnode.rules import RULES, load_config
 from qcnode.rules.config import RulesConfig
 from qcnode.rules.geometry import Subject, col_extent
-from qcnode.rules.positioning import rotation_measure
+from qcnode.rules.positioning import dome_depth, rotation_measure
 from qcnode.testing import FakePredictor
 
 PROBLEM = {"warn", "fail"}
@@ -63,11 +63,14 @@ def features(path_dcm: Path, path_masks: Path, view: View, cfg: RulesConfig) -> 
     ext = col_extent(lungs)
     if ext is not None and image.spacing_mm is not None:
         out["lung_extent_mm"] = (ext[1] - ext[0] + 1) * image.spacing_mm[1]
+    lung = s.clean("lung_right") if view is View.FRONTAL else s.lungs
+    dd = dome_depth(s, lung)
+    out["dome_depth_mm"] = None if dd is None else dd[0]
     if view is View.FRONTAL:
         unit = RulesConfig(positioning=type(cfg.positioning)(rotation_half_width_to_depth=1.0))
-        m = rotation_measure(s, unit)
-        if m is not None:
-            out["rotation_ratio"] = math.tan(math.radians(m[0]))
+        rm = rotation_measure(s, unit)
+        if rm is not None:
+            out["rotation_ratio"] = math.tan(math.radians(rm[0]))
     return out
 
 
@@ -113,6 +116,13 @@ CALIBRATED = {
 }
 
 
+# the lateral view's own thresholds, where it has one
+LATERAL_KEYS = {
+    "noise_fail": "noise_fail_lateral",
+    "truncation_fail_mm": "lateral_lung_truncation_fail_mm",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("set_dir", type=Path)
@@ -146,6 +156,58 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def rotation_fit(vr: list[dict[str, Any]], cfg: RulesConfig) -> None:
+    """w/D and offset of the rotation model against the truth's signed apparent rotation
+    (qcnode.synth.truth: 3D landmarks through the known pose), and the agreement."""
+    from qcnode.synth.truth import apparent_rotation
+
+    rr = [(r["feats"].get("rotation_ratio"), r["params"]) for r in vr]
+    rr = [(a, p) for a, p in rr if a is not None and "elastic_seed" in p]
+    if len(rr) < 10:
+        return
+    x = np.array([a for a, _ in rr])
+    true = np.array([apparent_rotation(p) for _, p in rr])
+    y = np.tan(np.radians(true))
+    (k, b), *_ = np.linalg.lstsq(np.c_[x, np.ones_like(x)], y, rcond=None)
+    k0 = float((x * y).sum() / (x * x).sum())
+    t = cfg.positioning.rotation_fail_deg
+    bad = np.abs(true) > t
+    for name, kk, bb in (("with offset", k, b), ("no offset", k0, 0.0)):
+        pred = np.degrees(np.arctan(kk * x + bb))
+        acc = float(((np.abs(pred) > t) == bad).mean())
+        resid = float((pred - true).std())
+        print(
+            f"  rotation ({name}): tan(theta) = {kk:.4f}*ratio + {bb:+.4f} "
+            f"(w/D {kk:.3f}, ratio offset {-bb / kk:+.3f}); resid {resid:.2f} deg; acc {acc:.1%}"
+        )
+
+
+def inspiration_fit(vr: list[dict[str, Any]]) -> None:
+    """ribs = a + depth / mm_per_rib against the truth's rib count (least squares), then
+    the offset a that maximises the pass/problem agreement."""
+    pairs = [
+        (r["feats"].get("dome_depth_mm"), r["truth"].get("positioning.inspiration", {})) for r in vr
+    ]
+    pairs = [(d, t["value"]) for d, t in pairs if d is not None and t.get("value") is not None]
+    if len(pairs) < 10:
+        return
+    d = np.array([a for a, _ in pairs])
+    n = np.array([b for _, b in pairs], float)
+    (slope, a), *_ = np.linalg.lstsq(np.c_[d, np.ones_like(d)], n, rcond=None)
+    best = (-1.0, a)
+    for aa in np.arange(a - 1.5, a + 1.5, 0.05):
+        est = np.round(aa + d * slope)
+        acc = float(((est >= 10) == (n >= 10)).mean())
+        if acc > best[0]:
+            best = (acc, float(aa))
+    est = np.round(best[1] + d * slope)
+    print(
+        f"  inspiration: ribs = a + depth/{1 / slope:.2f} mm (r {np.corrcoef(d, n)[0, 1]:.3f});"
+        f" lsq a {a:.2f}; best a {best[1]:.2f}: pass/problem {best[0]:.1%},"
+        f" exact {float((est == n).mean()):.1%} (n {len(n)})"
+    )
+
+
 def report(rows: list[dict[str, Any]], cfg: RulesConfig) -> None:
     for view in ("frontal", "lateral"):
         vr = [r for r in rows if r["view"] == view]
@@ -169,6 +231,9 @@ def report(rows: list[dict[str, Any]], cfg: RulesConfig) -> None:
             )
         print("\nthreshold sweeps (value vs truth problem):")
         for rule, (section, key, below) in CALIBRATED.items():
+            key = (
+                LATERAL_KEYS.get(key, key) if view == "lateral" and rule != "organs.heart" else key
+            )
             pairs = [
                 (r["feats"].get(rule, {}).get("value"), r["truth"].get(rule, {}).get("status"))
                 for r in vr
@@ -194,26 +259,18 @@ def report(rows: list[dict[str, Any]], cfg: RulesConfig) -> None:
         ]
         tilt = [(v, t) for v, t in tilt if v is not None and t is not None]
         if tilt:
-            vals = np.array([v for v, _ in tilt])
+            tvals = np.array([v for v, _ in tilt])
             bad = np.array([t in PROBLEM for _, t in tilt])
             best = (0.0, 0.0, 0.0)
             for lo in np.arange(-20, 30, 1.0):
                 for hi in np.arange(lo + 1, 60, 1.0):
-                    acc = float((((vals < lo) | (vals > hi)) == bad).mean())
+                    acc = float((((tvals < lo) | (tvals > hi)) == bad).mean())
                     if acc > best[0]:
                         best = (acc, lo, hi)
             print(f"  tilt: best range [{best[1]}, {best[2]}] mm acc {100 * best[0]:.1f}%")
         if view == "frontal":
-            rr = [(r["feats"].get("rotation_ratio"), r["params"].get("rotation_deg")) for r in vr]
-            rr = [(a, b) for a, b in rr if a is not None and b is not None]
-            if rr:
-                x = np.array([a for a, _ in rr])
-                y = np.tan(np.radians([b for _, b in rr]))
-                k = float((x * y).sum() / (x * x).sum())
-                corr = float(np.corrcoef(x, y)[0, 1])
-                print(
-                    f"  rotation: tan(theta_true) = k * ratio, k (w/D) = {k:.4f}, corr {corr:.3f}"
-                )
+            rotation_fit(vr, cfg)
+        inspiration_fit(vr)
         lc = [
             (r["feats"].get("lung_cut_ratio"), r["truth"].get("organs.lungs", {}).get("status"))
             for r in vr

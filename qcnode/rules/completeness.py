@@ -76,9 +76,12 @@ def _landmark_margins(s: Subject, rule: str, threshold: float, landmark: str) ->
     return make(s, rule, status, value, threshold, str(status), geometry, side=worst)
 
 
-def _cut_laterally(s: Subject, side: str, band_mm: float = 10.0) -> bool:
-    """The lung's outer 10 mm of columns touch the field edge below its upper third: the
-    wall may lie beyond it (a lung cropped at the bottom has its widest point cut away)."""
+def _cut_laterally(s: Subject, side: str, band_mm: float = 1.5) -> bool:
+    """The lung's outermost 1.5 mm of columns touch the field edge below its upper third: the
+    lung is widest where the field cuts it, so the wall may lie beyond (a lung cropped at the
+    bottom has its widest point cut away). A wider band (10 mm, until 2026-11-26) also caught
+    lungs whose base merely touches the lower edge while the wall is well inside: on train-v1
+    (1080 frontal) 54 false cuts vs 17 with 1.5 mm, and 4 missed cuts either way."""
     lung = s.clean(f"lung_{side}")
     ext = col_extent(lung)
     if ext is None:

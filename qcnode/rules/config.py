@@ -35,6 +35,8 @@ class OrgansConfig:
     clavicle_min_area_mm2: float = 750.0
     spine_min_area_mm2: float = 1500.0
     spine_truncation_fail_mm: float = 120.0
+    spine_lung_cut_width_fraction: float = 0.3
+    lateral_lung_truncation_fail_mm: float = 220.0
     sternum_min_area_mm2: float = 300.0
     truncation_fail_mm: float = 110.0
     diaphragm_cut_fail_percent: float = 98.0
@@ -47,8 +49,8 @@ class ExposureConfig:
     saturation_fail_percent: float = 1.0
     saturation_level: float = 0.002
     contrast_fail: float = 0.61
-    noise_fail: float = 0.03
-    noise_fail_lateral: float = 0.024
+    noise_fail: float = 0.033
+    noise_fail_lateral: float = 0.027
     spine_through_heart_fail: float = 1.4
     spine_through_heart_delta: float = 0.02
     sharpness_edge_fail_mm: float = 16.0
@@ -57,14 +59,17 @@ class ExposureConfig:
 @dataclass(frozen=True)
 class PositioningConfig:
     rotation_fail_deg: float = 5.0
-    rotation_half_width_to_depth: float = 0.29
+    rotation_half_width_to_depth: float = 0.19
     rotation_ratio_offset: float = 0.0
     scapulae_fail_mm: float = 10.0
     inspiration_pass_ribs: int = 10
     inspiration_warn_ribs: int = 9
-    inspiration_recess_ribs: int = 1
+    inspiration_ribs_at_apex: float = 3.96
+    inspiration_mm_per_rib: float = 41.25
+    lateral_inspiration_ribs_at_apex: float = 3.25
+    lateral_inspiration_mm_per_rib: float = 39.3
     tilt_min_mm: float = 8.0
-    tilt_max_mm: float = 25.0
+    tilt_max_mm: float = 26.0
     orientation_heart_offset_mm: float = 5.0
     lateral_rotation_fail_mm: float = 10.0
     arms_overlap_fail_mm2: float = 100.0

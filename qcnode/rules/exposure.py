@@ -6,8 +6,8 @@ burned-in text and air outside the body do not count:
 - tonal range: 1st–99th percentile of the exposed field;
 - lung: both lungs minus heart, spine, clavicles and scapulae (aerated lung only);
 - mediastinum: the heart;
-- noise: the pixel noise std in the aerated lung between the ribs (robust std of the
-  high-pass image);
+- noise: the pixel noise std in the aerated lung between the ribs (std of a 1-D high-pass
+  along rows and along columns, the smaller: grid lines cancel along their direction);
 - spine visibility: vertebrae vs the paraspinal heart shadow, over the heart's noise;
 - sharpness: the edge width (step / steepest slope) of both heart borders against lung.
 """
@@ -86,6 +86,38 @@ def region_noise(s: Subject, region: BoolMask) -> float | None:
     return 1.4826 * mad / _HP_KEEP
 
 
+def _keep_1d(sigma: float) -> float:
+    """Share of a white noise's std that (x − 1-D Gaussian(σ) x) keeps."""
+    impulse = np.zeros(64)
+    impulse[32] = 1.0
+    k = impulse - ndimage.gaussian_filter1d(impulse, sigma)
+    return float(np.sqrt(np.sum(k**2)))
+
+
+_HP1_SIGMA = 1.0  # px, the 1-D high-pass of the lung noise
+_HP1_KEEP = _keep_1d(_HP1_SIGMA)
+
+
+def directional_noise(s: Subject, region: BoolMask) -> float | None:
+    """Pixel noise std in a region from 1-D high-passes along the rows and along the columns,
+    the smaller of the two (corrected to white-noise std).
+
+    One direction at a time, because an anti-scatter grid's line pattern is constant along
+    its lines and so vanishes from the high-pass along them; the plain std, because the
+    processed noise is not Gaussian and the truth is its std.
+    """
+    if region.sum() < 50:
+        return None
+    out = []
+    for axis in (0, 1):
+        hp = s.cached(
+            f"highpass1d:{axis}",
+            lambda a=axis: s.pixels - ndimage.gaussian_filter1d(s.pixels, _HP1_SIGMA, axis=a),
+        )
+        out.append(float(np.std(hp[region])) / _HP1_KEEP)  # type: ignore[index]
+    return min(out)
+
+
 def noise_sigma(s: Subject) -> float | None:
     """Noise in the aerated lung between the ribs (rib edges are structure, not noise)."""
 
@@ -93,7 +125,7 @@ def noise_sigma(s: Subject) -> float | None:
         region = lung_region(s)
         ribs = s.mask("ribs_posterior_right") | s.mask("ribs_posterior_left")
         between = region & ~ndimage.binary_dilation(ribs, iterations=2)
-        return region_noise(s, between if between.sum() >= 200 else region)
+        return directional_noise(s, between if between.sum() >= 200 else region)
 
     v = s.cached("noise_sigma", compute)
     return v  # type: ignore[return-value]

@@ -13,9 +13,9 @@ import numpy as np
 from qcnode.records import BoolMask, Finding, Status
 from qcnode.rules.completeness import anterior_sign
 from qcnode.rules.config import RulesConfig
-from qcnode.rules.geometry import Point, Subject, col_extent, row_extent
+from qcnode.rules.geometry import Point, Subject, row_extent
 from qcnode.rules.messages import make
-from qcnode.rules.positioning import count_ribs_above
+from qcnode.rules.positioning import dome_depth, inspiration_status
 
 
 def _posterior_outline(mask: BoolMask, back: float) -> np.ndarray:
@@ -79,29 +79,17 @@ def arms(s: Subject, cfg: RulesConfig) -> Finding:
 
 
 def inspiration(s: Subject, cfg: RulesConfig) -> Finding:
-    """Posterior ribs above the diaphragm, counted on a vertical line through the back of
-    the lungs (right-side ribs), with the frontal thresholds."""
+    """Diaphragm level on the lateral: the depth of the heart's lower border (on the
+    diaphragm) below the lungs' apex, in posterior ribs with its own calibration."""
     rule, p = "positioning.inspiration", cfg.positioning
-    lungs = s.lungs
-    ext = col_extent(lungs)
-    ribs = s.mask("ribs_posterior_right")
-    if not ribs.any():
-        ribs = s.mask("ribs_posterior_left")
-    if ext is None or not ribs.any():
+    m = dome_depth(s, s.lungs)
+    if m is None:
         return make(s, rule, Status.NOT_EVALUABLE, None, float(p.inspiration_pass_ribs), "missing")
-    back = -anterior_sign(s)
-    width = ext[1] - ext[0]
-    col = (ext[1] - 0.25 * width) if back > 0 else (ext[0] + 0.25 * width)
-    rows = np.flatnonzero(lungs[:, int(col)])
-    if rows.size == 0:
-        return make(s, rule, Status.NOT_EVALUABLE, None, float(p.inspiration_pass_ribs), "missing")
-    bottom = int(rows[-1])
-    n = count_ribs_above(s, ribs, bottom, col)
-    if n >= p.inspiration_pass_ribs:
-        status, t = Status.PASS, p.inspiration_pass_ribs
-    elif n >= p.inspiration_warn_ribs:
-        status, t = Status.WARN, p.inspiration_pass_ribs
-    else:
-        status, t = Status.FAIL, p.inspiration_warn_ribs
-    geometry = (s.line([(0.0, col), (float(bottom), col)], "rib count line"),)
+    depth, apex, dome = m
+    n = max(0, round(p.lateral_inspiration_ribs_at_apex + depth / p.lateral_inspiration_mm_per_rib))
+    status, t = inspiration_status(n, p)
+    geometry = (
+        s.line([apex, (dome[0], apex[1])], f"apex to diaphragm {depth:.0f} mm"),
+        s.point(dome, "diaphragm (heart border)"),
+    )
     return make(s, rule, status, float(n), float(t), f"lateral_{status}", geometry)

@@ -277,42 +277,36 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "{side}肩胛骨投影入肺野 {value:.0f} mm（> {threshold:.0f} mm），请将双肩内旋。",
     ),
     "positioning.inspiration.pass": (
-        "Good inspiration: {value:.0f} posterior ribs above the right dome.",
-        "吸气充分：右膈顶上方可见 {value:.0f} 根后肋。",
+        "Good inspiration: ≈{value:.0f} posterior ribs above the right dome "
+        "(from the dome's depth below the apex).",
+        "吸气充分：右膈顶上方约 {value:.0f} 根后肋（按膈顶至肺尖距离估算）。",
     ),
     "positioning.inspiration.warn": (
-        "Borderline inspiration: {value:.0f} posterior ribs above the right dome "
+        "Borderline inspiration: ≈{value:.0f} posterior ribs above the right dome "
         "(< {threshold:.0f}).",
-        "吸气欠充分：右膈顶上方可见 {value:.0f} 根后肋（< {threshold:.0f}）。",
+        "吸气欠充分：右膈顶上方约 {value:.0f} 根后肋（< {threshold:.0f}）。",
     ),
     "positioning.inspiration.fail": (
-        "Poor inspiration: {value:.0f} posterior ribs above the right dome (< {threshold:.0f}).",
-        "吸气不足：右膈顶上方仅见 {value:.0f} 根后肋（< {threshold:.0f}）。",
+        "Poor inspiration: ≈{value:.0f} posterior ribs above the right dome (< {threshold:.0f}).",
+        "吸气不足：右膈顶上方仅约 {value:.0f} 根后肋（< {threshold:.0f}）。",
     ),
     "positioning.inspiration.missing": (
-        "Right dome or posterior ribs not found: inspiration not evaluable.",
-        "未识别到右膈顶或后肋，吸气无法评价。",
-    ),
-    "positioning.inspiration.truncated_lung": (
-        "Right lung truncated by the field: ribs not counted.",
-        "右肺未完整显示，未计数后肋。",
+        "Diaphragm (heart's lower border) or lung apex not found or cut by the field: "
+        "inspiration not evaluable.",
+        "未识别到膈面（心影下缘）或肺尖，或被照射野截断，吸气无法评价。",
     ),
     "positioning.inspiration.lateral_pass": (
-        "Good inspiration: {value:.0f} posterior ribs above the diaphragm.",
-        "吸气充分：膈上可见 {value:.0f} 根后肋。",
+        "Good inspiration: ≈{value:.0f} posterior ribs above the diaphragm.",
+        "吸气充分：膈上约 {value:.0f} 根后肋。",
     ),
     "positioning.inspiration.lateral_warn": (
-        "Borderline inspiration: {value:.0f} posterior ribs above the diaphragm "
+        "Borderline inspiration: ≈{value:.0f} posterior ribs above the diaphragm "
         "(< {threshold:.0f}).",
-        "吸气欠充分：膈上可见 {value:.0f} 根后肋（< {threshold:.0f}）。",
+        "吸气欠充分：膈上约 {value:.0f} 根后肋（< {threshold:.0f}）。",
     ),
     "positioning.inspiration.lateral_fail": (
-        "Poor inspiration: {value:.0f} posterior ribs above the diaphragm (< {threshold:.0f}).",
-        "吸气不足：膈上仅见 {value:.0f} 根后肋（< {threshold:.0f}）。",
-    ),
-    "positioning.inspiration.lateral_missing": (
-        "Lungs not found: inspiration not evaluable.",
-        "未识别到肺野，吸气无法评价。",
+        "Poor inspiration: ≈{value:.0f} posterior ribs above the diaphragm (< {threshold:.0f}).",
+        "吸气不足：膈上仅约 {value:.0f} 根后肋（< {threshold:.0f}）。",
     ),
     "positioning.tilt.pass": (
         "No tilt: apices {value:.0f} mm above the clavicle heads.",

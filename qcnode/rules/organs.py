@@ -74,7 +74,7 @@ def lungs(s: Subject, cfg: RulesConfig) -> Finding:
             "organs.lungs",
             ("lung_right", "lung_left"),
             o.lung_min_area_mm2,
-            o.truncation_fail_mm,
+            o.lateral_lung_truncation_fail_mm,
         )
     return _found_and_whole(
         s, "organs.lungs", ("lung_right", "lung_left"), o.lung_min_area_mm2, o.truncation_fail_mm
@@ -142,6 +142,8 @@ def spine(s: Subject, cfg: RulesConfig) -> Finding:
     cut = s.edge_contact_mm(inner)
     g = s.contour(m, "spine")
     status = Status.FAIL if cut > o.spine_truncation_fail_mm else Status.PASS
+    if ext is not None and lungs_cut_share(s, ext) >= o.spine_lung_cut_width_fraction:
+        status = Status.FAIL  # the field cuts the lungs well below their tip: the spine too
     return make(
         s,
         rule,
@@ -152,6 +154,19 @@ def spine(s: Subject, cfg: RulesConfig) -> Finding:
         () if g is None else (g,),
         structure="spine",
     )
+
+
+def lungs_cut_share(s: Subject, ext: tuple[int, int]) -> float:
+    """How wide the lungs are where a field edge cuts their top or bottom row, as a share of
+    their widest row (0: not cut there). A cut near the apex tip is narrow; one through the
+    thorax is wide and takes the spine beside the lungs with it."""
+    widths = s.lungs.sum(axis=1)
+    top = float(widths.max()) or 1.0
+    share = 0.0
+    for r in ext:
+        if (s.lungs[r] & s.field_ring[r]).any():
+            share = max(share, float(widths[r]) / top)
+    return share
 
 
 def clavicles(s: Subject, cfg: RulesConfig) -> Finding:

@@ -18,15 +18,15 @@ import math
 
 import numpy as np
 
-from qcnode.records import Finding, Status
+from qcnode.records import BoolMask, Finding, Status
 from qcnode.rules.completeness import SIDES, lateral_sign
-from qcnode.rules.config import RulesConfig
+from qcnode.rules.config import PositioningConfig, RulesConfig
 from qcnode.rules.geometry import (
     Point,
     Subject,
-    col_extent,
     extreme,
     largest_component,
+    row_extent,
     runs,
 )
 from qcnode.rules.messages import make
@@ -141,63 +141,54 @@ def scapulae(s: Subject, cfg: RulesConfig) -> Finding:
     return make(s, rule, status, widths[worst], t, str(status), tuple(geometry), side=worst)
 
 
-def count_ribs_above(s: Subject, ribs: np.ndarray, bottom_row: int, col: float) -> int:
-    """Posterior ribs above a row on a vertical line (median over ±10 mm of columns).
+def dome_depth(s: Subject, lung: BoolMask) -> tuple[float, Point, Point] | None:
+    """(mm, apex, dome): how far the diaphragm lies below the lung apex.
 
-    Rib bands crossing the line are found; the count is the number of rib *periods* from
-    the first band to the last one above the row (+1), with the period the median distance
-    between neighbouring bands, so that a rib missing from the line or two touching bands
-    do not change the count. With fewer than three bands it is the number of bands.
+    The apex is the lung's topmost pixel. The dome level is the heart's lowest row: the heart
+    rests on the diaphragm, and it is the best-segmented structure that reaches it (the lung
+    masks run on into the posterior recesses below the domes, the rib masks are thin). None
+    when the heart or the apex is missing or lies on a field edge (a cut heart's lowest row is
+    not the diaphragm; a cut apex is not the top).
     """
-    half = max(1, round(10.0 / s.sx))
-    min_len = max(1, math.ceil(1.5 / s.sy))
-    counts = []
-    for c in np.linspace(col - half, col + half, 5):
-        ci = round(c)
-        if not 0 <= ci < s.shape[1]:
-            continue
-        bands = [(a + b) / 2.0 for a, b in runs(ribs[: bottom_row + 1, ci]) if b - a >= min_len]
-        if len(bands) < 3:
-            counts.append(len(bands))
-            continue
-        period = float(np.median(np.diff(bands)))
-        counts.append(1 + round((bands[-1] - bands[0]) / period))
-    return int(np.median(counts)) if counts else 0
-
-
-def count_line(s: Subject) -> Point | None:
-    """Where ribs are counted: the right lung's mid column (≈ mid-clavicular line), down to
-    the lung's lower border on that column (the right hemidiaphragm)."""
-    lung = s.clean("lung_right")
-    ext = col_extent(lung)
-    if ext is None:
+    heart = s.clean("heart")
+    apex = extreme(lung, -1.0, 0.0)
+    ext = row_extent(heart)
+    if apex is None or ext is None:
         return None
-    col = (ext[0] + ext[1]) // 2
-    rows = np.flatnonzero(lung[:, col])
-    return None if rows.size == 0 else (float(rows[-1]), float(col))
+    bottom = heart[ext[1]]
+    if (bottom & (s.field_ring[ext[1]] | ~s.field[ext[1]])).any() or s.margin_mm(apex) <= 0.0:
+        return None
+    dome = (float(ext[1]), float(np.flatnonzero(bottom).mean()))
+    return (dome[0] - apex[0]) * s.sy, apex, dome
+
+
+def inspiration_status(n: int, p: PositioningConfig) -> tuple[Status, int]:
+    if n >= p.inspiration_pass_ribs:
+        return Status.PASS, p.inspiration_pass_ribs
+    if n >= p.inspiration_warn_ribs:
+        return Status.WARN, p.inspiration_pass_ribs
+    return Status.FAIL, p.inspiration_warn_ribs
 
 
 def inspiration(s: Subject, cfg: RulesConfig) -> Finding:
-    """Posterior ribs above the right hemidiaphragm (≥10 good, 9 borderline)."""
+    """Posterior ribs above the right hemidiaphragm dome (≥10 good, 9 borderline), estimated
+    from the dome's depth below the apex: ``ribs_at_apex + depth / mm_per_rib``.
+
+    Counting rib bands on a mask line proved unreliable (posterior ribs merge in projection
+    and the first band seen is rarely rib 1), so the count is the calibrated depth of the
+    dome (heart's lower border) below the right apex, in ribs (rules.toml says how).
+    """
     rule, p = "positioning.inspiration", cfg.positioning
-    d = count_line(s)
-    ribs = s.mask("ribs_posterior_right")
-    if d is None or not ribs.any():
+    m = dome_depth(s, s.clean("lung_right"))
+    if m is None:
         return make(s, rule, Status.NOT_EVALUABLE, None, float(p.inspiration_pass_ribs), "missing")
-    if s.edge_contact_mm(s.clean("lung_right")) > cfg.organs.truncation_fail_mm:
-        # a truncated right lung hides ribs and its lower border: no count
-        return make(
-            s, rule, Status.NOT_EVALUABLE, None, float(p.inspiration_pass_ribs), "truncated_lung"
-        )
-    # the count line ends at the lung's lowest pixel, in the posterior recess below the dome
-    n = max(0, count_ribs_above(s, ribs, int(d[0]), d[1]) - p.inspiration_recess_ribs)
-    if n >= p.inspiration_pass_ribs:
-        status, t = Status.PASS, p.inspiration_pass_ribs
-    elif n >= p.inspiration_warn_ribs:
-        status, t = Status.WARN, p.inspiration_pass_ribs
-    else:
-        status, t = Status.FAIL, p.inspiration_warn_ribs
-    geometry = (s.line([(0.0, d[1]), d], "rib count line"), s.point(d, "right dome"))
+    depth, apex, dome = m
+    n = max(0, round(p.inspiration_ribs_at_apex + depth / p.inspiration_mm_per_rib))
+    status, t = inspiration_status(n, p)
+    geometry = (
+        s.line([apex, (dome[0], apex[1])], f"apex to dome {depth:.0f} mm"),
+        s.point(dome, "diaphragm (heart border)"),
+    )
     return make(s, rule, status, float(n), float(t), str(status), geometry)
 
 

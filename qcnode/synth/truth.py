@@ -9,6 +9,8 @@ with the criteria below, so that the rules engineer can calibrate the measured r
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import tomllib
 from dataclasses import dataclass
@@ -30,7 +32,8 @@ NOISE_FAIL = 0.03  # exposure.noise: std of the noise in lung fields, display un
 SPINE_CNR_FAIL = 1.5  # exposure.spine_through_heart: spine vs paraspinal heart, clean Δ / σ
 SPINE_DELTA_FAIL = 0.02  # … or the clean display difference itself
 BLUR_FAIL_MM = 3.0  # exposure.sharpness: FWHM of motion + extra blur
-TILT_FAIL_DEG = 8.0  # positioning.tilt: known lordotic/kyphotic tilt
+TILT_FAIL_DEG = 8.0  # positioning.tilt: apparent lordotic/kyphotic tilt (see apparent_tilt)
+STANDARD_SID_MM = 1800.0  # positioning.tilt: the PA distance a "neutral" projection refers to
 ARMS_OVERLAP_FAIL_MM2 = 50.0  # positioning.arms (lateral)
 
 # The rule IDs are the contract of DESIGN §4 and live in one place; only the names are
@@ -182,6 +185,162 @@ def _spine_through_heart(t: TruthInput) -> dict[str, Any]:
     return _r("pass" if ok else "fail", cnr, "1")
 
 
+# ---- radiographic pose geometry (positioning.rotation and positioning.tilt) ----------------
+#
+# A radiographer judges rotation by the medial clavicle ends against the spinous processes
+# (EUR 16260) and tilt by the clavicles against the apices, i.e. by the anatomy as it lies,
+# not by a pose parameter. The one CT's own pose is neither symmetric (its clavicle heads are
+# ≈ 3.3° rotated against its spinous processes) nor free of elastic asymmetry once deformed.
+# So the truth takes 3D landmarks from the CT's label volumes, moves them through the
+# sample's known 3D edit (habitus scale, elastic warp, rotation, tilt — the renderer's own
+# transform, inverted) and measures the angles there. Nothing here reads a mask or a pixel.
+
+
+@dataclass(frozen=True)
+class Landmarks:
+    """CT patient-frame points (x left, y anterior, z superior; mm) of the reference pose."""
+
+    clavicle_right: tuple[float, float, float]  # centre of the clavicle's medial 10 mm
+    clavicle_left: tuple[float, float, float]
+    spinous: tuple[float, float, float]  # spinous-process tips at the clavicle heads' level
+    apex: tuple[float, float, float]  # top of the lungs (mean of both apices)
+
+
+def _frame_points(bits: npt.NDArray[Any], bit: int, spacing: Any, origin: Any) -> Any:
+    zz, yy, xx = np.nonzero((bits.astype(np.int64) >> bit) & 1)
+    return np.stack(
+        [
+            (xx - origin[2]) * spacing[2],
+            (yy - origin[1]) * spacing[1],
+            (zz - origin[0]) * spacing[0],
+        ],
+        axis=1,
+    )
+
+
+@functools.cache
+def ct_landmarks() -> Landmarks:
+    """The reference landmarks of the CT (qcnode.synth.ct; cached per process).
+
+    Clavicle medial end: centre of the clavicle's voxels within 10 mm of its most medial
+    voxel. Spinous processes: in each CT slice within ±20 mm of the clavicle heads' level,
+    the spine's voxels within 8 mm of its posterior-most one; their mean. Apex: the mean of
+    each lung's topmost voxels.
+    """
+    from qcnode.synth import ct as ctmod
+
+    ct = ctmod.load()
+    bone = ct.bone_bits.numpy()
+    soft = ct.soft_bits.numpy()
+    sp, og = ct.spacing_mm, ct.origin_index
+    ends = {}
+    for side, sign in (("right", 1.0), ("left", -1.0)):  # medial: +x for the right clavicle
+        pts = _frame_points(bone, ctmod.BONE_BITS[f"clavicle_{side}"], sp, og)
+        medial = sign * pts[:, 0]
+        ends[side] = pts[medial >= medial.max() - 10.0].mean(axis=0)
+    level = (ends["right"][2] + ends["left"][2]) / 2.0
+    spine = _frame_points(bone, ctmod.BONE_BITS["spine"], sp, og)
+    tips = []
+    for z in np.unique(spine[:, 2]):
+        if abs(z - level) <= 20.0:
+            sl = spine[spine[:, 2] == z]
+            tips.append(sl[sl[:, 1] <= sl[:, 1].min() + 8.0].mean(axis=0))
+    apices = []
+    for side in ("right", "left"):
+        pts = _frame_points(soft, ctmod.SOFT_BITS[f"lung_{side}"], sp, og)
+        apices.append(pts[pts[:, 2] >= pts[:, 2].max() - 1e-6].mean(axis=0))
+
+    def t(v: Any) -> tuple[float, float, float]:
+        return (float(v[0]), float(v[1]), float(v[2]))
+
+    return Landmarks(
+        clavicle_right=t(ends["right"]),
+        clavicle_left=t(ends["left"]),
+        spinous=t(np.mean(tips, axis=0)),
+        apex=t(np.mean(apices, axis=0)),
+    )
+
+
+def positioned(points: npt.NDArray[np.float64], params: dict[str, Any]) -> Any:
+    """CT-frame points (N, 3) → the positioned patient frame of a sample's pose.
+
+    The renderer maps positioned → CT (``render._to_ct``: un-rotate, un-scale, then the
+    elastic terms one after another); here that map is inverted: each elastic term in reverse
+    order by fixed-point iteration (amplitudes of a few mm over wavelengths of 18–40 cm: a
+    strong contraction), then scale and rotation.
+    Bones do not take the diaphragm edit.
+    """
+    import torch
+
+    from qcnode.synth import render
+
+    sz, sy, sx = (float(v) for v in params["scale_zyx"])
+    pose = render.Pose(
+        rotation_deg=float(params["rotation_deg"]),
+        tilt_deg=float(params["tilt_deg"]),
+        scale=(sz, sy, sx),
+        elastic_mm=float(params["elastic_mm"]),
+        elastic_seed=int(params["elastic_seed"]),
+    )
+    q = torch.as_tensor(np.asarray(points, dtype=np.float64))
+    # _to_ct subtracts the terms one after the other: undo them in reverse order, each by
+    # fixed-point iteration of u = v + sin(u·k + φ)·a
+    for k, phase, amp in reversed(render._elastic_terms(pose)):
+        kd, ad = k.double(), amp.double()
+        u = q.clone()
+        for _ in range(50):
+            nxt = q + torch.sin(u @ kd + phase).unsqueeze(-1) * ad
+            done = float((nxt - u).abs().max()) < 1e-7
+            u = nxt
+            if done:
+                break
+        q = u
+    q = q * torch.tensor([sx, sy, sz], dtype=torch.float64)
+    rot = render._rot(pose).double()
+    return (q @ rot.T).numpy()
+
+
+def apparent_rotation(params: dict[str, Any], lm: Landmarks | None = None) -> float:
+    """Degrees the patient must turn about the long axis for the medial clavicle ends to lie
+    symmetric about the spinous processes (signed; positive: left side anterior).
+
+    With X (left) and Y (anterior) sums S_X = X_R + X_L − 2·X_S, S_Y likewise, a further turn
+    by −θ with tan θ = S_X / S_Y makes the projected ends equidistant from the spinous line.
+    """
+    lm = lm or ct_landmarks()
+    pts = positioned(np.array([lm.clavicle_right, lm.clavicle_left, lm.spinous]), params)
+    sx_ = pts[0, 0] + pts[1, 0] - 2.0 * pts[2, 0]
+    sy_ = pts[0, 1] + pts[1, 1] - 2.0 * pts[2, 1]
+    return -math.degrees(math.atan2(sx_, sy_))
+
+
+def apparent_tilt(params: dict[str, Any], lm: Landmarks | None = None) -> float:
+    """Degrees of lordotic (+) / kyphotic (−) projection of the upper thorax.
+
+    Two parts, both what makes the clavicles project high or low against the apices:
+    - the patient: the turn of the apex → medial-clavicle vector in the sagittal plane
+      against the reference pose (tilt, with habitus scale and elastic warp);
+    - the beam: at the apices' height h above the central ray a cone beam runs at atan(h/SID)
+      to the axial plane; cephalad through the patient from the front on an AP film
+      (lordotic), from the back on a PA (kyphotic). Referred to a standard PA at 180 cm, so
+      that a straight patient on a standard PA reads 0; an AP at 110 cm adds ≈ 10°.
+    """
+    lm = lm or ct_landmarks()
+    mid = (np.array(lm.clavicle_right) + np.array(lm.clavicle_left)) / 2.0
+    ref = np.array([lm.apex, mid])
+    pts = positioned(ref, params)
+
+    def angle(a: Any, b: Any) -> float:  # sagittal direction of apex → clavicle heads
+        return math.atan2(float(b[2] - a[2]), float(b[1] - a[1]))
+
+    patient = math.degrees(angle(pts[0], pts[1]) - angle(ref[0], ref[1]))
+    h = float((pts[0, 2] + pts[1, 2]) / 2.0) - float(params["beam_center_mm"][1])
+    sid = float(params["sid_mm"])
+    s = 1.0 if params.get("view_position") == "AP" else -1.0
+    beam = math.degrees(s * math.atan(h / sid) + math.atan(h / STANDARD_SID_MM))
+    return patient + beam
+
+
 def _frontal(t: TruthInput, thr: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     c, p = thr["completeness"], t.pitch_mm
@@ -253,10 +412,7 @@ def _frontal(t: TruthInput, thr: dict[str, Any]) -> dict[str, Any]:
     _exposure_rules(t, thr, out)
     out["exposure.spine_through_heart"] = _spine_through_heart(t)
     pos = thr["positioning"]
-    rot = abs(float(t.params["rotation_deg"]))
-    out["positioning.rotation"] = _r(
-        "fail" if rot > pos["rotation_fail_deg"] else "pass", rot, "deg"
-    )
+    out["positioning.rotation"] = rotation_truth(t.params, thr)
     scap = 0.0
     for side in ("right", "left"):
         ov = fm[f"scapula_{side}"] & lungs[side]
@@ -272,8 +428,7 @@ def _frontal(t: TruthInput, thr: dict[str, Any]) -> dict[str, Any]:
         else ("warn" if n >= pos["inspiration_warn_ribs"] else "fail")
     )
     out["positioning.inspiration"] = _r(st, float(n), "{ribs}")
-    tilt = abs(float(t.params["tilt_deg"]))
-    out["positioning.tilt"] = _r("fail" if tilt > TILT_FAIL_DEG else "pass", tilt, "deg")
+    out["positioning.tilt"] = tilt_truth(t.params)
     bad = bool(t.params["flipped"]) or bool(t.params["rotated180"])
     out["positioning.orientation"] = _r("fail" if bad else "pass", None, None)
     out["metadata.view"] = _r(
@@ -283,6 +438,16 @@ def _frontal(t: TruthInput, thr: dict[str, Any]) -> dict[str, Any]:
     )
     out["metadata.spacing"] = _r("pass" if t.header_spacing_ok else "fail", None, None)
     return out
+
+
+def rotation_truth(params: dict[str, Any], thr: dict[str, Any]) -> dict[str, Any]:
+    rot = abs(apparent_rotation(params))
+    return _r("fail" if rot > thr["positioning"]["rotation_fail_deg"] else "pass", rot, "deg")
+
+
+def tilt_truth(params: dict[str, Any]) -> dict[str, Any]:
+    tilt = abs(apparent_tilt(params))
+    return _r("fail" if tilt > TILT_FAIL_DEG else "pass", tilt, "deg")
 
 
 def _lateral(t: TruthInput, thr: dict[str, Any]) -> dict[str, Any]:
@@ -367,3 +532,68 @@ def rules_truth(t: TruthInput, thresholds: dict[str, Any]) -> dict[str, Any]:
     else:
         return {}
     return out
+
+
+# ---- re-deriving stored truth (no re-rendering) ---------------------------------------------
+
+_ORDER = {"pass": 0, "not_evaluable": 0, "warn": 1, "fail": 2}
+TRUTH_REVISION = "positioning-3d-v1"  # recorded in params.truth_rederived of changed samples
+
+
+def retruth(set_dir: Path) -> dict[str, int]:
+    """Recompute the frontal ``positioning.rotation`` and ``positioning.tilt`` truth of a
+    stored set from each sample's recorded pose parameters and the CT's landmarks (today's
+    definitions above), rewrite changed JSONs atomically and recompute ``verdict_expected``.
+
+    Needs the CT (scripts/fetch_ct), not the renderer: seconds for a few thousand samples.
+    """
+    thr = load_thresholds()
+    ct_landmarks()  # load the CT once, up front (fails early without it)
+    changed: dict[str, int] = {"samples": 0, "rewritten": 0}
+    for line in (set_dir / "manifest.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        path = set_dir / rec["truth"]
+        doc = json.loads(path.read_text())
+        if doc.get("view") != "frontal" or not doc.get("rules"):
+            continue
+        changed["samples"] += 1
+        p = doc["params"]
+        new = {
+            "positioning.rotation": rotation_truth(p, thr),
+            "positioning.tilt": tilt_truth(p),
+        }
+        dirty = False
+        for rule, value in new.items():
+            old = doc["rules"].get(rule)
+            if old == value:
+                continue
+            if old is None or old["status"] != value["status"]:
+                key = f"{rule}:{'?' if old is None else old['status']}->{value['status']}"
+                changed[key] = changed.get(key, 0) + 1
+            doc["rules"][rule] = value
+            dirty = True
+        if dirty:
+            worst = max(_ORDER[x["status"]] for x in doc["rules"].values())
+            doc["verdict_expected"] = ["pass", "warn", "fail"][worst]
+            doc["params"].setdefault("truth_rederived", {})["positioning"] = TRUTH_REVISION
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(doc, indent=1))
+            tmp.replace(path)
+            changed["rewritten"] += 1
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m qcnode.synth.truth --retruth DIR...``: re-derive stored positioning truth."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--retruth", type=Path, nargs="+", required=True, metavar="SET_DIR")
+    args = ap.parse_args(argv)
+    for d in args.retruth:
+        print(json.dumps({"set": str(d), **retruth(d)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

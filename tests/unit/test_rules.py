@@ -31,6 +31,16 @@ def run(
     return {f.rule: f for f in findings}
 
 
+def ribs(depth_mm: float, *, lateral: bool = False) -> float:
+    """The inspiration rule's rib estimate for a dome ``depth_mm`` below the apex."""
+    p = CFG.positioning
+    if lateral:
+        return float(
+            round(p.lateral_inspiration_ribs_at_apex + depth_mm / p.lateral_inspiration_mm_per_rib)
+        )
+    return float(round(p.inspiration_ribs_at_apex + depth_mm / p.inspiration_mm_per_rib))
+
+
 def box(m: BoolMask, r0: int, r1: int, c0: int, c1: int, value: bool = True) -> BoolMask:
     m = m.copy()
     m[r0 : r1 + 1, c0 : c1 + 1] = value
@@ -54,7 +64,7 @@ def test_frontal_phantom_exact_values() -> None:
         "organs.diaphragm": 0.0,  # no lung column ends on the field edge
         "positioning.rotation": 0.0,
         "positioning.scapulae": 5.0,
-        "positioning.inspiration": 10.0,
+        "positioning.inspiration": ribs(240.0),  # apex row 60, heart's lower border 300
         "positioning.tilt": 15.0,  # apex row 60, clavicle medial ends at row 75
         "metadata.spacing": 1.0,
     }
@@ -67,12 +77,12 @@ def test_frontal_phantom_exact_values() -> None:
 
 def test_lateral_phantom_exact_values() -> None:
     f = run(lateral_phantom(), View.LATERAL)
-    assert f["completeness.apices"].value == 41.0
+    assert f["completeness.apices"].value == 31.0  # apex row 50, first unexposed row 19
     assert f["completeness.costophrenic"].value == 41.0  # posterior-inferior corner (300, 300)
     assert f["completeness.anteroposterior"].value == 61.0  # sternum col 80, edge col 19
     assert f["positioning.rotation"].value == 0.0
     assert f["positioning.arms"].value == 0.0
-    assert f["positioning.inspiration"].value == 10.0
+    assert f["positioning.inspiration"].value == ribs(250.0, lateral=True)  # heart 300, apex 50
     assert all(x.status is Status.PASS for x in f.values())
 
 
@@ -263,14 +273,21 @@ def test_scapulae_inspiration_tilt() -> None:
     f = run(m)
     assert f["positioning.scapulae"].value == 21.0
     assert f["positioning.scapulae"].status is Status.FAIL
+    p = CFG.positioning
     for n_ribs, status in ((9, Status.WARN), (8, Status.FAIL), (10, Status.PASS)):
+        # move the heart's lower border (the diaphragm) to the depth of n ribs below the apex
+        depth = round((n_ribs - p.inspiration_ribs_at_apex) * p.inspiration_mm_per_rib)
         m = frontal_phantom()
-        m["ribs_posterior_right"] = box(
-            m["ribs_posterior_right"], 40 + 24 * (n_ribs + 1), 399, 0, 399, False
-        )
+        m["heart"] = box(np.zeros_like(m["heart"]), 120, 60 + depth, 170, 260)
         f = run(m)
         assert f["positioning.inspiration"].value == n_ribs
         assert f["positioning.inspiration"].status is status
+        assert f"{depth} mm" in f["positioning.inspiration"].geometry[0].label
+    m = frontal_phantom()
+    m["field"] = box(m["field"], 290, 399, 0, 399, False)  # the heart runs off the field
+    assert run(m)["positioning.inspiration"].status is Status.NOT_EVALUABLE
+    m["heart"] &= m["field"]  # as a model sees it: cut at the field edge
+    assert run(m)["positioning.inspiration"].status is Status.NOT_EVALUABLE
     m = frontal_phantom()
     z = np.zeros_like(m["lung_right"])
     m["clavicle_right"] = box(z, 40, 50, 80, 185)  # clavicle heads 15 mm above the apices
@@ -322,7 +339,7 @@ def test_lateral_superimposition_arms_and_ap() -> None:
     m = lateral_phantom()
     m["humerus_right"] = box(m["humerus_right"], 0, 150, 150, 200)  # arm down over the lung
     f = run(m, View.LATERAL)
-    assert f["positioning.arms"].value == 91 * 51
+    assert f["positioning.arms"].value == 101 * 51  # rows 50–150 over the lungs
     assert f["positioning.arms"].status is Status.FAIL
     m = lateral_phantom()
     m["field"] = box(m["field"], 0, 399, 0, 82, False)
