@@ -319,6 +319,9 @@ def serve(settings: Settings) -> int:
 
 # How long serve waits for the QC process to load its model before giving up
 QC_PROCESS_START_S = 600.0
+# The QC process's CPU priority below serve's: a modality waiting for its C-STORE
+# response matters more than an analysis started a moment later (no effect with idle cores)
+QC_PROCESS_NICE = 5
 
 
 def _ring(conn: Any) -> Callable[[], None]:
@@ -423,6 +426,8 @@ def _qc_process_main(settings: Settings, jobs: Any, results: Any, status: Any) -
     )
     _quiet_libraries(settings)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to serve, which stops us
+    with contextlib.suppress(OSError):  # where cores are short, receiving goes first
+        os.nice(QC_PROCESS_NICE)
     wake = threading.Event()
     node = Node(settings=settings, jobs_ready=wake, on_result=_ring(results))
     try:
