@@ -3,9 +3,12 @@ pynetdicom association gets it (the pynetdicom internals it relies on still exis
 
 from __future__ import annotations
 
+import errno
+import io
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian
@@ -100,3 +103,31 @@ def test_a_real_association_gets_the_fast_socket() -> None:
         assert per_echo < 0.5  # a hang on the wake-up would show as a timeout here
     finally:
         server.shutdown()
+
+
+def test_guarded_receive_file_keeps_the_error_and_frees_the_space(tmp_path: Path) -> None:
+    """The first failed write (here the disk 'fills' after 1 MB) is kept, not raised; the
+    partial file is truncated and later writes are dropped, as pynetdicom goes on
+    reading the dataset. A fault-injected unit test; the real ENOSPC is
+    test_ingest.py::test_disk_full_during_reception_answers_out_of_resources."""
+
+    class FillsUp(io.FileIO):
+        def write(self, data: Any) -> int:
+            if self.tell() + len(data) > 1 << 20:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    guarded = netio.GuardedReceiveFile(FillsUp(tmp_path / "received.dcm", "wb"))
+    chunk = b"x" * (256 << 10)
+    for _ in range(8):  # 2 MB offered, pynetdicom-style: write then flush
+        assert guarded.write(chunk) == len(chunk)
+        guarded.file.flush()
+    assert guarded.error is not None and guarded.error.errno == errno.ENOSPC
+    assert Path(guarded.name).stat().st_size == 0  # space given back
+    guarded.close()
+
+    class Request:
+        _dataset_file = guarded
+
+    assert netio.receive_error(Request()) is guarded.error
+    assert netio.receive_error(object()) is None
