@@ -185,7 +185,7 @@ def delivery_figures(
     """
     from sqlalchemy import func, select
 
-    from qcnode.db import DEAD, PENDING, Instance, Outbox, Result
+    from qcnode.db import DEAD, FAILED, PENDING, QUEUED, RUNNING, Instance, Job, Outbox, Result
 
     def rows() -> dict[str, tuple[str, str | None]]:
         found = node.query(
@@ -196,16 +196,18 @@ def delivery_figures(
         return {uid: (verdict, error) for uid, verdict, error in found}
 
     def settled() -> bool:
+        """Every source has a result, no job is queued or running (a job given up stays
+        given up: waiting longer cannot bring its missing objects) and the outbox is
+        drained."""
         if not set(sources) <= set(rows()):
             return False
-        objects = node.objects()
-        evaluated = [s for s, (v, _) in rows().items() if v in ("pass", "warn", "fail")]
-        if any(len(objects.get(s, [])) < 2 for s in evaluated):
-            return False
+        active = node.query(
+            select(func.count()).select_from(Job).where(Job.state.in_((QUEUED, RUNNING)))
+        )
         pending = node.query(
             select(func.count()).select_from(Outbox).where(Outbox.state == PENDING)
         )
-        return int(pending[0][0]) == 0
+        return int(active[0][0]) == 0 and int(pending[0][0]) == 0
 
     deadline = time.monotonic() + timeout
     while not settled() and time.monotonic() < deadline:
@@ -229,6 +231,14 @@ def delivery_figures(
         }
     evaluated = [s for s in sources if results.get(s, ("", None))[0] in ("pass", "warn", "fail")]
     dead = node.query(select(func.count()).select_from(Outbox).where(Outbox.state == DEAD))
+    failed_jobs = {
+        uid
+        for (uid,) in node.query(
+            select(Instance.sop_instance_uid)
+            .join(Job, Job.instance_id == Instance.id)
+            .where(Job.state == FAILED)
+        )
+    }
     return {
         "acknowledged": len(sources),
         "lost": sum(1 for s in sources if s not in stored),  # acknowledged, not kept
@@ -241,6 +251,9 @@ def delivery_figures(
             if results.get(s, ("", None))[0] == "error" and "given up" not in (results[s][1] or "")
         ),
         "evaluated_without_sr_sc": sum(1 for s in evaluated if len(objects.get(s, [])) < 2),
+        # jobs given up (failed) although a result was kept: its verdict and the objects
+        # delivered before stay, the missing ones never come
+        "jobs_given_up": sum(1 for s in sources if s in failed_jobs),
         "objects_expected": len(expected),
         "objects_missing_at_pacs": len(set(expected) - set(at_pacs)),
         "objects_duplicated_at_pacs": len(at_pacs) - len(set(at_pacs)),
