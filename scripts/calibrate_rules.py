@@ -67,7 +67,12 @@ def features(path_dcm: Path, path_masks: Path, view: View, cfg: RulesConfig) -> 
     dd = dome_depth(s, lung)
     out["dome_depth_mm"] = None if dd is None else dd[0]
     if view is View.FRONTAL:
-        unit = RulesConfig(positioning=type(cfg.positioning)(rotation_half_width_to_depth=1.0))
+        unit = RulesConfig(
+            positioning=type(cfg.positioning)(
+                rotation_half_width_to_depth=1.0, rotation_half_width_to_depth_ap=1.0
+            )
+        )
+        out["header_ap"] = image.meta.view_position.strip().upper() == "AP"
         rm = rotation_measure(s, unit)
         if rm is not None:
             out["rotation_ratio"] = math.tan(math.radians(rm[0]))
@@ -158,28 +163,37 @@ def main(argv: list[str] | None = None) -> int:
 
 def rotation_fit(vr: list[dict[str, Any]], cfg: RulesConfig) -> None:
     """w/D and offset of the rotation model against the truth's signed apparent rotation
-    (qcnode.synth.truth: 3D landmarks through the known pose), and the agreement."""
+    (qcnode.synth.truth: 3D landmarks through the known pose), per header ViewPosition (AP
+    films have their own constants), and the pass/problem agreement at the fail limit."""
     from qcnode.synth.truth import apparent_rotation
 
-    rr = [(r["feats"].get("rotation_ratio"), r["params"]) for r in vr]
-    rr = [(a, p) for a, p in rr if a is not None and "elastic_seed" in p]
+    rr = [(r["feats"].get("rotation_ratio"), r["feats"].get("header_ap"), r["params"]) for r in vr]
+    rr = [(a, bool(h), p) for a, h, p in rr if a is not None and "elastic_seed" in p]
     if len(rr) < 10:
         return
-    x = np.array([a for a, _ in rr])
-    true = np.array([apparent_rotation(p) for _, p in rr])
+    x = np.array([a for a, _, _ in rr])
+    ap = np.array([h for _, h, _ in rr])
+    true = np.array([apparent_rotation(p) for _, _, p in rr])
     y = np.tan(np.radians(true))
-    (k, b), *_ = np.linalg.lstsq(np.c_[x, np.ones_like(x)], y, rcond=None)
-    k0 = float((x * y).sum() / (x * x).sum())
     t = cfg.positioning.rotation_fail_deg
     bad = np.abs(true) > t
-    for name, kk, bb in (("with offset", k, b), ("no offset", k0, 0.0)):
-        pred = np.degrees(np.arctan(kk * x + bb))
+    for offset in (False, True):
+        pred = np.zeros_like(true)
+        for name, m in (("PA", ~ap), ("AP", ap)):
+            if m.sum() < 5:
+                continue
+            a = np.c_[x[m], np.ones(m.sum())] if offset else x[m][:, None]
+            c, *_ = np.linalg.lstsq(a, y[m], rcond=None)
+            pred[m] = np.degrees(np.arctan(a @ c))
+            b = float(c[1]) if offset else 0.0
+            print(
+                f"  rotation {name} ({'with' if offset else 'no'} offset, n {m.sum()}): "
+                f"w/D {c[0]:.3f}, ratio offset {-b / c[0]:+.3f}"
+            )
         acc = float(((np.abs(pred) > t) == bad).mean())
         resid = float((pred - true).std())
-        print(
-            f"  rotation ({name}): tan(theta) = {kk:.4f}*ratio + {bb:+.4f} "
-            f"(w/D {kk:.3f}, ratio offset {-bb / kk:+.3f}); resid {resid:.2f} deg; acc {acc:.1%}"
-        )
+        kind = "with" if offset else "no"
+        print(f"  rotation fit ({kind} offset): resid {resid:.2f} deg; acc {acc:.1%}")
 
 
 def inspiration_fit(vr: list[dict[str, Any]]) -> None:

@@ -59,8 +59,10 @@ class ExposureConfig:
 @dataclass(frozen=True)
 class PositioningConfig:
     rotation_fail_deg: float = 5.0
-    rotation_half_width_to_depth: float = 0.19
+    rotation_half_width_to_depth: float = 0.185
     rotation_ratio_offset: float = 0.0
+    rotation_half_width_to_depth_ap: float = 0.256
+    rotation_ratio_offset_ap: float = 0.0
     scapulae_fail_mm: float = 10.0
     inspiration_pass_ribs: int = 10
     inspiration_warn_ribs: int = 9

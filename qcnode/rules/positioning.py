@@ -63,6 +63,16 @@ def medial_ends(s: Subject, depth_mm: float = 10.0) -> dict[str, Point] | None:
     return ends
 
 
+def rotation_constants(s: Subject, cfg: RulesConfig) -> tuple[float, float]:
+    """(w/D, ratio offset) for the film's projection: an AP film's source is in front of the
+    patient at ~1 m, so the anterior clavicle heads are magnified more than the posterior
+    spine and the same rotation gives a smaller asymmetry ratio than on a PA at 1.8 m."""
+    p = cfg.positioning
+    if s.image.meta.view_position.strip().upper() == "AP":
+        return p.rotation_half_width_to_depth_ap, p.rotation_ratio_offset_ap
+    return p.rotation_half_width_to_depth, p.rotation_ratio_offset
+
+
 def rotation_measure(
     s: Subject, cfg: RulesConfig
 ) -> tuple[float, dict[str, float], dict[str, Point], tuple[float, float], tuple[int, int]] | None:
@@ -84,8 +94,8 @@ def rotation_measure(
     total = d["right"] + d["left"]
     if total <= 1.0:  # both ends on or beyond the line: no usable geometry
         return None
-    k = cfg.positioning.rotation_half_width_to_depth
-    ratio = (d["right"] - d["left"]) / total - cfg.positioning.rotation_ratio_offset
+    k, offset = rotation_constants(s, cfg)
+    ratio = (d["right"] - d["left"]) / total - offset
     theta = math.degrees(math.atan(k * ratio))
     return theta, d, ends, line, (max(0, r0), min(s.shape[0] - 1, r1))
 

@@ -258,13 +258,20 @@ def test_rotation_degrees_from_the_geometric_model() -> None:
     assert f["positioning.rotation"].value == pytest.approx(
         round(math.degrees(math.atan(k * 10 / 50)), 2)
     )
-    big = run(_clavicles(frontal_phantom(), 185, 250))  # d_right 20, d_left 55
-    expected = math.degrees(math.atan(k * 35 / 75))
+    big = run(_clavicles(frontal_phantom(), 185, 270))  # d_right 20, d_left 75
+    expected = math.degrees(math.atan(k * 55 / 95))
     assert big["positioning.rotation"].value == pytest.approx(round(expected, 2))
     assert big["positioning.rotation"].status is (
         Status.FAIL if expected > CFG.positioning.rotation_fail_deg else Status.PASS
     )
     assert "left" in big["positioning.rotation"].message
+    # an AP header: the AP constant (cone beam from the front magnifies the clavicle heads)
+    ap = run(_clavicles(frontal_phantom(), 185, 270), view_position="AP")
+    k_ap = CFG.positioning.rotation_half_width_to_depth_ap
+    assert k_ap != k
+    assert ap["positioning.rotation"].value == pytest.approx(
+        round(math.degrees(math.atan(k_ap * 55 / 95)), 2)
+    )
 
 
 def test_scapulae_inspiration_tilt() -> None:

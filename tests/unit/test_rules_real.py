@@ -42,8 +42,10 @@ KNOWN = {
     + "burning out the lungs also changes its clavicle/scapula masks, so "
     + "positioning/organ rules flip too",
     "test_heavy_noise": MODEL
-    + "(fine-tuned 1.0, sha 27001444) heavy noise also moves its clavicle masks, so "
-    + "positioning.rotation (4.6 deg after the noise, limit 5 deg) flips too",
+    + "(fine-tuned 1.0, sha 27001444) heavy noise also moves its clavicle masks; with "
+    + "w/D 0.29 positioning.rotation read 4.6 deg after the noise (limit 5) and flipped; "
+    + "with the recalibrated w/D 0.19 it reads ~3 deg and this test XPASSes (kept xfail: "
+    + "the clavicle masks still move, new weights may flip it again)",
     "test_mirrored": MODEL
     + "it places the heart on the image right of a mirrored real film (labels by "
     + "position), so the mirror is not seen",
