@@ -210,6 +210,7 @@ class CrashBook:
     crashes: dict[str, int] = field(default_factory=dict)
     examples: dict[str, str] = field(default_factory=dict)
     messages: dict[str, str] = field(default_factory=dict)
+    objects: int = 0  # result objects built and validated (report target)
 
     def record(self, exc: BaseException, data: bytes | None) -> str:
         sig = signature(exc)
@@ -228,6 +229,7 @@ class CrashBook:
     def summary(self) -> dict[str, Any]:
         return {
             "inputs": self.tried,
+            **({"objects_built_and_valid": self.objects} if self.objects else {}),
             "crashing_inputs": sum(self.crashes.values()),
             "distinct_crashes": len(self.crashes),
             "crashes": [
@@ -241,3 +243,64 @@ class CrashBook:
                 for sig, n in sorted(self.crashes.items(), key=lambda kv: -kv[1])
             ],
         }
+
+
+# --- report objects (finding 19) -------------------------------------------------------------
+
+# Identity attributes the report copies verbatim (the PACS files results by them): an
+# invalid value there is the source's, and the only dciodvfy error a result may inherit.
+IDENTITY_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "OtherPatientIDs",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyInstanceUID",
+)
+
+
+def report_file(path: Path, plan: MaskPlan) -> int:
+    """What the worker does with a kept file, up to its result objects: decode, QC (engine
+    with the plan's masks), SR + SC for an evaluated image, each checked with dciodvfy.
+    Only inputs ingest keeps count (a storage SOP class whose UIDs match the file meta).
+    Returns the number of objects built; raises on a crash or an invalid object."""
+    from qcnode.engine import QCEngine
+    from qcnode.ingest import STORAGE_SOP_CLASSES
+    from qcnode.records import Verdict
+    from qcnode.report import build_results
+    from qcnode.report.validate import dciodvfy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            source = read_dataset(path)
+            meta = source.file_meta
+            if (
+                source.get("SOPClassUID") not in STORAGE_SOP_CLASSES
+                or source.get("SOPClassUID") != meta.get("MediaStorageSOPClassUID")
+                or source.get("SOPInstanceUID") != meta.get("MediaStorageSOPInstanceUID")
+            ):
+                return 0  # ingest refuses it (0xC000)
+            image = decode_dataset(source)
+        except QcnodeError:
+            return 0
+        except Exception:  # a header value ingest cannot read: refused there too
+            return 0
+        if image.pixels.size > 1024 * 1024:
+            return 0
+        predictor = FakePredictor(
+            source=lambda img: (plan.view, masks_for(img, plan)), spacing_mm=plan.spacing_mm
+        )
+        engine = QCEngine(predictor=predictor, rules=rules_config())
+        (result,) = engine.run([image])
+        if result.verdict not in (Verdict.PASS, Verdict.WARN, Verdict.FAIL):
+            return 0
+        (prediction,) = predictor.predict([image])
+        objects = build_results(source, image, prediction, result, objects=("sr", "sc"))
+    for obj in objects:
+        errors = [e for e in dciodvfy(obj).errors if not any(k in e for k in IDENTITY_KEYWORDS)]
+        if errors:
+            raise ContractViolation(f"{obj.Modality} invalid: {errors[0][:200]}")
+    return len(objects)

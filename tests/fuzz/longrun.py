@@ -9,6 +9,7 @@ stopping at the first. Writes ``summary-<target>.json`` under ``--out`` after ev
     scripts/fuzz --target rules --inputs 20000        # rules on drawn images and masks
     scripts/fuzz --target cstore --inputs 2000        # C-STORE to a running node
     scripts/fuzz --target ingest --inputs 100000      # the C-STORE handler alone
+    scripts/fuzz --target report --inputs 5000        # decode → rules → SR/SC → dciodvfy
     scripts/fuzz --target cstore-real --inputs 3000   # a real node process + Orthanc
 """
 
@@ -28,7 +29,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz.dicom_inputs import hostile_file
-from tests.fuzz.harness import ROOT, CrashBook, decode_file, run_rules
+from tests.fuzz.harness import ROOT, CrashBook, decode_file, report_file, run_rules
 from tests.fuzz.strategies_rules import drawn_image, mask_plan
 
 CHUNK = 500
@@ -60,6 +61,26 @@ def decode_chunk(book: CrashBook, n: int, scratch: Path) -> None:
             raise
         except BaseException as exc:  # a Rust panic in a codec is a BaseException
             book.record(exc, data)
+
+    one()
+
+
+def report_chunk(book: CrashBook, n: int, scratch: Path) -> None:
+    path = scratch / "input.dcm"
+
+    @_settings(n)
+    @given(data=hostile_file(), plan=mask_plan())
+    def one(data: bytes, plan: Any) -> None:
+        book.tried += 1
+        path.write_bytes(data)
+        try:
+            built = report_file(path, plan)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            book.record(exc, data)
+        else:
+            book.objects += built
 
     one()
 
@@ -175,6 +196,7 @@ TARGETS: dict[str, Callable[[CrashBook, int, Path], None]] = {
     "rules": rules_chunk,
     "cstore": cstore_chunk,
     "ingest": ingest_chunk,
+    "report": report_chunk,
     "cstore-real": cstore_real_chunk,
 }
 
