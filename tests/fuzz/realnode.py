@@ -6,11 +6,13 @@ delivering to Orthanc; the hostile inputs come from a pynetdicom SCU in this pro
 TCP, bytes unchanged (chunked send), one association re-opened when dropped.
 
 A crash (NodeFailure) is: a status that is not one of ingest's named ones, no response or
-an aborted association, the node process gone (it is restarted and the run goes on), or an
-ERROR line from qcnode or pynetdicom in the node's log ("Exception in the handler", a worker
-that cannot build result objects, a rule that failed, a sender loop error, ...) other than
-ingest's designed refusal of a header it cannot use (answered 0xC000). Codecs' own ERROR
-lines are not counted: the decoder turns those failures into an error result. At the end
+an aborted association, the node process gone (it is restarted and the run goes on), an
+exception in the C-STORE handler (pynetdicom's "Exception in handler" line), or an ERROR
+line from qcnode in the node's log (a worker that cannot build result objects, a rule that
+failed, a sender loop error, ...) other than ingest's designed refusal of a header it cannot
+use (answered 0xC000). Codecs' own ERROR lines are not counted (the decoder turns those
+failures into error results), nor pynetdicom's timeout lines (their effects show in the
+statuses and in the delivery checks). At the end
 (``finish``): every acknowledged instance kept and QC'd, every evaluated one with its SR
 and SC at the PACS, nothing missing, unexpected or dead-lettered
 (tests/reliability/support.py).
@@ -130,10 +132,15 @@ class RealNodeTarget:
         text = self.node.log()
         new, self._log_seen = text[self._log_seen :], len(text)
         out = []
-        for name, message in _ERROR_LINE.findall(new):
-            if not name.startswith(("qcnode", "pynetdicom")) or message.startswith(HANDLED):
-                continue  # codecs log their own refusals (the decoder turns them into errors)
-            out.append(NodeFailure(f"{name}: {re.sub(r'#[0-9]+', '#N', message)}"[:300]))
+        lines = _ERROR_LINE.findall(new)
+        for i, (name, message) in enumerate(lines):
+            if name.startswith("pynetdicom") and message.startswith("Exception in handler"):
+                cause = lines[i + 1][1] if i + 1 < len(lines) else ""  # its own next line
+                out.append(NodeFailure(f"{name}: handler raised: {cause}"[:300]))
+            elif name.startswith("qcnode") and not message.startswith(HANDLED):
+                out.append(NodeFailure(f"{name}: {re.sub(r'#[0-9]+', '#N', message)}"[:300]))
+            # other lines: codecs' own refusals (the decoder turns them into error results);
+            # pynetdicom's timeouts, whose effects the statuses and the delivery checks see
         return out
 
     def finish(self, timeout: float = 1800.0) -> tuple[dict[str, Any], list[NodeFailure]]:
