@@ -8,15 +8,12 @@ threads, and the QC workers in one child process that ``serve`` starts (threads 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
-import multiprocessing
-import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,7 @@ from pydicom.dataset import Dataset
 from qcnode.audit import Auditor
 from qcnode.config import Settings
 from qcnode.db import make_engine, make_sessions, upgrade
-from qcnode.errors import ConfigError, ModelError, QcnodeError
+from qcnode.errors import ConfigError
 from qcnode.ingest import Ingest
 from qcnode.queue import JobQueue, new_worker_id
 from qcnode.records import DecodedImage, Prediction, Predictor, QCResult
@@ -311,134 +308,12 @@ def serve(settings: Settings) -> int:
     run in a child process by default (``worker_process``), else as threads here."""
     _quiet_libraries(settings)
     if settings.worker_process and settings.workers > 0:
-        return _serve_with_qc_process(settings)
+        from qcnode.qcprocess import serve_with_qc_process
+
+        return serve_with_qc_process(settings)
     node = Node(settings=settings)
     node.start()
     return _run_until_signal(node, _web(settings, node))
-
-
-# How long serve waits for the QC process to load its model before giving up
-QC_PROCESS_START_S = 600.0
-# The QC process's CPU priority below serve's: a modality waiting for its C-STORE
-# response matters more than an analysis started a moment later (no effect with idle cores)
-QC_PROCESS_NICE = 5
-
-
-def _ring(conn: Any) -> Callable[[], None]:
-    """A wake-up over a pipe: one byte, never blocking (a full pipe already rings).
-    Pipes, not multiprocessing Events: a process killed while holding an Event's shared
-    lock would leave the other one blocked on it for good."""
-    fd = conn.fileno()
-    os.set_blocking(fd, False)
-
-    def ring() -> None:
-        with contextlib.suppress(BlockingIOError, BrokenPipeError):
-            os.write(fd, b"\0")
-
-    return ring
-
-
-def _listen(conn: Any, on_ring: Callable[[], None], on_closed: Callable[[], None]) -> None:
-    """Call ``on_ring`` for each batch of wake-ups and ``on_closed`` once the other
-    process is gone (end of file: it exited or was killed)."""
-
-    def run() -> None:
-        fd = conn.fileno()
-        while True:
-            try:
-                data = os.read(fd, 4096)
-            except OSError:
-                data = b""
-            if not data:
-                on_closed()
-                return
-            on_ring()
-
-    threading.Thread(target=run, name="qc-pipe", daemon=True).start()
-
-
-def _serve_with_qc_process(settings: Settings) -> int:
-    """Ingest, senders and the dashboard in this process; the QC workers in one child
-    (spawned, so it shares no threads or locks with this one) on the same database.
-
-    Why: the model, rules and report objects are CPU-heavy Python; as threads they held
-    the interpreter lock that pynetdicom's receive path needs and slowed ingest 30–70 %
-    while QC ran. Two pipes replace the in-process wake-ups: "jobs queued" (ingest →
-    workers) and "result committed" (workers → senders); each side sees the other's
-    death as end of file, so the child also stops when serve is SIGKILLed.
-    """
-    upgrade(settings)  # once, before two processes open the database
-    ctx = multiprocessing.get_context("spawn")
-    jobs_r, jobs_w = ctx.Pipe(duplex=False)
-    results_r, results_w = ctx.Pipe(duplex=False)
-    status, child_status = ctx.Pipe(duplex=False)
-    child = ctx.Process(
-        target=_qc_process_main,
-        args=(settings, jobs_r, results_w, child_status),
-        name="qcnode-qc",
-        daemon=True,
-    )
-    child.start()
-    for end in (jobs_r, results_w, child_status):
-        end.close()
-    try:
-        if not status.poll(QC_PROCESS_START_S):
-            raise ModelError("the QC worker process did not start in time")
-        kind, message = status.recv()
-    except EOFError:
-        kind, message = "QcnodeError", f"the QC worker process exited ({child.exitcode})"
-    except QcnodeError:
-        _stop_child(child)
-        raise
-    if kind != "ready":
-        _stop_child(child)
-        raise (ModelError if kind == "ModelError" else QcnodeError)(message)
-    node = Node(settings=replace(settings, workers=0), on_stored=_ring(jobs_w))
-
-    def child_gone() -> None:
-        if not node.stop.is_set():
-            log.error("the QC worker process died: stopping")
-            node.stop.set()
-
-    _listen(results_r, node._wake_senders, child_gone)
-    node.start()
-    log.info("QC workers running in process %d", child.pid)
-    try:
-        return _run_until_signal(node, _web(settings, node))
-    finally:
-        _stop_child(child)
-
-
-def _stop_child(child: Any) -> None:
-    if child.is_alive():
-        child.terminate()  # SIGTERM: it finishes its batch's transaction and exits
-        child.join(30)
-    if child.is_alive():
-        child.kill()
-        child.join(5)
-
-
-def _qc_process_main(settings: Settings, jobs: Any, results: Any, status: Any) -> None:
-    """The QC child of ``serve``: workers only, woken by ingest through ``jobs``."""
-    logging.basicConfig(
-        level=logging.DEBUG if settings.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    _quiet_libraries(settings)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to serve, which stops us
-    with contextlib.suppress(OSError):  # where cores are short, receiving goes first
-        os.nice(QC_PROCESS_NICE)
-    wake = threading.Event()
-    node = Node(settings=settings, jobs_ready=wake, on_result=_ring(results))
-    try:
-        node.start(ingest=False, senders=False)
-    except QcnodeError as exc:
-        status.send((type(exc).__name__, str(exc)))
-        raise SystemExit(2) from None
-    status.send(("ready", ""))
-    status.close()
-    _listen(jobs, wake.set, node.stop.set)  # end of file: serve is gone, even if killed
-    _run_until_signal(node)
 
 
 def run_worker(settings: Settings) -> int:

@@ -8,6 +8,8 @@ only so that these tests exercise the real network code; never shipped.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +126,15 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _qc_child(pid: int) -> int | None:
+    """serve's QC process (multiprocessing's resource tracker is its other child)."""
+    for child in _children(pid):
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes() and not _gone(child):
+                return child
+    return None
+
+
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -134,7 +145,8 @@ def _gone(pid: int) -> bool:
 
 def test_qc_process_follows_serve(tmp_path: Path, orthanc: Orthanc) -> None:
     """``serve`` runs QC in one child process: it stops with serve (SIGTERM) and on its
-    own when serve is SIGKILLed, so no orphan keeps claiming jobs."""
+    own when serve is SIGKILLed, so no orphan keeps claiming jobs; when the child dies
+    (a decoder crash, say), serve starts a new one and QC goes on."""
     if not TEST_WEIGHTS:
         pytest.skip("no tests/data/testonly_*.pt weights")
     node = NodeProcess(
@@ -148,18 +160,35 @@ def test_qc_process_follows_serve(tmp_path: Path, orthanc: Orthanc) -> None:
         device="cpu",
         destinations=[orthanc.destination],
     )
-    for n, how in enumerate(("SIGTERM", "SIGKILL"), start=1):
-        node.start()
-        assert node.proc is not None
-        children = _children(node.proc.pid)
-        assert len(children) >= 1, "no QC child process"
-        assert "QC workers running in process" in node.log()
-        run = storescu(node.port, [chest_file(tmp_path / "in" / f"{how}.dcm", seed=n)])
+
+    def store(seed: int) -> None:
+        run = storescu(node.port, [chest_file(tmp_path / "in" / f"{seed}.dcm", seed=seed)])
         assert run.returncode == 0, run.stderr
-        wait_for(lambda n=n: len(node.results()) >= n, 120, "QC in the child")
-        if how == "SIGTERM":
-            node.stop()
-        else:
-            node.kill()
-        gone = list(children)
-        wait_for(lambda gone=gone: all(_gone(c) for c in gone), 30, f"the QC child gone ({how})")
+
+    # SIGTERM: the child stops with serve
+    node.start()
+    assert node.proc is not None
+    children = _children(node.proc.pid)
+    first = _qc_child(node.proc.pid)
+    assert first is not None, "no QC child process"
+    store(1)
+    wait_for(lambda: len(node.results()) == 1, 120, "QC in the child")
+    node.stop()
+    wait_for(lambda: all(_gone(c) for c in children), 30, "the QC child gone with serve")
+
+    # the child dies: a new one takes over
+    node.start()
+    assert node.proc is not None
+    serve = node.proc.pid
+    first = _qc_child(serve)
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: _qc_child(serve) not in (None, first), 120, "a new QC child")
+    store(2)
+    wait_for(lambda: len(node.results()) == 2, 120, "QC in the new child")
+    assert "died (exit -9): starting a new one" in node.log()
+
+    # SIGKILL of serve: the child notices and exits by itself
+    children = _children(serve)
+    node.kill()
+    wait_for(lambda: all(_gone(c) for c in children), 30, "the QC child gone after SIGKILL")
