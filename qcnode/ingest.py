@@ -321,6 +321,19 @@ class Ingest:
     # --- C-STORE -------------------------------------------------------------------
 
     def _on_store(self, event: evt.Event) -> int:
+        """The C-STORE handler; it never raises: pynetdicom would answer 0xC211 and leave
+        the received file open in data_dir/tmp (RELIABILITY finding 21)."""
+        try:
+            return self._store(event)
+        except Exception:
+            log.exception("C-STORE handler failed")
+            received = Path(getattr(event.request, "_dataset_path", None) or "")
+            if received.name and received.is_file():  # not kept: refuse it, keep the file
+                self.store.reject(received, "handler")
+                return CANNOT_UNDERSTAND
+            return OUT_OF_RESOURCES  # may or may not be kept: the modality sends again
+
+    def _store(self, event: evt.Event) -> int:
         started = time.perf_counter()
         assoc = event.assoc
         calling = assoc.requestor.ae_title.strip()
@@ -401,11 +414,6 @@ class Ingest:
                 return SUCCESS
             return self._replace(existing.id, received, sop_uid, calling, address)
 
-        rows, columns = _int(header, "Rows"), _int(header, "Columns")
-        if sop_class in CHEST_SOP_CLASSES and rows * columns > self.settings.max_pixels:
-            return self._refuse(
-                IMAGE_TOO_LARGE, f"image of {rows}x{columns} pixels", calling, address, size
-            )
         try:
             row = self._instance_row(header, sop_uid, sop_class, calling, address, applicable)
         except Exception:  # any header value pydicom cannot convert: refuse, keep the file
@@ -413,6 +421,11 @@ class Ingest:
             self.store.reject(received, "header")
             return self._refuse(
                 CANNOT_UNDERSTAND, "header values cannot be used", calling, address, size
+            )
+        rows, columns = row["rows"], row["columns"]
+        if sop_class in CHEST_SOP_CLASSES and rows * columns > self.settings.max_pixels:
+            return self._refuse(
+                IMAGE_TOO_LARGE, f"image of {rows}x{columns} pixels", calling, address, size
             )
         try:
             placed = self.store.place(received, sop_uid)
@@ -439,7 +452,7 @@ class Ingest:
         log.info(
             "stored instance #%d (%s, %.1f MB) from %s in %.0f ms",
             instance_id,
-            _text(header, "Modality", 16) or "?",
+            row["modality"] or "?",
             size / 1e6,
             calling,
             (time.perf_counter() - started) * 1000,

@@ -66,9 +66,6 @@ def test_modes_do_what_they_say(target: IngestTarget) -> None:
     assert target.send(_valid(), "mismatch") == CANNOT_UNDERSTAND
 
 
-@pytest.mark.xfail(
-    strict=True, reason="finding 21: ingest reads Rows/Columns outside its catch-all"
-)
 def test_unknown_vr_in_columns_gets_a_named_refusal_and_leaves_no_file(tmp_path: Path) -> None:
     """From scripts/fuzz --target ingest: Columns with an unknown VR (bytes 0x55 0xB1) made
     the handler raise (0xC211) and left the received file, still open, in data_dir/tmp.

@@ -273,6 +273,22 @@ def test_disk_full_during_reception_answers_out_of_resources(  # type: ignore[no
         node.close()
 
 
+def test_an_unexpected_handler_error_is_a_named_status(start_node, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A bug or a hostile header the checks did not foresee: the handler still answers
+    (0xC000, not pynetdicom's 0xC211) and moves the file to rejected/, not left in tmp."""
+    node = start_node()
+
+    def broken() -> int:
+        raise RuntimeError("unforeseen")
+
+    monkeypatch.setattr(node.ingest.store, "free_bytes", broken)
+    assert scu_store(node.address[1], radiograph(rows=64, columns=64)) == CANNOT_UNDERSTAND
+    assert not list((node.settings.data_dir / "tmp").iterdir())
+    assert [p.suffix for p in (node.settings.data_dir / "rejected").iterdir()] == [".handler"]
+    monkeypatch.undo()
+    assert scu_store(node.address[1], radiograph(rows=64, columns=64)) == SUCCESS
+
+
 def test_unsupported_sop_class_is_not_negotiated(start_node, make_radiograph) -> None:  # type: ignore[no-untyped-def]
     node = start_node()
     ct = make_radiograph(sop_class=CT, modality="CT", rows=32, columns=32)
