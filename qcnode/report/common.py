@@ -136,6 +136,10 @@ def report_source(source: pydicom.Dataset, options: ReportOptions) -> pydicom.Da
             del clean[keyword]  # highdicom copies it into the SR's Contributing Equipment
     if "SpecificCharacterSet" in clean and not _known_character_set(clean.SpecificCharacterSet):
         del clean.SpecificCharacterSet  # pydicom decoded its text with the default repertoire
+    elif str(clean.get("SpecificCharacterSet") or "") == "GBK":
+        # GB18030 encodes every GBK character with the same bytes, and validators (dciodvfy)
+        # know its repertoire: results of a GBK study say GB18030, the name's bytes unchanged
+        clean.SpecificCharacterSet = "GB18030"
     return clean
 
 

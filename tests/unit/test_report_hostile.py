@@ -143,3 +143,19 @@ def test_identity_values_stay_verbatim_even_when_odd(tmp_path: Path) -> None:
     for obj in objects:
         assert obj.StudyInstanceUID == ds.StudyInstanceUID
         assert obj.PatientName == "ward"
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_a_gbk_study_gets_gb18030_results_with_the_name_bytes_unchanged(
+    tmp_path: Path, language: str
+) -> None:
+    """GB18030 encodes GBK text with the same bytes; dciodvfy cannot check GBK text."""
+    ds = source_dataset(charset="GBK", patient_name="张三^李四")
+    source = _received(_bytes(ds), tmp_path)
+    raw_name = pydicom.dcmread(io.BytesIO(_bytes(ds)))["PatientName"]
+    back = _assert_valid(_objects(source, language=language))
+    for obj in back:
+        assert obj.SpecificCharacterSet == "GB18030"
+        assert obj.PatientName == "张三^李四"
+        again = pydicom.dcmread(io.BytesIO(_bytes(obj)), defer_size=None)
+        assert again.PatientName.original_string == raw_name.value.original_string
