@@ -261,6 +261,25 @@ def ct_landmarks() -> Landmarks:
     )
 
 
+def pose_of(params: dict[str, Any]) -> Any:
+    """The render.Pose recorded in a sample's params; keys a caller left out (a hand-built
+    test pose) take render.Pose's defaults, i.e. the CT's reference pose."""
+    from qcnode.synth import render
+
+    d = render.Pose()
+    cx, cz = params.get("beam_center_mm", d.center_mm)
+    return render.Pose(
+        view_position=str(params.get("view_position", d.view_position)),
+        sid_mm=float(params.get("sid_mm", d.sid_mm)),
+        rotation_deg=float(params.get("rotation_deg", d.rotation_deg)),
+        tilt_deg=float(params.get("tilt_deg", d.tilt_deg)),
+        scale=tuple(float(v) for v in params.get("scale_zyx", d.scale)),  # type: ignore[arg-type]
+        elastic_mm=float(params.get("elastic_mm", d.elastic_mm)),
+        elastic_seed=int(params.get("elastic_seed", d.elastic_seed)),
+        center_mm=(float(cx), float(cz)),
+    )
+
+
 def positioned(points: npt.NDArray[np.float64], params: dict[str, Any]) -> Any:
     """CT-frame points (N, 3) → the positioned patient frame of a sample's pose.
 
@@ -274,14 +293,8 @@ def positioned(points: npt.NDArray[np.float64], params: dict[str, Any]) -> Any:
 
     from qcnode.synth import render
 
-    sz, sy, sx = (float(v) for v in params["scale_zyx"])
-    pose = render.Pose(
-        rotation_deg=float(params["rotation_deg"]),
-        tilt_deg=float(params["tilt_deg"]),
-        scale=(sz, sy, sx),
-        elastic_mm=float(params["elastic_mm"]),
-        elastic_seed=int(params["elastic_seed"]),
-    )
+    pose = pose_of(params)
+    sz, sy, sx = pose.scale
     q = torch.as_tensor(np.asarray(points, dtype=np.float64))
     # _to_ct subtracts the terms one after the other: undo them in reverse order, each by
     # fixed-point iteration of u = v + sin(u·k + φ)·a
@@ -334,9 +347,10 @@ def apparent_tilt(params: dict[str, Any], lm: Landmarks | None = None) -> float:
         return math.atan2(float(b[2] - a[2]), float(b[1] - a[1]))
 
     patient = math.degrees(angle(pts[0], pts[1]) - angle(ref[0], ref[1]))
-    h = float((pts[0, 2] + pts[1, 2]) / 2.0) - float(params["beam_center_mm"][1])
-    sid = float(params["sid_mm"])
-    s = 1.0 if params.get("view_position") == "AP" else -1.0
+    pose = pose_of(params)
+    h = float((pts[0, 2] + pts[1, 2]) / 2.0) - pose.center_mm[1]
+    sid = pose.sid_mm
+    s = 1.0 if pose.view_position == "AP" else -1.0
     beam = math.degrees(s * math.atan(h / sid) + math.atan(h / STANDARD_SID_MM))
     return patient + beam
 
