@@ -205,9 +205,18 @@ def _valid(elem: pydicom.DataElement) -> bool:
 
 
 def _known_character_set(charset: object) -> bool:
-    """Whether every term is a DICOM defined term ("UTF-8" or "ISO_IR 999" are not)."""
-    terms = charset if isinstance(charset, MultiValue | list) else [charset]
-    return all(str(t).strip() in _DEFINED_TERMS for t in terms)
+    """Whether every term is a DICOM defined term ("UTF-8" or "ISO_IR 999" are not) and the
+    first is not a multi-byte code extension ("ISO 2022 IR 149" alone: those designate G1
+    and may only follow a first value; pydicom would write their text without escapes)."""
+    terms = [
+        str(t).strip() for t in (charset if isinstance(charset, MultiValue | list) else [charset])
+    ]
+    return all(t in _DEFINED_TERMS for t in terms) and terms[0] not in _CODE_EXTENSIONS_ONLY
+
+
+_CODE_EXTENSIONS_ONLY = frozenset(
+    {"ISO 2022 IR 87", "ISO 2022 IR 159", "ISO 2022 IR 149", "ISO 2022 IR 58"}
+)
 
 
 # pydicom's table also holds aliases ("ISO 2022 GBK") that are not DICOM defined terms

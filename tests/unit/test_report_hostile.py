@@ -118,6 +118,7 @@ def test_stand_ins_follow_the_configured_uid_root(tmp_path: Path) -> None:
         ("InstitutionName", "\x16\x16ward\x1d"),  # into the SR's Contributing Equipment
         ("Manufacturer", "M" * 70),
         ("SpecificCharacterSet", "ISO_IR 999"),
+        ("SpecificCharacterSet", "ISO 2022 IR 149"),  # a G1 set alone: no escapes written
         ("BodyPartExamined", "chest"),
         ("BodyPartExamined", "KNEE"),
     ],
