@@ -17,7 +17,7 @@ from pydicom import config
 from pydicom.charset import convert_encodings, decode_bytes, encode_string, python_encoding
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
-from pydicom.valuerep import PersonName, validate_value
+from pydicom.valuerep import MAX_VALUE_LEN, PersonName, validate_value
 
 from qcnode import __version__
 from qcnode.config import Settings
@@ -196,6 +196,9 @@ def _valid(elem: pydicom.DataElement) -> bool:
             continue
         text = str(value)
         if elem.VR in _TEXT_VRS and bad.search(text):
+            return False
+        # the result may be written in UTF-8 (settle_character_set): the limit must hold there
+        if len(text.encode("utf-8")) > MAX_VALUE_LEN.get(elem.VR, len(text.encode("utf-8"))):
             return False
         try:
             validate_value(elem.VR, text, config.RAISE)

@@ -117,6 +117,7 @@ def test_stand_ins_follow_the_configured_uid_root(tmp_path: Path) -> None:
         ("StudyDescription", "Chest\x16\x00PA"),
         ("InstitutionName", "\x16\x16ward\x1d"),  # into the SR's Contributing Equipment
         ("Manufacturer", "M" * 70),
+        ("StationName", "ÕÅÈý^ÀîËÄ"),  # 9 Latin-1 bytes; 17 in UTF-8, past SH's 16
         ("SpecificCharacterSet", "ISO_IR 999"),
         ("SpecificCharacterSet", "ISO 2022 IR 149"),  # a G1 set alone: no escapes written
         ("BodyPartExamined", "chest"),
@@ -127,6 +128,7 @@ def test_unusable_non_identity_values_are_not_copied_into_invalid_objects(
     tmp_path: Path, keyword: str, value: str
 ) -> None:
     ds = source_dataset()
+    ds.Manufacturer = "ACME"  # so that highdicom names the source's equipment in the SR
     _raw(ds, keyword, value)
     back = _assert_valid(_objects(_received(_bytes(ds), tmp_path)))
     if keyword == "BodyPartExamined":
