@@ -229,9 +229,12 @@ _DEFINED_TERMS = frozenset(
 
 
 def _readable(ds: pydicom.Dataset) -> pydicom.Dataset:
-    """A copy of ``ds`` without the elements (at any depth) that pydicom cannot convert."""
+    """A copy of ``ds`` without the elements (at any depth) that pydicom cannot convert,
+    and without pixel data."""
     out = pydicom.Dataset()
     for tag in list(ds.keys()):
+        if tag.group == _PIXEL_GROUP:
+            continue  # the builders draw from the decoded image, never the source's pixels
         try:
             elem = ds[tag]
             if elem.VR == "SQ" and elem.value is not None:
