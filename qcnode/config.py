@@ -48,6 +48,8 @@ class Settings:
     allowed_calling_aes: tuple[str, ...] = ()  # empty: accept any calling AE
     max_associations: int = 16
     max_associations_per_ae: int = 8
+    # serve: processes receiving on the port (SO_REUSEPORT); the limits above are per process
+    ingest_processes: int = 1
     max_dataset_bytes: int = 512 * 1024 * 1024
     max_pixels: int = 8000 * 8000  # Rows x Columns of a CR/DX image (largest detectors ~4300²)
     min_free_disk_bytes: int = 1024 * 1024 * 1024

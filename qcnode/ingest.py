@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import AE, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -77,6 +78,17 @@ WRITEBACK_CHUNK = 2 * 1024 * 1024
 # BodyPartExamined values that mean "chest" (empty: unknown, the model's view head decides)
 # (substrings, as qcnode.engine.chest_header: "CHEST PA", "THORAX", German "TORAX"/"BRUST")
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "TORAX", "BRUST")
+
+
+class SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's server with SO_REUSEPORT (``ingest_processes > 1``): every ingest
+    process binds the same port and the kernel deals each new connection to one of them.
+    pynetdicom's own ``server_bind`` ignores socketserver's ``allow_reuse_port``."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 def set_nodelay(sock: socket.socket | None) -> None:
@@ -206,13 +218,25 @@ class Ingest:
         ]
         ae = self.make_ae()
         self._started = True
-        server = ae.start_server(
-            (self.settings.bind_address, self.settings.port),
-            block=False,
-            evt_handlers=handlers,
-            ssl_context=self._tls(),
-        )
-        assert server is not None
+        address = (self.settings.bind_address, self.settings.port)
+        if self.settings.ingest_processes > 1:
+            # ae.start_server(block=False) with our server class: the same steps
+            server = ae.make_server(
+                address,
+                evt_handlers=handlers,
+                ssl_context=self._tls(),
+                server_class=SharedPortServer,
+            )
+            threading.Thread(
+                target=make_target(server.serve_forever), name="AcceptorServer", daemon=True
+            ).start()
+            ae._servers.append(server)  # ae.active_associations counts its associations
+        else:
+            started = ae.start_server(
+                address, block=False, evt_handlers=handlers, ssl_context=self._tls()
+            )
+            assert started is not None
+            server = started
         self.server = server
         host, port = server.server_address[:2]
         log.info(

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from qcnode.audit import Auditor
 from qcnode.config import Settings
 from qcnode.db import make_engine, make_sessions, upgrade
-from qcnode.errors import ConfigError
+from qcnode.errors import ConfigError, QcnodeError
 from qcnode.ingest import Ingest
 from qcnode.queue import JobQueue, new_worker_id
 from qcnode.records import DecodedImage, Prediction, Predictor, QCResult
@@ -131,6 +131,9 @@ class Node:
     jobs_ready: threading.Event | None = None
     on_stored: Callable[[], None] | None = None
     on_result: Callable[[], None] | None = None
+    # False in an extra ingest process (qcnode.ingestprocs): it leaves sweeping
+    # data_dir/tmp and the start/stop audit to serve's own process
+    primary: bool = True
 
     def start(self, *, ingest: bool = True, senders: bool = True) -> None:
         s = self.settings
@@ -141,10 +144,13 @@ class Node:
         sessions = make_sessions(self.engine)
         store = FileStore(root=s.data_dir)
         self.auditor = Auditor.from_settings(s)
-        if store.sweep_tmp():
+        # only the process that starts first receiving: another one's sweep (a restarted
+        # QC child, an extra ingest process) would delete files being received into tmp
+        if ingest and self.primary and store.sweep_tmp():
             log.info("removed leftovers of interrupted receptions from %s", store.tmp)
-        wake = self.jobs_ready or threading.Event()
         JobQueue(sessions=sessions, worker_id="startup", lease_seconds=1).release_dead_local()
+        wake = self.jobs_ready or threading.Event()
+        self.jobs_ready = wake
         if s.workers > 0:
             factory = self.analyzer_factory or _default_analyzer_factory(s)
             builder = self.builder if self.builder is not None else ReportBuilder(settings=s)
@@ -213,7 +219,7 @@ class Node:
             self.on_result()
 
     def _activity(self, what: str) -> None:
-        if self.auditor is not None:
+        if self.auditor is not None and self.primary:
             self.auditor.emit(
                 "activity",
                 outcome=0,
@@ -311,9 +317,21 @@ def serve(settings: Settings) -> int:
         from qcnode.qcprocess import serve_with_qc_process
 
         return serve_with_qc_process(settings)
+    from qcnode.ingestprocs import start_extra
+
     node = Node(settings=settings)
     node.start()
-    return _run_until_signal(node, _web(settings, node))
+    assert node.address is not None and node.jobs_ready is not None
+    try:
+        extra = start_extra(settings, node.address[1], node.jobs_ready.set, node.stop)
+    except QcnodeError:
+        node.close()
+        raise
+    try:
+        return _run_until_signal(node, _web(settings, node))
+    finally:
+        if extra is not None:
+            extra.stop()
 
 
 def run_worker(settings: Settings) -> int:

@@ -26,12 +26,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcnode.config import Settings
 from qcnode.db import upgrade
 from qcnode.errors import ModelError, QcnodeError
 from qcnode.node import Node, _quiet_libraries, _run_until_signal, _web
+
+if TYPE_CHECKING:
+    from qcnode.ingestprocs import IngestProcesses
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +176,8 @@ def _stop(child: Any) -> None:
 
 def serve_with_qc_process(settings: Settings) -> int:
     """``qcnode serve`` with the QC workers in a child process (see the module doc)."""
+    from qcnode.ingestprocs import start_extra  # it imports this module
+
     upgrade(settings)  # once, before two processes open the database
     node: Node | None = None
 
@@ -186,11 +191,20 @@ def serve_with_qc_process(settings: Settings) -> int:
 
     qc = QCProcess(settings=settings, on_result=wake_senders, on_fatal=fatal)
     qc.start()  # the model loads before anything is accepted; fails like threads would
+    extra: IngestProcesses | None = None
     try:
         node = Node(settings=replace(settings, workers=0), on_stored=qc.ring)
         node.start()
+        assert node.address is not None
+        try:
+            extra = start_extra(settings, node.address[1], qc.ring, node.stop)
+        except QcnodeError:
+            node.close()
+            raise
         return _run_until_signal(node, _web(settings, node))
     finally:
+        if extra is not None:
+            extra.stop()
         qc.stop()
 
 

@@ -1,0 +1,116 @@
+"""``qcnode serve`` with ``ingest_processes = 2``: two processes receive on one port
+(SO_REUSEPORT), as users run it (the real CLI, the test-only model, DCMTK storescu as
+the modalities, Orthanc as the PACS)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import func, select
+
+from qcnode.db import Instance, Job
+from tests.conftest import Orthanc, free_port, storescu, wait_for
+from tests.integration.nodeproc import NodeProcess
+from tests.integration.test_pipeline import TEST_WEIGHTS, _children, _gone, chest_file
+
+
+def _pids(text: str) -> list[int]:
+    return [int(part.split(",")[0]) for part in text.split("pid=")[1:]]
+
+
+def listeners(port: int) -> list[int]:
+    """PIDs of the processes listening on ``port`` (one per listening socket)."""
+    out = subprocess.run(
+        ["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    return sorted(_pids(out))
+
+
+@pytest.mark.slow
+def test_two_ingest_processes(tmp_path: Path, orthanc: Orthanc) -> None:
+    if not TEST_WEIGHTS:
+        pytest.skip("no tests/data/testonly_*.pt weights")
+    node = NodeProcess(
+        tmp_path / "node",
+        fake_model=False,
+        data_dir=str(tmp_path / "node" / "data"),
+        bind_address="127.0.0.1",
+        port=free_port(),
+        web_port=0,
+        model=str(TEST_WEIGHTS[0]),
+        device="cpu",
+        destinations=[orthanc.destination],
+        send_backoff_seconds=0.3,
+        ingest_processes=2,
+    )
+    node.start()
+    assert node.proc is not None
+    serve = node.proc.pid
+    try:
+        wait_for(lambda: len(listeners(node.port)) == 2, 60, "two listeners on the port")
+        (extra,) = set(listeners(node.port)) - {serve}
+        assert extra in _children(serve)
+
+        # one association at a time until the kernel dealt one to each process
+        sent: list[Path] = []
+        for seed in range(40):
+            sent.append(chest_file(tmp_path / "in" / f"w{seed}.dcm", seed=100 + seed))
+            run = storescu(node.port, [sent[-1]], calling=f"WARM{seed}")
+            assert run.returncode == 0, run.stderr
+            log = node.log()
+            if "ingest[ingest-1]: association from" in log and "ingest: association from" in log:
+                break
+        else:
+            raise AssertionError("40 associations all went to one process")
+
+        # concurrent associations, two of them repeating the others' images
+        burst = [chest_file(tmp_path / "in" / f"b{i}.dcm", seed=i) for i in range(8)]
+        groups = [(f"MOD{k}", burst[k::4]) for k in range(4)]
+        groups += [("DUPA", burst[:4]), ("DUPB", burst[4:])]
+        with ThreadPoolExecutor(len(groups)) as pool:
+            runs = list(pool.map(lambda g: storescu(node.port, g[1], calling=g[0]), groups))
+        assert [r.returncode for r in runs] == [0] * len(groups), [r.stderr for r in runs]
+        sent += burst
+        uids = {str(pydicom.dcmread(f).SOPInstanceUID) for f in sent}
+
+        # each stored once, QC'd once, its results delivered once
+        counts = node.query(
+            select(func.count(), func.count(func.distinct(Instance.sop_instance_uid)))
+        )
+        assert tuple(counts[0]) == (len(uids), len(uids))
+        assert node.query(select(func.count()).select_from(Job))[0][0] == len(uids)
+        wait_for(lambda: len(node.results()) == len(uids), 300, "QC of every image", step=0.5)
+        assert set(node.results()) == uids
+
+        def delivered() -> bool:
+            objects = node.objects()
+            want = {uid for src in objects for _, uid in objects[src]}
+            have = {i["MainDicomTags"]["SOPInstanceUID"] for i in orthanc.instances()}
+            return bool(want) and want <= have
+
+        wait_for(delivered, 120, "every result object at Orthanc", step=0.5)
+        objects = node.objects()
+        assert orthanc.count() == sum(len(v) for v in objects.values())
+
+        # an extra ingest process that dies is replaced; receiving goes on meanwhile
+        os.kill(extra, signal.SIGKILL)
+        wait_for(lambda: len(set(listeners(node.port)) - {serve, extra}) == 1, 60, "a new one")
+        assert "ingest process 1 (pid" in node.log() and "died (exit -9)" in node.log()
+        again = storescu(node.port, burst[:2], calling="AGAIN")
+        assert again.returncode == 0, again.stderr
+
+        # SIGKILL of serve: its children (ingest and QC) notice and exit by themselves
+        children = _children(serve)
+        assert len(children) >= 2
+        node.kill()
+        wait_for(lambda: all(_gone(c) for c in children), 30, "no orphan after SIGKILL")
+        assert listeners(node.port) == []
+    finally:
+        node.stop()
+    assert "Tech^One" not in node.log() and "TEST0001" not in node.log()  # no PHI in logs
