@@ -134,7 +134,15 @@ def _storescu(port: int, files: list[Path], called: str, concurrency: int = 1) -
     return elapsed
 
 
-def _round_qcnode(settings: Settings, files: list[Path], work: Path, concurrency: int = 1) -> float:
+def _round_qcnode(
+    settings: Settings, files: list[Path], work: Path, concurrency: int = 1, processes: int = 1
+) -> float:
+    """One round against qcnode's ingest: serve's own process plus ``processes - 1``
+    extra ingest processes on the same port (qcnode.ingestprocs), started before timing."""
+    from sqlalchemy import func, select
+
+    from qcnode.db import Instance, make_sessions
+    from qcnode.ingestprocs import start_extra
     from qcnode.node import Node
 
     data = work / "qcnode"
@@ -148,14 +156,22 @@ def _round_qcnode(settings: Settings, files: list[Path], work: Path, concurrency
         web_port=0,
         destinations=(),
         allowed_calling_aes=(),
+        ingest_processes=processes,
     )
     node = Node(settings=s)
     node.start()
+    extra = None
     try:
         assert node.address is not None
+        extra = start_extra(s, node.address[1], lambda: None, node.stop)
         elapsed = _storescu(node.address[1], files, s.ae_title, concurrency)
-        assert node.ingest is not None and node.ingest.stored == len(files)
+        with make_sessions(node.engine)() as session:
+            stored = session.execute(select(func.count()).select_from(Instance)).scalar_one()
+        if stored != len(files):
+            raise QcnodeError(f"qcnode kept {stored} of {len(files)} files")
     finally:
+        if extra is not None:
+            extra.stop()
         node.close()
         shutil.rmtree(data, ignore_errors=True)
     return elapsed
@@ -189,9 +205,20 @@ def _round_storescp(files: list[Path], work: Path, *, fsync: bool, concurrency: 
     return elapsed
 
 
+def _qcnode_key(processes: int) -> str:
+    return "qcnode" if processes == 1 else f"qcnode_{processes}proc"
+
+
 def bench_ingest(
-    settings: Settings, *, count: int = 24, rounds: int = 5, concurrency: int = 1
+    settings: Settings,
+    *,
+    count: int = 24,
+    rounds: int = 5,
+    concurrency: int = 1,
+    processes: tuple[int, ...] = (1,),
 ) -> dict[str, Any]:
+    """Best and median of ``rounds`` interleaved rounds per target; qcnode once per
+    ``processes`` value (ingest processes), keyed ``qcnode`` / ``qcnode_Nproc``."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=settings.data_dir))
     try:
@@ -200,9 +227,13 @@ def bench_ingest(
             rows, cols = INGEST_SIZES[i % len(INGEST_SIZES)]
             files.append(_write(dx_dataset(rows, cols, seed=i), work / f"in{i:03d}.dcm"))
         total = sum(f.stat().st_size for f in files)
-        times: dict[str, list[float]] = {"qcnode": [], "storescp": [], "storescp_fsync": []}
+        times: dict[str, list[float]] = {_qcnode_key(p): [] for p in processes}
+        times.update({"storescp": [], "storescp_fsync": []})
         for _ in range(rounds):  # interleaved, so that background load hits all alike
-            times["qcnode"].append(_round_qcnode(settings, files, work, concurrency))
+            for p in processes:
+                times[_qcnode_key(p)].append(
+                    _round_qcnode(settings, files, work, concurrency, processes=p)
+                )
             times["storescp"].append(
                 _round_storescp(files, work, fsync=False, concurrency=concurrency)
             )
@@ -216,6 +247,7 @@ def bench_ingest(
         "megabytes": round(total / 1e6, 1),
         "rounds": rounds,
         "associations": concurrency,
+        "cpu_cores": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     for name, values in times.items():
@@ -226,9 +258,14 @@ def bench_ingest(
             "images_per_s": round(count / t, 1),
             "median_mb_per_s": round(total / 1e6 / statistics.median(values), 1),
         }
-    q = result["qcnode"]["mb_per_s"]
-    result["ratio_vs_storescp"] = round(q / result["storescp"]["mb_per_s"], 2)
-    result["ratio_vs_storescp_fsync"] = round(q / result["storescp_fsync"]["mb_per_s"], 2)
+    for p in processes:
+        key = _qcnode_key(p)
+        suffix = "" if p == 1 else f"_{p}proc"
+        q = result[key]["mb_per_s"]
+        result[f"ratio{suffix}_vs_storescp"] = round(q / result["storescp"]["mb_per_s"], 2)
+        result[f"ratio{suffix}_vs_storescp_fsync"] = round(
+            q / result["storescp_fsync"]["mb_per_s"], 2
+        )
     return result
 
 
@@ -569,6 +606,9 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             settings,
             rounds=int(getattr(args, "rounds", 5) or 5),
             concurrency=int(getattr(args, "concurrency", 1) or 1),
+            processes=tuple(
+                int(p) for p in str(getattr(args, "ingest_processes", "") or "1").split(",")
+            ),
         )
     if what == "ingest-qc":
         try:
@@ -595,6 +635,9 @@ if __name__ == "__main__":
     parser.add_argument("--model", default="")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=1, help="parallel associations")
+    parser.add_argument(
+        "--ingest-processes", default="1", help="qcnode ingest processes, e.g. 1,2 (each)"
+    )
     a = parser.parse_args()
     from qcnode.config import load_settings
 

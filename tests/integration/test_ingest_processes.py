@@ -4,9 +4,9 @@ the modalities, Orthanc as the PACS)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,16 +20,26 @@ from tests.integration.nodeproc import NodeProcess
 from tests.integration.test_pipeline import TEST_WEIGHTS, _children, _gone, chest_file
 
 
-def _pids(text: str) -> list[int]:
-    return [int(part.split(",")[0]) for part in text.split("pid=")[1:]]
-
-
 def listeners(port: int) -> list[int]:
-    """PIDs of the processes listening on ``port`` (one per listening socket)."""
-    out = subprocess.run(
-        ["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, check=True
-    ).stdout
-    return sorted(_pids(out))
+    """PIDs of the processes with a socket listening on ``port`` (one per socket), as
+    ``ss -ltnp`` shows them, read from /proc (no iproute2 needed)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        found.append(int(proc.name))
+    return sorted(found)
 
 
 @pytest.mark.slow
@@ -114,3 +124,18 @@ def test_two_ingest_processes(tmp_path: Path, orthanc: Orthanc) -> None:
     finally:
         node.stop()
     assert "Tech^One" not in node.log() and "TEST0001" not in node.log()  # no PHI in logs
+
+
+def test_bench_ingest_with_two_processes(tmp_path: Path) -> None:
+    """node_bench's ingest comparison runs qcnode with 1 and 2 ingest processes against
+    storescp --fork (each checks that every file was kept)."""
+    from qcnode.config import Settings
+    from qcnode.node_bench import bench_ingest
+
+    out = bench_ingest(
+        Settings(data_dir=tmp_path), count=4, rounds=1, concurrency=2, processes=(1, 2)
+    )
+    for key in ("qcnode", "qcnode_2proc", "storescp", "storescp_fsync"):
+        assert out[key]["mb_per_s"] > 0 and out[key]["images_per_s"] > 0
+    assert out["ratio_2proc_vs_storescp_fsync"] > 0
+    assert list(tmp_path.iterdir()) == []  # its work directory is gone
