@@ -117,6 +117,18 @@ RECIPES: dict[str, Recipe] = {
         augment=LONG_AUGMENT,
         lungs="visible",
     ),
+    # A short second stage on visible-lung targets (an experiment: how much of the real-film
+    # lung gap the label definition explains).
+    "cpu-ft-visible": Recipe(
+        name="cpu-ft-visible",
+        steps=600,
+        batch=8,
+        lr=1.5e-3,
+        eval_every=300,
+        structure_weight=THIN_WEIGHTS,
+        augment=LONG_AUGMENT,
+        lungs="visible",
+    ),
     # Not run in this project's sessions (no GPU was lent); sized for one modern GPU.
     "gpu": Recipe(
         name="gpu",
