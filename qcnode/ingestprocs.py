@@ -84,12 +84,13 @@ class IngestProcesses:
 
     def _start(self, child: _Child) -> None:
         ctx = multiprocessing.get_context("spawn")
+        level = logging.getLogger().getEffectiveLevel()  # serve's (--verbose: DEBUG)
         stored_r, stored_w = ctx.Pipe(duplex=False)
         life_r, life_w = ctx.Pipe(duplex=False)
         status, child_status = ctx.Pipe(duplex=False)
         process = ctx.Process(
             target=_child_main,
-            args=(self.settings, child.index, stored_w, life_r, child_status),
+            args=(self.settings, child.index, level, stored_w, life_r, child_status),
             name=f"qcnode-ingest-{child.index}",
             daemon=True,
         )
@@ -146,10 +147,13 @@ class IngestProcesses:
                 child.life = None
 
 
-def _child_main(settings: Settings, index: int, stored: Any, life: Any, status: Any) -> None:
-    """An extra ingest process: ingest only, no workers, senders or dashboard."""
+def _child_main(
+    settings: Settings, index: int, level: int, stored: Any, life: Any, status: Any
+) -> None:
+    """An extra ingest process: ingest only, no workers, senders or dashboard; it logs
+    like serve (same level, to the same stderr, tagged ``[ingest-N]``)."""
     logging.basicConfig(
-        level=logging.DEBUG if settings.verbose else logging.INFO,
+        level=level,
         format=f"%(asctime)s %(levelname)s %(name)s[ingest-{index}]: %(message)s",
     )
     _quiet_libraries(settings)
