@@ -139,3 +139,72 @@ def test_bench_ingest_with_two_processes(tmp_path: Path) -> None:
         assert out[key]["mb_per_s"] > 0 and out[key]["images_per_s"] > 0
     assert out["ratio_2proc_vs_storescp_fsync"] > 0
     assert list(tmp_path.iterdir()) == []  # its work directory is gone
+
+
+def test_tls_in_every_ingest_process(tmp_path: Path) -> None:
+    """Mutual DICOM TLS works whichever process the kernel deals the connection to."""
+    import ssl
+
+    from pynetdicom import AE
+
+    from qcnode.config import Settings
+    from qcnode.db import make_engine, make_sessions
+    from qcnode.ingestprocs import start_extra
+    from qcnode.node import Node
+    from tests.conftest import radiograph
+    from tests.integration.test_ingest import _openssl
+
+    d = tmp_path / "pki"
+    d.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ca",
+             "-keyout", "ca.key", "-out", "ca.crt", cwd=d)  # fmt: skip
+    for name in ("node", "modality"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                 "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "1", "-out", f"{name}.crt", cwd=d)  # fmt: skip
+    settings = Settings(
+        data_dir=tmp_path / "node",
+        bind_address="127.0.0.1",
+        port=free_port(),
+        workers=0,
+        web_port=0,
+        ingest_processes=2,
+        tls_cert_file=d / "node.crt",
+        tls_key_file=d / "node.key",
+        tls_ca_file=d / "ca.crt",
+    )
+    node = Node(settings=settings)
+    node.start()
+    extra = None
+    try:
+        assert node.address is not None and node.ingest is not None
+        extra = start_extra(settings, node.address[1], lambda: None, node.stop)
+        assert extra is not None and len(extra.pids) == 1
+        assert len(listeners(settings.port)) == 2
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(d / "ca.crt"))
+        ctx.check_hostname = False
+        ctx.load_cert_chain(d / "modality.crt", d / "modality.key")
+        ae = AE(ae_title="TLSSCU")
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.1.2.1")
+        engine = make_engine(settings, readonly=True)
+        for seed in range(40):
+            assoc = ae.associate(
+                "127.0.0.1", settings.port, ae_title="QCNODE", tls_args=(ctx, None)
+            )
+            assert assoc.is_established
+            status = assoc.send_c_store(radiograph(rows=32, columns=32, seed=seed))
+            assert int(status.Status) == 0
+            assoc.release()
+            with make_sessions(engine)() as s:
+                kept = s.scalar(select(func.count()).select_from(Instance))
+            assert kept == seed + 1
+            if 0 < node.ingest.stored < kept:  # each process received at least one
+                break
+        else:
+            raise AssertionError("40 TLS associations all went to one process")
+        engine.dispose()
+    finally:
+        if extra is not None:
+            extra.stop()
+        node.close()
