@@ -212,6 +212,10 @@ class Orthanc:
     def count(self) -> int:
         return int(self.get("/statistics")["CountInstances"])
 
+    def extra_config(self) -> dict[str, Any]:
+        """Settings a specialised test PACS adds to the common configuration."""
+        return {}
+
     def start(self) -> None:
         config = {
             "Name": "qcnode-test-pacs",
@@ -228,6 +232,7 @@ class Orthanc:
             "SaveJobs": False,
             "StorageCompression": False,
             "OverwriteInstances": False,
+            **self.extra_config(),
         }
         (self.root / "orthanc.json").write_text(json.dumps(config))
         with (self.root / "orthanc.log").open("ab") as log:

@@ -8,9 +8,7 @@ tests/conftest.py's Orthanc); the delivery check is test_delivery.assert_deliver
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
 import threading
 import time
 import urllib.error
@@ -30,7 +28,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
-from tests.conftest import DX_PRESENTATION, Orthanc, dcmtk_env, need, radiograph, wait_for
+from tests.conftest import DX_PRESENTATION, Orthanc, radiograph
 
 SYNTAXES = (
     ExplicitVRLittleEndian,
@@ -285,46 +283,10 @@ class CountingOrthanc(Orthanc):
     def receipts_file(self) -> Path:
         return self.root / "receipts.txt"
 
-    def start(self) -> None:
+    def extra_config(self) -> dict[str, Any]:
         lua = self.root / "receipts.lua"
         lua.write_text(_RECEIPT_LUA.format(path=self.receipts_file))
-        config = {
-            "Name": "qcnode-test-pacs",
-            "StorageDirectory": str(self.root / "storage"),
-            "IndexDirectory": str(self.root / "index"),
-            "DicomAet": self.ae_title,
-            "DicomPort": self.dicom_port,
-            "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": False,
-            "DicomAlwaysAllowStore": True,
-            "Plugins": [],
-            "SaveJobs": False,
-            "StorageCompression": False,
-            "OverwriteInstances": False,
-            "LuaScripts": [str(lua)],
-        }
-        (self.root / "orthanc.json").write_text(json.dumps(config))
-        with (self.root / "orthanc.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                [need("/usr/sbin/Orthanc"), str(self.root / "orthanc.json")],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=dcmtk_env(),
-            )
-
-        def up() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"Orthanc exited: {(self.root / 'orthanc.log').read_text()}")
-            try:
-                self.get("/system")
-                return True
-            except (OSError, urllib.error.URLError):
-                return False
-
-        wait_for(up, 30, "Orthanc to start")
+        return {"LuaScripts": [str(lua)]}
 
     def receipts(self) -> Counter[str]:
         """SOP Instance UID → how many C-STOREs of it Orthanc received."""
