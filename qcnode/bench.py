@@ -64,9 +64,20 @@ def _stats(ms: Sequence[float]) -> dict[str, float]:
 
 
 def bench_variants(
-    variants: Sequence[str], *, threads: Sequence[int], repeats: int, batch: int, device: str
+    variants: Sequence[str],
+    *,
+    threads: Sequence[int],
+    repeats: int,
+    batch: int,
+    device: str,
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
-    """Forward time per image for each variant (weights do not change the speed)."""
+    """Forward time per image for each variant (weights do not change the speed).
+
+    ``precision`` "bf16" runs the network under CUDA autocast (bfloat16 convolutions), with
+    channels-last memory: how a GPU host would serve a batch."""
+    import contextlib
+
     import torch
 
     from qcnode.model.infer import resolve_device
@@ -81,9 +92,19 @@ def bench_variants(
             model = build(name).eval().to(dev)
             one = torch.randn(1, 1, INPUT_SIZE, INPUT_SIZE, device=dev)
             many = torch.randn(batch, 1, INPUT_SIZE, INPUT_SIZE, device=dev)
+            half = precision == "bf16" and dev.type == "cuda"
+            if half:
+                model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+                one = one.to(memory_format=torch.channels_last)
+                many = many.to(memory_format=torch.channels_last)
 
-            def run(x: torch.Tensor, m: torch.nn.Module = model) -> None:
-                with torch.inference_mode():
+            def run(x: torch.Tensor, m: torch.nn.Module = model, half: bool = half) -> None:
+                cast = (
+                    torch.autocast("cuda", dtype=torch.bfloat16)
+                    if half
+                    else contextlib.nullcontext()
+                )
+                with torch.inference_mode(), cast:
                     m(x)
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
@@ -96,6 +117,7 @@ def bench_variants(
                     {
                         "variant": name,
                         "device": str(dev),
+                        "precision": "bf16" if half else "fp32",
                         "threads": n,
                         "parameters": count_parameters(model),
                         **single,

@@ -68,6 +68,12 @@ STRUCTURES: tuple[str, ...] = (
     "body",
     "field",  # the exposed (un-collimated) field
 )
+# Extra channels a model may carry beside STRUCTURES, never read by the rules: the lungs as a
+# radiograph shows them, cut at the diaphragm silhouette (what human lung masks draw), while
+# the STRUCTURES lungs are whole 3D projections that the completeness rules need.
+VISIBLE_LUNGS: tuple[str, ...] = ("lung_right_visible", "lung_left_visible")
+# The channel lists a weights file may declare: STRUCTURES first, extras after.
+MODEL_CHANNELS: tuple[tuple[str, ...], ...] = (STRUCTURES, STRUCTURES + VISIBLE_LUNGS)
 
 FloatImage = npt.NDArray[np.float32]
 BoolMask = npt.NDArray[np.bool_]
@@ -129,6 +135,8 @@ class Prediction:
     # Spacing the model used (header spacing, or its anatomy-based estimate when absent).
     spacing_mm: tuple[float, float]
     spacing_estimated: bool = False
+    # The model's channels beyond STRUCTURES (VISIBLE_LUNGS), when its weights have them.
+    extra_masks: Mapping[str, BoolMask] = field(default_factory=dict)
 
 
 class Predictor(Protocol):

@@ -16,21 +16,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import lzma
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import pydicom.data
 import torch
 from tqdm import tqdm
 
 from qcnode.errors import QcnodeError
-from qcnode.imaging import decode
 from qcnode.model import preprocess
 from qcnode.model.network import VIEWS
-from qcnode.records import STRUCTURES, View
+from qcnode.records import STRUCTURES, VISIBLE_LUNGS, View
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +125,8 @@ def held_out_pose(sample_id: str) -> bool:
 
 def negative_files() -> list[Path]:
     """Non-chest DICOM images in pydicom's test files and the pydicom-data package."""
+    import pydicom.data  # here, not at the top: a packed set trains without pydicom
+
     roots = [Path(pydicom.data.__file__).parent / "test_files"]
     try:
         import data_store  # the pydicom-data package
@@ -146,26 +147,35 @@ def read_negatives(*, held_out: bool) -> list[Sample]:
     return samples
 
 
-# Lung target definitions: the full 3D-lung projection (data v1) or the lungs as a radiograph
-# shows them, cut at the diaphragm silhouette (`qcnode synth --visible-lungs`, data v2).
-LUNG_TARGETS = ("projection", "visible")
+# Lung target definitions: the full 3D-lung projection (data v1), the lungs as a radiograph
+# shows them, cut at the diaphragm silhouette (`qcnode synth --visible-lungs`, data v2), or
+# both: STRUCTURES with projected lungs plus the VISIBLE_LUNGS channels.
+LUNG_TARGETS = ("projection", "visible", "both")
+
+
+def channels(lungs: str) -> tuple[str, ...]:
+    """The mask channels a network trained on ``lungs`` targets outputs."""
+    return STRUCTURES + VISIBLE_LUNGS if lungs == "both" else STRUCTURES
 
 
 def _load_masks(path: Path, lungs: str = "projection") -> npt.NDArray[np.bool_]:
     with np.load(path) as z:
-        if lungs == "visible" and "lung_right_visible" not in z.files:
+        if lungs != "projection" and "lung_right_visible" not in z.files:
             raise QcnodeError(f"{path} has no visible-lung masks (made without --visible-lungs)")
         suffix = "_visible" if lungs == "visible" else ""
-        return np.stack(
-            [
-                z[name + suffix if name in ("lung_right", "lung_left") else name].astype(bool)
-                for name in STRUCTURES
-            ]
-        )
+        names = [
+            name + suffix if name in ("lung_right", "lung_left") else name for name in STRUCTURES
+        ]
+        if lungs == "both":
+            names += list(VISIBLE_LUNGS)
+        return np.stack([z[name].astype(bool) for name in names])
 
 
 def _encode(sample: Sample, size: int, lungs: str = "projection") -> dict[str, np.ndarray] | None:
     """Decode and place one sample on the canvas; None when it cannot serve (too small...)."""
+    from qcnode.imaging import decode  # pydicom: only where DICOM files are read
+
+    n_channels = len(channels(lungs))
     try:
         img = decode(sample.image)
     except QcnodeError as exc:
@@ -176,7 +186,7 @@ def _encode(sample: Sample, size: int, lungs: str = "projection") -> dict[str, n
         return None
     spacing = img.spacing_mm or preprocess.guessed_spacing(rows, cols)
     canvas, frame = preprocess.to_canvas(img.pixels, spacing, size=size)
-    weight = np.ones(len(STRUCTURES), dtype=np.float32)
+    weight = np.ones(n_channels, dtype=np.float32)
     if sample.masks is not None:
         masks = _load_masks(sample.masks, lungs)
         if masks.shape[1:] != (rows, cols):
@@ -184,13 +194,13 @@ def _encode(sample: Sample, size: int, lungs: str = "projection") -> dict[str, n
             return None
         target = preprocess.masks_to_canvas(masks, frame, size=size) > 0.5
     else:
-        target = torch.zeros((len(STRUCTURES), size, size), dtype=torch.bool)
+        target = torch.zeros((n_channels, size, size), dtype=torch.bool)
         for name in UNKNOWN_ON_NEGATIVES:
             weight[STRUCTURES.index(name)] = 0.0
     return {
         "canvas": canvas.numpy().astype(np.float16),
         "rect": np.array([frame.top, frame.left, frame.height, frame.width], dtype=np.int64),
-        "bits": np.packbits(target.numpy().reshape(len(STRUCTURES), -1), axis=-1),
+        "bits": np.packbits(target.numpy().reshape(n_channels, -1), axis=-1),
         "view": np.array(VIEWS.index(sample.view), dtype=np.int64),
         "weight": weight,
         "scale": np.array(frame.input_spacing_mm, dtype=np.float32),
@@ -204,8 +214,23 @@ def cache_dir(base: Path | None = None) -> Path:
 
 def _cache_name(sample: Sample, lungs: str = "projection") -> str:
     digest = hashlib.sha1(str(sample.image.resolve()).encode()).hexdigest()[:16]
-    tag = "" if lungs == "projection" or sample.masks is None else f"-{lungs}"
+    # negatives have no lungs: one 16-channel item serves both lung definitions
+    plain = lungs == "projection" or (sample.masks is None and lungs == "visible")
+    tag = "" if plain else f"-{lungs}"
     return f"{sample.id}-{digest}{tag}.npz"
+
+
+def _combined(cache: Path, sample: Sample) -> dict[str, np.ndarray] | None:
+    """A ``both`` item from the cached projection and visible items, without decoding."""
+    a, b = cache / _cache_name(sample, "projection"), cache / _cache_name(sample, "visible")
+    if sample.masks is None or not (a.is_file() and b.is_file()):
+        return None
+    with np.load(a) as za, np.load(b) as zb:
+        item = {k: za[k] for k in za.files}
+        # the visible item's first two channels are its lungs (STRUCTURES order)
+        item["bits"] = np.concatenate([za["bits"], zb["bits"][:2]])
+        item["weight"] = np.concatenate([za["weight"], zb["weight"][:2]])
+    return item
 
 
 def load_pack(
@@ -231,6 +256,8 @@ def load_pack(
         if path.is_file():
             with np.load(path) as z:
                 item = {k: z[k] for k in z.files}
+        elif lungs == "both" and (item := _combined(cache, s)) is not None:
+            pass
         else:
             item = _encode(s, size, lungs)
             if item is None:
@@ -294,3 +321,74 @@ def lung_widths_mm(pack: Pack) -> dict[str, float]:
         if widths:
             out[str(view)] = float(np.median(widths))
     return out
+
+
+PACK_FORMAT = "qcnode-pack-1"
+# Canvases travel as 9-bit values (steps of 0.2 % of the range, below the images' noise):
+# with row differences split into byte planes and LZMA, ~21 KB per 256 x 256 canvas, so a
+# training set fits the 64 MiB a GPU host is sent.
+PACK_LEVELS = 511
+
+
+def _planes(delta: npt.NDArray[np.int16]) -> tuple[bytes, bytes]:
+    b = delta.view(np.uint8).reshape(*delta.shape, 2)
+    return (
+        lzma.compress(np.ascontiguousarray(b[..., 0]).tobytes()),
+        lzma.compress(np.ascontiguousarray(b[..., 1]).tobytes()),
+    )
+
+
+def save_pack_file(
+    pack: Pack, path: Path, *, structures: Sequence[str], levels: int = PACK_LEVELS
+) -> None:
+    """A whole cached set in one file, for a training host without the DICOM set."""
+    q = torch.round(pack.canvas.float()[:, 0].clamp(0, 1) * levels).to(torch.int16)
+    delta = torch.diff(q, dim=-1, prepend=torch.zeros_like(q[..., :1])).numpy()
+    low, high = _planes(delta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        path,
+        format=np.array(PACK_FORMAT),
+        levels=np.array(levels),
+        shape=np.array(delta.shape),
+        low=np.frombuffer(low, dtype=np.uint8),
+        high=np.frombuffer(high, dtype=np.uint8),
+        ids=np.array(pack.ids),
+        structures=np.array(list(structures)),
+        rect=pack.rect.numpy(),
+        bits=np.frombuffer(lzma.compress(np.ascontiguousarray(pack.bits).tobytes()), np.uint8),
+        bits_shape=np.array(pack.bits.shape),
+        views=pack.views.numpy(),
+        weight=pack.channel_weight.numpy(),
+        scale=pack.scale.numpy(),
+    )
+
+
+def load_pack_file(path: Path) -> tuple[Pack, tuple[str, ...]]:
+    """A set written by ``save_pack_file`` and its mask channel names."""
+    with np.load(path) as z:
+        if "format" not in z.files or str(z["format"]) != PACK_FORMAT:
+            raise QcnodeError(f"{path} is not a qcnode training pack ({PACK_FORMAT})")
+        shape = tuple(int(n) for n in z["shape"])
+        planes = np.stack(
+            [
+                np.frombuffer(lzma.decompress(z[k].tobytes()), dtype=np.uint8).reshape(shape)
+                for k in ("low", "high")
+            ],
+            axis=-1,
+        )
+        delta = np.ascontiguousarray(planes).view(np.int16)[..., 0]
+        q = np.cumsum(delta, axis=-1, dtype=np.int32)
+        canvas = torch.from_numpy((q / float(z["levels"])).astype(np.float16))[:, None]
+        pack = Pack(
+            ids=[str(i) for i in z["ids"]],
+            canvas=canvas,
+            rect=torch.from_numpy(z["rect"]),
+            bits=np.frombuffer(lzma.decompress(z["bits"].tobytes()), dtype=np.uint8).reshape(
+                tuple(int(n) for n in z["bits_shape"])
+            ),
+            views=torch.from_numpy(z["views"]),
+            channel_weight=torch.from_numpy(z["weight"]),
+            scale=torch.from_numpy(z["scale"]),
+        )
+        return pack, tuple(str(n) for n in z["structures"])

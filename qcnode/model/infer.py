@@ -20,17 +20,20 @@ from qcnode.errors import ModelError
 from qcnode.model import preprocess
 from qcnode.model.network import VIEWS, QCNet, build
 from qcnode.model.registry import ModelEntry, load_registry, sha256_file
-from qcnode.records import STRUCTURES, DecodedImage, ModelInfo, Prediction, View
+from qcnode.records import MODEL_CHANNELS, STRUCTURES, DecodedImage, ModelInfo, Prediction, View
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FORMAT = "qcnode-qcnet-1"
 _LUNGS = (STRUCTURES.index("lung_right"), STRUCTURES.index("lung_left"))
-# One connected object each: keep the largest component and fill its holes. Ribs are many
-# objects and stay as predicted.
-SINGLE_OBJECT = tuple(
-    i for i, name in enumerate(STRUCTURES) if not name.startswith("ribs_posterior")
-)
+
+
+def single_objects(structures: tuple[str, ...]) -> tuple[int, ...]:
+    """Channels that are one connected object each (largest component kept, holes filled).
+    Ribs are many objects and stay as predicted."""
+    return tuple(i for i, name in enumerate(structures) if not name.startswith("ribs_posterior"))
+
+
 SECOND_PASS_TOLERANCE = 0.05  # rerun when the anatomy-based scale differs by more than 5 %
 # A header spacing that makes the lungs this much smaller/larger than the reference is not
 # believed (e.g. a detector pitch copied onto a downsampled matrix): anatomy decides then.
@@ -48,6 +51,7 @@ class WeightsMeta:
     input_size: int
     spacing_mm: float
     reference_lung_width_mm: Mapping[str, float]
+    structures: tuple[str, ...] = STRUCTURES  # mask channels, one of MODEL_CHANNELS
 
 
 def save_weights(path: Path, model: QCNet, meta: WeightsMeta) -> str:
@@ -59,7 +63,7 @@ def save_weights(path: Path, model: QCNet, meta: WeightsMeta) -> str:
             "variant": meta.variant,
             "input_size": meta.input_size,
             "spacing_mm": meta.spacing_mm,
-            "structures": list(STRUCTURES),
+            "structures": list(model.structures),
             "views": [str(v) for v in VIEWS],
             "reference_lung_width_mm": dict(meta.reference_lung_width_mm),
             # float16 on disk halves the file; load_state_dict casts back to float32
@@ -80,7 +84,8 @@ def read_weights(path: Path) -> tuple[WeightsMeta, dict[str, torch.Tensor]]:
         raise ModelError(f"cannot read weights {path}: {exc}") from exc
     if not isinstance(raw, dict) or raw.get("format") != WEIGHTS_FORMAT:
         raise ModelError(f"{path} is not a qcnode weights file ({WEIGHTS_FORMAT})")
-    if tuple(raw["structures"]) != STRUCTURES:
+    structures = tuple(str(n) for n in raw["structures"])
+    if structures not in MODEL_CHANNELS:
         raise ModelError(f"{path} was trained for other structures")
     meta = WeightsMeta(
         variant=str(raw["variant"]),
@@ -89,6 +94,7 @@ def read_weights(path: Path) -> tuple[WeightsMeta, dict[str, torch.Tensor]]:
         reference_lung_width_mm={
             str(k): float(v) for k, v in raw["reference_lung_width_mm"].items()
         },
+        structures=structures,
     )
     return meta, raw["state_dict"]
 
@@ -116,6 +122,7 @@ class TorchPredictor:
         self._meta = meta
         self._info = info
         self._device = device
+        self._single = single_objects(meta.structures)
 
     @property
     def info(self) -> ModelInfo:
@@ -161,7 +168,8 @@ class TorchPredictor:
         out = []
         for i in range(len(images)):
             p = {v: float(probs[i, k]) for k, v in enumerate(VIEWS)}
-            source = preprocess.logits_to_source(clean_logits(masks[i]), frames[i])
+            source = preprocess.logits_to_source(clean_logits(masks[i], self._single), frames[i])
+            names = self._meta.structures
             out.append(
                 Prediction(
                     view=VIEWS[int(probs[i].argmax())],
@@ -169,6 +177,7 @@ class TorchPredictor:
                     masks={name: source[c] for c, name in enumerate(STRUCTURES)},
                     spacing_mm=(float(spacings[i][0]), float(spacings[i][1])),
                     spacing_estimated=estimated[i],
+                    extra_masks={n: source[c] for c, n in enumerate(names) if c >= len(STRUCTURES)},
                 )
             )
         return out
@@ -207,14 +216,14 @@ class TorchPredictor:
         return redo
 
 
-def clean_logits(logits: torch.Tensor) -> torch.Tensor:
+def clean_logits(logits: torch.Tensor, single: Sequence[int] | None = None) -> torch.Tensor:
     """Canvas logits with specks removed and holes filled for single-object structures.
 
     Done on the 256 x 256 canvas (cheap) by moving logits across zero, so the bilinear
     return to source pixels still draws smooth contours.
     """
     out = logits.clone()
-    for c in SINGLE_OBJECT:
+    for c in single_objects(STRUCTURES) if single is None else single:
         pos = (out[c] > 0).numpy()
         if not pos.any():
             continue
@@ -268,9 +277,11 @@ def load_predictor(
         meta, state = read_weights(path)
         if meta.variant != entry.variant:
             raise ModelError(f"{path} holds {meta.variant}, registry says {entry.variant}")
+        if meta.structures != entry.structures:
+            raise ModelError(f"{path} has other mask channels than its registry entry")
         info = ModelInfo(name=entry.name, version=entry.version, sha256=entry.sha256)
     try:
-        model = build(meta.variant)
+        model = build(meta.variant, meta.structures)
         model.load_state_dict(state)
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"weights {path} do not fit variant {meta.variant}: {exc}") from exc

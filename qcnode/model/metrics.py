@@ -12,7 +12,6 @@ import torch
 from qcnode.model import data as datamod
 from qcnode.model.network import VIEWS, QCNet
 from qcnode.model.preprocess import standardise
-from qcnode.records import STRUCTURES
 
 
 def dice(pred: npt.NDArray[np.bool_], truth: npt.NDArray[np.bool_]) -> float | None:
@@ -51,7 +50,7 @@ def evaluate_pack(
                 correct += int(views[j] == guess[j])
                 total += 1
                 view = str(VIEWS[views[j]])
-                for c, name in enumerate(STRUCTURES):
+                for c, name in enumerate(model.structures):
                     if pack.channel_weight[i, c] <= 0 or not truth[j, c].any():
                         continue
                     d = dice(pred[j, c], truth[j, c])

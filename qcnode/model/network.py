@@ -5,9 +5,9 @@ on the encoder-decoder path, ``width`` the number of parallel branches per block
 different receptive fields (kernel 3, 5, 7 realised as dilated 3x3 convolutions with
 dilation 1, 2, 3, which costs a third of true 5x5/7x7 kernels on a CPU).
 
-Outputs: 16 mask logits (sigmoid per structure: structures overlap in projection, so not a
-softmax) at input resolution, and 3 view logits (frontal / lateral / other) from the
-bottleneck.
+Outputs: one mask logit per channel (STRUCTURES, optionally + VISIBLE_LUNGS; a sigmoid per
+structure: structures overlap in projection, so not a softmax) at input resolution, and 3
+view logits (frontal / lateral / other) from the bottleneck.
 """
 
 from __future__ import annotations
@@ -85,9 +85,16 @@ class QCNet(nn.Module):
     masks, keeps contours smooth and sub-pixel.
     """
 
-    def __init__(self, *, spec: VariantSpec, in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        spec: VariantSpec,
+        in_channels: int = 1,
+        structures: tuple[str, ...] = STRUCTURES,
+    ) -> None:
         super().__init__()
         self.spec = spec
+        self.structures = structures
         ch, w = spec.channels, spec.width
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, ch[0], 4, stride=2, padding=1, bias=False),
@@ -106,13 +113,13 @@ class QCNet(nn.Module):
             Block(ch[level + 1] + ch[level], HEAD_CHANNELS if level == 0 else ch[level], width=1)
             for level in reversed(range(len(spec.encoder_blocks)))
         )
-        self.masks = nn.Conv2d(HEAD_CHANNELS, len(STRUCTURES), 1)
+        self.masks = nn.Conv2d(HEAD_CHANNELS, len(structures), 1)
         self.view = nn.Sequential(nn.Dropout(0.2), nn.Linear(2 * ch[-1], len(VIEWS)))
 
     def forward(
         self, x: torch.Tensor, *, upsample: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask logits (B, 16, H, W) — (B, 16, H/2, W/2) with ``upsample=False``, which
+        """Mask logits (B, C, H, W) — (B, C, H/2, W/2) with ``upsample=False``, which
         training uses against area-averaged targets — and view logits (B, 3)."""
         skips = [self.stem(x)]
         h = skips[0]
@@ -130,8 +137,8 @@ class QCNet(nn.Module):
         return logits, view_logits
 
 
-def build(name: str) -> QCNet:
-    return QCNet(spec=parse_variant(name))
+def build(name: str, structures: tuple[str, ...] = STRUCTURES) -> QCNet:
+    return QCNet(spec=parse_variant(name), structures=structures)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 import tomli_w
 
 from qcnode.errors import ModelError
-from qcnode.records import STRUCTURES
+from qcnode.records import MODEL_CHANNELS
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 REGISTRY_FILE = WEIGHTS_DIR / "registry.toml"
@@ -93,7 +93,7 @@ def _entry(name: str, raw: Mapping[str, Any]) -> ModelEntry:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"registry entry {name!r} is incomplete or invalid: {exc}") from exc
-    if entry.structures != STRUCTURES:
+    if entry.structures not in MODEL_CHANNELS:
         raise ModelError(f"model {name!r} was trained for other structures: {entry.structures}")
     return entry
 

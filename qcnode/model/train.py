@@ -63,6 +63,9 @@ class Recipe:
     # Lung targets: "projection" (whole 3D lungs) or "visible" (cut at the diaphragm; needs
     # data made with `qcnode synth --visible-lungs`).
     lungs: str = "projection"
+    # Processes that compute augmented batches (0: the training process itself). A GPU host
+    # needs many: augmentation, not the network, is its bottleneck.
+    workers: int = 0
 
 
 # Thin structures: clavicles, scapulae, humeri, ribs, sternum, trachea.
@@ -115,17 +118,23 @@ RECIPES: dict[str, Recipe] = {
         augment=LONG_AUGMENT,
         lungs="visible",
     ),
-    # Not run in this project's sessions (no GPU was lent); sized for one modern GPU.
+    # One GPU host (qcnode.model.grid trains the variant grid on one batch stream): big
+    # batches, augmentation in 14 worker processes, both lung definitions; the step count is
+    # usually set from a time budget (--minutes).
     "gpu": Recipe(
         name="gpu",
         steps=20000,
         batch=64,
-        lr=4e-3,
-        warmup=500,
+        lr=3e-3,
+        warmup=60,
         eval_every=1000,
         checkpoint_every=500,
-        val_count=256,
+        val_count=96,
         threads=8,
+        structure_weight=THIN_WEIGHTS,
+        augment=LONG_AUGMENT,
+        lungs="both",
+        workers=14,
     ),
     # For tests: a few steps on a handful of images.
     "tiny": Recipe(
@@ -253,11 +262,11 @@ def cycle_ends(recipe: Recipe) -> list[int]:
     return [recipe.warmup - (-span * (k + 1) // recipe.cycles) for k in range(recipe.cycles)]
 
 
-def structure_factors(recipe: Recipe) -> torch.Tensor:
-    """(C,) loss factor per structure from ``recipe.structure_weight``."""
-    factors = torch.ones(len(STRUCTURES))
+def structure_factors(recipe: Recipe, names: Sequence[str] = STRUCTURES) -> torch.Tensor:
+    """(C,) loss factor per mask channel from ``recipe.structure_weight``."""
+    factors = torch.ones(len(names))
     for name, w in recipe.structure_weight:
-        factors[STRUCTURES.index(name)] = w
+        factors[list(names).index(name)] = w
     return factors
 
 
@@ -331,7 +340,8 @@ def train(
     data_version = " + ".join(_data_version(d, [s.id for s in samples]) for d in data_dirs)
     log.info("training %s on %d samples (%s)", variant, len(train_pack), data_version)
 
-    model: QCNet = build(variant)
+    names = datamod.channels(recipe.lungs)
+    model: QCNet = build(variant, names)
     init_sha = ""
     if init is not None:  # a second stage: start from trained weights (recorded)
         from qcnode.model.infer import read_weights
@@ -361,7 +371,7 @@ def train(
     elif resume:
         log.warning("--resume: no checkpoint at %s, starting from scratch", ckpt)
 
-    factors = structure_factors(recipe).to(dev)
+    factors = structure_factors(recipe, names).to(dev)
     t0 = time.monotonic()
     loss_value = float("nan")
     history: list[dict[str, Any]] = []
@@ -398,6 +408,7 @@ def train(
                 input_size=preprocess.INPUT_SIZE,
                 spacing_mm=preprocess.SPACING_MM,
                 reference_lung_width_mm=datamod.lung_widths_mm(train_pack),
+                structures=names,
             )
             save_weights(out / f"{variant}-step{done}.pt", model, snap_meta)
             model.to(dev)
@@ -413,6 +424,7 @@ def train(
         input_size=preprocess.INPUT_SIZE,
         spacing_mm=preprocess.SPACING_MM,
         reference_lung_width_mm=datamod.lung_widths_mm(train_pack),
+        structures=names,
     )
     weights = out / f"{variant}.pt"
     save_weights(weights, model.cpu(), meta)
@@ -473,7 +485,7 @@ def ship(
         version=f"1.0.0+{sha256_file(target)[:8]}",
         input_size=result.meta.input_size,
         spacing_mm=result.meta.spacing_mm,
-        structures=STRUCTURES,
+        structures=result.meta.structures,
         views=("frontal", "lateral", "other"),
         reference_lung_width_mm=result.meta.reference_lung_width_mm,
         recipe=recipe_doc,
