@@ -110,6 +110,11 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16), default=QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # the node run (``host:pid:token`` of the supervising process) whose QC child process
+    # holds the claim; None for workers without a supervisor (threads, ``qcnode worker``
+    # with worker_process off). Lets a restarted node tell "the whole node died" (not the
+    # image's fault) from "a worker died under a live node" (maybe a poison image).
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

@@ -6,6 +6,15 @@ that concurrent workers never claim the same job; on SQLite every write transact
 ``BEGIN IMMEDIATE`` (see db.make_engine), which serialises claims. A claim is only
 finished by the worker that holds it (same worker id and attempt), so a worker that lost
 its lease cannot overwrite the result of the one that re-claimed the job.
+
+Attempts count worker deaths (``job_max_attempts`` gives up a poison image), but only
+deaths that may be the image's fault. A claim made by ``serve``'s QC child process carries
+the run id of ``serve`` (its supervisor); when a node starts and finds a claim whose
+worker and whose run are both gone, the whole node died (power, SIGKILL, OOM of serve, a
+deploy): the claim is released without counting it. A worker that died while its run
+lived (the QC child crashed under a live ``serve``) counts, as does every death of a
+worker without a supervisor (threads, where the node is the worker) or on another host
+(lease expiry: nothing tells why it died).
 """
 
 from __future__ import annotations
@@ -31,7 +40,39 @@ DEFERRED = "deferred"  # Job.worker of a job given back to be retried after its 
 
 def new_worker_id() -> str:
     """``host:pid:random``: lets a restarted node recognise its own dead predecessors."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def new_run_id() -> str:
+    """``host:pid:random`` of a supervising process (``serve``): the random part tells a
+    new run from a dead one whose pid was reused (a container's pid 1)."""
+    return new_worker_id()
+
+
+def _host() -> str:
+    return socket.gethostname()[:40]
+
+
+def _pid(worker_or_run: str | None) -> int:
+    """The pid in a ``host:pid:…`` id, 0 when there is none."""
+    parts = (worker_or_run or "").split(":")
+    try:
+        return int(parts[1]) if len(parts) > 2 else 0
+    except ValueError:
+        return 0
+
+
+def run_is_gone(run_id: str, current_run: str | None) -> bool:
+    """Whether the run ``run_id`` (on this host) has ended: not ours, and its process is
+    gone or its pid is now ours or our run's (reused)."""
+    if run_id == current_run:
+        return False
+    if not run_id.startswith(f"{_host()}:"):
+        return False  # another host's: nothing here tells
+    pid = _pid(run_id)
+    if pid in (os.getpid(), _pid(current_run)):
+        return True
+    return not _alive(pid)
 
 
 @dataclass(frozen=True)
@@ -49,9 +90,12 @@ class JobQueue:
         worker_id: str,
         lease_seconds: float,
         clock: Clock = utcnow,
+        run_id: str | None = None,
     ) -> None:
         self.sessions = sessions
         self.worker_id = worker_id
+        # the supervising run's id when this worker runs in serve's QC child process
+        self.run_id = run_id
         self.lease = dt.timedelta(seconds=lease_seconds)
         self.clock = clock
 
@@ -90,8 +134,11 @@ class JobQueue:
             for job in jobs:
                 if job.state == RUNNING and job.worker != DEFERRED:
                     log.warning("re-claiming job #%d after its lease expired", job.id)
+                    if self._node_died(job):
+                        job.attempts = max(0, job.attempts - 1)
                 job.state = RUNNING
                 job.worker = self.worker_id
+                job.run_id = self.run_id
                 job.attempts += 1
                 job.lease_until = now + self.lease
                 job.started_at = now
@@ -140,23 +187,35 @@ class JobQueue:
         """Requeue running jobs of workers on this host whose process is gone.
 
         Called at start-up so that a node restarted after a crash does not wait for the
-        lease of its own dead predecessor.
+        lease of its own dead predecessor. A job whose run is gone too was interrupted by
+        the node's death, not by its image: that attempt is not counted.
         """
-        host = socket.gethostname()[:40]
-        requeued = 0
+        requeued = spared = 0
         with self.sessions.begin() as session:
             for job in session.scalars(
-                select(Job).where(Job.state == RUNNING, Job.worker.like(f"{host}:%"))
+                select(Job).where(Job.state == RUNNING, Job.worker.like(f"{_host()}:%"))
             ):
-                pid = int((job.worker or "").split(":")[1] or 0)
+                pid = _pid(job.worker)
                 if pid != os.getpid() and _alive(pid):
                     continue
+                if self._node_died(job):
+                    job.attempts = max(0, job.attempts - 1)
+                    spared += 1
                 job.state = QUEUED
                 job.lease_until = None
                 requeued += 1
         if requeued:
-            log.warning("requeued %d job(s) left running by a dead worker on this host", requeued)
+            log.warning(
+                "requeued %d job(s) left running by a dead worker on this host"
+                " (%d interrupted by the whole node's end: not counted as attempts)",
+                requeued,
+                spared,
+            )
         return requeued
+
+    def _node_died(self, job: Job) -> bool:
+        """Whether ``job``'s worker ran under a supervising run that has ended too."""
+        return bool(job.run_id) and run_is_gone(str(job.run_id), self.run_id)
 
     def counts(self) -> dict[str, int]:
         with self.sessions() as session:
