@@ -13,6 +13,22 @@ outgoing queue pokes), for at most ``IDLE_WAIT_S``, instead of a fixed sleep. Th
 own sleep is then not needed. Behaviour is otherwise pynetdicom's; the pin on
 pynetdicom==3.0.4 (pyproject) keeps these internals stable, and tests/unit/test_node_netio
 checks the attributes this relies on.
+
+:func:`guard_reactor_polls` (installed when this module is imported, so by everything that
+imports ``qcnode.ingest``: the SCP, the sender, the test modalities) closes a race in
+pynetdicom's pause of an association's reactor (RELIABILITY finding 23). ``send_c_store``
+and the other ``send_*`` calls clear ``_reactor_checkpoint`` and go on as soon as
+``_is_paused`` reads true; but the reactor sets ``_is_paused`` *before* it waits on the
+checkpoint, so a reactor thread that was woken by the previous call's ``set()`` and not yet
+scheduled still reads as paused. When it runs later, after the response has arrived, its
+poll takes the response off the DIMSE queue ("Received unexpected C-STORE service
+message"), and the caller waits its whole DIMSE timeout for a response that has come and
+gone; the peer, which did answer, hears nothing more and aborts at its network timeout.
+On a loaded machine this hit about one C-STORE in 4 000 with four requestor threads in one
+process. The guard makes the reactor's non-blocking poll return nothing while the
+checkpoint is cleared; the check comes after the reactor has marked itself unpaused, so
+either the caller saw it unpaused (and waits for it to pause) or the poll sees the
+cleared checkpoint.
 """
 
 from __future__ import annotations
@@ -28,6 +44,7 @@ import weakref
 from typing import Any, cast
 
 from pynetdicom import dimse_messages
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.transport import AssociationSocket
 
 # Longest a DUL thread blocks waiting for data: bounds how late it notices its timers
@@ -144,6 +161,30 @@ def tune_acceptor(assoc: Any) -> None:
     dul.to_provider_queue = _WakingQueue(wake_w)
     dul._run_loop_delay = DUL_LOOP_DELAY_S
     dimse.msg_queue = _WaitingQueue()
+
+
+# --- the reactor's poll while a send_* call owns the association -----------------------
+
+_get_msg = DIMSEServiceProvider.get_msg
+
+
+def _get_msg_unless_paused(self: DIMSEServiceProvider, block: bool = False) -> Any:
+    """``DIMSEServiceProvider.get_msg``; a non-blocking poll (only the reactor polls) gets
+    nothing while the association's reactor is meant to be paused (module docstring)."""
+    if not block:
+        checkpoint = getattr(self.assoc, "_reactor_checkpoint", None)
+        if checkpoint is not None and not checkpoint.is_set():
+            return None, None
+    return _get_msg(self, block)
+
+
+def guard_reactor_polls() -> None:
+    """Install the paused-reactor guard for every pynetdicom association in this process
+    (idempotent; done on import)."""
+    DIMSEServiceProvider.get_msg = _get_msg_unless_paused  # type: ignore[method-assign]
+
+
+guard_reactor_polls()
 
 
 # --- chunked receive that survives a full disk -----------------------------------------

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.transport import AssociationSocket
 
 from qcnode import netio
@@ -131,3 +135,88 @@ def test_guarded_receive_file_keeps_the_error_and_frees_the_space(tmp_path: Path
 
     assert netio.receive_error(Request()) is guarded.error
     assert netio.receive_error(object()) is None
+
+
+class _LateReactor(threading.Event):
+    """An association's reactor checkpoint that, once ``armed``, holds the reactor thread
+    just after the checkpoint let it through (``_is_paused`` still true) until ``go`` is
+    set: a thread woken by the previous ``send_*`` call's ``set()`` and not yet scheduled,
+    as on a loaded machine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set()
+        self.armed = False
+        self.holding = threading.Event()
+        self.go = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        passed = super().wait(timeout)
+        if self.armed:  # only the association's reactor thread waits here
+            self.armed = False
+            self.holding.set()
+            self.go.wait(5)
+        return passed
+
+
+def test_a_late_requestor_reactor_does_not_take_the_c_store_response(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Finding 23, as a fixed interleaving: the SCU's reactor thread runs only after the
+    C-STORE response has arrived. Without netio's guard its poll takes the response
+    ("Received unexpected C-STORE service message") and send_c_store waits its whole DIMSE
+    timeout for nothing; with it the caller gets the response."""
+    assert DIMSEServiceProvider.get_msg is netio._get_msg_unless_paused
+    sc = "1.2.840.10008.5.1.4.1.1.7"
+    scp = AE(ae_title="NETIO")
+    scp.add_supported_context(sc, ExplicitVRLittleEndian)
+    server = scp.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda e: 0x0000)]
+    )
+    assert server is not None
+    scu = AE(ae_title="SCU")
+    scu.add_requested_context(sc, ExplicitVRLittleEndian)
+    scu.dimse_timeout = 3
+    assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title="NETIO")
+    try:
+        assert assoc.is_established
+        late = _LateReactor()
+        assoc._reactor_checkpoint = late
+        late.armed = True
+        assert late.holding.wait(5)  # the reactor is through the checkpoint, held
+        polled = threading.Event()
+        dimse: Any = assoc.dimse
+        send_msg, get_msg = dimse.send_msg, dimse.get_msg
+
+        def send_then_let_the_reactor_run(*args: Any) -> None:
+            send_msg(*args)
+            deadline = time.monotonic() + 5
+            while not dimse.msg_queue.qsize() and time.monotonic() < deadline:
+                time.sleep(0.001)  # until the response is in the DIMSE queue
+            late.go.set()
+            assert polled.wait(5)  # the reactor polled the queue before the caller reads it
+
+        def get_msg_noting_the_poll(block: bool = False) -> Any:
+            out = get_msg(block)
+            if not block:
+                polled.set()
+            return out
+
+        dimse.send_msg = send_then_let_the_reactor_run
+        dimse.get_msg = get_msg_noting_the_poll
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = sc, "1.2.826.0.1.3680043.10.1.23"
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        with caplog.at_level(logging.WARNING, logger="pynetdicom"):
+            t = time.perf_counter()
+            status = assoc.send_c_store(ds)
+        assert "Status" in status and status.Status == 0x0000
+        assert time.perf_counter() - t < 2
+        assert "Received unexpected" not in caplog.text
+        dimse.send_msg, dimse.get_msg = send_msg, get_msg
+        assert assoc.send_c_store(ds).Status == 0x0000  # the association goes on normally
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        server.shutdown()
