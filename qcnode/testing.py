@@ -102,7 +102,7 @@ def frontal_phantom(shape: tuple[int, int] = (400, 400)) -> dict[str, BoolMask]:
     """A PA chest of rectangles in the standard display (patient's right on the image left).
 
     Landmarks (row, col): right lung rows 60–300 × cols 60–170, left lung 60–300 × 230–340;
-    field rows 20–340 × cols 20–380 (every lung margin and excess is 41/40 px); spine 190–210
+    field rows 20–340 × cols 20–380 (every lung margin and excess is 40 px); spine 190–210
     (centre 200); clavicle medial ends at cols 185 and 215 (15 px each side: no rotation),
     rows 70–80 (15 px below the apices); eleven posterior rib bands (period 24 px) above
     the right lung's lowest row 300, i.e. ten above the dome; heart 200–300 × 170–260 (to

@@ -23,7 +23,7 @@ import numpy as np
 from qcnode.evaluate import load_masks, load_samples
 from qcnode.imaging import decode
 from qcnode.records import View
-from qcnode.rules import RULES, load_config
+from qcnode.rules import RULES, load_config, shutter_spec
 from qcnode.rules.config import RulesConfig
 from qcnode.rules.geometry import Subject, col_extent
 from qcnode.rules.positioning import dome_depth, rotation_measure
@@ -42,6 +42,8 @@ def features(path_dcm: Path, path_masks: Path, view: View, cfg: RulesConfig) -> 
         lung_span_mm=cfg.metadata.anatomy_lung_span_mm,
         lung_depth_mm=cfg.metadata.anatomy_lung_depth_mm,
         tolerance=cfg.metadata.spacing_anatomy_tolerance,
+        heart_offset_mm=cfg.positioning.orientation_heart_offset_mm,
+        shutter=shutter_spec(cfg),
     )
     out: dict[str, Any] = {"spacing_source": s.spacing_source}
     for rule, fn in RULES[view].items():

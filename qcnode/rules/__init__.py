@@ -17,7 +17,7 @@ from qcnode.records import DecodedImage, Finding, Prediction, Status, View
 from qcnode.rules import completeness, exposure, lateral, metadata, organs, positioning
 from qcnode.rules.catalogue import CATALOGUE, FRONTAL_RULES, LATERAL_RULES, SPECS, rule_ids
 from qcnode.rules.config import RulesConfig, load_config
-from qcnode.rules.geometry import Subject
+from qcnode.rules.geometry import ShutterSpec, Subject
 from qcnode.rules.messages import LANGUAGES, make
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ def evaluate(
         lung_depth_mm=cfg.metadata.anatomy_lung_depth_mm,
         tolerance=cfg.metadata.spacing_anatomy_tolerance,
         heart_offset_mm=cfg.positioning.orientation_heart_offset_mm,
+        shutter=shutter_spec(cfg),
     )
     table = RULES[view]
     findings = []
@@ -108,6 +109,16 @@ def evaluate(
             log.exception("rule failed", extra={"rule": rule})
             findings.append(make(subject, rule, Status.NOT_EVALUABLE, None, None, "internal"))
     return tuple(findings)
+
+
+def shutter_spec(cfg: RulesConfig) -> ShutterSpec:
+    """How the rules find collimator shutters on the pixels (etc/rules.toml [completeness])."""
+    c = cfg.completeness
+    return ShutterSpec(
+        flat_range=c.shutter_flat_range,
+        min_level=c.shutter_min_level,
+        min_fraction=c.shutter_min_fraction,
+    )
 
 
 @dataclass(frozen=True)

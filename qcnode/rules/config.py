@@ -26,6 +26,9 @@ class CompletenessConfig:
     anteroposterior_margin_mm: float = 5.0
     collimation_warn_mm: float = 50.0
     centering_warn_fraction: float = 0.10
+    shutter_flat_range: float = 0.008
+    shutter_min_level: float = 0.75
+    shutter_min_fraction: float = 0.6
 
 
 @dataclass(frozen=True)

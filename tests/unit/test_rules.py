@@ -53,9 +53,9 @@ def box(m: BoolMask, r0: int, r1: int, c0: int, c1: int, value: bool = True) -> 
 def test_frontal_phantom_exact_values() -> None:
     f = run(frontal_phantom())
     expected = {
-        "completeness.apices": 41.0,  # apex row 60, first unexposed row 19
-        "completeness.costophrenic": 41.0,
-        "completeness.lateral_walls": 41.0,
+        "completeness.apices": 40.0,  # apex row 60, last exposed row 20
+        "completeness.costophrenic": 40.0,
+        "completeness.lateral_walls": 40.0,
         "completeness.collimation": 40.0,  # field 40 px beyond the lungs on every side
         "completeness.centering": 0.0,
         "organs.lungs": 0.0,
@@ -77,9 +77,9 @@ def test_frontal_phantom_exact_values() -> None:
 
 def test_lateral_phantom_exact_values() -> None:
     f = run(lateral_phantom(), View.LATERAL)
-    assert f["completeness.apices"].value == 31.0  # apex row 50, first unexposed row 19
-    assert f["completeness.costophrenic"].value == 41.0  # posterior-inferior corner (300, 300)
-    assert f["completeness.anteroposterior"].value == 61.0  # sternum col 80, edge col 19
+    assert f["completeness.apices"].value == 30.0  # apex row 50, last exposed row 20
+    assert f["completeness.costophrenic"].value == 40.0  # posterior-inferior corner (300, 300)
+    assert f["completeness.anteroposterior"].value == 60.0  # sternum col 80, edge col 20
     assert f["positioning.rotation"].value == 0.0
     assert f["positioning.arms"].value == 0.0
     assert f["positioning.inspiration"].value == ribs(250.0, lateral=True)  # heart 300, apex 50
@@ -106,7 +106,7 @@ def test_apex_on_the_edge_of_a_clipped_lung_fails() -> None:
     m["lung_right"] &= m["field"]  # what a model sees: lung only inside the field
     m["lung_left"] &= m["field"]
     f = run(m)
-    assert f["completeness.apices"].value == pytest.approx(1.0)
+    assert f["completeness.apices"].value == pytest.approx(0.0)  # apex on the edge row
     assert f["completeness.apices"].status is Status.FAIL
 
 
@@ -114,7 +114,7 @@ def test_costophrenic_angle_cut_at_the_bottom() -> None:
     m = frontal_phantom()
     m["field"] = box(m["field"], 302, 399, 0, 399, False)  # field ends at row 301
     f = run(m)
-    assert f["completeness.costophrenic"].value == pytest.approx(2.0)
+    assert f["completeness.costophrenic"].value == pytest.approx(1.0)
     assert f["completeness.costophrenic"].status is Status.FAIL
     assert f["completeness.apices"].status is Status.PASS
 
@@ -124,7 +124,7 @@ def test_lateral_wall_cut_on_the_image_right() -> None:
     m["field"] = box(m["field"], 0, 399, 343, 399, False)  # left lung ends at col 340
     f = run(m)
     lw = f["completeness.lateral_walls"]
-    assert lw.status is Status.FAIL and lw.value == pytest.approx(3.0)
+    assert lw.status is Status.FAIL and lw.value == pytest.approx(2.0)
     assert "Left" in lw.message
     assert f["completeness.apices"].status is Status.PASS
 
@@ -369,7 +369,7 @@ def test_metadata_view_and_spacing() -> None:
     # anatomy scale: the two lungs span cols 60..340 = 281 px for anatomy_lung_span_mm
     assert sp.value == pytest.approx(CFG.metadata.anatomy_lung_span_mm / 281, abs=1e-3)
     assert f["completeness.apices"].value == pytest.approx(
-        41 * CFG.metadata.anatomy_lung_span_mm / 281, abs=0.01
+        40 * CFG.metadata.anatomy_lung_span_mm / 281, abs=0.01
     )
 
 
@@ -492,10 +492,10 @@ def test_header_spacing_off_by_a_factor_uses_the_anatomy_scale() -> None:
     f = run(m, spacing_mm=(0.5, 0.5))  # half the true 1 mm: beyond the 1.6× tolerance
     assert f["metadata.spacing"].status is Status.WARN
     assert "anatomy" in f["metadata.spacing"].message
-    assert f["completeness.apices"].value == pytest.approx(41 * anatomy, abs=0.01)
+    assert f["completeness.apices"].value == pytest.approx(40 * anatomy, abs=0.01)
     ok = run(m, spacing_mm=(0.8, 0.8))  # within the tolerance: the header is trusted
     assert ok["metadata.spacing"].status is Status.PASS
-    assert ok["completeness.apices"].value == pytest.approx(41 * 0.8)
+    assert ok["completeness.apices"].value == pytest.approx(40 * 0.8)
 
 
 def test_synthetic_ct_override_only_changes_the_rotation_reference() -> None:
@@ -510,7 +510,7 @@ def test_model_speckle_does_not_move_landmarks() -> None:
     m["lung_right"] = box(m["lung_right"], 25, 27, 30, 32)  # a 3x3 speck near the top edge
     m["heart"] = box(m["heart"], 330, 332, 370, 372)
     f = run(m)
-    assert f["completeness.apices"].value == 41.0
+    assert f["completeness.apices"].value == 40.0
     assert f["completeness.collimation"].value == 40.0
     assert f["organs.heart"].value == 0.0
 
