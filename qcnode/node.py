@@ -134,6 +134,10 @@ class Node:
     # False in an extra ingest process (qcnode.ingestprocs): it leaves sweeping
     # data_dir/tmp and the start/stop audit to serve's own process
     primary: bool = True
+    # the supervising run (qcnode.queue.new_run_id) when this node's workers run in a
+    # child process it watches: stored with each claim, so that a restarted node does not
+    # count the interruption of a job against its image when the whole node died
+    run_id: str | None = None
 
     def start(self, *, ingest: bool = True, senders: bool = True) -> None:
         s = self.settings
@@ -148,7 +152,9 @@ class Node:
         # QC child, an extra ingest process) would delete files being received into tmp
         if ingest and self.primary and store.sweep_tmp():
             log.info("removed leftovers of interrupted receptions from %s", store.tmp)
-        JobQueue(sessions=sessions, worker_id="startup", lease_seconds=1).release_dead_local()
+        JobQueue(
+            sessions=sessions, worker_id="startup", lease_seconds=1, run_id=self.run_id
+        ).release_dead_local()
         wake = self.jobs_ready or threading.Event()
         self.jobs_ready = wake
         if s.workers > 0:
@@ -165,6 +171,7 @@ class Node:
                             sessions=sessions,
                             worker_id=f"{worker_id}:{n}",
                             lease_seconds=s.lease_seconds,
+                            run_id=self.run_id,
                         ),
                         analyzer=factory(),
                         builder=builder,
@@ -339,6 +346,10 @@ def run_worker(settings: Settings) -> int:
     if settings.workers <= 0:
         raise ConfigError("qcnode worker needs workers >= 1")
     _quiet_libraries(settings)
+    if settings.worker_process:
+        from qcnode.qcprocess import run_worker_with_qc_process
+
+        return run_worker_with_qc_process(settings)
     node = Node(settings=settings)
     node.start(ingest=False, senders=False)
     return _run_until_signal(node)

@@ -13,6 +13,11 @@ pipe's end of file instead tells each side that the other is gone. So the child 
 when ``serve`` stops or dies (even by SIGKILL), and ``serve`` starts a new child when
 its child dies (a decoder crash on a poison image must not stop ingest; the job is
 claimed again and given up after ``job_max_attempts``).
+
+``serve`` has a run id (qcnode.queue.new_run_id) that the child stores with each claim:
+after the whole node died, the next run releases those claims without counting an
+attempt; only a child dying under a live ``serve`` counts against the image. ``qcnode
+worker`` runs its workers the same way (without ingest or senders).
 """
 
 from __future__ import annotations
@@ -32,9 +37,15 @@ from qcnode.config import Settings
 from qcnode.db import upgrade
 from qcnode.errors import ModelError, QcnodeError
 from qcnode.node import Node, _quiet_libraries, _run_until_signal, _web
+from qcnode.queue import new_run_id
 
 if TYPE_CHECKING:
     from qcnode.ingestprocs import IngestProcesses
+    from qcnode.worker import Analyzer
+
+# Builds the child's analyzer factory from the settings, in the child (a module-level
+# function: it is pickled by name). None: the configured model (tests pass a fake one).
+AnalyzerSource = Callable[[Settings], Callable[[], "Analyzer"]]
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +94,19 @@ class QCProcess:
     """The QC child as seen from ``serve``: start, wake, restart when it dies, stop."""
 
     def __init__(
-        self, *, settings: Settings, on_result: Callable[[], None], on_fatal: Callable[[], None]
+        self,
+        *,
+        settings: Settings,
+        on_result: Callable[[], None],
+        on_fatal: Callable[[], None],
+        run_id: str | None = None,
+        analyzers: AnalyzerSource | None = None,
     ) -> None:
         self.settings = settings
         self.on_result = on_result
         self.on_fatal = on_fatal
+        self.run_id = run_id or new_run_id()
+        self.analyzers = analyzers
         self.child: Any = None
         self.starts = 0
         self._jobs: Any = None
@@ -104,7 +123,7 @@ class QCProcess:
         status, child_status = ctx.Pipe(duplex=False)
         child = ctx.Process(
             target=_child_main,
-            args=(self.settings, jobs_r, results_w, child_status),
+            args=(self.settings, jobs_r, results_w, child_status, self.run_id, self.analyzers),
             name="qcnode-qc",
             daemon=True,
         )
@@ -174,11 +193,12 @@ def _stop(child: Any) -> None:
         child.join(5)
 
 
-def serve_with_qc_process(settings: Settings) -> int:
+def serve_with_qc_process(settings: Settings, *, analyzers: AnalyzerSource | None = None) -> int:
     """``qcnode serve`` with the QC workers in a child process (see the module doc)."""
     from qcnode.ingestprocs import start_extra  # it imports this module
 
     upgrade(settings)  # once, before two processes open the database
+    run_id = new_run_id()
     node: Node | None = None
 
     def wake_senders() -> None:
@@ -189,11 +209,17 @@ def serve_with_qc_process(settings: Settings) -> int:
         if node is not None:
             node.stop.set()
 
-    qc = QCProcess(settings=settings, on_result=wake_senders, on_fatal=fatal)
+    qc = QCProcess(
+        settings=settings,
+        on_result=wake_senders,
+        on_fatal=fatal,
+        run_id=run_id,
+        analyzers=analyzers,
+    )
     qc.start()  # the model loads before anything is accepted; fails like threads would
     extra: IngestProcesses | None = None
     try:
-        node = Node(settings=replace(settings, workers=0), on_stored=qc.ring)
+        node = Node(settings=replace(settings, workers=0), on_stored=qc.ring, run_id=run_id)
         node.start()
         assert node.address is not None
         try:
@@ -208,7 +234,38 @@ def serve_with_qc_process(settings: Settings) -> int:
         qc.stop()
 
 
-def _child_main(settings: Settings, jobs: Any, results: Any, status: Any) -> None:
+def run_worker_with_qc_process(
+    settings: Settings, *, analyzers: AnalyzerSource | None = None
+) -> int:
+    """``qcnode worker`` with its workers in a child process it restarts when it dies:
+    as under ``serve``, only a worker dying under a live ``qcnode worker`` counts against
+    the image. No ingest here: the child polls the queue."""
+    upgrade(settings)
+    stop = threading.Event()
+    qc = QCProcess(
+        settings=settings, on_result=lambda: None, on_fatal=stop.set, analyzers=analyzers
+    )
+    qc.start()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        log.info("shutting down")
+        qc.stop()
+    return 0
+
+
+def _child_main(
+    settings: Settings,
+    jobs: Any,
+    results: Any,
+    status: Any,
+    run_id: str | None = None,
+    analyzers: AnalyzerSource | None = None,
+) -> None:
     """The QC child: workers only, woken by ingest through ``jobs``."""
     logging.basicConfig(
         level=logging.DEBUG if settings.verbose else logging.INFO,
@@ -219,8 +276,14 @@ def _child_main(settings: Settings, jobs: Any, results: Any, status: Any) -> Non
     with contextlib.suppress(OSError):  # where cores are short, receiving goes first
         os.nice(NICE)
     wake = threading.Event()
-    node = Node(settings=settings, jobs_ready=wake, on_result=_ring(results))
     try:
+        node = Node(
+            settings=settings,
+            jobs_ready=wake,
+            on_result=_ring(results),
+            run_id=run_id,
+            analyzer_factory=analyzers(settings) if analyzers is not None else None,
+        )
         node.start(ingest=False, senders=False)
     except QcnodeError as exc:
         status.send((type(exc).__name__, str(exc)))

@@ -206,7 +206,8 @@ class Worker:
             item.result = outcome(
                 inst.sop_instance_uid,
                 Verdict.ERROR,
-                f"given up after {item.claim.attempt - 1} interrupted attempts",
+                f"given up after {item.claim.attempt - 1} interrupted attempts: its QC worker"
+                " died each time (a poison image?)",
             )
             return
         if not inst.applicable:

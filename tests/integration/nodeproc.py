@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -33,8 +34,17 @@ class NodeProcess:
     """Start/kill a node process on a config file; read its database afterwards."""
 
     def __init__(
-        self, root: Path, *, fake_model: bool, role: str = "serve", **settings: Any
+        self,
+        root: Path,
+        *,
+        fake_model: bool,
+        role: str = "serve",
+        qc_process: bool = False,
+        env: dict[str, str] | None = None,
+        **settings: Any,
     ) -> None:
+        """``qc_process``: with the fake model, run the workers in a QC child process as
+        ``qcnode serve`` does by default (else threads in the node's process)."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.config = root / "qcnode.toml"
@@ -44,6 +54,8 @@ class NodeProcess:
         self.settings = load_settings(self.config)
         self.fake_model = fake_model
         self.role = role
+        self.qc_process = qc_process
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -55,10 +67,10 @@ class NodeProcess:
         self.starts += 1
         if self.fake_model:
             cmd = [sys.executable, str(ROOT / "tests" / "integration" / "node_launcher.py")]
-            cmd += [str(self.config), self.role]
+            cmd += [str(self.config), self.role, "process" if self.qc_process else "threads"]
         else:
             cmd = [sys.executable, "-m", "qcnode.cli", self.role, "--config", str(self.config)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         with (self.root / f"node{self.starts}.log").open("wb") as log:
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
@@ -77,11 +89,20 @@ class NodeProcess:
     def log(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob("node*.log")))
 
-    def kill(self) -> None:
+    def kill(self, *, tree: bool = False) -> None:
+        """SIGKILL the node's process; with ``tree`` its child processes too, at once (a
+        power cut, a container stop): they are stopped first so that none sees another
+        die."""
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
+            pids = [self.proc.pid, *(descendants(self.proc.pid) if tree else [])]
+            for sig in (signal.SIGSTOP, signal.SIGKILL) if tree else (signal.SIGKILL,):
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
             self.proc.wait(timeout=30)
             self.proc = None
+            for pid in pids[1:]:
+                wait_for(lambda p=pid: not _exists(p), 30, "the node's children to die")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -121,3 +142,26 @@ class NodeProcess:
         for src, kind, uid in rows:
             out.setdefault(src, []).append((kind, uid))
         return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc), children before grandchildren."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop(0)
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                kids = [int(c) for c in (task / "children").read_text().split()]
+                out.extend(kids)
+                todo.extend(kids)
+    return out
+
+
+def _exists(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (reaped or not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
