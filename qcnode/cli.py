@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int)
     s.add_argument("--destination", action="append", metavar="AE@HOST:PORT")
     s.add_argument("--web-port", type=int)
+    s.add_argument(
+        "--ingest-processes",
+        type=int,
+        metavar="N",
+        help="receive in N processes on the port (SO_REUSEPORT; setting ingest_processes)",
+    )
 
     sub.add_parser("worker", parents=[common], help="run QC workers only (scale-out)")
 
@@ -102,6 +108,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "port": getattr(args, "port", None),
         "destinations": getattr(args, "destination", None),
         "web_port": getattr(args, "web_port", None),
+        "ingest_processes": getattr(args, "ingest_processes", None),
         "model": getattr(args, "model", None),
         "language": getattr(args, "language", None),
         "verbose": True if args.verbose else None,
