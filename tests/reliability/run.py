@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -54,15 +55,18 @@ OUT = ROOT / ".cache" / "reliability"
 
 
 @contextmanager
-def world(root: Path, **extra: Any) -> Iterator[tuple[NodeProcess, CountingOrthanc, MemoryWatch]]:
-    """Orthanc + a fake-model node on free ports, memory watched; torn down afterwards."""
+def world(
+    root: Path, qc_process: bool = False, **extra: Any
+) -> Iterator[tuple[NodeProcess, CountingOrthanc, MemoryWatch]]:
+    """Orthanc + a fake-model node on free ports, memory watched; torn down afterwards.
+    ``qc_process``: QC in serve's child process, as ``qcnode serve`` runs by default."""
     (root / "orthanc").mkdir(parents=True)
     pacs = CountingOrthanc(
         ae_title="ORTHANC", dicom_port=free_port(), http_port=free_port(), root=root / "orthanc"
     )
     pacs.start()
     settings = {**node_settings(root, pacs), "lease_seconds": 10, **extra}
-    node = NodeProcess(root / "n", fake_model=True, **settings)
+    node = NodeProcess(root / "n", fake_model=True, qc_process=qc_process, **settings)
     node.start()
     watch = MemoryWatch()
     assert node.proc is not None
@@ -139,7 +143,7 @@ def scenario_load(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 def scenario_kills(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     rng = random.Random(args.seed)
-    with world(root) as (node, pacs, watch):
+    with world(root, qc_process=args.workers_in == "process") as (node, pacs, watch):
         mods = modalities(node.port, args.modalities, args.per, 2000, SIZES_CI)
         t0 = time.monotonic()
         for m in mods:
@@ -148,16 +152,27 @@ def scenario_kills(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         for _ in range(args.kills):
             delay = rng.uniform(0.3, args.max_delay)
             time.sleep(delay)  # a random moment: ingest, QC or delivery may be mid-way
-            node.kill()
+            node.kill(tree=True)  # serve and its QC child at once: the whole node dies
             delays.append(round(delay, 2))
             node.start()
         for m in mods:
             m.join(args.deadline + 60)
         seconds = time.monotonic() - t0
         figures = delivery_figures(node, pacs, sent_uids(mods), timeout=args.deadline)
+        releases = [
+            (int(a), int(b))
+            for a, b in re.findall(
+                r"requeued (\d+) job\(s\) left running by a dead worker on this host"
+                r" \((\d+) interrupted by the whole node's end",
+                node.log(),
+            )
+        ]
         return {
             **modality_figures(mods, seconds),
             **figures,
+            "jobs_requeued_at_restarts": sum(a for a, _ in releases),
+            "of_which_not_counted_node_died": sum(b for _, b in releases),
+            "workers_in": args.workers_in,
             "kills": len(delays),
             "kill_delays_s": delays,
             "node_peak_rss_mib": round(watch.peak_kib / 1024, 1),
@@ -304,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", choices=["ci", "full"], default="full")
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--max-delay", type=float, default=4.0, help="kills: longest gap (s)")
+    parser.add_argument(
+        "--workers-in",
+        choices=["process", "threads"],
+        default="process",
+        help="kills: QC in serve's child process (serve's default) or threads in serve",
+    )
     parser.add_argument("--down-seconds", type=float, default=180.0)
     parser.add_argument("--lock-seconds", type=float, default=45.0)
     parser.add_argument("--deadline", type=float, default=3600.0)
