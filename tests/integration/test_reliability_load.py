@@ -10,6 +10,7 @@ datasets does not grow the process by their size. scripts/reliability runs the s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,18 @@ def test_receiving_large_datasets_does_not_grow_the_node(tmp_path: Path) -> None
         assert grown < 24 * 1024, f"peak RSS grew by {grown} KiB receiving 3 × 48 MB"
     finally:
         node.stop()
+
+
+def test_cstore_storm_every_request_answered_and_kept(tmp_path: Path) -> None:
+    """The storm harness (tests/reliability/storm.py; finding 23) in small: concurrent
+    requestors, short associations, tiny datasets against the real ingest in its own
+    process; every C-STORE answered, every acknowledged instance kept."""
+    from tests.reliability import storm
+
+    out = tmp_path / "out"
+    storm.OUT = out
+    assert storm.main(["--threads", "3", "--stores", "300", "--per-assoc", "25"]) == 0
+    figures = json.loads((out / "storm-ingest.json").read_text())
+    assert figures["c_stores_sent"] == 300 and figures["no_response"] == 0
+    assert figures["associations"] == 12
+    assert figures["instances_acknowledged"] == 75 and figures["acknowledged_not_kept"] == 0

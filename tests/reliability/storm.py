@@ -192,6 +192,8 @@ def storm(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     finally:
         node.terminate()
         node.wait(30)
+        if node.stdout is not None:
+            node.stdout.close()
         logging.getLogger("pynetdicom").removeHandler(log)
     acknowledged = set().union(*(r.acknowledged for r in requestors))
     kept = acknowledged
