@@ -324,9 +324,10 @@ def lung_widths_mm(pack: Pack) -> dict[str, float]:
 
 
 PACK_FORMAT = "qcnode-pack-1"
-# Canvases travel as 9-bit values (steps of 0.2 % of the range, below the images' noise):
-# with row differences split into byte planes and LZMA, ~21 KB per 256 x 256 canvas, so a
-# training set fits the 64 MiB a GPU host is sent.
+# Canvases travel as 9-bit values by default (steps of 0.2 % of the range), row differences
+# split into byte planes and LZMA: ~30 KB per 256 x 256 canvas. 8 bit (255 levels, ~23 KB)
+# fits 1 600 training images into the 64 MiB a GPU host is sent; its 0.4 % step is below
+# the synthetic images' pixel noise (0.3-1.2 % measured on canvases), so it dithers.
 PACK_LEVELS = 511
 
 
