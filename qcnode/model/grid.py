@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -36,6 +37,7 @@ from qcnode.model import data as datamod
 from qcnode.model import metrics, preprocess
 from qcnode.model.infer import WeightsMeta, read_weights, resolve_device, save_weights
 from qcnode.model.network import QCNet, build
+from qcnode.model.registry import WEIGHTS_DIR, ModelEntry, load_registry, sha256_file
 from qcnode.model.train import RECIPES, Recipe, _lr, loss_fn, make_batch, structure_factors
 
 log = logging.getLogger(__name__)
@@ -358,6 +360,45 @@ def train_grid(
     return results
 
 
+def ship_weights(
+    weights: Path,
+    *,
+    name: str,
+    file: str,
+    recipe_doc: dict[str, Any],
+    data_version: str,
+    code_version: str,
+    metrics_doc: dict[str, Any],
+    make_default: bool,
+    weights_dir: Path | None = None,
+) -> ModelEntry:
+    """Copy a grid run's weights next to the registry under ``file`` and record them."""
+    target_dir = weights_dir or WEIGHTS_DIR
+    target = target_dir / file
+    shutil.copyfile(weights, target)
+    meta, _ = read_weights(target)
+    sha = sha256_file(target)
+    entry = ModelEntry(
+        name=name,
+        file=file,
+        sha256=sha,
+        variant=meta.variant,
+        version=f"1.2.0+{sha[:8]}",
+        input_size=meta.input_size,
+        spacing_mm=meta.spacing_mm,
+        structures=meta.structures,
+        views=("frontal", "lateral", "other"),
+        reference_lung_width_mm=meta.reference_lung_width_mm,
+        recipe=recipe_doc,
+        data_version=data_version,
+        code_version=code_version,
+        metrics={k: v for k, v in metrics_doc.items() if v is not None},
+    )
+    registry_file = target_dir / "registry.toml"
+    load_registry(registry_file).with_entry(entry, make_default=make_default).save(registry_file)
+    return entry
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m qcnode.model.grid")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -379,11 +420,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--steps", type=int, help="override the recipe's step count")
     t.add_argument("--workers", type=int, help="override the recipe's batch workers")
     t.add_argument("--init", action="append", default=[], help="VARIANT=weights.pt")
+    h = sub.add_parser("ship", help="register a grid run's weights file (copied to the repo)")
+    h.add_argument("--weights", type=Path, required=True)
+    h.add_argument("--name", required=True, help="registry name")
+    h.add_argument("--file", required=True, help="file name next to the registry")
+    h.add_argument("--recipe", default="gpu")
+    h.add_argument("--run", type=Path, required=True, help="JSON: how the run went (steps...)")
+    h.add_argument("--eval-json", type=Path, help="python -m qcnode.model.report --json-out")
+    h.add_argument("--default", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     recipe = RECIPES.get(args.recipe)
     if recipe is None:
         raise SystemExit(f"unknown recipe {args.recipe!r}; known: {', '.join(RECIPES)}")
+    if args.cmd == "ship":
+        from qcnode.model.report import headline
+
+        run = json.loads(args.run.read_text())
+        doc = {k: v for k, v in asdict(recipe).items() if k != "augment"}
+        doc |= {"augment": "LONG_AUGMENT"} | run.get("recipe", {})
+        metrics_doc = headline(json.loads(args.eval_json.read_text())) if args.eval_json else {}
+        entry = ship_weights(
+            args.weights,
+            name=args.name,
+            file=args.file,
+            recipe_doc=doc,
+            data_version=str(run["data_version"]),
+            code_version=str(run["code_version"]),
+            metrics_doc=metrics_doc,
+            make_default=args.default,
+        )
+        print(f"registered {entry.name}: {entry.file} sha256 {entry.sha256}")
+        return 0
     if args.cmd == "pack":
         print(json.dumps(export_packs(args.data, args.out, recipe=recipe, levels=args.levels)))
         return 0
