@@ -344,8 +344,9 @@ class Worker:
                             select(Result.id).where(Result.instance_id == item.instance.id)
                         ) or self._store_result(session, item, objects)
                     if phase != 1:
+                        error = item.result.error if item.result else None
                         self.queue.finish(
-                            session, job, error=item.result.error if item.result else None
+                            session, job, error=self._given_up(session, item.result_id, error)
                         )
                     continue
                 if phase == 2 and item.result_id is not None:
@@ -382,6 +383,18 @@ class Worker:
                 f": {r.error}" if r.error else "",
                 extra={"instance_id": item.instance.id, "verdict": str(r.verdict)},
             )
+
+    def _given_up(self, session: Session, result_id: int, error: str | None) -> str | None:
+        """The job's error: why it was given up, and which result objects an earlier
+        attempt's kept result lacks (they will never be built)."""
+        have = set(
+            session.scalars(select(ResultObject.kind).where(ResultObject.result_id == result_id))
+        )
+        verdict = session.scalar(select(Result.verdict).where(Result.id == result_id))
+        missing = [k for k in self.object_kinds if k not in have]
+        if verdict in EVALUATED and missing:
+            return f"{error}; the kept result of an earlier attempt has no {', '.join(missing)}"
+        return error
 
     @staticmethod
     def _timings(item: _Item) -> dict[str, float]:

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from qcnode.config import Destination, Settings
 from qcnode.db import (
@@ -262,3 +262,24 @@ def test_giving_up_keeps_a_result_already_delivered(env, tmp_path) -> None:  # t
         assert job is not None and job.state == "failed" and "given up" in (job.error or "")
         assert s.scalar(select(Result.verdict)) == verdict  # not replaced by an error
         assert sorted(s.scalars(select(ResultObject.sop_instance_uid))) == before
+
+
+def test_giving_up_after_the_sr_says_which_objects_never_come(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Finding 22's end state, when it still happens (a worker without a supervisor): the
+    job's status names what the kept result lacks."""
+    settings, sessions, store = env
+    receive(sessions, store, tmp_path)
+    worker = make_worker(settings, sessions, store, phantom_predictor())
+    worker.run_once()
+    with sessions.begin() as s:  # as if only phase 1 had committed, then five deaths
+        s.execute(delete(ResultObject).where(ResultObject.kind == "sc"))
+        job = s.scalar(select(Job))
+        assert job is not None
+        job.state, job.attempts = "queued", settings.job_max_attempts
+    assert worker.run_once() == 1
+    with sessions() as s:
+        job = s.scalar(select(Job))
+        assert job is not None and job.state == "failed"
+        assert job.error is not None and job.error.startswith("given up after 5 interrupted")
+        assert job.error.endswith("the kept result of an earlier attempt has no sc")
+        assert sorted(s.scalars(select(ResultObject.kind))) == ["sr"]
