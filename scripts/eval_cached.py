@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--view", choices=("frontal", "lateral"), default=None)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--model-only", action="store_true", help="skip the exact-mask pass")
     args = ap.parse_args(argv)
     settings = load_settings()
     rules = load_config(settings.rules_file)
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{i}/{len(samples)}", flush=True)
         image = decode(s.dcm)
         uid = image.meta.sop_instance_uid
-        sources = {"exact": (s.view, load_masks(s.masks))}
+        sources = {} if args.model_only else {"exact": (s.view, load_masks(s.masks))}
         cached = args.pred_dir / f"{s.id}.npz"
         if cached.is_file():
             sources["model (cached)"] = load_prediction(cached)
@@ -75,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         "samples": len(samples),
         "machine": "",
         "note": "rules on exact masks and on cached model predictions",
-        "modes": {m: {k: v.summary() for k, v in sorted(st.items())} for m, st in stats.items()},
+        "modes": {
+            m: {k: v.summary() for k, v in sorted(st.items())} for m, st in stats.items() if st
+        },
         "real": [],
     }
     if args.json:

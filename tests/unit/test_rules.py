@@ -526,3 +526,71 @@ def test_masks_off_by_a_pixel_keep_every_status(op: str) -> None:
     moved = run(m)
     for rule, finding in moved.items():
         assert finding.status is base[rule].status, (rule, finding.message)
+
+
+# ---- the exposed field from the pixels ------------------------------------------------------
+
+
+def run_on(
+    image_masks: dict[str, BoolMask], model_masks: dict[str, BoolMask]
+) -> dict[str, Finding]:
+    """Paint the film from ``image_masks`` (its field = where the shutters are), QC it with the
+    model's ``model_masks`` (whose field may be wrong)."""
+    image = phantom_image(image_masks, view_position="PA")
+    pred = FakePredictor(source=lambda _i: (View.FRONTAL, model_masks)).predict([image])[0]
+    return {f.rule: f for f in evaluate(image, pred, config=CFG)}
+
+
+def test_shutter_found_from_the_pixels_when_the_model_misses_it() -> None:
+    film = frontal_phantom()
+    film["field"] = box(film["field"], 0, 61, 0, 399, False)  # shutter down to row 61
+    model = frontal_phantom()
+    model["field"] = np.ones_like(model["field"])  # the model sees no shutter at all
+    model["lung_right"] = box(model["lung_right"], 60, 69, 0, 399, False)  # stops 8 px short
+    model["lung_left"] = box(model["lung_left"], 60, 69, 0, 399, False)
+    f = run_on(film, model)
+    # the model's apex (row 70) lies 8 px below the first exposed row 62
+    assert f["completeness.apices"].value == pytest.approx(8.0)
+    assert f["completeness.costophrenic"].value == pytest.approx(40.0)  # bottom: band at 341
+    assert f["completeness.lateral_walls"].value == pytest.approx(40.0)
+
+
+def test_a_band_the_model_marks_but_the_pixels_do_not_show_is_exposed() -> None:
+    film = frontal_phantom()
+    film["field"] = np.ones_like(film["field"])  # no shutter on the film
+    model = frontal_phantom()  # the model's field: a 20 px band on every side
+    f = run_on(film, model)
+    assert f["completeness.apices"].value == pytest.approx(60.0)  # to the image's top row
+    assert f["completeness.collimation"].value == pytest.approx(99.0)  # lungs end at row 300
+
+
+def test_a_one_pixel_shutter_band_and_a_tilted_one() -> None:
+    film = frontal_phantom()
+    film["field"] = np.ones_like(film["field"])
+    film["field"][:, :1] = False  # 1 px band on the image left
+    rows = np.arange(400)[:, None]
+    cols = np.arange(400)[None, :]
+    film["field"] &= rows >= 30 + cols // 40  # top shutter edge tilted by 10 px over the width
+    f = run_on(film, frontal_phantom())
+    # right lung's outermost column 60: 59 px to the last exposed column 1
+    assert f["completeness.lateral_walls"].value == pytest.approx(59.0)
+    # apex row 60; the top edge runs at row 30 + col // 40: the left lung's apex (col 285)
+    # lies below edge row 37
+    assert f["completeness.apices"].value == pytest.approx(23.0, abs=0.2)
+
+
+def test_saturated_anatomy_along_a_border_is_not_a_shutter() -> None:
+    film = frontal_phantom()
+    film["field"] = np.ones_like(film["field"])
+    image = phantom_image(film, view_position="PA")
+    px = image.pixels.copy()
+    rows = np.arange(400)[:, None]
+    cols = np.arange(400)[None, :]
+    dome = rows >= 330 + (20 * np.cos((cols - 200) / 400 * np.pi * 2)).astype(int)
+    px[dome] = 1.0  # a burnt-white abdomen below a curved border: flat, bright, not straight
+    image = replace(image, pixels=px)
+    pred = FakePredictor(source=lambda _i: (View.FRONTAL, film)).predict([image])[0]
+    f = {x.rule: x for x in evaluate(image, pred, config=CFG)}
+    # as without the white abdomen: the left angle (300, 340) to the last column 399; taken
+    # for a shutter, the curved border would come within ~18 px below it
+    assert f["completeness.costophrenic"].value == pytest.approx(59.0)
