@@ -292,3 +292,20 @@ def test_trained_default_masks_survive_half_resolution() -> None:
         big = a.masks[name][:1954:2, :1840:2]
         inter = np.logical_and(big, b.masks[name]).sum()
         assert 2 * inter / (big.sum() + b.masks[name].sum()) > 0.9, name
+
+
+def test_fill_holes_equals_scipy_on_random_masks() -> None:
+    from scipy import ndimage
+
+    from qcnode.model.infer import fill_holes
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = (int(n) for n in rng.integers(1, 120, size=2))
+        mask = rng.random((h, w)) < rng.uniform(0.2, 0.97)
+        mask = ndimage.binary_opening(mask, iterations=int(rng.integers(0, 3)))
+        np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+    ring = np.zeros((20, 20), dtype=bool)
+    ring[5:15, 5:15] = True
+    ring[8:12, 8:12] = False
+    assert fill_holes(ring)[9, 9] and not fill_holes(np.zeros((4, 4), dtype=bool)).any()
