@@ -6,8 +6,10 @@ curves (gamma / log / sigmoid), brightness, inversion, Gaussian blur or unsharp 
 2-4x pooling, Gaussian noise, coarse dropout boxes. Synthetic-to-real transfer depends on
 this randomisation far more than on the network, so it is strong by design.
 
-All randomness comes from the ``torch.Generator`` passed in: a step's batch is a pure
-function of (seed, step), which makes training reproducible and resumable.
+All randomness comes from the ``torch.Generator`` passed in (a CPU generator, also when the
+batch lives on a GPU: draws stay on the CPU and tensors follow the batch's device), so a
+step's batch is a pure function of (seed, step), which makes training reproducible and
+resumable.
 """
 
 from __future__ import annotations
@@ -80,9 +82,10 @@ def _geometric(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch
         lin = rot @ shear @ torch.diag(torch.tensor([1 / zx, 1 / zy]))
         t = torch.tensor([_u(g, -cfg.shift, cfg.shift), _u(g, -cfg.shift, cfg.shift)]) * 2
         thetas.append(torch.cat([lin, t[:, None]], dim=1))
-    grid = F.affine_grid(torch.stack(thetas), [b, 1, s, s], align_corners=False)
+    theta = torch.stack(thetas).to(x.device)
+    grid = F.affine_grid(theta, [b, 1, s, s], align_corners=False)
     if cfg.elastic > 0:
-        coarse = torch.randn((b, 2, 5, 5), generator=g) * cfg.elastic
+        coarse = (torch.randn((b, 2, 5, 5), generator=g) * cfg.elastic).to(x.device)
         field = F.interpolate(coarse, size=(s, s), mode="bicubic", align_corners=False)
         grid = grid + field.permute(0, 2, 3, 1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -91,7 +94,7 @@ def _geometric(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     r = max(1, int(3 * sigma))
     k = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float32) ** 2) / (2 * sigma**2))
-    k = k / k.sum()
+    k = (k / k.sum()).to(x.device)
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
 
@@ -108,7 +111,7 @@ def _lines(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
             + 2 * ((1 - t) * t)[:, None] * p[1]
             + t[:, None] ** 2 * p[2]
         )
-        idx = pts.long().clamp(0, s - 1)
+        idx = pts.long().clamp(0, s - 1).to(x.device)
         canvas[..., idx[:, 1], idx[:, 0]] = 1.0
     width = int(torch.randint(1, 4, (), generator=g))
     if width > 1:
@@ -142,7 +145,7 @@ def _intensity(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tor
         k = int(torch.randint(2, 5, (), generator=g))
         x = F.interpolate(F.avg_pool2d(x, k, ceil_mode=True), size=x.shape[-2:], mode="bilinear")
     if _p(g, cfg.p_noise):
-        x = x + torch.randn(x.shape, generator=g) * _u(g, 0.005, cfg.noise)
+        x = x + torch.randn(x.shape, generator=g).to(x.device) * _u(g, 0.005, cfg.noise)
     if _p(g, cfg.p_lines):
         x = _lines(x, g)
     if _p(g, cfg.p_dropout):

@@ -38,7 +38,16 @@ from qcnode.model import metrics, preprocess
 from qcnode.model.infer import WeightsMeta, read_weights, resolve_device, save_weights
 from qcnode.model.network import QCNet, build
 from qcnode.model.registry import WEIGHTS_DIR, ModelEntry, load_registry, sha256_file
-from qcnode.model.train import RECIPES, Recipe, _lr, loss_fn, make_batch, structure_factors
+from qcnode.model.train import (
+    RECIPES,
+    Recipe,
+    _lr,
+    augment_batch,
+    gather_batch,
+    loss_fn,
+    make_batch,
+    structure_factors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +109,8 @@ def export_packs(
 
 
 class _Batches(Dataset[dict[str, torch.Tensor]]):
-    """Step -> its augmented batch; workers compute them in parallel, order kept."""
+    """Step -> its batch (augmented unless ``augmented`` is False: then the training device
+    augments it); workers compute them in parallel, order kept."""
 
     def __init__(
         self,
@@ -111,15 +121,17 @@ class _Batches(Dataset[dict[str, torch.Tensor]]):
         recipe: Recipe,
         start: int,
         end: int,
+        augmented: bool = True,
     ) -> None:
         self.train, self.negatives, self.seed, self.recipe = train, negatives, seed, recipe
-        self.start, self.end = start, end
+        self.start, self.end, self.augmented = start, end, augmented
 
     def __len__(self) -> int:
         return self.end - self.start
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return make_batch(
+        make = make_batch if self.augmented else gather_batch
+        return make(
             self.train, self.negatives, seed=self.seed, step=self.start + i, recipe=self.recipe
         )
 
@@ -190,9 +202,16 @@ def train_grid(
     init: dict[str, Path] | None = None,
     progress: bool = True,
     snapshot_every_s: float = 60.0,
+    augment_on: str = "workers",
 ) -> list[GridResult]:
     """Train ``variants`` (labels: a variant name, optionally ``:tag``) on the same batches;
-    weights (``<variant>[-tag].pt``), history and validation go under ``out``."""
+    weights (``<variant>[-tag].pt``), history and validation go under ``out``.
+
+    ``augment_on`` "device": workers only gather samples and the training device augments
+    them (the same draws; for a host whose CPUs cannot keep up with its GPU)."""
+    if augment_on not in ("workers", "device"):
+        raise QcnodeError(f"augment_on must be workers or device, not {augment_on!r}")
+    on_device = augment_on == "device"
     torch.manual_seed(seed)
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
@@ -236,6 +255,9 @@ def train_grid(
     out.mkdir(parents=True, exist_ok=True)
 
     def step_all(step: int, batch: dict[str, torch.Tensor], rec: Recipe) -> dict[str, float]:
+        if on_device:
+            moved = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+            batch = augment_batch(moved, seed=seed, step=step, recipe=rec)
         x = batch["x"].to(dev, non_blocking=True).to(memory_format=torch.channels_last)
         target = F.avg_pool2d(batch["masks"].to(dev, non_blocking=True), 2)
         weight = batch["weight"].to(dev, non_blocking=True)
@@ -281,7 +303,15 @@ def train_grid(
         calib = min(CALIBRATION_STEPS, recipe.warmup)
         if calib < 10:
             raise QcnodeError("--minutes needs a recipe with a warm-up of >= 10 steps")
-        ds = _Batches(train_pack, negatives, seed=seed, recipe=recipe, start=0, end=calib)
+        ds = _Batches(
+            train_pack,
+            negatives,
+            seed=seed,
+            recipe=recipe,
+            start=0,
+            end=calib,
+            augmented=not on_device,
+        )
         t_calib = time.monotonic()
         for step, batch in enumerate(_batches(ds, recipe.workers, cuda)):
             if step == 5:
@@ -295,7 +325,9 @@ def train_grid(
         # The workers' prefetched batches flatter the calibration window (seen on an H100:
         # 7.0 steps/s calibrated, 4.3 sustained), so the batch supply is timed on its own.
         t_batch = time.monotonic()
-        make_batch(train_pack, negatives, seed=seed, step=0, recipe=recipe)
+        (gather_batch if on_device else make_batch)(
+            train_pack, negatives, seed=seed, step=0, recipe=recipe
+        )
         data_rate = max(1, recipe.workers) / (time.monotonic() - t_batch) * DATA_EFFICIENCY
         rate = min(gpu_rate, data_rate)
         left = minutes * 60 - (time.monotonic() - t0)
@@ -305,7 +337,15 @@ def train_grid(
         )
         start = calib
     rec = replace(recipe, steps=steps)
-    ds = _Batches(train_pack, negatives, seed=seed, recipe=rec, start=start, end=steps)
+    ds = _Batches(
+        train_pack,
+        negatives,
+        seed=seed,
+        recipe=rec,
+        start=start,
+        end=steps,
+        augmented=not on_device,
+    )
     last_snap = time.monotonic()
     loss_now: dict[str, float] = {}
     ran = start
@@ -420,6 +460,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--steps", type=int, help="override the recipe's step count")
     t.add_argument("--workers", type=int, help="override the recipe's batch workers")
     t.add_argument("--init", action="append", default=[], help="VARIANT=weights.pt")
+    t.add_argument(
+        "--augment-on",
+        choices=["workers", "device"],
+        default="workers",
+        help="where batches are augmented (device: the GPU, for hosts short of CPUs)",
+    )
     h = sub.add_parser("ship", help="register a grid run's weights file (copied to the repo)")
     h.add_argument("--weights", type=Path, required=True)
     h.add_argument("--name", required=True, help="registry name")
@@ -472,6 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=args.device,
         minutes=args.minutes,
         init=init,
+        augment_on=args.augment_on,
     )
     for r in results:
         print(json.dumps(asdict(r) | {"weights": str(r.weights)}))

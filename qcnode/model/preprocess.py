@@ -105,7 +105,9 @@ def standardise(canvas: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     training (after augmentation) and inference.
     """
     out = torch.zeros_like(canvas)
-    q = torch.tensor([LOW_PERCENTILE / 100.0, HIGH_PERCENTILE / 100.0], dtype=canvas.dtype)
+    q = torch.tensor(
+        [LOW_PERCENTILE / 100.0, HIGH_PERCENTILE / 100.0], dtype=canvas.dtype, device=canvas.device
+    )
     for i in range(canvas.shape[0]):
         values = canvas[i][valid[i]]
         if values.numel() < 16:

@@ -222,6 +222,37 @@ def _gather(pack: datamod.Pack, index: Sequence[int]) -> dict[str, torch.Tensor]
     }
 
 
+def gather_batch(
+    train: datamod.Pack,
+    negatives: datamod.Pack | None,
+    *,
+    seed: int,
+    step: int,
+    recipe: Recipe,
+) -> dict[str, torch.Tensor]:
+    """The samples of ``step``, not yet augmented: canvas, valid, masks, views, weight."""
+    picks = _batch_index(
+        seed, step, len(train), len(negatives) if negatives else 0, recipe.batch, recipe.p_negative
+    )
+    parts = []
+    for neg, i in picks:
+        src = negatives if neg and negatives is not None else train
+        parts.append(_gather(src, [i]))
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def augment_batch(
+    batch: dict[str, torch.Tensor], *, seed: int, step: int, recipe: Recipe
+) -> dict[str, torch.Tensor]:
+    """``gather_batch``'s output augmented on whatever device it lives on (draws from a CPU
+    generator seeded by (seed, step), so the same on every device up to float rounding)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    x, masks = augment(
+        batch["canvas"], batch["valid"], batch["masks"], cfg=recipe.augment, generator=g
+    )
+    return {"x": x, "masks": masks, "views": batch["views"], "weight": batch["weight"]}
+
+
 def make_batch(
     train: datamod.Pack,
     negatives: datamod.Pack | None,
@@ -231,19 +262,8 @@ def make_batch(
     recipe: Recipe,
 ) -> dict[str, torch.Tensor]:
     """The augmented batch of ``step``: a pure function of (seed, step)."""
-    picks = _batch_index(
-        seed, step, len(train), len(negatives) if negatives else 0, recipe.batch, recipe.p_negative
-    )
-    parts = []
-    for neg, i in picks:
-        src = negatives if neg and negatives is not None else train
-        parts.append(_gather(src, [i]))
-    batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    x, masks = augment(
-        batch["canvas"], batch["valid"], batch["masks"], cfg=recipe.augment, generator=g
-    )
-    return {"x": x, "masks": masks, "views": batch["views"], "weight": batch["weight"]}
+    batch = gather_batch(train, negatives, seed=seed, step=step, recipe=recipe)
+    return augment_batch(batch, seed=seed, step=step, recipe=recipe)
 
 
 def _lr(recipe: Recipe, step: int) -> float:

@@ -145,3 +145,38 @@ def test_weights_with_unknown_channels_are_refused(tmp_path: Path) -> None:
     save_weights(tmp_path / "w.pt", model, meta)
     with pytest.raises(ModelError, match="other structures"):
         read_weights(tmp_path / "w.pt")
+
+
+def test_augmenting_on_the_training_device_gives_the_same_run(tmp_path: Path) -> None:
+    """Workers that only gather + augmentation in the trainer = workers that augment (on a
+    CPU exactly; on a GPU up to float rounding, same draws)."""
+    data = _tiny_set(tmp_path, n=4)
+    recipe = dataclasses.replace(RECIPES["tiny"], lungs="both", steps=4, val_count=0)
+    export = dataclasses.replace(recipe, val_count=2)
+    export_packs(
+        [data], tmp_path / "packs", recipe=export, include_negatives=False, cache_base=tmp_path
+    )
+    weights = {}
+    for where in ("workers", "device"):
+        train_grid(
+            variants=["qcnet_d10_w1"],
+            packs=tmp_path / "packs",
+            out=tmp_path / where,
+            recipe=recipe,
+            seed=2,
+            device="cpu",
+            progress=False,
+            augment_on=where,
+        )
+        weights[where] = read_weights(tmp_path / where / "qcnet_d10_w1.pt")[1]
+    for key, value in weights["workers"].items():
+        torch.testing.assert_close(weights["device"][key], value, msg=key)
+    with pytest.raises(QcnodeError, match="augment_on"):
+        train_grid(
+            variants=["qcnet_d10_w1"],
+            packs=tmp_path / "packs",
+            out=tmp_path / "x",
+            recipe=recipe,
+            device="cpu",
+            augment_on="gpu",
+        )
