@@ -63,10 +63,6 @@ def _landmark_margins(s: Subject, rule: str, threshold: float, landmark: str) ->
         missing = next(side for side in SIDES if side not in points)
         return make(s, rule, Status.NOT_EVALUABLE, None, threshold, "missing", side=missing)
     margins = {side: s.margin_mm(p) for side, p in points.items()}
-    if landmark == "wall":
-        for side in points:
-            if _cut_laterally(s, side):
-                margins[side] = min(margins[side], 0.0)
     worst = min(margins, key=lambda k: margins[k])
     value = margins[worst]
     geometry = tuple(
@@ -74,25 +70,6 @@ def _landmark_margins(s: Subject, rule: str, threshold: float, landmark: str) ->
     )
     status = Status.PASS if value >= threshold else Status.FAIL
     return make(s, rule, status, value, threshold, str(status), geometry, side=worst)
-
-
-def _cut_laterally(s: Subject, side: str, band_mm: float = 1.5) -> bool:
-    """The lung's outermost 1.5 mm of columns touch the field edge below its upper third: the
-    lung is widest where the field cuts it, so the wall may lie beyond (a lung cropped at the
-    bottom has its widest point cut away). A wider band (10 mm, until 2026-11-26) also caught
-    lungs whose base merely touches the lower edge while the wall is well inside: on train-v1
-    (1080 frontal) 54 false cuts vs 17 with 1.5 mm, and 4 missed cuts either way."""
-    lung = s.clean(f"lung_{side}")
-    ext = col_extent(lung)
-    if ext is None:
-        return False
-    rows = row_extent(lung)
-    assert rows is not None
-    k = max(1, round(band_mm / s.sx))
-    cols = np.arange(lung.shape[1])
-    outer = (cols <= ext[0] + k) if lateral_sign(s, side) < 0 else (cols >= ext[1] - k)
-    lower = np.arange(lung.shape[0]) >= rows[0] + (rows[1] - rows[0]) // 3  # not the apex
-    return bool((lung & s.field_ring & outer[None, :] & lower[:, None]).any())
 
 
 def costophrenic_point(lung: BoolMask, out: float) -> Point | None:
