@@ -84,3 +84,29 @@ def test_validate_command_line_reports_errors(tmp_path, capsys) -> None:  # type
     assert main([str(bad)]) == 1
     out = capsys.readouterr().out
     assert "sr.dcm: 0 error(s)" in out and "Error" in out
+
+
+def test_coverage_of_the_bounding_box_matches_a_whole_mask_resample() -> None:
+    """Resampling only around the mask changes values at most by PIL's window rounding."""
+    from PIL import Image
+
+    from qcnode.report.geometry import coverage
+
+    def whole(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        img = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+        shrink = size[1] <= mask.shape[0]
+        img = img.resize(size, Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.float32) / 255.0
+
+    rng = np.random.default_rng(1)
+    for _ in range(120):
+        h, w = (int(n) for n in rng.integers(50, 400, size=2))
+        mask = np.zeros((h, w), dtype=bool)
+        a, b = sorted(int(n) for n in rng.integers(0, h, size=2))
+        c, d = sorted(int(n) for n in rng.integers(0, w, size=2))
+        mask[a : b + 1, c : d + 1] = rng.random((b - a + 1, d - c + 1)) < 0.9
+        f = float(rng.uniform(0.1, 2.5))
+        size = (max(2, int(w * f)), max(2, int(h * f)))
+        bound = 2 * max(size[0] / w, size[1] / h) + 0.01 if f <= 1 else 0.01
+        assert np.abs(coverage(mask, size) - whole(mask, size)).max() <= bound
+    assert not coverage(np.zeros((30, 40), dtype=bool), (20, 15)).any()
