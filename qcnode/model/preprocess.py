@@ -14,6 +14,7 @@ chest detector is about 43 cm on its long side) and then refined from anatomy: s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,6 +99,21 @@ def to_canvas(
     return canvas, frame
 
 
+def percentiles(values: torch.Tensor, fractions: tuple[float, ...]) -> list[float]:
+    """``torch.quantile(values, fractions)`` (linear interpolation) from order statistics:
+    selection instead of a full sort, about 3x cheaper, and it runs once per image in
+    training and inference."""
+    n = values.numel()
+    out = []
+    for q in fractions:
+        pos = q * (n - 1)
+        k = math.floor(pos)
+        a = float(torch.kthvalue(values, k + 1).values)
+        b = float(torch.kthvalue(values, k + 2).values) if k + 1 < n and pos > k else a
+        out.append(a + (b - a) * (pos - k))
+    return out
+
+
 def standardise(canvas: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Per image: the 1st/99th percentiles of the valid region map to 0/1; outside is 0.
 
@@ -105,16 +121,13 @@ def standardise(canvas: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     training (after augmentation) and inference.
     """
     out = torch.zeros_like(canvas)
-    q = torch.tensor(
-        [LOW_PERCENTILE / 100.0, HIGH_PERCENTILE / 100.0], dtype=canvas.dtype, device=canvas.device
-    )
     for i in range(canvas.shape[0]):
         values = canvas[i][valid[i]]
         if values.numel() < 16:
             continue
-        if values.numel() > 65536:  # quantile has an input size limit; a stride sample suffices
+        if values.numel() > 65536:  # a stride sample suffices (and keeps results as before)
             values = values[:: values.numel() // 65536 + 1]
-        lo, hi = torch.quantile(values, q).tolist()
+        lo, hi = percentiles(values, (LOW_PERCENTILE / 100.0, HIGH_PERCENTILE / 100.0))
         scaled = ((canvas[i] - lo) / max(hi - lo, 1e-3)).clamp(-0.5, 1.5)
         out[i] = torch.where(valid[i], scaled, torch.zeros_like(scaled))
     return out

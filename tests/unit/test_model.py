@@ -309,3 +309,12 @@ def test_fill_holes_equals_scipy_on_random_masks() -> None:
     ring[5:15, 5:15] = True
     ring[8:12, 8:12] = False
     assert fill_holes(ring)[9, 9] and not fill_holes(np.zeros((4, 4), dtype=bool)).any()
+
+
+def test_percentiles_equal_torch_quantile() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for n in (16, 17, 100, 4097, 65536):
+        values = torch.randn(n, generator=gen)
+        for q in ((0.01, 0.99), (0.0, 1.0), (0.5,)):
+            expected = torch.quantile(values, torch.tensor(q)).tolist()
+            assert pp.percentiles(values, q) == pytest.approx(expected, abs=1e-5)  # float32 vs 64
