@@ -90,7 +90,7 @@ def synth_command(args: argparse.Namespace) -> int:
                 "variants_per_pose": per_pose,
                 "pitch_mm": pitch,
                 "visible_lungs": plan.visible_lungs,
-                "generator": "qcnode.synth v1.9",
+                "generator": "qcnode.synth v1.10",
             },
             indent=1,
         )

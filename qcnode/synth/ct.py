@@ -28,7 +28,7 @@ from scipy import ndimage
 log = logging.getLogger(__name__)
 
 CT_FILES = ("cxr.nii.gz", "mask.nii.gz", "structures.csv")
-PREPARED_VERSION = 6
+PREPARED_VERSION = 7
 
 # Soft-tissue bit-packed labels (sampled with the soft-tissue warp).
 SOFT_BITS: dict[str, int] = {
@@ -53,9 +53,12 @@ BONE_BITS: dict[str, int] = {
     "ribs_posterior_right": 8,
     "ribs_posterior_left": 9,
 }
-# Bone fraction channels (trilinear). Scapulae and humeri are apart so they can move in 2D:
-# scapulae on frontal views, humeri on laterals (split by their projected masks).
-BONE_CHANNELS = ("static", "movable")
+# Bone fraction channels (trilinear). Scapulae and humeri are apart so they can move in 2D
+# (scapulae on frontal views, humeri on laterals), and apart from each other: their
+# projections overlap (glenoid and humeral head), and a 2D move must carry exactly the bone
+# whose mask it moves (prepared v6 had one "movable" channel: a scapula shift dragged 45 % of
+# the frontal humeral head's pixels along, an arm move on a lateral the glenoid).
+BONE_CHANNELS = ("static", "scapulae", "humeri")
 
 # TotalSegmentator names (structures.csv) for each of our structures.
 _NAMES: dict[str, tuple[str, ...]] = {
@@ -99,7 +102,7 @@ class PreparedCT:
     """The CT ready for rendering. Tensors are float32, (z, y, x)."""
 
     soft: torch.Tensor  # water-equivalent relative density (1.0 = water)
-    bone: torch.Tensor  # (2, z, y, x) cortical-bone volume fraction per BONE_CHANNELS
+    bone: torch.Tensor  # (3, z, y, x) cortical-bone volume fraction per BONE_CHANNELS
     soft_bits: torch.Tensor  # integer bitmask as float (exact below 2**24)
     bone_bits: torch.Tensor
     rib_index_right: torch.Tensor  # posterior right rib number 1..12, 0 elsewhere
@@ -210,10 +213,12 @@ def prepare(ct_dir: Path) -> dict[str, npt.NDArray[np.generic]]:
     scap_r = lab == ids["scapula_right"]
     scap_l = lab == ids["scapula_left"]
     hum = np.isin(lab, [ids["humerus_right"], ids["humerus_left"]])
+    scap = scap_r | scap_l
     bone = np.stack(
         [
-            np.where(scap_r | scap_l | hum, 0.0, frac),
-            np.where(scap_r | scap_l | hum, frac, 0.0),
+            np.where(scap | hum, 0.0, frac),
+            np.where(scap, frac, 0.0),
+            np.where(hum, frac, 0.0),
         ]
     ).astype(np.float32)
 

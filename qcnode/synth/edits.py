@@ -22,7 +22,16 @@ from qcnode.synth.render import Projection
 
 _A = TypeVar("_A", npt.NDArray[np.float32], npt.NDArray[np.bool_])
 
-_MOVABLE = BONE_CHANNELS.index("movable")
+_SCAPULAE = BONE_CHANNELS.index("scapulae")
+_HUMERI = BONE_CHANNELS.index("humeri")
+
+# Humeral shaft added to arms-down laterals (the CT holds only the proximal humerus, cut by
+# its top slice): a cortical tube of adult size, and the arm's soft tissue around it.
+SHAFT_OUTER_MM = 11.0
+SHAFT_INNER_MM = 6.5
+SHAFT_BONE_FRACTION = 1.0  # compact cortical bone (the CT scale: HU ≈ 1540)
+ARM_RADIUS_MM = 40.0
+ARM_TAPER_MM = 40.0  # the arm's soft tissue fades over this length at both ends
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,10 @@ class Variant:
     shutters_mm: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # top bottom left right
     scapula_shift_mm: tuple[float, float] = (0.0, 0.0)  # (right, left), medial, detector plane
     arms_shift_mm: tuple[float, float] = (0.0, 0.0)  # (down, anterior), lateral views
+    # Arms down (laterals): humeral shaft length below the head's centre (0 = no shaft) and
+    # its angle from the vertical per side (right, left), positive = distal end anterior.
+    arm_shaft_mm: float = 0.0
+    arm_angle_deg: tuple[float, float] = (0.0, 0.0)
     exposure: physics.Exposure = field(default_factory=physics.Exposure)
     flipped: bool = False
     rotated180: bool = False
@@ -65,10 +78,49 @@ def _shift(a: _A, dy: int, dx: int) -> _A:
     return out
 
 
+def humeral_shaft(
+    head: npt.NDArray[np.bool_], length_mm: float, angle_deg: float, pitch: float
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """Projected bone (cm), arm soft tissue (cm) and mask of a humeral shaft on a lateral.
+
+    The tube starts at the centre of the projected head and runs towards the feet, tilted
+    anteriorly (the image's left) by ``angle_deg``. Bone is the exact chord through a
+    cortical shell, so the mask (outer radius) and the pixels agree by construction.
+    """
+    h, w = head.shape
+    rows, cols = np.nonzero(head)
+    c_r, c_c = float(rows.mean()), float(cols.mean())
+    a = np.radians(angle_deg)
+    d_r, d_c = np.cos(a), -np.sin(a)  # unit axis in (row, col); anterior = smaller columns
+    rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
+    y, x = (rr - c_r) * pitch, (cc - c_c) * pitch
+    along = y * d_r + x * d_c
+    across = np.abs(y * d_c - x * d_r)
+    inside = (along >= 0) & (along <= length_mm)
+    outer = np.sqrt(np.clip(SHAFT_OUTER_MM**2 - across**2, 0.0, None))
+    inner = np.sqrt(np.clip(SHAFT_INNER_MM**2 - across**2, 0.0, None))
+    bone = np.where(inside, 2.0 * (outer - inner) * SHAFT_BONE_FRACTION / 10.0, 0.0)
+    # The arm's soft tissue: a cylinder of ARM_RADIUS_MM around the shaft, fading in above
+    # the head (the shoulder) and out at the elbow, so it has no hard ends.
+    fade = np.clip(
+        np.minimum(along + ARM_RADIUS_MM, length_mm + ARM_TAPER_MM - along) / ARM_TAPER_MM,
+        0.0,
+        1.0,
+    )
+    chord = 2.0 * np.sqrt(np.clip(ARM_RADIUS_MM**2 - across**2, 0.0, None))
+    soft = chord * fade * fade * (3.0 - 2.0 * fade)  # smoothstep
+    mask = inside & (across < SHAFT_OUTER_MM)
+    return bone.astype(np.float32), (soft / 10.0).astype(np.float32), mask
+
+
 def move_bones(
     proj: Projection, v: Variant, frontal: bool
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], dict[str, npt.NDArray[np.bool_]]]:
-    """Scapulae medially (frontal) or arms down/forward (lateral), line integrals and masks."""
+    """Scapulae medially (frontal) or arms down/forward (lateral), line integrals and masks.
+
+    Each move carries only its own bone channel (scapulae / humeri), so the pixels of the
+    other bone and its mask stay together where their projections overlap.
+    """
     water = proj.water_cm.copy()
     bone = proj.bone_cm.copy()
     masks = {k: m.copy() for k, m in proj.masks.items()}
@@ -79,24 +131,33 @@ def move_bones(
             dx = round(mm / p) * sign  # right scapula is on the image's left (PA/AP)
             if dx:
                 m = masks[f"scapula_{side}"]
-                part = np.where(m, bone[_MOVABLE], 0.0).astype(np.float32)
-                bone[_MOVABLE] = bone[_MOVABLE] - part + _shift(part, 0, dx)
+                part = np.where(m, bone[_SCAPULAE], 0.0).astype(np.float32)
+                bone[_SCAPULAE] = bone[_SCAPULAE] - part + _shift(part, 0, dx)
                 masks[f"scapula_{side}"] = _shift(m, 0, dx)
-    else:
-        dy = round(v.arms_shift_mm[0] / p)
-        dx = -round(v.arms_shift_mm[1] / p)  # anterior is the image's left (lateral)
-        if dy or dx:
-            arms = masks["humerus_right"] | masks["humerus_left"]
-            part = np.where(arms, bone[_MOVABLE], 0.0).astype(np.float32)
-            moved = _shift(part, dy, dx)
-            bone[_MOVABLE] = bone[_MOVABLE] - part + moved
-            for side in ("right", "left"):
-                masks[f"humerus_{side}"] = _shift(masks[f"humerus_{side}"], dy, dx)
-            if dy > 0:  # arms down in front of the chest: add their soft tissue
-                sleeve = physics.gaussian(
-                    torch.from_numpy((moved > 0.05).astype(np.float32)), 12.0 / p
-                ).numpy()
-                water = water + 9.0 * np.clip(sleeve * 1.6, 0.0, 1.0).astype(np.float32)
+        return water, bone, masks
+    dy = round(v.arms_shift_mm[0] / p)
+    dx = -round(v.arms_shift_mm[1] / p)  # anterior is the image's left (lateral)
+    if dy or dx:
+        arms = masks["humerus_right"] | masks["humerus_left"]
+        part = np.where(arms, bone[_HUMERI], 0.0).astype(np.float32)
+        bone[_HUMERI] = bone[_HUMERI] - part + _shift(part, dy, dx)
+        for side in ("right", "left"):
+            masks[f"humerus_{side}"] = _shift(masks[f"humerus_{side}"], dy, dx)
+    if v.arm_shaft_mm > 0:  # arms down: shafts and the arms' soft tissue
+        for i, side in enumerate(("right", "left")):
+            head = masks[f"humerus_{side}"]
+            if not head.any():
+                continue
+            b, s, m = humeral_shaft(head, v.arm_shaft_mm, v.arm_angle_deg[i], p)
+            bone[_HUMERI] = bone[_HUMERI] + b
+            water = water + s
+            masks[f"humerus_{side}"] = head | m
+    elif dy > 0:  # session-2 recipe (no shaft): a soft-tissue sleeve around the moved heads
+        moved = np.where(masks["humerus_right"] | masks["humerus_left"], bone[_HUMERI], 0.0)
+        sleeve = physics.gaussian(
+            torch.from_numpy((moved > 0.05).astype(np.float32)), 12.0 / p
+        ).numpy()
+        water = water + 9.0 * np.clip(sleeve * 1.6, 0.0, 1.0).astype(np.float32)
     return water, bone, masks
 
 

@@ -129,6 +129,8 @@ def _params(pose: Pose, v: edits.Variant, extra: dict[str, Any], pitch: float) -
         "scapula_shift_mm": {"right": v.scapula_shift_mm[0], "left": v.scapula_shift_mm[1]},
         "arms": "down" if v.arms_shift_mm[0] > 0 else "raised",  # (lateral views)
         "arms_shift_mm": {"down": v.arms_shift_mm[0], "anterior": v.arms_shift_mm[1]},
+        "arm_shaft_mm": v.arm_shaft_mm,
+        "arm_angle_deg": {"right": v.arm_angle_deg[0], "left": v.arm_angle_deg[1]},
         "window_px": {"row0": r0, "col0": c0, "rows": hh, "cols": ww},
         "detector_mm": [round(hh * pitch, 1), round(ww * pitch, 1)],
         "shutters_mm": dict(zip(("top", "bottom", "left", "right"), v.shutters_mm, strict=True)),

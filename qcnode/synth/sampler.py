@@ -161,11 +161,18 @@ def draw_variant(
     if view == "frontal":
         # The CT's scapulae project ~45 mm into the lungs: most draws move them laterally.
         scap = (_scapula(g), _scapula(g))
+    shaft = 0.0
+    angles = (0.0, 0.0)
     if view == "lateral":
         # The CT's raised humeral heads overlap the apices by ~600 mm² in a lateral: "raised
-        # clear" moves them up, "down" moves them over the lung fields.
+        # clear" moves them up; "down" lowers the heads to the shoulder joint's usual level
+        # and adds the humeral shafts the CT lacks, hanging over the lung fields (v1.10; v1.9
+        # moved the bare heads 100-220 mm down, a floating ball the network never learnt).
         if g.uniform() < 0.35:
-            arms = (float(g.uniform(100, 220)), float(g.uniform(0, 60)))
+            arms = (float(g.uniform(20, 80)), float(g.uniform(0, 40)))
+            shaft = float(g.uniform(220, 300))
+            tilt = float(g.uniform(0, 30))
+            angles = (tilt + float(g.uniform(-5, 5)), tilt + float(g.uniform(-5, 5)))
         else:
             arms = (-float(g.uniform(45, 90)), float(g.uniform(-10, 10)))
     return Variant(
@@ -173,6 +180,8 @@ def draw_variant(
         shutters_mm=shutters,
         scapula_shift_mm=scap,
         arms_shift_mm=arms,
+        arm_shaft_mm=shaft,
+        arm_angle_deg=angles,
         exposure=draw_exposure(g, view),
         flipped=bool(g.uniform() < 0.08),
         rotated180=bool(g.uniform() < 0.05),
