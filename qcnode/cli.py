@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument(
         "--visible-lungs", action="store_true", help="also write lungs cut at the diaphragm"
     )
+    y.add_argument(
+        "--scapulae-in-body",
+        action="store_true",
+        help="shorten lateral scapula shifts so the scapula stays inside the body outline",
+    )
 
     t = sub.add_parser("train", parents=[common], help="train a model variant")
     t.add_argument("--variant", default="qcnet_d15_w3")

@@ -72,6 +72,7 @@ def synth_command(args: argparse.Namespace) -> int:
         variants_per_pose=per_pose,
         detector=replace(generate.BIG, pitch_mm=pitch, depth_step_mm=max(2.5, pitch)),
         visible_lungs=bool(getattr(args, "visible_lungs", False)),
+        scapulae_in_body=bool(getattr(args, "scapulae_in_body", False)),
     )
     manifest = out / "manifest.jsonl"
     done, have = _done_poses(manifest, f"{args.split}-s{args.seed}-")
@@ -90,6 +91,7 @@ def synth_command(args: argparse.Namespace) -> int:
                 "variants_per_pose": per_pose,
                 "pitch_mm": pitch,
                 "visible_lungs": plan.visible_lungs,
+                "scapulae_in_body": plan.scapulae_in_body,
                 "generator": "qcnode.synth v1.10",
             },
             indent=1,

@@ -7,7 +7,7 @@ burned-in text and L/R markers → quantisation → mirroring / 180° rotation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import numpy as np
@@ -111,6 +111,32 @@ def humeral_shaft(
     soft = chord * fade * fade * (3.0 - 2.0 * fade)  # smoothstep
     mask = inside & (across < SHAFT_OUTER_MM)
     return bone.astype(np.float32), (soft / 10.0).astype(np.float32), mask
+
+
+MAX_SCAPULA_OUTSIDE_BODY = 0.02  # of the moved scapula's projected area
+
+
+def keep_scapulae_in_body(proj: Projection, v: Variant) -> Variant:
+    """The variant with each lateral scapula shift shortened until the moved scapula lies
+    inside the body outline (≤ 2 % outside): up to v1.9 a 60–90 mm draw left on average
+    10 % of the scapula floating in air beside the chest wall (docs/SYNTH.md)."""
+    body = proj.masks["body"]
+    p = proj.pitch_mm
+    out = list(v.scapula_shift_mm)
+    for i, (side, sign) in enumerate((("right", 1), ("left", -1))):
+        m = proj.masks[f"scapula_{side}"]
+        area = int(m.sum())
+        steps = round(out[i] / p)
+        if area == 0 or steps >= 0:  # medial shifts stay over the thorax
+            continue
+        while steps < 0 and (_shift(m, 0, steps * sign) & ~body).sum() > (
+            MAX_SCAPULA_OUTSIDE_BODY * area
+        ):
+            steps += 1
+        out[i] = max(out[i], steps * p)
+    if tuple(out) == v.scapula_shift_mm:
+        return v
+    return replace(v, scapula_shift_mm=(out[0], out[1]))
 
 
 def move_bones(

@@ -38,6 +38,9 @@ class Plan:
     other_fraction: float = 0.15
     detector: Detector = BIG
     visible_lungs: bool = False  # also write VISIBLE_LUNGS masks (data v2 onwards)
+    # Shorten lateral scapula shifts that would leave the scapula outside the body (v1.10
+    # option; off by default: it also removes most "scapulae clear of the lungs" cases).
+    scapulae_in_body: bool = False
 
 
 # Extra mask arrays (not network channels): the lungs as a radiograph shows them.
@@ -279,6 +282,8 @@ def make_pose_samples(
     for k in range(plan.variants_per_pose):
         gv = sampler.rng_for(plan.split, plan.seed, index, 100 + k)
         v = sampler.draw_variant(gv, plan.detector, lungs_bbox, view, int(gv.integers(2**31)))
+        if frontal and plan.scapulae_in_body:
+            v = edits.keep_scapulae_in_body(proj, v)
         comp = edits.compose(proj, v, frontal=frontal)
         header_vp, spacing_scale = sampler.header_errors(gv, view, pose.view_position)
         ei_t = sampler.ei_target(gv)

@@ -147,3 +147,21 @@ def test_labelcheck_splits_errors_by_region_and_measures_contrast() -> None:
     assert labelcheck.ring_contrast(flat, truth, np.ones_like(truth)) == pytest.approx(0.0)
     rows = [{"id": "a", "structure": "s", **r}, {"id": "b", "structure": "s", **r}]
     assert labelcheck.summarise(rows)["s"]["n"] == 2.0
+
+
+def test_lateral_scapula_shifts_stop_at_the_body_outline(frontal: render.Projection) -> None:
+    body = frontal.masks["body"]
+    v = edits.Variant(window=(0, 0, *DET.shape), scapula_shift_mm=(-150.0, 10.0))
+    kept = edits.keep_scapulae_in_body(frontal, v)
+    right, left = kept.scapula_shift_mm
+    assert -150.0 < right <= 0.0 and left == 10.0  # medial shifts are never touched
+    _, _, masks = edits.move_bones(frontal, kept, frontal=True)
+    m = masks["scapula_right"]
+    assert (m & ~body).sum() <= edits.MAX_SCAPULA_OUTSIDE_BODY * m.sum()
+    # ...and the shortening is minimal: one pixel further out breaks the rule.
+    further = replace(kept, scapula_shift_mm=(right - DET.pitch_mm, left))
+    _, _, masks2 = edits.move_bones(frontal, further, frontal=True)
+    m2 = masks2["scapula_right"]
+    assert (m2 & ~body).sum() > edits.MAX_SCAPULA_OUTSIDE_BODY * m2.sum()
+    small = replace(v, scapula_shift_mm=(-10.0, -10.0))
+    assert edits.keep_scapulae_in_body(frontal, small) is small
