@@ -157,8 +157,10 @@ def dome_depth(s: Subject, lung: BoolMask) -> tuple[float, Point, Point] | None:
     The apex is the lung's topmost pixel. The dome level is the heart's lowest row: the heart
     rests on the diaphragm, and it is the best-segmented structure that reaches it (the lung
     masks run on into the posterior recesses below the domes, the rib masks are thin). None
-    when the heart or the apex is missing or lies on a field edge (a cut heart's lowest row is
-    not the diaphragm; a cut apex is not the top).
+    when the heart or the apex is missing, the heart's lowest row lies on a field edge (a cut
+    heart's lowest row is not the diaphragm) or the apex lies beyond the field. An apex on the
+    last exposed row is still measured: the depth from a just-cut apex is nearly right, and
+    "not evaluable" would count as a pass (eval-v1 exact: 86.15 % measured vs 85.90 %).
     """
     heart = s.clean("heart")
     apex = extreme(lung, -1.0, 0.0)
@@ -166,7 +168,7 @@ def dome_depth(s: Subject, lung: BoolMask) -> tuple[float, Point, Point] | None:
     if apex is None or ext is None:
         return None
     bottom = heart[ext[1]]
-    if (bottom & (s.field_ring[ext[1]] | ~s.field[ext[1]])).any() or s.margin_mm(apex) <= 0.0:
+    if (bottom & (s.field_ring[ext[1]] | ~s.field[ext[1]])).any() or s.margin_mm(apex) < 0.0:
         return None
     dome = (float(ext[1]), float(np.flatnonzero(bottom).mean()))
     return (dome[0] - apex[0]) * s.sy, apex, dome
