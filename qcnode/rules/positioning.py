@@ -159,8 +159,9 @@ def dome_depth(s: Subject, lung: BoolMask) -> tuple[float, Point, Point] | None:
     masks run on into the posterior recesses below the domes, the rib masks are thin). None
     when the heart or the apex is missing, the heart's lowest row lies on a field edge (a cut
     heart's lowest row is not the diaphragm) or the apex lies beyond the field. An apex on the
-    last exposed row is still measured: the depth from a just-cut apex is nearly right, and
-    "not evaluable" would count as a pass (eval-v1 exact: 86.15 % measured vs 85.90 %).
+    last exposed row is still measured: the depth from a just-cut apex is nearly right
+    (train-v1 exact masks, pass/problem vs not evaluable there: frontal 95.1 vs 95.2 %,
+    lateral 99.4 vs 98.9 %; rib-count agreement 79.9 vs 79.0 %, 83.7 vs 81.5 %).
     """
     heart = s.clean("heart")
     apex = extreme(lung, -1.0, 0.0)
