@@ -358,5 +358,19 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
         )
 
 
+def prepared_ct() -> Any:
+    """The synthesis CT (``qcnode.synth.ct.PreparedCT``), fetched by scripts/fetch_ct when
+    not cached; the test is skipped when that fails (no registry access)."""
+    from qcnode.synth import ct as ctmod
+
+    ct_dir = ctmod.default_ct_dir()
+    if not all((ct_dir / f).is_file() for f in ctmod.CT_FILES):
+        script = Path(__file__).resolve().parents[1] / "scripts" / "fetch_ct"
+        proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            pytest.skip(f"CT not cached and scripts/fetch_ct failed: {proc.stderr[-300:]}")
+    return ctmod.load(ct_dir)
+
+
 def read_back(path: Path) -> Dataset:
     return pydicom.dcmread(path)

@@ -22,6 +22,7 @@ from qcnode.synth import ct as ctmod
 from qcnode.synth import edits, generate, render, truth
 from qcnode.synth.physics import Exposure
 from qcnode.synth.render import Detector, Pose
+from tests.conftest import prepared_ct
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = Detector(width_mm=500.0, height_mm=480.0, pitch_mm=4.0, depth_step_mm=4.0)
@@ -29,14 +30,8 @@ SMALL = Detector(width_mm=500.0, height_mm=480.0, pitch_mm=4.0, depth_step_mm=4.
 
 @pytest.fixture(scope="module")
 def ct() -> ctmod.PreparedCT:
-    ct_dir = ctmod.default_ct_dir()
-    if not all((ct_dir / f).is_file() for f in ctmod.CT_FILES):
-        proc = subprocess.run(
-            [str(ROOT / "scripts" / "fetch_ct")], capture_output=True, text=True, timeout=300
-        )
-        if proc.returncode != 0:
-            pytest.skip(f"CT not cached and scripts/fetch_ct failed: {proc.stderr[-300:]}")
-    return ctmod.load(ct_dir)
+    prepared: ctmod.PreparedCT = prepared_ct()
+    return prepared
 
 
 @pytest.fixture(scope="module")

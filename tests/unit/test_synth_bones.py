@@ -8,9 +8,7 @@ Needs the CT (scripts/fetch_ct), like tests/unit/test_synth.py.
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +17,8 @@ from scipy import ndimage
 from qcnode.synth import ct as ctmod
 from qcnode.synth import edits, labelcheck, render, sampler
 from qcnode.synth.render import Detector, Pose
+from tests.conftest import prepared_ct
 
-ROOT = Path(__file__).resolve().parents[2]
 DET = Detector(width_mm=500.0, height_mm=480.0, pitch_mm=2.0, depth_step_mm=4.0)
 SCAP = ctmod.BONE_CHANNELS.index("scapulae")
 HUM = ctmod.BONE_CHANNELS.index("humeri")
@@ -29,14 +27,8 @@ STATIC = ctmod.BONE_CHANNELS.index("static")
 
 @pytest.fixture(scope="module")
 def ct() -> ctmod.PreparedCT:
-    ct_dir = ctmod.default_ct_dir()
-    if not all((ct_dir / f).is_file() for f in ctmod.CT_FILES):
-        proc = subprocess.run(
-            [str(ROOT / "scripts" / "fetch_ct")], capture_output=True, text=True, timeout=300
-        )
-        if proc.returncode != 0:
-            pytest.skip(f"CT not cached and scripts/fetch_ct failed: {proc.stderr[-300:]}")
-    return ctmod.load(ct_dir)
+    prepared: ctmod.PreparedCT = prepared_ct()
+    return prepared
 
 
 @pytest.fixture(scope="module")
