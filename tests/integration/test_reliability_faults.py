@@ -142,7 +142,7 @@ def test_pacs_killed_under_load_then_back(tmp_path: Path, orthanc: Orthanc) -> N
         for m in modalities:  # ingest does not depend on the PACS: all acknowledged
             m.join(120)
         assert all(not m.pending() for m in modalities)
-        wait_for(lambda: "delivery to ORTHANC" in node.log(), 30, "a failed delivery attempt")
+        wait_for(lambda: "delivery to ORTHANC" in node.log(), 120, "a failed delivery attempt")
         orthanc.start()
         figures = delivery_figures(node, orthanc, sources(modalities), timeout=120)
         assert nothing_lost(figures) == NOTHING_LOST, figures

@@ -63,7 +63,13 @@ def test_whole_node_killed_more_than_max_attempts_during_one_job(
         assert figures["objects_expected"] == 2, figures  # its SR and its SC
         ((attempts, error),) = node.query(select(Job.attempts, Job.error))
         assert attempts == 1 and error is None
-        assert "interrupted by the whole node's end: not counted" in node.log()
+        # released at start-up, or (when the killed QC child is still a zombie then, so it
+        # looks alive) re-claimed after its lease: neither counts an attempt (asserted above)
+        log = node.log()
+        assert (
+            "interrupted by the whole node's end: not counted" in log
+            or "after its lease expired" in log
+        )
     finally:
         node.stop()
 
