@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Evaluate weights files (e.g. a GPU grid run's) on this machine: every Nth image of the
 # synthetic evaluation set, the real radiographs, the held-out negatives. One JSON each.
-#   scripts/eval_weights.sh OUTDIR STRIDE WEIGHTS.pt...
+#   [EVAL_SET=data/synth/eval-v2] scripts/eval_weights.sh OUTDIR STRIDE WEIGHTS.pt...
 set -euo pipefail
 out=$1 stride=$2
 shift 2
 mkdir -p "$out"
 for w in "$@"; do
   name=$(basename "$w" .pt)
-  .venv/bin/python -m qcnode.model.report --weights "$w" --set data/synth/eval-v1 \
+  .venv/bin/python -m qcnode.model.report --weights "$w" --set "${EVAL_SET:-data/synth/eval-v1}" \
     --stride "$stride" --json-out "$out/$name.json" > /dev/null 2> "$out/$name.log"
   .venv/bin/python - "$out/$name.json" <<'PY'
 import json, sys

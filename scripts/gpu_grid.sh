@@ -4,6 +4,9 @@
 # Needs, carried with the repo: .gpu/packs (python -m qcnode.model.grid pack ...) and .whl
 # (wheels the host lacks: tomli_w). Results under $OUT: weights.tgz, train.log, bench.json.
 #   scripts/gpu_grid.sh MINUTES [extra grid-train arguments...]
+# With --variant among the arguments only those are trained (else the six + d15_w3:ft of
+# session 3). With --augment-on device, a run that fails in its first two minutes is rerun
+# with worker augmentation in the time left. GRID_BENCH=0 skips the GPU timing.
 set -uo pipefail
 minutes=${1:-6}
 shift || true
@@ -19,15 +22,28 @@ nproc
 ( while sleep 40; do tar czf "$out/w.tmp" -C /tmp/grid . 2>/dev/null && mv "$out/w.tmp" "$out/weights.tgz"; done ) &
 saver=$!
 variants=()
-for v in qcnet_d10_w1 qcnet_d10_w3 qcnet_d15_w1 qcnet_d15_w3 qcnet_d20_w1 qcnet_d20_w3; do
-  variants+=(--variant "$v")
-done
+if [[ " $* " != *" --variant "* ]]; then
+  for v in qcnet_d10_w1 qcnet_d10_w3 qcnet_d15_w1 qcnet_d15_w3 qcnet_d20_w1 qcnet_d20_w3; do
+    variants+=(--variant "$v")
+  done
+  variants+=(--variant qcnet_d15_w3:ft --init qcnet_d15_w3:ft=qcnode/model/weights/qcnet_d15_w3_s2.pt)
+fi
+started=$SECONDS
 python3 -m qcnode.model.grid train --packs .gpu/packs --out /tmp/grid --device cuda \
-  --minutes "$minutes" "${variants[@]}" --variant qcnet_d15_w3:ft \
-  --init qcnet_d15_w3:ft=qcnode/model/weights/qcnet_d15_w3_s2.pt "$@" 2>&1 | tee "$out/train.log"
+  --minutes "$minutes" "${variants[@]}" "$@" 2>&1 | tee "$out/train.log"
 status=${PIPESTATUS[0]}
+if [[ $status -ne 0 && " $* " == *" device "* && $((SECONDS - started)) -lt 120 ]]; then
+  left=$(python3 -c "print(round($minutes - ($SECONDS - $started) / 60 - 0.3, 2))")
+  echo "device augmentation failed (status $status): rerun with workers for $left min" | tee -a "$out/train.log"
+  args=()
+  for a in "$@"; do [[ $a == device ]] && a=workers; args+=("$a"); done
+  python3 -m qcnode.model.grid train --packs .gpu/packs --out /tmp/grid --device cuda \
+    --minutes "$left" "${variants[@]}" "${args[@]}" 2>&1 | tee -a "$out/train.log"
+  status=${PIPESTATUS[0]}
+fi
 kill "$saver" 2>/dev/null
 tar czf "$out/weights.tgz" -C /tmp/grid .
+[[ ${GRID_BENCH:-1} == 0 ]] && exit "$status"
 python3 - "$out/bench.json" <<'PY'
 import json, sys
 import torch

@@ -42,6 +42,9 @@ class AugmentConfig:
     noise: float = 0.05
     p_dropout: float = 0.3
     p_lines: float = 0.3  # wires, tubes, ECG leads: thin bright or dark curves
+    # Histogram equalisation blended in: real films' processing leaves the mediastinum
+    # mid-grey where a DRR's is near white (docs/SYNTH.md "What still differs").
+    p_equalize: float = 0.0
 
 
 NONE = AugmentConfig(
@@ -55,6 +58,14 @@ NONE = AugmentConfig(
     p_dropout=0.0,
     p_lines=0.0,
 )
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    """Global histogram equalisation of one image: each pixel -> its value's quantile (ties
+    share one value, so a flat padded border stays flat)."""
+    flat = x.flatten()
+    ranks = torch.searchsorted(flat.sort().values, flat, right=True)
+    return (ranks.to(x.dtype) / flat.numel()).reshape(x.shape)
 
 
 def _u(g: torch.Generator, lo: float, hi: float) -> float:
@@ -136,6 +147,9 @@ def _intensity(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tor
             k, c = _u(g, 4.0, 12.0), _u(g, 0.35, 0.65)
             lo, hi = 1 / (1 + math.exp(k * c)), 1 / (1 + math.exp(-k * (1 - c)))
             x = (torch.sigmoid(k * (x - c)) - lo) / (hi - lo)
+    if cfg.p_equalize > 0 and _p(g, cfg.p_equalize):
+        a = _u(g, 0.3, 1.0)
+        x = (1 - a) * x + a * equalize(x)
     x = x * _u(g, 0.6, 1.4) + _u(g, -0.1, 0.1)  # brightness / offset
     if _p(g, cfg.p_blur):
         x = _blur(x, _u(g, 0.5, 1.5))

@@ -84,6 +84,7 @@ THIN_WEIGHTS: tuple[tuple[str, float], ...] = (
 
 # Stronger large-scale contrast processing (vendor multi-scale enhancement on real films).
 LONG_AUGMENT = AugmentConfig(sharpen_sigma=(1.0, 16.0), p_sharpen=0.35)
+GPU_FT_AUGMENT = AugmentConfig(sharpen_sigma=(1.0, 16.0), p_sharpen=0.35, p_equalize=0.3)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -133,6 +134,23 @@ RECIPES: dict[str, Recipe] = {
         threads=8,
         structure_weight=THIN_WEIGHTS,
         augment=LONG_AUGMENT,
+        lungs="both",
+        workers=14,
+    ),
+    # Session 4: the `gpu` recipe continued from shipped weights (--init) on regenerated
+    # data (generator v1.11), augmentation on the GPU, histogram equalisation for transfer.
+    "gpu-ft": Recipe(
+        name="gpu-ft",
+        steps=20000,
+        batch=64,
+        lr=2e-3,
+        warmup=40,
+        eval_every=1000,
+        checkpoint_every=500,
+        val_count=96,
+        threads=8,
+        structure_weight=THIN_WEIGHTS,
+        augment=GPU_FT_AUGMENT,
         lungs="both",
         workers=14,
     ),

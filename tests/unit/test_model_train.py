@@ -12,7 +12,7 @@ import torch
 
 from qcnode.errors import QcnodeError
 from qcnode.model import data as datamod
-from qcnode.model.augment import NONE, augment
+from qcnode.model.augment import NONE, AugmentConfig, augment, equalize
 from qcnode.model.train import (
     RECIPES,
     _lr,
@@ -87,6 +87,30 @@ def test_sharpen_sigma_is_configurable_and_changes_the_image() -> None:
     small, large = run((1.0, 1.0)), run((12.0, 12.0))
     assert not torch.allclose(small, large, atol=1e-3)
     assert torch.equal(run((12.0, 12.0)), large)  # seeded: reproducible
+
+
+def test_equalize_maps_values_to_quantiles_and_keeps_ties() -> None:
+    x = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.2, 0.9, 0.5, 0.5]])
+    eq = equalize(x)
+    assert eq.shape == x.shape
+    assert torch.all(eq[0] == eq[0, 0])  # a flat border stays flat
+    assert eq[0, 0] == pytest.approx(0.5) and eq[1, 1] == pytest.approx(1.0)
+    order = torch.argsort(x.flatten())
+    assert torch.all(torch.diff(eq.flatten()[order]) >= 0)  # monotone
+
+
+def test_equalize_probability_zero_leaves_the_draws_unchanged() -> None:
+    x = torch.rand((2, 1, 32, 32), generator=torch.Generator().manual_seed(3))
+    valid = torch.ones_like(x, dtype=torch.bool)
+    masks = torch.zeros((2, len(STRUCTURES), 32, 32))
+    cfg = dataclasses.replace(NONE, p_curve=1.0, p_noise=1.0)
+
+    def run(c: AugmentConfig) -> torch.Tensor:
+        out, _ = augment(x, valid, masks, cfg=c, generator=torch.Generator().manual_seed(4))
+        return out
+
+    assert torch.equal(run(cfg), run(dataclasses.replace(cfg, p_equalize=0.0)))
+    assert not torch.allclose(run(cfg), run(dataclasses.replace(cfg, p_equalize=1.0)))
 
 
 def test_visible_lung_targets_replace_the_lung_channels(tmp_path: Path) -> None:
