@@ -226,3 +226,45 @@ def test_highdicom_reads_the_report_back(rg1_sr) -> None:
     assert rotation.value == pytest.approx(7.9) and rotation.unit.value == "deg"
     assessment = positioning.get_qualitative_evaluations(name=codes.DCM.QualityAssessment)
     assert [q.value.value for q in assessment] == ["111236"]
+
+
+def _without_times(ds: pydicom.Dataset) -> str:
+    """The dataset as JSON with every date and time emptied (they say when it was built)."""
+    copy = roundtrip(ds)
+    for elem in copy.iterall():
+        if elem.VR in ("DA", "TM", "DT"):
+            elem.value = None
+    return copy.to_json()
+
+
+def test_sr_is_the_document_highdicoms_own_constructor_makes(rg1_sr, monkeypatch) -> None:
+    """QCMeasurementReport skips highdicom's copy and search of the tree: same object."""
+    import highdicom as hd
+
+    from qcnode.report import sr as sr_module
+
+    header, result, fast = rg1_sr
+
+    def plain(*, evidence, root, **kwargs):  # highdicom's documented way, tree copied
+        return hd.sr.Comprehensive3DSR(evidence=[evidence], content=root, **kwargs)
+
+    monkeypatch.setattr(sr_module, "QCMeasurementReport", plain)
+    slow = build_sr(header, result)
+    assert type(slow) is hd.sr.Comprehensive3DSR
+    assert _without_times(slow) == _without_times(fast)
+
+
+def test_sr_content_is_parsed_on_first_use() -> None:
+    import highdicom as hd
+
+    header, image = header_and_image(source_dataset())
+    result = example_result(image)
+    sr = build_sr(header, result)
+    root = sr.content[0]
+    assert isinstance(root, hd.sr.ContainerContentItem)
+    assert len(root.ContentSequence) == len(sr.ContentSequence)
+    report = hd.sr.Comprehensive3DSR.from_dataset(roundtrip(sr))
+    groups = report.content.get_image_measurement_groups()
+    assert len(groups) == len(result.families)
+    read_back = report.content[0].ContentSequence
+    assert [i.name for i in root.ContentSequence] == [i.name for i in read_back]
