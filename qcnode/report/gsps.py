@@ -35,7 +35,7 @@ from qcnode.report.common import (
     settle_character_set,
     software_versions,
 )
-from qcnode.report.geometry import coverage, mask_contours, to_shapes
+from qcnode.report.geometry import coverage_window, mask_contours, to_shapes
 from qcnode.report.overlay import STATUS_COLOURS, STRUCTURE_STYLE, value_text
 
 _PIXEL = AnnotationUnitsValues.PIXEL
@@ -64,8 +64,8 @@ def _structure_objects(
         mask = prediction.masks.get(name)
         if mask is None or not mask.any():
             continue
-        cover = coverage(mask, grid)  # masks are in source pixels; any size works
-        outlines = mask_contours(cover, scale=rows / grid[1], tolerance=1.0)
+        cover, origin = coverage_window(mask, grid)  # masks are in source pixels
+        outlines = mask_contours(cover, scale=rows / grid[1], tolerance=1.0, offset=origin)
         for i, outline in enumerate(outlines):
             pts = np.clip(outline, 0.0, [float(columns), float(rows)]).astype(np.float32)
             if not np.array_equal(pts[0], pts[-1]):

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from qcnode.records import DecodedImage, Family, Finding, Prediction, QCResult, Status, Verdict
 from qcnode.report import i18n
-from qcnode.report.geometry import coverage, mask_contours, to_shapes
+from qcnode.report.geometry import coverage_window, mask_contours, to_shapes
 
 log = logging.getLogger(__name__)
 
@@ -130,23 +130,45 @@ def effective_language(language: str) -> str:
 
 def _to_gray(pixels: npt.NDArray[np.float32], size: tuple[int, int]) -> Image.Image:
     """[0, 1] MONOCHROME2 pixels to an 8-bit picture of ``size`` (width, height)."""
-    data = np.nan_to_num(np.clip(pixels, 0.0, 1.0), nan=0.0)
-    img = Image.fromarray(np.round(data * 255.0).astype(np.uint8), mode="L")
+    # clip to [0, 1] with NaN as 0, in place from there: a radiograph is ~4 M pixels and
+    # every temporary costs
+    data = np.clip(pixels, 0.0, 1.0)
+    data[np.isnan(data)] = 0.0
+    data *= np.float32(255.0)
+    np.round(data, out=data)
+    img = Image.fromarray(data.astype(np.uint8), mode="L")
     if img.size != size:
         img = img.resize(size, Image.Resampling.LANCZOS)
     return img
 
 
 def _wrap(text: str, font: Font, width: float, draw: ImageDraw.ImageDraw) -> list[str]:
-    """Greedy wrap that breaks at spaces when it can and anywhere (CJK) when it must."""
+    """Greedy wrap that breaks at spaces when it can and anywhere (CJK) when it must.
+
+    Each line takes as many characters as fit; where the next one does not, the line
+    breaks at its last space (or before that character when it has none). How many fit is
+    found by bisection, since a longer prefix is never narrower: measuring every prefix
+    cost a tenth of the overlay's time.
+    """
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
-        line = ""
-        for char in paragraph:
-            candidate = line + char
-            if draw.textlength(candidate, font=font) <= width or not line:
-                line = candidate
-                continue
+        line, i = "", 0
+        while i < len(paragraph):
+            # the longest run paragraph[i:i + k] that still fits after ``line`` (at least
+            # one character when the line is empty)
+            lo, hi = (1 if not line else 0), len(paragraph) - i
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if draw.textlength(line + paragraph[i : i + mid], font=font) <= width:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            line += paragraph[i : i + lo]
+            i += lo
+            if i == len(paragraph):
+                break
+            char = paragraph[i]  # the first character that does not fit
+            i += 1
             cut = line.rfind(" ")
             if cut > 0 and char != " ":
                 lines.append(line[:cut])
@@ -203,15 +225,16 @@ def _draw_structures(canvas: Image.Image, prediction: Prediction, style: _Style)
         if mask is None or not mask.any():
             continue
         drawn.append(name)
-        # outlines traced at 0.5 on the canvas-size coverage map: smooth, and fast
-        cover = coverage(mask, canvas.size)
-        if filled:
-            colour_img = Image.new("RGBA", canvas.size, (*colour, 255))
-            colour_img.putalpha(Image.fromarray(np.round(cover * 60).astype(np.uint8)))
-            fill_layer = Image.alpha_composite(fill_layer, colour_img)
+        # outlines traced at 0.5 on the canvas-size coverage map: smooth, and fast; only
+        # the window around the structure is computed, tinted and traced (the rest is 0)
+        cover, origin = coverage_window(mask, canvas.size)
+        if filled and cover.size:
+            tint = Image.new("RGBA", (cover.shape[1], cover.shape[0]), (*colour, 255))
+            tint.putalpha(Image.fromarray(np.round(cover * 60).astype(np.uint8)))
+            fill_layer.alpha_composite(tint, dest=origin)
         thin = name == "field" or name.startswith("ribs")
         width = max(1, style.line // 2) if thin else style.line
-        for outline in mask_contours(cover, tolerance=0.6):
+        for outline in mask_contours(cover, tolerance=0.6, offset=origin):
             pts = [(float(x), float(y)) for x, y in outline]
             lines.line([*pts, pts[0]], fill=(*colour, 235), width=width, joint="curve")
     base = canvas.convert("RGBA")

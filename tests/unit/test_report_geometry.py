@@ -110,3 +110,95 @@ def test_coverage_of_the_bounding_box_matches_a_whole_mask_resample() -> None:
         bound = 2 * max(size[0] / w, size[1] / h) + 0.01 if f <= 1 else 0.01
         assert np.abs(coverage(mask, size) - whole(mask, size)).max() <= bound
     assert not coverage(np.zeros((30, 40), dtype=bool), (20, 15)).any()
+
+
+def _ellipse_mask(h: int, w: int, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.asarray(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0)
+
+
+def test_mask_contours_of_a_coverage_window_equal_those_of_the_whole_grid() -> None:
+    """The overlay and the GSPS trace the window around a structure only: same outlines."""
+    from qcnode.report.geometry import coverage, coverage_window
+
+    mask = _ellipse_mask(700, 600, 300, 250, 180, 90) | _ellipse_mask(700, 600, 600, 500, 40, 30)
+    for size in ((300, 350), (600, 700), (900, 1050)):
+        window, origin = coverage_window(mask, size)
+        assert window.shape[0] < size[1] and window.shape[1] < size[0]
+        whole = mask_contours(coverage(mask, size), tolerance=0.6, scale=2.0)
+        part = mask_contours(window, tolerance=0.6, scale=2.0, offset=origin)
+        assert len(part) == len(whole) == 2
+        for a, b in zip(part, whole, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+    empty, _ = coverage_window(np.zeros((30, 40), dtype=bool), (20, 15))
+    assert empty.size == 0 and mask_contours(empty) == []
+
+
+def test_simplified_outlines_stay_within_tolerance_of_the_traced_line() -> None:
+    """Douglas-Peucker (GEOS): every traced point lies within ``tolerance`` of the outline,
+    whose vertices are traced points, and far fewer of them."""
+    import shapely
+    from skimage import measure
+
+    from qcnode.report.geometry import coverage
+
+    mask = _ellipse_mask(900, 800, 450, 300, 300, 150) & ~_ellipse_mask(900, 800, 500, 420, 120, 90)
+    cover = coverage(mask, (600, 675))
+    padded = np.pad(cover, 1)
+    traced = [(line[:, ::-1] - 0.5) for line in measure.find_contours(padded, 0.5)]
+    for tolerance in (0.6, 1.0, 2.0):
+        outlines = mask_contours(cover, tolerance=tolerance)
+        assert len(outlines) == len(traced) == 1
+        line, simple = traced[0], outlines[0]
+        assert 4 <= len(simple) < len(line) / 5
+        distance = shapely.distance(shapely.points(line), shapely.linestrings(simple))
+        assert float(distance.max()) <= tolerance + 1e-3
+        on_line = shapely.distance(shapely.points(simple), shapely.linestrings(line))
+        assert float(on_line.max()) <= 1e-3
+
+
+def _wrap_by_character(text: str, font, width: float, draw) -> list[str]:  # type: ignore[no-untyped-def]
+    """The overlay's wrap as it was: measure every prefix."""
+    lines: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        line = ""
+        for char in paragraph:
+            candidate = line + char
+            if draw.textlength(candidate, font=font) <= width or not line:
+                line = candidate
+                continue
+            cut = line.rfind(" ")
+            if cut > 0 and char != " ":
+                lines.append(line[:cut])
+                line = line[cut + 1 :] + char
+            else:
+                lines.append(line.rstrip())
+                line = char.lstrip()
+        lines.append(line)
+    return lines
+
+
+@pytest.mark.parametrize("cjk", [False, True])
+def test_wrap_by_bisection_breaks_lines_where_measuring_every_prefix_did(cjk: bool) -> None:
+    import random
+
+    from PIL import Image, ImageDraw
+
+    from qcnode.report import overlay
+
+    draw = ImageDraw.Draw(Image.new("RGB", (8, 8)))
+    words = "Lordotic projection: apices only 2 mm above the clavicle heads (< 8 mm)."
+    words += " 肺尖 仅 高于 锁骨头 2 毫米 图像左右镜像 left–right"
+    vocabulary = [*words.split(), "", " "]
+    rnd = random.Random(7)
+    for size in (11, 24):
+        font = overlay._font(size, False, cjk)
+        for _ in range(40 if cjk else 150):  # CJK text measures slowly
+            text = " ".join(rnd.choice(vocabulary) for _ in range(rnd.randint(0, 25)))
+            if rnd.random() < 0.2:
+                text = text.replace(" ", "")  # nothing to break at: breaks anywhere
+            if rnd.random() < 0.1:
+                text += "\nsecond paragraph " + text
+            width = rnd.choice([5, 40, 80, 150, 300, 1000])
+            expected = _wrap_by_character(text, font, width, draw)
+            assert overlay._wrap(text, font, width, draw) == expected, (text, width)
