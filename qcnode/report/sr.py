@@ -78,7 +78,7 @@ def _regions(
     for geometry in finding.geometry:
         for shape in to_shapes(geometry, rows=rows, columns=columns):
             item = hd.sr.ScoordContentItem(
-                name=codes.DCM.ImageRegion,
+                name=coding.concept(codes.DCM.ImageRegion),
                 graphic_type=shape.graphic_type,
                 graphic_data=shape.points,
                 relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
@@ -112,7 +112,7 @@ def _finding_evaluation(
     if finding.status in (Status.WARN, Status.FAIL):
         children.append(
             hd.sr.CodeContentItem(
-                name=codes.DCM.QualityFinding,
+                name=coding.concept(codes.DCM.QualityFinding),
                 value=coding.quality_finding(finding),
                 relationship_type=has_properties,
             )
@@ -125,7 +125,9 @@ def _finding_evaluation(
     if finding.message:
         children.append(
             hd.sr.TextContentItem(
-                name=codes.DCM.Comment, value=finding.message, relationship_type=has_properties
+                name=coding.concept(codes.DCM.Comment),
+                value=finding.message,
+                relationship_type=has_properties,
             )
         )
     if _finite(finding.threshold):
@@ -174,7 +176,9 @@ def _group(
     assessment = coding.quality_assessment(verdict)
     if assessment is not None:
         evaluations.append(
-            hd.sr.QualitativeEvaluation(name=codes.DCM.QualityAssessment, value=assessment)
+            hd.sr.QualitativeEvaluation(
+                name=coding.concept(codes.DCM.QualityAssessment), value=assessment
+            )
         )
     evaluations.append(
         hd.sr.QualitativeEvaluation(name=coding.VERDICT, value=coding.status_code(verdict))
@@ -303,7 +307,9 @@ def _overall(result: QCResult, language: str) -> hd.sr.ContainerContentItem:
     if assessment is not None:
         items.append(
             hd.sr.CodeContentItem(
-                name=codes.DCM.QualityAssessment, value=assessment, relationship_type=contains
+                name=coding.concept(codes.DCM.QualityAssessment),
+                value=assessment,
+                relationship_type=contains,
             )
         )
     items.append(

@@ -202,3 +202,16 @@ def test_wrap_by_bisection_breaks_lines_where_measuring_every_prefix_did(cjk: bo
             width = rnd.choice([5, 40, 80, 150, 300, 1000])
             expected = _wrap_by_character(text, font, width, draw)
             assert overlay._wrap(text, font, width, draw) == expected, (text, width)
+
+
+def test_pasting_a_layer_through_its_alpha_equals_alpha_compositing_it() -> None:
+    """The overlay pastes its tint and line layers onto the opaque picture: same pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    base = Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    layer = Image.fromarray(rng.integers(0, 256, (120, 160, 4), dtype=np.uint8))
+    composite = Image.alpha_composite(base.convert("RGBA"), layer).convert("RGB")
+    pasted = base.copy()
+    pasted.paste(layer, (0, 0), layer)
+    assert np.array_equal(np.asarray(pasted), np.asarray(composite))
