@@ -4,6 +4,7 @@ model: median forward time per image (batch 1) for every ``qcnet_d*_w*`` variant
 thread count, batched images/s, and for the shipped default the whole ``predict`` (resample,
 forward, masks back to source pixels) on a real-size radiograph.
 qc: median decode-to-verdict time per image through the same engine ``qcnode check`` uses.
+report: median time to build the result objects (SR, SC, GSPS, KOS) of one image.
 ingest / e2e: delegated to ``qcnode.node_bench`` (the node's own benchmarks).
 
 Every report names the machine (CPU count, load average before/after: this machine is
@@ -22,10 +23,16 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcnode.config import Settings
 from qcnode.errors import ModelError
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+    from qcnode.records import DecodedImage, Prediction, QCResult
+    from qcnode.report import ReportOptions
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +211,91 @@ def bench_qc(settings: Settings, *, repeats: int, files: Sequence[Path] = ()) ->
     }
 
 
+ReportInput = tuple[str, "Dataset", "DecodedImage", "Prediction", "QCResult"]
+
+
+def _report_inputs(settings: Settings, files: Sequence[Path]) -> tuple[str, list[ReportInput]]:
+    """(mask source, [(name, header, image, prediction, result)]) for the report bench.
+
+    The shipped model and the rule engine give the masks and findings, as in the node;
+    without a loadable model the hand-made example masks and findings stand in (the
+    report names which)."""
+    from qcnode.engine import QCEngine
+    from qcnode.imaging import decode_dataset, read_dataset
+    from qcnode.report.examples import example_prediction, example_result
+    from qcnode.rules import load_config
+
+    engine: QCEngine | None = None
+    try:
+        from qcnode.model import load_predictor
+
+        predictor = load_predictor(settings.model or None, device=settings.device)
+        engine = QCEngine(
+            predictor=predictor, rules=load_config(settings.rules_file), language=settings.language
+        )
+    except (ImportError, ModelError) as exc:
+        log.warning("report bench without a model (%s): example masks and findings", exc)
+    out: list[ReportInput] = []
+    for path in files:
+        source = read_dataset(path)
+        image = decode_dataset(source)
+        if engine is None:
+            prediction, result = example_prediction(image), example_result(image)
+        else:
+            prediction = predictor.predict([image])[0]
+            result, _ = engine.result(image, prediction)
+        out.append((path.stem, source, image, prediction, result))
+    return (f"model {engine.model_info.name}" if engine else "example masks"), out
+
+
+def bench_report(settings: Settings, *, repeats: int, files: Sequence[Path] = ()) -> dict[str, Any]:
+    """Median time to build the result objects of one image, per kind and for the node's
+    default (SR + SC), on RG1 (real CR, 1955x1841) and a synthetic frontal."""
+    from qcnode.report import ReportOptions
+
+    paths = list(files) or [p for p in [_sample_radiograph()] if p is not None]
+    if not files:
+        for folder in (Path("data/synth/eval-v1"), Path("tests/data/synth")):
+            frontal = next(iter(sorted(folder.glob("*-v00.dcm"))), None)
+            if frontal is not None:
+                paths.append(frontal)
+                break
+    if not paths:
+        return {"skipped": "no sample radiographs"}
+    masks, inputs = _report_inputs(settings, paths)
+    options = ReportOptions.from_settings(settings, kos_when="always")
+    quiet = logging.getLogger("highdicom")  # as the node runs it: its INFO lines cost time
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        rows = [_report_row(*item, options=options, repeats=repeats) for item in inputs]
+    finally:
+        quiet.setLevel(level)
+    return {"masks": masks, "verdicts": [str(i[4].verdict) for i in inputs], "images": rows}
+
+
+def _report_row(
+    name: str,
+    source: Dataset,
+    image: DecodedImage,
+    prediction: Prediction,
+    result: QCResult,
+    *,
+    options: ReportOptions,
+    repeats: int,
+) -> dict[str, Any]:
+    from qcnode.report import build_results
+
+    row: dict[str, Any] = {"image": f"{name} {image.pixels.shape[0]}x{image.pixels.shape[1]}"}
+    for kinds in (("sr",), ("sc",), ("gsps",), ("kos",), ("sr", "sc")):
+        build = functools.partial(
+            build_results, source, image, prediction, result, objects=kinds, options=options
+        )
+        ms = _timed(build, repeats, warmup=2)
+        row["+".join(kinds) + "_median_ms"] = _stats(ms)["median_ms"]
+    return row
+
+
 def _print_model(rows: Sequence[dict[str, Any]]) -> None:
     print(
         f"{'variant':<15}{'device':<8}{'threads':>8}{'params':>10}{'median ms':>11}"
@@ -239,6 +331,8 @@ def bench_command(settings: Settings, args: argparse.Namespace) -> int:
             report["qc"] = bench_qc(settings, repeats=max(1, repeats // 10))
         except ModelError as exc:
             report["qc"] = {"skipped": str(exc)}
+    if what in ("report", "all"):
+        report["report"] = bench_report(settings, repeats=max(5, repeats // 3))
     if what in ("ingest", "e2e", "all"):
         try:
             from qcnode.node_bench import run as node_bench
@@ -260,7 +354,7 @@ def bench_command(settings: Settings, args: argparse.Namespace) -> int:
     if "model" in report:
         _print_model(report["model"])
         print(f"predict (default model, whole image): {json.dumps(report['predict'])}")
-    for key in ("qc", "ingest", "e2e", "node"):
+    for key in ("qc", "report", "ingest", "e2e", "node"):
         if key in report:
             print(f"{key}: {json.dumps(report[key])}")
     return 0

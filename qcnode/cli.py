@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", parents=[common], help="speed: model, QC, ingest")
     b.add_argument("--json", action="store_true")
-    b.add_argument("--what", default="all", help="model | qc | ingest | e2e | all")
+    b.add_argument("--what", default="all", help="model | qc | report | ingest | e2e | all")
     b.add_argument("--variants", help="comma-separated model variants (default: all)")
     b.add_argument("--threads", default="1,2", help="CPU thread counts to time, e.g. 1,2")
     b.add_argument("--repeats", type=int, default=30, help="timed runs per measurement")

@@ -421,6 +421,13 @@ def _round_trips(value: str | PersonName, charset: Any) -> bool:
     if not charset:
         return False  # default repertoire: ASCII only
     codecs = convert_encodings(charset)
+    if len(codecs) == 1:
+        # one character set: a character it lacks fails here as it would in pydicom, which
+        # also logs a warning for every such text (a Latin-1 study's result with "≥")
+        try:
+            str(value).encode(codecs[0])
+        except (UnicodeError, LookupError):
+            return False
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:
