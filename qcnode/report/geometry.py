@@ -53,6 +53,21 @@ def to_shapes(geometry: Geometry, *, rows: int, columns: int) -> list[Shape]:
     return [Shape("POLYLINE", pts32, geometry.label)]
 
 
+# Outlines are traced on a grid of at most this many pixels on its long side. The masks
+# come from the model's 256-pixel canvas (bilinear logits, so smooth within each model
+# pixel): 512 still has two grid pixels per model pixel, and tracing a 1024-px overlay's
+# or a 2k radiograph's outlines there costs half (tracing was the overlay's largest cost).
+TRACE_GRID = 512
+
+
+def trace_grid(size: tuple[int, int]) -> tuple[tuple[int, int], float]:
+    """(width, height) of the grid to trace the outlines of a ``size`` picture on, and
+    picture pixels per grid pixel (1.0 when the picture is small enough)."""
+    factor = max(1.0, max(size) / TRACE_GRID)
+    grid = (max(1, round(size[0] / factor)), max(1, round(size[1] / factor)))
+    return grid, size[1] / grid[1]
+
+
 def mask_contours(
     mask: BoolMask | npt.NDArray[np.float32],
     *,

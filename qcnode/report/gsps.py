@@ -57,6 +57,7 @@ def _structure_objects(
     prediction: Prediction, rows: int, columns: int, tracking_uid: TrackingUid
 ) -> list[GraphicObject]:
     # ~1000 px worth of detail is plenty for outlines: trace on a coverage map of that size
+    # (a viewer shows them on the full-size image: finer than the overlay's trace grid)
     factor = max(1.0, max(rows, columns) / 1000)
     grid = (max(1, round(columns / factor)), max(1, round(rows / factor)))
     objects = []

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from qcnode.records import DecodedImage, Family, Finding, Prediction, QCResult, Status, Verdict
 from qcnode.report import i18n
-from qcnode.report.geometry import coverage_window, mask_contours, to_shapes
+from qcnode.report.geometry import coverage_window, mask_contours, to_shapes, trace_grid
 
 log = logging.getLogger(__name__)
 
@@ -219,27 +219,13 @@ def value_text(finding: Finding, language: str) -> str:
     return text
 
 
-# Outlines are traced on a grid of at least this many pixels on its long side. The masks
-# come from the model's 256-pixel canvas (bilinear logits, so smooth within each model
-# pixel): 512 still has two grid pixels per model pixel, and a 1024-px overlay's outlines
-# then cost half (tracing was the largest cost of the overlay).
-TRACE_GRID = 512
-
-
-def _trace_grid(size: tuple[int, int]) -> tuple[tuple[int, int], float]:
-    """(width, height) of the grid outlines are traced on, and canvas pixels per grid pixel."""
-    factor = max(1.0, max(size) / TRACE_GRID)
-    grid = (max(1, round(size[0] / factor)), max(1, round(size[1] / factor)))
-    return grid, size[1] / grid[1]
-
-
 def _draw_structures(canvas: Image.Image, prediction: Prediction, style: _Style) -> list[str]:
     """Fill lungs/heart lightly, outline every structure; return the names drawn."""
     drawn: list[str] = []
     fill_layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
     line_layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
     lines = ImageDraw.Draw(line_layer)
-    grid, scale = _trace_grid(canvas.size)
+    grid, scale = trace_grid(canvas.size)
     for name, (colour, filled) in STRUCTURE_STYLE.items():
         mask = prediction.masks.get(name)
         if mask is None or not mask.any():
