@@ -6,7 +6,12 @@ qcnode.rules, and pair it with the truth status of the sample's JSON. Then, per 
 the threshold and print the one with the best accuracy (and the accuracy at the current
 value), plus the fitted constants (rotation w/D, anatomy scale). Usage:
 
-    .venv/bin/python scripts/calibrate_rules.py data/synth/train-v1 [--limit N] [--out f.json]
+    .venv/bin/python scripts/calibrate_rules.py data/synth/train-v1 [more sets…] [--limit N]
+        [--out f.json] [--rows f.json]
+
+Several sets are pooled (e.g. train-v1 plus a many-pose calibration set: the positioning
+truths are one value per 3D pose, and train-v1 has only 54 frontal / 26 lateral poses).
+``--rows`` re-reports from a saved ``--out`` file without measuring again.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from qcnode.evaluate import load_masks, load_samples
 from qcnode.imaging import decode
 from qcnode.records import View
 from qcnode.rules import RULES, load_config, shutter_spec
+from qcnode.rules.completeness import anterior_sign
 from qcnode.rules.config import RulesConfig
-from qcnode.rules.geometry import Subject, col_extent
-from qcnode.rules.positioning import dome_depth, rotation_measure
+from qcnode.rules.geometry import Subject, col_extent, extreme
+from qcnode.rules.positioning import dome_depth, rotation_measure, tilt_value
 from qcnode.testing import FakePredictor
 
 PROBLEM = {"warn", "fail"}
@@ -53,14 +59,35 @@ def features(path_dcm: Path, path_masks: Path, view: View, cfg: RulesConfig) -> 
             out[rule] = {"error": repr(exc)}
             continue
         out[rule] = {"status": str(f.status), "value": f.value}
-    names = ("lung_right", "lung_left") if view is View.FRONTAL else ("lung_right",)
+    # organs.lungs / organs.sternum: (outline on the field edge)² / visible area, as the rule
+    # takes the masks (frontal: each lung; lateral: their union)
+    lung_masks = (
+        [s.mask("lung_right"), s.mask("lung_left")]
+        if view is View.FRONTAL
+        else [s.mask("lung_right") | s.mask("lung_left")]
+    )
     ratios = []
-    for n in names:
-        m = s.clean(n) if view is View.FRONTAL else s.lungs
+    for m in lung_masks:
         a = s.area_mm2(m)
         if a > 0:
             ratios.append(s.edge_contact_mm(m) ** 2 / a)
     out["lung_cut_ratio"] = max(ratios) if ratios else None
+    if view is View.LATERAL:
+        a = s.area_mm2(s.mask("sternum"))
+        out["sternum_cut_ratio"] = s.edge_contact_mm(s.mask("sternum")) ** 2 / a if a else None
+    # an apex on the field edge: the tilt (apex above the clavicles) is not measured there
+    apices = [extreme(s.mask(f"lung_{side}"), -1.0, 0.0) for side in ("right", "left")]
+    out["apex_on_edge"] = any(p is not None and s.margin_mm(p) <= 0.0 for p in apices)
+    if view is View.FRONTAL:
+        tv = tilt_value(s, cfg)
+        out["tilt_mm"] = None if tv is None else tv[0]
+    else:  # the sternum's inclination (columns per row, + leaning anteriorly downwards)
+        st = s.mask("sternum")
+        rr = np.flatnonzero(st.any(axis=1))
+        out["sternum_slope"] = None
+        if rr.size > 5:
+            cc = [float(np.flatnonzero(st[r]).mean()) for r in rr]
+            out["sternum_slope"] = float(np.polyfit(rr, cc, 1)[0]) * anterior_sign(s)
     lungs = masks["lung_right"] | masks["lung_left"]
     ext = col_extent(lungs)
     if ext is not None and image.spacing_mm is not None:
@@ -108,7 +135,6 @@ CALIBRATED = {
     "exposure.spine_through_heart": ("exposure", "spine_through_heart_fail", True),
     "exposure.sharpness": ("exposure", "sharpness_edge_fail_mm", False),
     "exposure.saturation": ("exposure", "saturation_fail_percent", False),
-    "organs.lungs": ("organs", "truncation_fail_mm", False),
     "organs.heart": ("organs", "truncation_fail_mm", False),
     "organs.clavicles": ("organs", "clavicle_min_area_mm2", True),
     "organs.diaphragm": ("organs", "diaphragm_cut_fail_percent", False),
@@ -124,20 +150,23 @@ CALIBRATED = {
 
 
 # the lateral view's own thresholds, where it has one
-LATERAL_KEYS = {
-    "noise_fail": "noise_fail_lateral",
-    "truncation_fail_mm": "lateral_lung_truncation_fail_mm",
-}
+LATERAL_KEYS = {"noise_fail": "noise_fail_lateral"}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("set_dir", type=Path)
-    ap.add_argument("--limit", type=int)
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("set_dir", type=Path, nargs="*")
+    ap.add_argument("--limit", type=int, help="samples per set")
+    ap.add_argument("--out", type=Path, help="write the measured rows (JSON)")
+    ap.add_argument("--rows", type=Path, help="report from rows written by --out")
     args = ap.parse_args(argv)
     cfg = load_config()
-    samples = [s for s in load_samples(args.set_dir, args.limit) if s.view is not View.OTHER]
+    if args.rows:
+        report(json.loads(args.rows.read_text()), cfg)
+        return 0
+    samples = [
+        s for d in args.set_dir for s in load_samples(d, args.limit) if s.view is not View.OTHER
+    ]
     rows = []
     for i, s in enumerate(samples):
         if i % 25 == 0:
@@ -158,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     if args.out:
-        args.out.write_text(json.dumps(rows))
+        args.out.write_text(json.dumps(rows, default=float))
     report(rows, cfg)
     return 0
 
@@ -198,29 +227,85 @@ def rotation_fit(vr: list[dict[str, Any]], cfg: RulesConfig) -> None:
         print(f"  rotation fit ({kind} offset): resid {resid:.2f} deg; acc {acc:.1%}")
 
 
-def inspiration_fit(vr: list[dict[str, Any]]) -> None:
-    """ribs = a + depth / mm_per_rib against the truth's rib count (least squares), then
-    the offset a that maximises the pass/problem agreement."""
-    pairs = [
-        (r["feats"].get("dome_depth_mm"), r["truth"].get("positioning.inspiration", {})) for r in vr
+def tilt_fit(vr: list[dict[str, Any]]) -> None:
+    """The rule's value (apices above the medial clavicle ends, mm) against the truth's signed
+    apparent tilt (qcnode.synth.truth), least squares on films whose apices are not on a field
+    edge; the range [value at +limit, value at −limit] and its pass/problem agreement."""
+    from qcnode.synth.truth import TILT_FAIL_DEG, apparent_tilt
+
+    pts = [
+        (r["feats"]["positioning.tilt"]["value"], r["feats"].get("apex_on_edge"), r)
+        for r in vr
+        if r["feats"].get("positioning.tilt", {}).get("value") is not None
+        and "elastic_seed" in r["params"]
     ]
-    pairs = [(d, t["value"]) for d, t in pairs if d is not None and t.get("value") is not None]
-    if len(pairs) < 10:
+    if len(pts) < 10:
         return
-    d = np.array([a for a, _ in pairs])
-    n = np.array([b for _, b in pairs], float)
-    (slope, a), *_ = np.linalg.lstsq(np.c_[d, np.ones_like(d)], n, rcond=None)
-    best = (-1.0, a)
-    for aa in np.arange(a - 1.5, a + 1.5, 0.05):
-        est = np.round(aa + d * slope)
-        acc = float(((est >= 10) == (n >= 10)).mean())
-        if acc > best[0]:
-            best = (acc, float(aa))
-    est = np.round(best[1] + d * slope)
+    v = np.array([p[0] for p in pts], float)
+    cut = np.array([bool(p[1]) for p in pts])
+    true = np.array([apparent_tilt(p[2]["params"]) for p in pts])
+    slope, icpt = np.polyfit(true[~cut], v[~cut], 1)
+    lo, hi = sorted((icpt + slope * TILT_FAIL_DEG, icpt - slope * TILT_FAIL_DEG))
+    resid = float((v[~cut] - (icpt + slope * true[~cut])).std() / abs(slope))
+    truth_bad = [r["truth"]["positioning.tilt"]["status"] in PROBLEM for r in vr]
+    vals = [r["feats"].get("positioning.tilt", {}).get("value") for r in vr]
+    acc = np.mean(
+        [(x is not None and not lo <= x <= hi) == b for x, b in zip(vals, truth_bad, strict=True)]
+    )
     print(
-        f"  inspiration: ribs = a + depth/{1 / slope:.2f} mm (r {np.corrcoef(d, n)[0, 1]:.3f});"
-        f" lsq a {a:.2f}; best a {best[1]:.2f}: pass/problem {best[0]:.1%},"
-        f" exact {float((est == n).mean()):.1%} (n {len(n)})"
+        f"  tilt fit (apex not on an edge, n {int((~cut).sum())}): value = {icpt:.2f} "
+        f"{slope:+.3f}·tilt, resid {resid:.2f} deg; range [{lo:.1f}, {hi:.1f}] mm: acc {acc:.1%}"
+    )
+
+
+def _pose(row: dict[str, Any]) -> str:
+    return str(row["id"]).rsplit("-v", 1)[0]
+
+
+def inspiration_fit(vr: list[dict[str, Any]], extra: str | None, ref: float) -> None:
+    """ribs = a + depth / mm_per_rib [+ c·(extra − ref)] against the truth's rib count (least
+    squares), then the offset a that maximises the pass/problem agreement; and the same
+    agreement in a 5-fold cross-validation by 3D pose (every variant of a pose shares its
+    truth, so films of one pose never sit on both sides)."""
+    rows = []
+    for r in vr:
+        d = r["feats"].get("dome_depth_mm")
+        n = r["truth"].get("positioning.inspiration", {}).get("value")
+        x = r["feats"].get(extra) if extra else 0.0
+        if d is not None and n is not None and x is not None:
+            rows.append((d, float(x) - ref, float(n), _pose(r)))
+    if len(rows) < 10:
+        return
+    d = np.array([a[0] for a in rows])
+    x = np.array([a[1] for a in rows])
+    n = np.array([a[2] for a in rows])
+    poses = np.array([a[3] for a in rows])
+    design = np.c_[d, x, np.ones_like(d)] if extra else np.c_[d, np.ones_like(d)]
+
+    def fit(m: Any) -> tuple[Any, float, float]:
+        c, *_ = np.linalg.lstsq(design[m], n[m], rcond=None)
+        best = (-1.0, 0.0)
+        for off in np.arange(-1.5, 1.5, 0.05):
+            acc = float(((np.round(design[m] @ c + off) >= 10) == (n[m] >= 10)).mean())
+            if acc > best[0]:
+                best = (acc, float(off))
+        return c, best[1], best[0]
+
+    c, off, acc = fit(np.ones(len(n), bool))
+    uniq = np.unique(poses)
+    fold = dict(zip(uniq, np.random.default_rng(0).permutation(len(uniq)) % 5, strict=True))
+    fi = np.array([fold[p] for p in poses])
+    hits = 0
+    for k in range(5):
+        ck, ok, _ = fit(fi != k)
+        est = np.round(design[fi == k] @ ck + ok)
+        hits += int(((est >= 10) == (n[fi == k] >= 10)).sum())
+    est = np.round(design @ c + off)
+    term = f" {c[1]:+.4f}·({extra} − {ref:g})" if extra else ""
+    print(
+        f"  inspiration: ribs = {c[-1] + off:.2f} + depth/{1 / c[0]:.2f} mm{term} "
+        f"(lsq offset {off:+.2f}); pass/problem {acc:.1%}, pose-CV {hits / len(n):.1%}, "
+        f"exact {float((est == n).mean()):.1%} (n {len(n)}, poses {len(uniq)})"
     )
 
 
@@ -247,9 +332,7 @@ def report(rows: list[dict[str, Any]], cfg: RulesConfig) -> None:
             )
         print("\nthreshold sweeps (value vs truth problem):")
         for rule, (section, key, below) in CALIBRATED.items():
-            key = (
-                LATERAL_KEYS.get(key, key) if view == "lateral" and rule != "organs.heart" else key
-            )
+            key = LATERAL_KEYS.get(key, key) if view == "lateral" else key
             pairs = [
                 (r["feats"].get(rule, {}).get("value"), r["truth"].get(rule, {}).get("status"))
                 for r in vr
@@ -286,15 +369,31 @@ def report(rows: list[dict[str, Any]], cfg: RulesConfig) -> None:
             print(f"  tilt: best range [{best[1]}, {best[2]}] mm acc {100 * best[0]:.1f}%")
         if view == "frontal":
             rotation_fit(vr, cfg)
-        inspiration_fit(vr)
-        lc = [
-            (r["feats"].get("lung_cut_ratio"), r["truth"].get("organs.lungs", {}).get("status"))
-            for r in vr
-        ]
-        lc = [(v, t) for v, t in lc if v is not None and t is not None]
-        if lc:
-            t_best, a_best = sweep([v for v, _ in lc], [t in PROBLEM for _, t in lc], False)
-            print(f"  organs.lungs by contact²/area: best {t_best:.4g} acc {100 * a_best:.1f}%")
+            tilt_fit(vr)
+        inspiration_fit(vr, None, 0.0)
+        if view == "frontal":
+            inspiration_fit(vr, "tilt_mm", 18.5)
+        else:
+            inspiration_fit(vr, "sternum_slope", 0.0)
+        ratio_keys = [("organs.lungs", "lung_cut_ratio", "lung_truncation_fail_ratio")]
+        if view == "lateral":
+            ratio_keys = [
+                ("organs.lungs", "lung_cut_ratio", "lateral_lung_truncation_fail_ratio"),
+                ("organs.sternum", "sternum_cut_ratio", "sternum_truncation_fail_ratio"),
+            ]
+        for rule, feat, key in ratio_keys:
+            lc = [(r["feats"].get(feat), r["truth"].get(rule, {}).get("status")) for r in vr]
+            lc = [(v, t) for v, t in lc if v is not None and t not in (None, "not_evaluable")]
+            if not lc:
+                continue
+            vals, tru = [v for v, _ in lc], [t in PROBLEM for _, t in lc]
+            cur = getattr(cfg.organs, key)
+            t_best, a_best = sweep(vals, tru, False)
+            print(
+                f"  {rule} by contact²/area: current {key}={cur:g} acc "
+                f"{100 * accuracy_at(vals, tru, cur, False):.1f}%  best {t_best:.4g} acc "
+                f"{100 * a_best:.1f}%  (pos {sum(tru)}/{len(tru)})"
+            )
         ext = [r["feats"].get("lung_extent_mm") for r in vr]
         ext = [e for e in ext if e]
         if ext:

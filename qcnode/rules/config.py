@@ -39,9 +39,11 @@ class OrgansConfig:
     spine_min_area_mm2: float = 1500.0
     spine_truncation_fail_mm: float = 120.0
     spine_lung_cut_width_fraction: float = 0.3
-    lateral_lung_truncation_fail_mm: float = 220.0
     sternum_min_area_mm2: float = 300.0
     truncation_fail_mm: float = 110.0
+    lung_truncation_fail_ratio: float = 0.39
+    lateral_lung_truncation_fail_ratio: float = 1.2
+    sternum_truncation_fail_ratio: float = 1.3
     diaphragm_cut_fail_percent: float = 98.0
 
 
@@ -69,12 +71,13 @@ class PositioningConfig:
     scapulae_fail_mm: float = 10.0
     inspiration_pass_ribs: int = 10
     inspiration_warn_ribs: int = 9
-    inspiration_ribs_at_apex: float = 3.96
-    inspiration_mm_per_rib: float = 41.25
+    inspiration_ribs_at_apex: float = 4.05
+    inspiration_mm_per_rib: float = 41.84
     lateral_inspiration_ribs_at_apex: float = 3.25
     lateral_inspiration_mm_per_rib: float = 39.3
     tilt_min_mm: float = 8.0
-    tilt_max_mm: float = 26.0
+    tilt_max_mm: float = 28.0
+    tilt_apex_width_mm: float = 15.0
     orientation_heart_offset_mm: float = 5.0
     lateral_rotation_fail_mm: float = 10.0
     arms_overlap_fail_mm2: float = 100.0

@@ -2,9 +2,14 @@
 
 "Truncated" is measured as the length (mm) of the organ's outline lying on the field edge;
 an organ that continues beyond a collimator shutter or the image border crosses that edge.
+For the lungs and the sternum the allowed length grows with the organ's visible size:
+``sqrt(ratio · area)`` (a cut of a given length removes a smaller share of a larger organ;
+the truth is a visible share, < 95 %), for the heart it is a fixed length.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -23,10 +28,12 @@ def _found_and_whole(
     truncation_mm: float,
     *,
     check_truncation: bool = True,
+    ratio: float = 0.0,
 ) -> Finding:
-    """Fail if a named structure is missing/too small or lies on the field edge."""
+    """Fail if a named structure is missing/too small or lies on the field edge (longer than
+    ``truncation_mm``, or with ``ratio`` > 0 longer than :func:`truncation_limit_mm`)."""
     geometry: list[Geometry] = []
-    worst_cut, worst_name = 0.0, names[0]
+    worst_cut, worst_name, worst_limit = 0.0, names[0], truncation_mm
     for name in names:
         m = s.mask(name)
         area = s.area_mm2(m)
@@ -46,23 +53,31 @@ def _found_and_whole(
             geometry.append(g)
         if check_truncation:
             cut = s.edge_contact_mm(m)
-            if cut > worst_cut:
-                worst_cut, worst_name = cut, name
+            limit = truncation_limit_mm(area, ratio) if ratio > 0 else truncation_mm
+            if cut / limit > worst_cut / worst_limit:
+                worst_cut, worst_name, worst_limit = cut, name, limit
     if not check_truncation:
         return make(s, rule, Status.PASS, None, None, "found", tuple(geometry), structure=names[0])
-    status = Status.FAIL if worst_cut > truncation_mm else Status.PASS
+    status = Status.FAIL if worst_cut > worst_limit else Status.PASS
     key = "truncated" if status is Status.FAIL else "pass"
     return make(
         s,
         rule,
         status,
         worst_cut,
-        truncation_mm,
+        worst_limit,
         key,
         tuple(geometry),
         structure=worst_name.split("_")[0],
         side=worst_name.split("_")[1] if "_" in worst_name else "",
     )
+
+
+def truncation_limit_mm(area_mm2: float, ratio: float) -> float:
+    """The outline length (mm) on the field edge that still leaves ≥ 95 % of an organ of this
+    visible area: ``sqrt(ratio · area)``. Scale-free (contact² / area), so the same ratio
+    holds for a small and a large patient; ``ratio`` is calibrated per organ and view."""
+    return math.sqrt(max(ratio, 0.0) * max(area_mm2, 0.0)) or 1e-9
 
 
 def lungs(s: Subject, cfg: RulesConfig) -> Finding:
@@ -74,15 +89,20 @@ def lungs(s: Subject, cfg: RulesConfig) -> Finding:
             "organs.lungs",
             ("lung_right", "lung_left"),
             o.lung_min_area_mm2,
-            o.lateral_lung_truncation_fail_mm,
+            o.lateral_lung_truncation_fail_ratio,
         )
     return _found_and_whole(
-        s, "organs.lungs", ("lung_right", "lung_left"), o.lung_min_area_mm2, o.truncation_fail_mm
+        s,
+        "organs.lungs",
+        ("lung_right", "lung_left"),
+        o.lung_min_area_mm2,
+        o.truncation_fail_mm,
+        ratio=o.lung_truncation_fail_ratio,
     )
 
 
 def _lateral_union(
-    s: Subject, rule: str, names: tuple[str, ...], min_area: float, truncation_mm: float
+    s: Subject, rule: str, names: tuple[str, ...], min_area: float, ratio: float
 ) -> Finding:
     m = np.zeros(s.shape, dtype=bool)
     for name in names:
@@ -91,14 +111,15 @@ def _lateral_union(
     if area < min_area:
         return make(s, rule, Status.FAIL, area, min_area, "missing", structure="lung", side="")
     cut = s.edge_contact_mm(m)
+    limit = truncation_limit_mm(area, ratio)
     g = s.contour(m, "lungs")
-    status = Status.FAIL if cut > truncation_mm else Status.PASS
+    status = Status.FAIL if cut > limit else Status.PASS
     return make(
         s,
         rule,
         status,
         cut,
-        truncation_mm,
+        limit,
         "truncated" if status is Status.FAIL else "pass",
         () if g is None else (g,),
         structure="lung",
@@ -116,7 +137,12 @@ def heart(s: Subject, cfg: RulesConfig) -> Finding:
 def sternum(s: Subject, cfg: RulesConfig) -> Finding:
     o = cfg.organs
     return _found_and_whole(
-        s, "organs.sternum", ("sternum",), o.sternum_min_area_mm2, o.truncation_fail_mm
+        s,
+        "organs.sternum",
+        ("sternum",),
+        o.sternum_min_area_mm2,
+        o.truncation_fail_mm,
+        ratio=o.sternum_truncation_fail_ratio,
     )
 
 

@@ -205,16 +205,43 @@ def inspiration(s: Subject, cfg: RulesConfig) -> Finding:
     return make(s, rule, status, float(n), float(t), str(status), geometry)
 
 
+def apex_row(s: Subject, lung: BoolMask, width_mm: float) -> float | None:
+    """The first row (from the top) where the lung is at least ``width_mm`` wide: the apex
+    level, steadier than the single topmost pixel against a mask's thin or ragged tip."""
+    widths = lung.sum(axis=1) * s.sx
+    rows = np.flatnonzero(widths >= width_mm)
+    if rows.size == 0:
+        rows = np.flatnonzero(widths > 0)
+    return float(rows[0]) if rows.size else None
+
+
+def tilt_value(s: Subject, cfg: RulesConfig) -> tuple[float, dict[str, Point]] | None:
+    """(mm the apices lie above the medial clavicle ends, the ends) or None.
+
+    The apex of each lung is where it first reaches ``tilt_apex_width_mm`` of width
+    (train-v1, session 4: the topmost pixel and a 15 mm width agree on exact masks, tilt
+    accuracy 97.2 vs 97.4 %; on the s3 model's masks, whose apices overshoot by ~3.5 mm at
+    the tip, 82.8 vs 87.1 %).
+    """
+    ends = medial_ends(s)
+    if ends is None:
+        return None
+    width = cfg.positioning.tilt_apex_width_mm
+    apices = [apex_row(s, s.mask(f"lung_{side}"), width) for side in SIDES]
+    if any(a is None for a in apices):
+        return None
+    top = float(np.mean([a for a in apices if a is not None]))
+    clav_row = (ends["right"][0] + ends["left"][0]) / 2.0
+    return (clav_row - top) * s.sy, ends
+
+
 def tilt(s: Subject, cfg: RulesConfig) -> Finding:
     """Height (mm) of the apices above the medial clavicle ends: lordotic/kyphotic tilt."""
     rule, p = "positioning.tilt", cfg.positioning
-    ends = medial_ends(s)
-    apices = [extreme(s.mask(f"lung_{side}"), -1.0, 0.0) for side in SIDES]
-    if ends is None or any(a is None for a in apices):
+    m = tilt_value(s, cfg)
+    if m is None:
         return make(s, rule, Status.NOT_EVALUABLE, None, p.tilt_min_mm, "missing")
-    apex_row = float(np.mean([a[0] for a in apices if a is not None]))
-    clav_row = (ends["right"][0] + ends["left"][0]) / 2.0
-    value = (clav_row - apex_row) * s.sy
+    value, ends = m
     geometry = tuple(s.point(e, f"clavicle {side}") for side, e in ends.items())
     if value < p.tilt_min_mm:
         return make(s, rule, Status.FAIL, value, p.tilt_min_mm, "lordotic", geometry)

@@ -163,6 +163,28 @@ def test_missing_lung_heart_clavicle() -> None:
     assert run(m)["organs.heart"].status is Status.FAIL
 
 
+def test_lung_truncation_limit_grows_with_the_lung() -> None:
+    """A field notch over the right apex: the allowed outline on the edge is
+    sqrt(ratio · visible area), so the same cut passes a large lung and fails a small one."""
+    ratio = CFG.organs.lung_truncation_fail_ratio
+
+    def notched(m: dict[str, BoolMask]) -> dict[str, BoolMask]:
+        m["field"] = box(m["field"], 0, 64, 20, 120, False)  # unexposed above row 65, cols ≤ 120
+        return {k: (v & m["field"]) if k.startswith("lung") else v for k, v in m.items()}
+
+    f = run(notched(frontal_phantom()))["organs.lungs"]
+    # the cut row 65 over cols 60..120 (61 px) and the notch's side, col 121, rows 60..64
+    assert f.value == pytest.approx(66.0)
+    assert f.threshold == pytest.approx(math.sqrt(ratio * (111 * 241 - 61 * 5)))
+    assert f.status is Status.PASS
+    small = frontal_phantom()
+    small["lung_right"] = box(np.zeros_like(small["lung_right"]), 60, 160, 60, 120)
+    f = run(notched(small))["organs.lungs"]
+    assert f.value == pytest.approx(61.0)  # the whole width of the small lung on the edge
+    assert f.threshold == pytest.approx(math.sqrt(ratio * 61 * 96))
+    assert f.status is Status.FAIL
+
+
 def test_diaphragm_dome_below_the_field() -> None:
     m = frontal_phantom()
     m["field"] = box(m["field"], 250, 399, 0, 399, False)
@@ -302,6 +324,18 @@ def test_scapulae_inspiration_tilt() -> None:
     f = run(m)
     assert f["positioning.tilt"].value == -15.0
     assert f["positioning.tilt"].status is Status.FAIL
+
+
+def test_tilt_apex_is_where_the_lung_is_wide_enough() -> None:
+    """A thin spike on a lung's tip (a ragged model mask) does not move the apex level: the
+    apex is the first row at least ``tilt_apex_width_mm`` wide."""
+    m = frontal_phantom()
+    m["lung_right"] = box(m["lung_right"], 50, 59, 100, 105)  # 6 px wide, 10 px above the apex
+    m["lung_left"] = box(m["lung_left"], 56, 59, 200, 340)  # 4 rows full width: the new apex
+    f = run(m)
+    # apices: right row 60 (the spike is 6 mm < 15 mm wide), left row 56; clavicle ends row 75
+    assert f["positioning.tilt"].value == pytest.approx(75 - (60 + 56) / 2)
+    assert f["completeness.apices"].value == pytest.approx(30.0)  # margins keep the tip pixel
 
 
 @pytest.mark.parametrize(

@@ -43,8 +43,9 @@ KNOWN = {
     + "burning out the lungs also changes its clavicle/scapula masks, so "
     + "positioning/organ rules flip too",
     "test_mirrored": MODEL
-    + "it places the heart on the image right of a mirrored real film (labels by "
-    + "position), so the mirror is not seen",
+    + "the mirror is seen (positioning.orientation), but its apex/clavicle masks move on the "
+    + "mirrored film: tilt 26.4 → 17.6 mm with rules v4 (passes inside [8, 28] mm, 1.6 mm "
+    + "from the limit); with rules v3 (topmost pixel, [8, 26]) 28.4 → 20.9 mm flipped it",
 }
 
 
