@@ -214,7 +214,7 @@ def make_pose_samples(
     pose = sampler.draw_pose(g, plan.split, view)
     t0 = time.perf_counter()
     proj = render.render(ct, pose, plan.detector)
-    if plan.visible_lungs and view != "other":
+    if plan.visible_lungs:  # "other" too: the loader needs every channel (v1.11)
         proj.masks.update(visible_lungs(proj.masks))
     t_render = time.perf_counter() - t0
     lines: list[dict[str, Any]] = []
