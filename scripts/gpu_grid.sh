@@ -4,8 +4,8 @@
 # Needs, carried with the repo: .gpu/packs (python -m qcnode.model.grid pack ...) and .whl
 # (wheels the host lacks: tomli_w). Results under $OUT: weights.tgz, train.log, bench.json.
 #   scripts/gpu_grid.sh MINUTES [extra grid-train arguments...]
-# With --variant among the arguments only those are trained (else the six + d15_w3:ft of
-# session 3). With --augment-on device, a run that fails in its first two minutes is rerun
+# With --variant among the arguments only those are trained (else the six variants from
+# scratch). With --augment-on device, a run that fails in its first two minutes is rerun
 # with worker augmentation in the time left. GRID_BENCH=0 skips the GPU timing.
 set -uo pipefail
 minutes=${1:-6}
@@ -26,7 +26,6 @@ if [[ " $* " != *" --variant "* ]]; then
   for v in qcnet_d10_w1 qcnet_d10_w3 qcnet_d15_w1 qcnet_d15_w3 qcnet_d20_w1 qcnet_d20_w3; do
     variants+=(--variant "$v")
   done
-  variants+=(--variant qcnet_d15_w3:ft --init qcnet_d15_w3:ft=qcnode/model/weights/qcnet_d15_w3_s2.pt)
 fi
 started=$SECONDS
 python3 -m qcnode.model.grid train --packs .gpu/packs --out /tmp/grid --device cuda \

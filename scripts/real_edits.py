@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Controlled edits of every real frontal film, per weights file: does the edit's rule flag
+it, and what else flips? tests/unit/test_rules_real.py does this on one film as tests; this
+measures it over all of them (evaluation only: the real films are never trained on).
+
+Edits (as in the tests): crop 4 % below the right apex, a white shutter over the apices,
+crop 4 % above the right costophrenic angle, crop 3 % inside the left lateral wall. A film
+counts for an edit only when its unedited finding for that rule passes with its point.
+
+    python scripts/real_edits.py WEIGHTS.pt... [--films DIR] [--limit N] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from qcnode.engine import QCEngine
+from qcnode.imaging import decode
+from qcnode.model.infer import load_predictor
+from qcnode.records import DecodedImage, Finding, Status, View
+
+PROBLEM = (Status.WARN, Status.FAIL)
+Edit = Callable[[DecodedImage, dict[str, Finding]], DecodedImage | None]
+
+
+def _point(f: Finding, label: str) -> tuple[float, float] | None:
+    for g in f.geometry:
+        if g.label.startswith(label) and g.points:
+            return g.points[0]
+    return None
+
+
+def _edited(image: DecodedImage, px: np.ndarray) -> DecodedImage:
+    px = np.ascontiguousarray(px, dtype=np.float32)
+    meta = replace(image.meta, rows=px.shape[0], columns=px.shape[1])
+    return replace(image, pixels=px, meta=meta)
+
+
+def _apex_crop(im: DecodedImage, base: dict[str, Finding]) -> DecodedImage | None:
+    p = _point(base["completeness.apices"], "right")
+    return None if p is None else _edited(im, im.pixels[int(p[1] + 0.04 * im.pixels.shape[0]) :])
+
+
+def _apex_shutter(im: DecodedImage, base: dict[str, Finding]) -> DecodedImage | None:
+    p = _point(base["completeness.apices"], "right")
+    if p is None:
+        return None
+    px = im.pixels.copy()
+    px[: int(p[1] + 0.04 * px.shape[0])] = 1.0
+    return _edited(im, px)
+
+
+def _cp_crop(im: DecodedImage, base: dict[str, Finding]) -> DecodedImage | None:
+    p = _point(base["completeness.costophrenic"], "right")
+    return None if p is None else _edited(im, im.pixels[: int(p[1] - 0.04 * im.pixels.shape[0])])
+
+
+def _wall_crop(im: DecodedImage, base: dict[str, Finding]) -> DecodedImage | None:
+    p = _point(base["completeness.lateral_walls"], "left")
+    return None if p is None else _edited(im, im.pixels[:, : int(p[0] - 0.03 * im.pixels.shape[1])])
+
+
+EDITS: dict[str, tuple[str, Edit]] = {
+    "apex_crop": ("completeness.apices", _apex_crop),
+    "apex_shutter": ("completeness.apices", _apex_shutter),
+    "costophrenic_crop": ("completeness.costophrenic", _cp_crop),
+    "lateral_wall_crop": ("completeness.lateral_walls", _wall_crop),
+}
+
+
+def run(weights: Path, films: list[Path]) -> dict[str, dict[str, float]]:
+    engine = QCEngine(predictor=load_predictor(device="cpu", weights_path=weights))
+    stats = {k: {"films": 0, "flagged": 0, "extra_flips": 0, "not_frontal": 0} for k in EDITS}
+    for path in films:
+        image = decode(path)
+        (r,) = engine.run([image])
+        if r.view is not View.FRONTAL:
+            for s in stats.values():
+                s["not_frontal"] += 1
+            continue
+        base = {f.rule: f for f in r.findings}
+        for name, (rule, edit) in EDITS.items():
+            if base[rule].status is not Status.PASS:
+                continue
+            edited = edit(image, base)
+            if edited is None:
+                continue
+            (a,) = engine.run([edited])
+            after = {f.rule: f for f in a.findings}
+            s = stats[name]
+            s["films"] += 1
+            if a.view is not View.FRONTAL:
+                continue
+            s["flagged"] += int(after[rule].status in PROBLEM)
+            s["extra_flips"] += sum(
+                (base[k].status in PROBLEM) != (after[k].status in PROBLEM)
+                for k in base
+                if k != rule and k in after and k.startswith("completeness.")
+            )
+    return stats
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("weights", type=Path, nargs="+")
+    real = Path("../shared/data/realcxr")
+    ap.add_argument("--films", type=Path, action="append", default=None, help="folders")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    folders = args.films or [real / "frontal", real / "extra_frontal_nomask"]
+    films = sorted(p for d in folders for p in d.glob("*.png") if not p.stem.endswith("_lungs"))
+    films = films[: args.limit]
+    out = {}
+    for w in args.weights:
+        out[w.name] = run(w, films)
+        for name, s in out[w.name].items():
+            print(
+                f"{w.name:<28}{name:<20}films {s['films']:3d}  flagged {s['flagged']:3d}  "
+                f"other completeness flips {s['extra_flips']:3d}  not frontal {s['not_frontal']}",
+                flush=True,
+            )
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
