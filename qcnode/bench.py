@@ -5,7 +5,8 @@ thread count, batched images/s, and for the shipped default the whole ``predict`
 forward, masks back to source pixels) on a real-size radiograph.
 qc: median decode-to-verdict time per image through the same engine ``qcnode check`` uses.
 report: median time to build the result objects (SR, SC, GSPS, KOS) of one image.
-ingest / e2e: delegated to ``qcnode.node_bench`` (the node's own benchmarks).
+ingest / e2e: delegated to ``qcnode.node_bench`` and ``qcnode.e2e_bench`` (the node's own
+benchmarks; e2e on real chest radiographs, failing when any stage is skipped).
 
 Every report names the machine (CPU count, load average before/after: this machine is
 shared, and a busy neighbour shows up in the numbers) and the torch device.

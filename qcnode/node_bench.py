@@ -8,10 +8,8 @@ Both peers get ``TCP_NODELAY=1``. Each target runs ``rounds`` times on a fresh d
 the best round is reported (on a shared machine
 other load only ever adds time), with the median beside it.
 
-e2e: qcnode (ingest + worker with the configured model + sender) in front of a real
-Orthanc. Latency is C-STORE success at qcnode (instance row committed) to the SR's
-C-STORE success at Orthanc (outbox ``sent_at``), for images sent one at a time; then a
-burst measures sustained images/s through the whole pipeline.
+e2e: in qcnode.e2e_bench (real chest radiographs through ``qcnode serve`` into Orthanc);
+the helpers it shares (Orthanc, serve process, ports) live here.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from qcnode.config import Destination, Settings
+from qcnode.config import Settings
 from qcnode.errors import ModelError, QcnodeError
 
 log = logging.getLogger(__name__)
@@ -326,166 +324,6 @@ def _chest_pixels(rows: int, columns: int, seed: int) -> np.ndarray:
     return np.clip(big, 0, 4095).astype(np.uint16)
 
 
-def bench_e2e(
-    settings: Settings, *, latency_images: int = 10, burst_images: int = 20
-) -> dict[str, Any]:
-    from pynetdicom import AE
-    from sqlalchemy import select
-
-    from qcnode.db import (
-        Instance,
-        Job,
-        Outbox,
-        Result,
-        ResultObject,
-        make_engine,
-        make_sessions,
-    )
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-e2e-", dir=settings.data_dir))
-    pacs = _Orthanc(work / "orthanc")
-    node: subprocess.Popen[bytes] | None = None
-    try:
-        dest = Destination(ae_title="ORTHANC", host="127.0.0.1", port=pacs.dicom_port)
-        s = dataclasses.replace(
-            settings,
-            data_dir=work / "qcnode",
-            database_url="",
-            bind_address="127.0.0.1",
-            port=_free_port(),
-            web_port=0,
-            destinations=(dest,),
-            allowed_calling_aes=(),
-            workers=max(1, settings.workers),
-        )
-        # qcnode serve as users run it (QC in its child process unless worker_process is off)
-        node = _serve_process(
-            s,
-            s.data_dir,
-            s.port,
-            QCNODE_WORKERS=str(s.workers),
-            QCNODE_WORKER_PROCESS=str(s.worker_process).lower(),
-            QCNODE_DESTINATIONS=f"{dest.ae_title}@{dest.host}:{dest.port}",
-        )
-        engine = make_engine(s, readonly=True)
-        sessions = make_sessions(engine)
-
-        def delivered_sr() -> int:
-            with sessions() as db:
-                return len(
-                    db.execute(
-                        select(Outbox.id)
-                        .join(ResultObject, ResultObject.id == Outbox.object_id)
-                        .where(ResultObject.kind == "sr", Outbox.state == "sent")
-                    ).all()
-                )
-
-        def finished() -> int:
-            with sessions() as db:
-                return len(db.execute(select(Result.id)).all())
-
-        ae = AE(ae_title="BENCH")
-        ae.add_requested_context(DX, ExplicitVRLittleEndian)
-        images = [
-            dx_dataset(2000, 1800, pixels=_chest_pixels(2000, 1800, i))
-            for i in range(max(latency_images, burst_images))
-        ]
-
-        port = s.port
-
-        def send(batch: list[Dataset]) -> None:
-            assoc = ae.associate("127.0.0.1", port, ae_title=s.ae_title)
-            if not assoc.is_established:
-                raise QcnodeError("cannot associate with the node")
-            for ds in batch:
-                status = assoc.send_c_store(ds)
-                if int(status.get("Status", -1)) != 0:
-                    raise QcnodeError(f"C-STORE failed: {status}")
-            assoc.release()
-
-        def wait(target: int, what: Any, timeout: float = 600.0) -> None:
-            deadline = time.monotonic() + timeout
-            while what() < target:
-                if time.monotonic() > deadline:
-                    raise QcnodeError("timed out waiting for the pipeline")
-                time.sleep(0.02)
-
-        # warm-up (model load, first association with the PACS)
-        send([dx_dataset(2000, 1800, pixels=_chest_pixels(2000, 1800, 999))])
-        wait(1, finished)
-        has_sr = delivered_sr() >= 1 or _wait_quiet(delivered_sr, 1, 10.0)
-        base = delivered_sr()
-
-        def idle() -> int:
-            with sessions() as db:
-                return -len(db.execute(select(Job.id).where(Job.state != "done")).all())
-
-        # latency: one image at a time, each sent when the node is idle again
-        for i, ds in enumerate(images[:latency_images]):
-            send([ds])
-            wait(i + 2, finished)
-            if has_sr:
-                wait(base + i + 1, delivered_sr)
-            wait(0, idle)
-        latencies = []
-        with sessions() as db:
-            uids = [str(d.SOPInstanceUID) for d in images[:latency_images]]
-            rows = db.execute(
-                select(Instance.received_at, Outbox.sent_at)
-                .join(Result, Result.instance_id == Instance.id)
-                .join(ResultObject, ResultObject.result_id == Result.id)
-                .join(Outbox, Outbox.object_id == ResultObject.id)
-                .where(Instance.sop_instance_uid.in_(uids), ResultObject.kind == "sr")
-            ).all()
-            latencies = sorted((sent - got).total_seconds() for got, sent in rows if sent)
-            stages: dict[str, list[float]] = {}
-            for r in db.scalars(select(Result)):
-                for k, v in (r.timings_ms or {}).items():
-                    stages.setdefault(k, []).append(float(v))
-        # sustained: a burst over one association
-        burst = [
-            dx_dataset(2000, 1800, pixels=_chest_pixels(2000, 1800, 100 + i))
-            for i in range(burst_images)
-        ]
-        start_done = finished()
-        t0 = time.perf_counter()
-        send(burst)
-        wait(start_done + burst_images, finished)
-        if has_sr:
-            wait(base + latency_images + burst_images, delivered_sr)
-        burst_s = time.perf_counter() - t0
-
-        def pending() -> int:
-            """Outbox rows not yet sent plus jobs not finished (phase 2 adds SC rows)."""
-            with sessions() as db:
-                rows = db.execute(select(Outbox.id).where(Outbox.state == "pending")).all()
-                jobs = db.execute(select(Job.id).where(Job.state != "done")).all()
-                return len(rows) + len(jobs)
-
-        wait(0, lambda: -pending())  # every object delivered before counting at the PACS
-        engine.dispose()
-        at_pacs = pacs.count()
-    finally:
-        if node is not None:
-            node.terminate()
-            node.wait(timeout=60)
-        pacs.close()
-        shutil.rmtree(work, ignore_errors=True)
-    return {
-        "image": "2000x1800 DX, 7.2 MB",
-        "sr_delivered": has_sr,
-        "latency_s": {
-            "n": len(latencies),
-            "p50": round(_pct(latencies, 50), 3),
-            "p95": round(_pct(latencies, 95), 3),
-        },
-        "stage_ms_median": {k: round(statistics.median(v), 1) for k, v in sorted(stages.items())},
-        "sustained_images_per_s": round(burst_images / burst_s, 2),
-        "instances_at_pacs": at_pacs,
-    }
-
-
 def _serve_process(
     settings: Settings, data: Path, port: int, **env: str
 ) -> subprocess.Popen[bytes]:
@@ -619,6 +457,8 @@ def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             out["ingest_during_qc"] = {"skipped": str(exc)}
     if what in ("e2e", "all"):
         try:
+            from qcnode.e2e_bench import bench_e2e
+
             out["e2e"] = bench_e2e(settings)
         except ModelError as exc:
             out["e2e"] = {"skipped": str(exc)}
