@@ -40,9 +40,9 @@ class OrgansConfig:
     spine_truncation_fail_mm: float = 120.0
     spine_lung_cut_width_fraction: float = 0.3
     sternum_min_area_mm2: float = 300.0
-    truncation_fail_mm: float = 110.0
+    truncation_fail_mm: float = 60.0
     lung_truncation_fail_ratio: float = 0.39
-    lateral_lung_truncation_fail_ratio: float = 1.2
+    lateral_lung_truncation_fail_ratio: float = 0.8
     sternum_truncation_fail_ratio: float = 1.3
     diaphragm_cut_fail_percent: float = 98.0
 
