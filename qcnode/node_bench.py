@@ -313,7 +313,8 @@ class _Orthanc:
 
 
 def _chest_pixels(rows: int, columns: int, seed: int) -> np.ndarray:
-    """A phantom chest (qcnode.testing) scaled to a detector-sized 12-bit image."""
+    """A phantom chest (qcnode.testing) scaled to a detector-sized 12-bit image; the
+    session-4 model takes it for view "other" (the e2e test uses it as such)."""
     from qcnode.testing import frontal_phantom, phantom_image
 
     small = phantom_image(frontal_phantom((400, 400)), seed=seed).pixels
@@ -357,11 +358,16 @@ def bench_ingest_during_qc(
     settings: Settings, *, rounds: int = 3, backlog: int = 12, count: int = 24
 ) -> dict[str, Any]:
     """Ingest while the node is busy with QC: ``qcnode serve`` (the configured model) is
-    first sent ``backlog`` 2000x1800 chest images, then, while it analyses them, the
+    first sent ``backlog`` copies of RG1 (a real 1955x1841 chest CR the model analyses in
+    full; the phantoms of session 2 are now view "other"), then, while it analyses them, the
     ingest files; ingest MB/s with no workers, with the workers as threads and as a
     child process (``worker_process``). Best of ``rounds`` each, interleaved."""
+    from pydicom import dcmread
     from sqlalchemy import create_engine, text
 
+    from qcnode.e2e_bench import e2e_inputs, fresh_copy
+
+    rg1 = dcmread(e2e_inputs(["rg1"])["rg1"][0])
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-qc-", dir=settings.data_dir))
     modes = {
@@ -379,13 +385,7 @@ def bench_ingest_during_qc(
         total = sum(f.stat().st_size for f in files)
         for r in range(rounds):
             for mode, env in modes.items():
-                queued = [
-                    _write(
-                        dx_dataset(2000, 1800, pixels=_chest_pixels(2000, 1800, 500 + r * 50 + i)),
-                        work / f"qc{i:03d}.dcm",
-                    )
-                    for i in range(backlog)
-                ]
+                queued = [_write(fresh_copy(rg1), work / f"qc{i:03d}.dcm") for i in range(backlog)]
                 data, port = work / f"node-{mode}-{r}", _free_port()
                 proc = _serve_process(settings, data, port, **env)
                 try:
