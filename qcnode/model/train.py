@@ -137,23 +137,6 @@ RECIPES: dict[str, Recipe] = {
         lungs="both",
         workers=14,
     ),
-    # Session 4: the `gpu` recipe continued from shipped weights (--init) on regenerated
-    # data (generator v1.11), augmentation on the GPU, histogram equalisation for transfer.
-    "gpu-ft": Recipe(
-        name="gpu-ft",
-        steps=20000,
-        batch=64,
-        lr=2e-3,
-        warmup=40,
-        eval_every=1000,
-        checkpoint_every=500,
-        val_count=96,
-        threads=8,
-        structure_weight=THIN_WEIGHTS,
-        augment=GPU_FT_AUGMENT,
-        lungs="both",
-        workers=14,
-    ),
     # For tests: a few steps on a handful of images.
     "tiny": Recipe(
         name="tiny",
@@ -171,6 +154,11 @@ RECIPES: dict[str, Recipe] = {
 }
 # `cpu-long` on data made with `qcnode synth --visible-lungs` (not yet run).
 RECIPES["cpu-long-visible"] = replace(RECIPES["cpu-long"], name="cpu-long-visible", lungs="visible")
+# Session 4: `gpu` continued from shipped weights (--init) on regenerated data (generator
+# v1.11), augmentation on the GPU, histogram equalisation for transfer.
+RECIPES["gpu-ft"] = replace(
+    RECIPES["gpu"], name="gpu-ft", lr=2e-3, warmup=40, augment=GPU_FT_AUGMENT
+)
 
 
 def git_version() -> str:
