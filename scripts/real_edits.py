@@ -6,6 +6,8 @@ measures it over all of them (evaluation only: the real films are never trained 
 Edits (as in the tests): crop 4 % below the right apex, a white shutter over the apices,
 crop 4 % above the right costophrenic angle, crop 3 % inside the left lateral wall. A film
 counts for an edit only when its unedited finding for that rule passes with its point.
+Also counts, per rule, the unedited films it flags (warn/fail): on real films most of these
+should pass, so a high count (e.g. organs.clavicles) points at a real-film mask problem.
 
     python scripts/real_edits.py WEIGHTS.pt... [--films DIR] [--limit N] [--json OUT]
 """
@@ -74,9 +76,10 @@ EDITS: dict[str, tuple[str, Edit]] = {
 }
 
 
-def run(weights: Path, films: list[Path]) -> dict[str, dict[str, float]]:
+def run(weights: Path, films: list[Path]) -> dict[str, dict[str, int]]:
     engine = QCEngine(predictor=load_predictor(device="cpu", weights_path=weights))
     stats = {k: {"films": 0, "flagged": 0, "extra_flips": 0, "not_frontal": 0} for k in EDITS}
+    unedited: dict[str, int] = {}
     for path in films:
         image = decode(path)
         (r,) = engine.run([image])
@@ -85,6 +88,9 @@ def run(weights: Path, films: list[Path]) -> dict[str, dict[str, float]]:
                 s["not_frontal"] += 1
             continue
         base = {f.rule: f for f in r.findings}
+        unedited["films"] = unedited.get("films", 0) + 1
+        for f in r.findings:
+            unedited[f.rule] = unedited.get(f.rule, 0) + int(f.status in PROBLEM)
         for name, (rule, edit) in EDITS.items():
             if base[rule].status is not Status.PASS:
                 continue
@@ -103,7 +109,7 @@ def run(weights: Path, films: list[Path]) -> dict[str, dict[str, float]]:
                 for k in base
                 if k != rule and k in after and k.startswith("completeness.")
             )
-    return stats
+    return {**stats, "unedited_flags": unedited}
 
 
 def main() -> int:
@@ -120,7 +126,10 @@ def main() -> int:
     out = {}
     for w in args.weights:
         out[w.name] = run(w, films)
-        for name, s in out[w.name].items():
+        flags = {k: v for k, v in out[w.name]["unedited_flags"].items() if v}
+        print(f"{w.name:<28}unedited films flagged per rule: {flags}")
+        for name in EDITS:
+            s = out[w.name][name]
             print(
                 f"{w.name:<28}{name:<20}films {s['films']:3d}  flagged {s['flagged']:3d}  "
                 f"other completeness flips {s['extra_flips']:3d}  not frontal {s['not_frontal']}",
