@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from qcnode.config import Destination, Settings
 from qcnode.db import (
@@ -244,6 +245,13 @@ def test_objects_not_written_defer_the_job_until_they_can_be(env, tmp_path, monk
         assert len(list(s.scalars(select(Outbox)))) == 3  # SR to both, SC to PACS
 
 
+def _requeue_exhausted(s: Session, settings: Settings) -> None:
+    """The only job queued again with every attempt spent (its workers all died)."""
+    job = s.scalar(select(Job))
+    assert job is not None
+    job.state, job.attempts = "queued", settings.job_max_attempts
+
+
 def test_giving_up_keeps_a_result_already_delivered(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings, sessions, store = env
     receive(sessions, store, tmp_path)
@@ -253,9 +261,7 @@ def test_giving_up_keeps_a_result_already_delivered(env, tmp_path) -> None:  # t
         before = sorted(s.scalars(select(ResultObject.sop_instance_uid)))
         verdict = s.scalar(select(Result.verdict))
     with sessions.begin() as s:  # as if every later attempt had died with its worker
-        job = s.scalar(select(Job))
-        assert job is not None
-        job.state, job.attempts = "queued", settings.job_max_attempts
+        _requeue_exhausted(s, settings)
     assert worker.run_once() == 1
     with sessions() as s:
         job = s.scalar(select(Job))
@@ -273,9 +279,7 @@ def test_giving_up_after_the_sr_says_which_objects_never_come(env, tmp_path) -> 
     worker.run_once()
     with sessions.begin() as s:  # as if only phase 1 had committed, then five deaths
         s.execute(delete(ResultObject).where(ResultObject.kind == "sc"))
-        job = s.scalar(select(Job))
-        assert job is not None
-        job.state, job.attempts = "queued", settings.job_max_attempts
+        _requeue_exhausted(s, settings)
     assert worker.run_once() == 1
     with sessions() as s:
         job = s.scalar(select(Job))
