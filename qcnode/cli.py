@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: auto)")
     y.add_argument("--pitch-mm", type=float, default=1.4, help="detector pixel pitch (mm)")
     y.add_argument("--no-ready", action="store_true", help="do not write READY (a part of a set)")
+    y.add_argument("--minutes", type=float, help="time budget: stop after the pose that passes it")
     y.add_argument(
         "--visible-lungs", action="store_true", help="also write lungs cut at the diaphragm"
     )

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One call on a lent GPU host (the device tool): train the variant grid on the packed
 # synthetic set (qcnode.model.grid), then time every variant batched on the GPU.
-# Needs, carried with the repo: .gpu/packs (python -m qcnode.model.grid pack ...) and .whl
-# (wheels the host lacks: tomli_w). Results under $OUT: weights.tgz, train.log, bench.json.
+# Needs, carried with the repo: .gpu/packs (python -m qcnode.model.grid pack ...; PACKS=DIR
+# for another folder) and .whl (wheels the host lacks: tomli_w). Results under $OUT:
+# weights.tgz, train.log, bench.json.
 #   scripts/gpu_grid.sh MINUTES [extra grid-train arguments...]
 # With --variant among the arguments only those are trained (else the six variants from
 # scratch). With --augment-on device, a run that fails in its first two minutes is rerun
@@ -11,6 +12,7 @@ set -uo pipefail
 minutes=${1:-6}
 shift || true
 out=${OUT:-/tmp/qcnode-gpu-out}
+packs=${PACKS:-.gpu/packs}
 mkdir -p "$out" /tmp/grid
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 3
@@ -28,7 +30,7 @@ if [[ " $* " != *" --variant "* ]]; then
   done
 fi
 started=$SECONDS
-python3 -m qcnode.model.grid train --packs .gpu/packs --out /tmp/grid --device cuda \
+python3 -m qcnode.model.grid train --packs "$packs" --out /tmp/grid --device cuda \
   --minutes "$minutes" "${variants[@]}" "$@" 2>&1 | tee "$out/train.log"
 status=${PIPESTATUS[0]}
 if [[ $status -ne 0 && " $* " == *" device "* && $((SECONDS - started)) -lt 120 ]]; then
@@ -36,7 +38,7 @@ if [[ $status -ne 0 && " $* " == *" device "* && $((SECONDS - started)) -lt 120 
   echo "device augmentation failed (status $status): rerun with workers for $left min" | tee -a "$out/train.log"
   args=()
   for a in "$@"; do [[ $a == device ]] && a=workers; args+=("$a"); done
-  python3 -m qcnode.model.grid train --packs .gpu/packs --out /tmp/grid --device cuda \
+  python3 -m qcnode.model.grid train --packs "$packs" --out /tmp/grid --device cuda \
     --minutes "$left" "${variants[@]}" "${args[@]}" 2>&1 | tee -a "$out/train.log"
   status=${PIPESTATUS[0]}
 fi

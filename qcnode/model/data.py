@@ -17,6 +17,8 @@ import hashlib
 import json
 import logging
 import lzma
+import multiprocessing as mp
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,15 +243,19 @@ def load_pack(
     progress: bool = True,
     desc: str = "cache",
     lungs: str = "projection",
+    workers: int = 1,
 ) -> Pack:
     """Every sample as a cached canvas (computing the missing ones), stacked in memory.
 
-    ``lungs`` picks the lung target definition (LUNG_TARGETS)."""
+    ``lungs`` picks the lung target definition (LUNG_TARGETS); ``workers`` > 1 computes the
+    missing items in that many processes first (a many-core GPU host packing fresh data)."""
     if lungs not in LUNG_TARGETS:
         raise QcnodeError(f"unknown lung target {lungs!r}; known: {', '.join(LUNG_TARGETS)}")
     cache.mkdir(parents=True, exist_ok=True)
     items, ids = [], []
     sample_list = list(samples)
+    if workers > 1:
+        _fill_cache(sample_list, cache=cache, size=size, lungs=lungs, workers=workers)
     for s in tqdm(sample_list, desc=desc, disable=not progress, unit="img"):
         path = cache / _cache_name(s, lungs)
         item: dict[str, np.ndarray] | None = None
@@ -278,6 +284,27 @@ def load_pack(
         channel_weight=torch.from_numpy(np.stack([i["weight"] for i in items])),
         scale=torch.from_numpy(np.stack([i["scale"] for i in items])),
     )
+
+
+def _cache_one(job: tuple[Sample, str, int, str]) -> None:
+    sample, cache, size, lungs = job
+    path = Path(cache) / _cache_name(sample, lungs)
+    if path.is_file():
+        return
+    item = _encode(sample, size, lungs)
+    if item is not None:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **item)  # type: ignore[arg-type]  # numpy stub quirk
+        tmp.replace(path)
+
+
+def _fill_cache(
+    samples: Sequence[Sample], *, cache: Path, size: int, lungs: str, workers: int
+) -> None:
+    jobs = [(s, str(cache), size, lungs) for s in samples]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for _ in pool.imap_unordered(_cache_one, jobs, chunksize=8):
+            pass
 
 
 def dedupe(pack: Pack) -> Pack:
@@ -331,25 +358,46 @@ PACK_FORMAT = "qcnode-pack-1"
 PACK_LEVELS = 511
 
 
-def _planes(delta: npt.NDArray[np.int16]) -> tuple[bytes, bytes]:
+# "none" skips LZMA: a pack written and read on the same (GPU) host, where compressing
+# thousands of canvases would cost minutes of lent device time and nothing travels.
+PACK_CODECS = ("lzma", "none")
+
+
+def _compress(data: bytes, codec: str) -> bytes:
+    return lzma.compress(data) if codec == "lzma" else data
+
+
+def _decompress(data: bytes, codec: str) -> bytes:
+    return lzma.decompress(data) if codec == "lzma" else data
+
+
+def _planes(delta: npt.NDArray[np.int16], codec: str) -> tuple[bytes, bytes]:
     b = delta.view(np.uint8).reshape(*delta.shape, 2)
     return (
-        lzma.compress(np.ascontiguousarray(b[..., 0]).tobytes()),
-        lzma.compress(np.ascontiguousarray(b[..., 1]).tobytes()),
+        _compress(np.ascontiguousarray(b[..., 0]).tobytes(), codec),
+        _compress(np.ascontiguousarray(b[..., 1]).tobytes(), codec),
     )
 
 
 def save_pack_file(
-    pack: Pack, path: Path, *, structures: Sequence[str], levels: int = PACK_LEVELS
+    pack: Pack,
+    path: Path,
+    *,
+    structures: Sequence[str],
+    levels: int = PACK_LEVELS,
+    codec: str = "lzma",
 ) -> None:
     """A whole cached set in one file, for a training host without the DICOM set."""
+    if codec not in PACK_CODECS:
+        raise QcnodeError(f"unknown pack codec {codec!r}; known: {', '.join(PACK_CODECS)}")
     q = torch.round(pack.canvas.float()[:, 0].clamp(0, 1) * levels).to(torch.int16)
     delta = torch.diff(q, dim=-1, prepend=torch.zeros_like(q[..., :1])).numpy()
-    low, high = _planes(delta)
+    low, high = _planes(delta, codec)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(
         path,
         format=np.array(PACK_FORMAT),
+        codec=np.array(codec),
         levels=np.array(levels),
         shape=np.array(delta.shape),
         low=np.frombuffer(low, dtype=np.uint8),
@@ -357,7 +405,7 @@ def save_pack_file(
         ids=np.array(pack.ids),
         structures=np.array(list(structures)),
         rect=pack.rect.numpy(),
-        bits=np.frombuffer(lzma.compress(np.ascontiguousarray(pack.bits).tobytes()), np.uint8),
+        bits=np.frombuffer(_compress(np.ascontiguousarray(pack.bits).tobytes(), codec), np.uint8),
         bits_shape=np.array(pack.bits.shape),
         views=pack.views.numpy(),
         weight=pack.channel_weight.numpy(),
@@ -371,9 +419,10 @@ def load_pack_file(path: Path) -> tuple[Pack, tuple[str, ...]]:
         if "format" not in z.files or str(z["format"]) != PACK_FORMAT:
             raise QcnodeError(f"{path} is not a qcnode training pack ({PACK_FORMAT})")
         shape = tuple(int(n) for n in z["shape"])
+        codec = str(z["codec"]) if "codec" in z.files else "lzma"  # packs before the option
         planes = np.stack(
             [
-                np.frombuffer(lzma.decompress(z[k].tobytes()), dtype=np.uint8).reshape(shape)
+                np.frombuffer(_decompress(z[k].tobytes(), codec), dtype=np.uint8).reshape(shape)
                 for k in ("low", "high")
             ],
             axis=-1,
@@ -385,7 +434,7 @@ def load_pack_file(path: Path) -> tuple[Pack, tuple[str, ...]]:
             ids=[str(i) for i in z["ids"]],
             canvas=canvas,
             rect=torch.from_numpy(z["rect"]),
-            bits=np.frombuffer(lzma.decompress(z["bits"].tobytes()), dtype=np.uint8).reshape(
+            bits=np.frombuffer(_decompress(z["bits"].tobytes(), codec), dtype=np.uint8).reshape(
                 tuple(int(n) for n in z["bits_shape"])
             ),
             views=torch.from_numpy(z["views"]),

@@ -70,8 +70,13 @@ def export_packs(
     include_negatives: bool = True,
     cache_base: Path | None = None,
     levels: int = datamod.PACK_LEVELS,
+    codec: str = "lzma",
+    workers: int = 1,
 ) -> dict[str, int]:
-    """Write train/val/negative packs with the split ``train.train`` uses."""
+    """Write train/val/negative packs with the split ``train.train`` uses.
+
+    ``workers`` > 1 decodes in that many processes; ``codec`` "none" for a pack that never
+    travels (made on the GPU host from data synthesised there)."""
     samples = [s for d in data_dirs for s in datamod.read_synthetic(d)]
     if not samples:
         raise QcnodeError(f"no samples under {', '.join(map(str, data_dirs))}")
@@ -87,10 +92,12 @@ def export_packs(
     for fname, items in sets:
         if not items:
             continue
-        pack = datamod.load_pack(items, cache=cache, desc=fname, lungs=recipe.lungs, progress=False)
+        pack = datamod.load_pack(
+            items, cache=cache, desc=fname, lungs=recipe.lungs, progress=False, workers=workers
+        )
         if fname == "neg.npz":
             pack = datamod.dedupe(pack)
-        datamod.save_pack_file(pack, out / fname, structures=names, levels=levels)
+        datamod.save_pack_file(pack, out / fname, structures=names, levels=levels, codec=codec)
         sizes[fname] = len(pack)
     (out / "packs.json").write_text(
         json.dumps(
@@ -449,6 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--levels", type=int, default=datamod.PACK_LEVELS, help="canvas grey levels (255: 8 bit)"
     )
+    p.add_argument("--codec", choices=datamod.PACK_CODECS, default="lzma")
+    p.add_argument("--workers", type=int, default=1, help="decoding processes")
+    p.add_argument("--no-negatives", action="store_true", help="train and val packs only")
     t = sub.add_parser("train", help="train several variants on one batch stream")
     t.add_argument("--packs", type=Path, required=True)
     t.add_argument("--out", type=Path, required=True)
@@ -499,7 +509,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"registered {entry.name}: {entry.file} sha256 {entry.sha256}")
         return 0
     if args.cmd == "pack":
-        print(json.dumps(export_packs(args.data, args.out, recipe=recipe, levels=args.levels)))
+        sizes = export_packs(
+            args.data,
+            args.out,
+            recipe=recipe,
+            levels=args.levels,
+            codec=args.codec,
+            workers=args.workers,
+            include_negatives=not args.no_negatives,
+        )
+        print(json.dumps(sizes))
         return 0
     if args.steps:
         recipe = replace(recipe, steps=args.steps)

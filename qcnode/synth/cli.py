@@ -98,6 +98,9 @@ def synth_command(args: argparse.Namespace) -> int:
         )
     )
     t0 = time.perf_counter()
+    # A time budget (GPU hosts: synthesise as much as fits, then train): whole poses only.
+    minutes = getattr(args, "minutes", None)
+    deadline = t0 + 60.0 * minutes if minutes else None
     renders = written = 0
     render_s = variants_s = 0.0
     jobs = [(plan, i, str(out)) for i in todo]
@@ -117,7 +120,6 @@ def synth_command(args: argparse.Namespace) -> int:
             renders += 1
             render_s += timings["render_s"]
             variants_s += timings["variants_s"]
-            max(1, have)
             log.info("pose %d done: %d samples", index, have)
             print(
                 f"pose {index}: {have} samples, render {timings['render_s']:.1f}s, "
@@ -125,6 +127,9 @@ def synth_command(args: argparse.Namespace) -> int:
                 flush=True,
             )
             if have >= args.count:
+                break
+            if deadline is not None and time.perf_counter() > deadline:
+                log.info("time budget spent: %d samples", have)
                 break
     if workers > 1:
         pool.terminate()

@@ -74,6 +74,24 @@ def test_pack_file_round_trip_is_within_one_level(tmp_path: Path) -> None:
         datamod.load_pack_file(tmp_path / "other.npz")
 
 
+def test_uncompressed_pack_and_parallel_cache_match_the_serial_lzma_pack(tmp_path: Path) -> None:
+    samples = datamod.read_synthetic(_tiny_set(tmp_path, n=3))
+    serial = datamod.load_pack(samples, cache=tmp_path / "c1", progress=False, lungs="both")
+    parallel = datamod.load_pack(
+        samples, cache=tmp_path / "c2", progress=False, lungs="both", workers=2
+    )
+    assert parallel.ids == serial.ids and np.array_equal(parallel.bits, serial.bits)
+    assert torch.equal(parallel.canvas, serial.canvas)
+    for codec in ("lzma", "none"):
+        datamod.save_pack_file(serial, tmp_path / f"{codec}.npz", structures=BOTH, codec=codec)
+    a, _ = datamod.load_pack_file(tmp_path / "lzma.npz")
+    b, _ = datamod.load_pack_file(tmp_path / "none.npz")
+    assert torch.equal(a.canvas, b.canvas) and np.array_equal(a.bits, b.bits)
+    assert (tmp_path / "none.npz").stat().st_size > (tmp_path / "lzma.npz").stat().st_size
+    with pytest.raises(QcnodeError, match="unknown pack codec"):
+        datamod.save_pack_file(serial, tmp_path / "x.npz", structures=BOTH, codec="zip")
+
+
 def test_widen_starts_visible_lungs_as_copies_of_the_projected_lungs() -> None:
     torch.manual_seed(0)
     old = build("qcnet_d10_w1").eval()
