@@ -1,8 +1,9 @@
 """``qcnode bench``: measured speed (DESIGN §7) — model per variant, QC per image, node.
 
-model: median forward time per image (batch 1) for every ``qcnet_d*_w*`` variant at each
-thread count, batched images/s, and for the shipped default the whole ``predict`` (resample,
-forward, masks back to source pixels) on a real-size radiograph.
+model: median forward time per image (batch 1) for every ``qcnet_d*_w*`` variant (or the
+``--variants`` given, registered ensembles included) at each thread count, batched
+images/s, and for the configured model (``QCNODE_MODEL``, else the registry's default) the
+whole ``predict`` (resample, forward, masks back to source pixels) on a real-size radiograph.
 qc: median decode-to-verdict time per image through the same engine ``qcnode check`` uses.
 report: median time to build the result objects (SR, SC, GSPS, KOS) of one image.
 ingest / e2e: delegated to ``qcnode.node_bench`` and ``qcnode.e2e_bench`` (the node's own
@@ -30,6 +31,7 @@ from qcnode.config import Settings
 from qcnode.errors import ModelError
 
 if TYPE_CHECKING:
+    import torch
     from pydicom import Dataset
 
     from qcnode.records import DecodedImage, Prediction, QCResult
@@ -89,7 +91,7 @@ def bench_variants(
     import torch
 
     from qcnode.model.infer import resolve_device
-    from qcnode.model.network import build, count_parameters
+    from qcnode.model.network import count_parameters
     from qcnode.model.preprocess import INPUT_SIZE
 
     dev = resolve_device(device)
@@ -97,7 +99,7 @@ def bench_variants(
     before = torch.get_num_threads()
     try:
         for name in variants:
-            model = build(name).eval().to(dev)
+            model = _network(name).eval().to(dev)
             one = torch.randn(1, 1, INPUT_SIZE, INPUT_SIZE, device=dev)
             many = torch.randn(batch, 1, INPUT_SIZE, INPUT_SIZE, device=dev)
             half = precision == "bf16" and dev.type == "cuda"
@@ -138,6 +140,23 @@ def bench_variants(
     finally:
         torch.set_num_threads(before)
     return rows
+
+
+def _network(name: str) -> torch.nn.Module:
+    """A variant with random weights (speed does not depend on them), or a registered
+    ensemble's ``LogitMean`` of its members' variants (random weights too)."""
+    from qcnode.model.network import LogitMean, build, parse_variant
+    from qcnode.model.registry import load_registry
+
+    try:
+        parse_variant(name)
+    except ValueError:
+        registry = load_registry()
+        if not registry.is_ensemble(name):
+            raise
+        members = registry.members(registry.ensemble(name))
+        return LogitMean(members=[build(m.variant, m.structures) for m in members])
+    return build(name)
 
 
 def _sample_radiograph() -> Path | None:

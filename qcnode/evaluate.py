@@ -454,7 +454,7 @@ def _load_predictors(settings: Settings) -> tuple[list[Predictor], str]:
     try:
         names: list[str | None] = [settings.model or None]
         if settings.model == "all":
-            names = list(sorted(load_registry().entries))
+            names = list(load_registry().names())  # ensembles included
         return [load_predictor(n, device=settings.device) for n in names], ""
     except QcnodeError as exc:
         return [], str(exc)

@@ -9,12 +9,16 @@ counts for an edit only when its unedited finding for that rule passes with its 
 Also counts, per rule, the unedited films it flags (warn/fail): on real films most of these
 should pass, so a high count (e.g. organs.clavicles) points at a real-film mask problem.
 
-    python scripts/real_edits.py WEIGHTS.pt... [--films DIR] [--limit N] [--json OUT]
+    python scripts/real_edits.py [WEIGHTS.pt...] [--model NAME...] [--films DIR] [--limit N]
+        [--json OUT]
+
+``--model`` takes registry names (ensembles included), ``WEIGHTS.pt`` files directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -25,7 +29,7 @@ import numpy as np
 from qcnode.engine import QCEngine
 from qcnode.imaging import decode
 from qcnode.model.infer import load_predictor
-from qcnode.records import DecodedImage, Finding, Status, View
+from qcnode.records import DecodedImage, Finding, Predictor, Status, View
 
 PROBLEM = (Status.WARN, Status.FAIL)
 Edit = Callable[[DecodedImage, dict[str, Finding]], DecodedImage | None]
@@ -76,8 +80,8 @@ EDITS: dict[str, tuple[str, Edit]] = {
 }
 
 
-def run(weights: Path, films: list[Path]) -> dict[str, dict[str, int]]:
-    engine = QCEngine(predictor=load_predictor(device="cpu", weights_path=weights))
+def run(predictor: Predictor, films: list[Path]) -> dict[str, dict[str, int]]:
+    engine = QCEngine(predictor=predictor)
     stats = {k: {"films": 0, "flagged": 0, "extra_flips": 0, "not_frontal": 0} for k in EDITS}
     unedited: dict[str, int] = {}
     for path in films:
@@ -114,7 +118,8 @@ def run(weights: Path, films: list[Path]) -> dict[str, dict[str, int]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("weights", type=Path, nargs="+")
+    ap.add_argument("weights", type=Path, nargs="*")
+    ap.add_argument("--model", action="append", default=[], help="registry name (repeatable)")
     real = Path("../shared/data/realcxr")
     ap.add_argument("--films", type=Path, action="append", default=None, help="folders")
     ap.add_argument("--limit", type=int, default=None)
@@ -123,15 +128,22 @@ def main() -> int:
     folders = args.films or [real / "frontal", real / "extra_frontal_nomask"]
     films = sorted(p for d in folders for p in d.glob("*.png") if not p.stem.endswith("_lungs"))
     films = films[: args.limit]
+    if not args.weights and not args.model:
+        ap.error("give weights files and/or --model NAME")
+    predictors: list[tuple[str, Callable[[], Predictor]]] = [
+        (w.name, functools.partial(load_predictor, device="cpu", weights_path=w))
+        for w in args.weights
+    ]
+    predictors += [(n, functools.partial(load_predictor, n, device="cpu")) for n in args.model]
     out = {}
-    for w in args.weights:
-        out[w.name] = run(w, films)
-        flags = {k: v for k, v in out[w.name]["unedited_flags"].items() if v}
-        print(f"{w.name:<28}unedited films flagged per rule: {flags}")
+    for label, load in predictors:
+        out[label] = run(load(), films)
+        flags = {k: v for k, v in out[label]["unedited_flags"].items() if v}
+        print(f"{label:<28}unedited films flagged per rule: {flags}")
         for name in EDITS:
-            s = out[w.name][name]
+            s = out[label][name]
             print(
-                f"{w.name:<28}{name:<20}films {s['films']:3d}  flagged {s['flagged']:3d}  "
+                f"{label:<28}{name:<20}films {s['films']:3d}  flagged {s['flagged']:3d}  "
                 f"other completeness flips {s['extra_flips']:3d}  not frontal {s['not_frontal']}",
                 flush=True,
             )

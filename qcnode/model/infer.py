@@ -2,6 +2,8 @@
 
 One forward pass per ``predict`` call for the whole list. Images without a usable header
 spacing get a second pass at the anatomy-based scale (see preprocess), batched as well.
+A registered ensemble is one network to everything here: ``LogitMean`` averages its members'
+logits before the clean-up, the view softmax and the anatomy-based scale.
 """
 
 from __future__ import annotations
@@ -18,8 +20,15 @@ from scipy import ndimage
 
 from qcnode.errors import ModelError
 from qcnode.model import preprocess
-from qcnode.model.network import VIEWS, QCNet, build
-from qcnode.model.registry import ModelEntry, load_registry, sha256_file
+from qcnode.model.network import VIEWS, LogitMean, QCNet, build
+from qcnode.model.registry import (
+    ModelEntry,
+    Registry,
+    ensemble_info,
+    load_registry,
+    mean_reference_widths,
+    sha256_file,
+)
 from qcnode.records import MODEL_CHANNELS, STRUCTURES, DecodedImage, ModelInfo, Prediction, View
 
 log = logging.getLogger(__name__)
@@ -108,10 +117,16 @@ def resolve_device(device: str) -> torch.device:
 
 
 class TorchPredictor:
-    """QCNet behind the Predictor protocol. Thread-compatible: one call at a time."""
+    """QCNet (or an ensemble's LogitMean) behind the Predictor protocol. Thread-compatible:
+    one call at a time."""
 
     def __init__(
-        self, *, model: QCNet, meta: WeightsMeta, info: ModelInfo, device: torch.device
+        self,
+        *,
+        model: QCNet | LogitMean,
+        meta: WeightsMeta,
+        info: ModelInfo,
+        device: torch.device,
     ) -> None:
         if meta.input_size != preprocess.INPUT_SIZE or meta.spacing_mm != preprocess.SPACING_MM:
             raise ModelError(
@@ -274,11 +289,13 @@ def load_predictor(
     weights_path: Path | None = None,
     registry_path: Path | None = None,
 ) -> TorchPredictor:
-    """The registry's model ``name`` (default when None), checksum-verified.
+    """The registry's model ``name`` (default when None), checksum-verified; a registered
+    ensemble loads each member (each checksum-verified) behind one ``LogitMean``.
 
     ``weights_path`` loads a weights file directly (tests, a model being evaluated); its
     sha256 is then computed, not checked. Raises ModelError for anything unusable.
     """
+    model: QCNet | LogitMean
     if weights_path is not None:
         path = Path(weights_path)
         if not path.is_file():
@@ -286,20 +303,61 @@ def load_predictor(
         sha = sha256_file(path)
         meta, state = read_weights(path)
         info = ModelInfo(name=name or path.stem, version=f"file-{sha[:12]}", sha256=sha)
+        model = _built(meta, state, path)
     else:
         registry = load_registry(registry_path)
-        entry: ModelEntry = registry.get(name)
-        path = registry.verified_path(entry)
-        meta, state = read_weights(path)
-        if meta.variant != entry.variant:
-            raise ModelError(f"{path} holds {meta.variant}, registry says {entry.variant}")
-        if meta.structures != entry.structures:
-            raise ModelError(f"{path} has other mask channels than its registry entry")
-        info = ModelInfo(name=entry.name, version=entry.version, sha256=entry.sha256)
+        if registry.is_ensemble(name):
+            ensemble = registry.ensemble(name)
+            members = registry.members(ensemble)
+            loaded = [_load_entry(registry, entry) for entry in members]
+            meta = ensemble_meta(ensemble.name, [m for _, m in loaded])
+            model = LogitMean(members=[net for net, _ in loaded])
+            info = ensemble_info(ensemble, members)
+        else:
+            entry = registry.get(name)
+            model, meta = _load_entry(registry, entry)
+            info = ModelInfo(name=entry.name, version=entry.version, sha256=entry.sha256)
+    log.info("model loaded", extra={"model": info.name, "sha256": info.sha256[:12]})
+    return TorchPredictor(model=model, meta=meta, info=info, device=resolve_device(device))
+
+
+def _built(meta: WeightsMeta, state: dict[str, torch.Tensor], path: Path) -> QCNet:
     try:
         model = build(meta.variant, meta.structures)
         model.load_state_dict(state)
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"weights {path} do not fit variant {meta.variant}: {exc}") from exc
-    log.info("model loaded", extra={"model": info.name, "sha256": info.sha256[:12]})
-    return TorchPredictor(model=model, meta=meta, info=info, device=resolve_device(device))
+    return model
+
+
+def _load_entry(registry: Registry, entry: ModelEntry) -> tuple[QCNet, WeightsMeta]:
+    """A registry entry's network, its file checked against the entry's sha256 and meta."""
+    path = registry.verified_path(entry)
+    meta, state = read_weights(path)
+    if meta.variant != entry.variant:
+        raise ModelError(f"{path} holds {meta.variant}, registry says {entry.variant}")
+    if meta.structures != entry.structures:
+        raise ModelError(f"{path} has other mask channels than its registry entry")
+    return _built(meta, state, path), meta
+
+
+def ensemble_meta(name: str, metas: Sequence[WeightsMeta]) -> WeightsMeta:
+    """One WeightsMeta for an ensemble: the members' files must agree on input size,
+    spacing and mask channels (ModelError otherwise); reference lung widths are averaged
+    (they must agree within REFERENCE_WIDTH_TOLERANCE)."""
+    first = metas[0]
+    for m in metas[1:]:
+        for what in ("input_size", "spacing_mm", "structures"):
+            if getattr(m, what) != getattr(first, what):
+                raise ModelError(
+                    f"ensemble {name!r}: member weights {first.variant} and {m.variant} "
+                    f"differ in {what} ({getattr(first, what)} vs {getattr(m, what)})"
+                )
+    widths = mean_reference_widths(name, [(m.variant, m.reference_lung_width_mm) for m in metas])
+    return WeightsMeta(
+        variant="+".join(m.variant for m in metas),
+        input_size=first.input_size,
+        spacing_mm=first.spacing_mm,
+        reference_lung_width_mm=widths,
+        structures=first.structures,
+    )

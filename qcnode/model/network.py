@@ -13,6 +13,7 @@ view logits (frontal / lateral / other) from the bottleneck.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -135,6 +136,32 @@ class QCNet(nn.Module):
         if upsample:
             logits = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
         return logits, view_logits
+
+
+class LogitMean(nn.Module):
+    """An ensemble of QCNets: the mean of their mask logits and of their view logits, before
+    any sigmoid/softmax, so everything downstream sees one network's outputs. Members must
+    have the same mask channels (checked here) and input scale (checked by the loader)."""
+
+    def __init__(self, *, members: Sequence[QCNet]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        channels = {m.structures for m in members}
+        if len(channels) != 1:
+            raise ValueError(f"ensemble members have different mask channels: {channels}")
+        self.members = nn.ModuleList(members)
+        self.structures: tuple[str, ...] = members[0].structures
+
+    def forward(
+        self, x: torch.Tensor, *, upsample: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        masks, views = self.members[0](x, upsample=upsample)
+        for member in self.members[1:]:
+            m, v = member(x, upsample=upsample)
+            masks, views = masks + m, views + v
+        n = len(self.members)
+        return (masks, views) if n == 1 else (masks / n, views / n)
 
 
 def build(name: str, structures: tuple[str, ...] = STRUCTURES) -> QCNet:

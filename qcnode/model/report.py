@@ -431,9 +431,15 @@ def record(name: str | None, report: dict[str, Any]) -> None:
     from qcnode.model.registry import REGISTRY_FILE, load_registry
 
     registry = load_registry()
-    entry = registry.get(name)
-    metrics = {**dict(entry.metrics), **headline(report)}
-    registry.with_entry(dataclasses.replace(entry, metrics=metrics)).save(REGISTRY_FILE)
+    if registry.is_ensemble(name):
+        ensemble = registry.ensemble(name)
+        metrics = {**dict(ensemble.metrics), **headline(report)}
+        registry = registry.with_ensemble(dataclasses.replace(ensemble, metrics=metrics))
+    else:
+        entry = registry.get(name)
+        metrics = {**dict(entry.metrics), **headline(report)}
+        registry = registry.with_entry(dataclasses.replace(entry, metrics=metrics))
+    registry.save(REGISTRY_FILE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -146,8 +146,10 @@ def test_shipped_registry_is_consistent() -> None:
     for entry in registry.entries.values():
         assert registry.verified_path(entry).is_file()
         assert entry.metrics, f"{entry.name} has no recorded metrics"
+    for ensemble in registry.ensembles.values():
+        assert registry.members(ensemble)  # names registered, compatible entries
     if registry.entries:
-        assert registry.default in registry.entries
+        assert registry.default in registry.names()  # a weights entry or an ensemble
 
 
 # --- preprocessing invariance ---------------------------------------------------------------
