@@ -16,7 +16,7 @@ mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 3
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 QCNODE_CT_DIR=$PWD/.gpu/ct
-workers=${SYNTH_WORKERS:-$(($(nproc) - 1))}
+workers=${SYNTH_WORKERS:-$(($(nproc --all) - 1))}  # --all: nproc obeys OMP_NUM_THREADS
 data=/tmp/synth-train
 packs=/tmp/packs
 t0=$SECONDS
