@@ -287,6 +287,12 @@ def test_cli_writes_a_resumable_set(ct: ctmod.PreparedCT, tmp_path: Path) -> Non
     # A second run with the same arguments finds everything done and writes nothing new.
     assert main(argv) == 0
     assert len((out / "manifest.jsonl").read_text().splitlines()) == len(lines)
+    # A spent time budget stops after the first whole pose, short of the count: no READY.
+    budget = tmp_path / "budget"
+    argv[argv.index(str(out))] = str(budget)
+    assert main([*argv, "--count", "1000", "--minutes", "0.0001"]) == 0
+    poses = {json.loads(x)["pose"] for x in (budget / "manifest.jsonl").read_text().splitlines()}
+    assert len(poses) == 1 and not (budget / "READY").exists()
 
 
 def test_lateral_truth_arms_and_rotation(ct: ctmod.PreparedCT, thresholds: dict[str, Any]) -> None:
