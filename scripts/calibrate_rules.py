@@ -49,6 +49,7 @@ def features(path_dcm: Path, path_masks: Path, view: View, cfg: RulesConfig) -> 
         lung_depth_mm=cfg.metadata.anatomy_lung_depth_mm,
         tolerance=cfg.metadata.spacing_anatomy_tolerance,
         heart_offset_mm=cfg.positioning.orientation_heart_offset_mm,
+        heart_spine_mm=cfg.positioning.orientation_heart_spine_mm,
         shutter=shutter_spec(cfg),
     )
     out: dict[str, Any] = {"spacing_source": s.spacing_source}

@@ -98,6 +98,7 @@ def evaluate(
         lung_depth_mm=cfg.metadata.anatomy_lung_depth_mm,
         tolerance=cfg.metadata.spacing_anatomy_tolerance,
         heart_offset_mm=cfg.positioning.orientation_heart_offset_mm,
+        heart_spine_mm=cfg.positioning.orientation_heart_spine_mm,
         shutter=shutter_spec(cfg),
     )
     table = RULES[view]

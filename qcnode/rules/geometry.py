@@ -87,6 +87,7 @@ class Subject:
         lung_depth_mm: float = 180.0,
         tolerance: float = 1.6,
         heart_offset_mm: float = 5.0,
+        heart_spine_mm: float = 0.0,
         work_mm: float = WORK_MM,
         shutter: ShutterSpec | None = None,
     ) -> Subject:
@@ -122,7 +123,9 @@ class Subject:
             k: (v if k.startswith("ribs") else despeckle(v))[: pixels.shape[0], : pixels.shape[1]]
             for k, v in small.items()
         }
-        orient = detect_orientation(small, prediction.view, spacing[1] * stride, heart_offset_mm)
+        orient = detect_orientation(
+            small, prediction.view, spacing[1] * stride, heart_offset_mm, heart_spine_mm
+        )
         flip_ud = orient in ("upside_down", "flipped")
         flip_lr = orient in ("upside_down", "mirrored")
         axes = tuple(a for a, f in ((0, flip_ud), (1, flip_lr)) if f)
@@ -424,15 +427,21 @@ def upright_votes(
 
 
 def detect_orientation(
-    masks: Mapping[str, BoolMask], view: View, sx: float, heart_offset_mm: float
+    masks: Mapping[str, BoolMask],
+    view: View,
+    sx: float,
+    heart_offset_mm: float,
+    heart_spine_mm: float = 0.0,
 ) -> str:
     """How a film hangs, from the anatomy: "upright", "mirrored", "upside_down", "flipped".
 
     Upright: a vote of the clavicles (above the lungs' centre, counted twice), the trachea
     (above), the heart (below) and the lungs' shape (narrow apices, wide bases).
     Mirrored (frontal only): the heart's centre lies more than ``heart_offset_mm`` to the
-    image left of the midline between the two lungs; a chest film hangs with the patient's
-    left — the heart — on the viewer's right.
+    image left of the midline between the two lungs, and more than ``heart_spine_mm`` to
+    the image left of the spine's centre line; a chest film hangs with the patient's left —
+    the heart — on the viewer's right. The spine check is there because on real films the
+    model sometimes swaps the lung labels, which moves the lungs' midline but not the spine.
     """
     right, left = masks.get("lung_right"), masks.get("lung_left")
     if right is None or left is None:
@@ -449,6 +458,10 @@ def detect_orientation(
         cr, cc = centroid(right), centroid(left)
         if cr is not None and cc is not None:
             mirrored = (ch[1] - (cr[1] + cc[1]) / 2.0) * sx < -heart_offset_mm
+        spine = masks.get("spine")
+        cs = centroid(spine) if mirrored and spine is not None else None
+        if cs is not None:
+            mirrored = (ch[1] - cs[1]) * sx < -heart_spine_mm
     if up:
         return "mirrored" if mirrored else "upright"
     return "upside_down" if mirrored else "flipped"

@@ -367,6 +367,20 @@ def test_orientation_mirrored_and_upside_down(edit: object, key: str) -> None:
     assert apex.points[0] == pytest.approx((float(col), float(row)))
 
 
+def test_orientation_trusts_the_spine_over_a_lopsided_lung_midline() -> None:
+    """Partial lung masks (the model on some real films) move the lungs' midline 25 mm to
+    the right of the heart; the heart still lies 15 mm right of the spine: upright."""
+    m = frontal_phantom()
+    z = np.zeros_like(m["lung_right"])
+    m["lung_right"] = box(z, 60, 300, 150, 170)  # medial part only: centroid col 160
+    m["lung_left"] = box(z, 60, 300, 300, 340)  # lateral part only: centroid col 320
+    assert run(m)["positioning.orientation"].status is Status.PASS
+    # the same lungs with the heart 10 mm left of the spine: mirrored
+    m["heart"] = box(z, 200, 300, 150, 230)  # centre col 190, spine 200
+    o = run(m)["positioning.orientation"]
+    assert o.status is Status.FAIL and "mirrored" in o.message
+
+
 def upright_apex_col() -> float:
     return (60 + 170) / 2.0  # the right lung's top row spans cols 60..170
 
