@@ -36,6 +36,7 @@ class OrgansConfig:
     lung_min_area_mm2: float = 4000.0
     heart_min_area_mm2: float = 3000.0
     clavicle_min_area_mm2: float = 750.0
+    clavicle_exposed_margin_mm: float = 20.0
     spine_min_area_mm2: float = 1500.0
     spine_truncation_fail_mm: float = 120.0
     spine_lung_cut_width_fraction: float = 0.3

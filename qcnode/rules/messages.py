@@ -151,6 +151,11 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     "organs.spine.missing": ("Spine not found.", "未识别到脊柱。"),
     "organs.clavicles.pass": ("Both clavicles found.", "双侧锁骨显示。"),
     "organs.clavicles.missing": ("{side_cap} clavicle not found.", "未识别到{side}锁骨。"),
+    "organs.clavicles.unsegmented": (
+        "{side_cap} clavicle not segmented, but the field reaches {margin:.0f} mm above that "
+        "apex, so it is on the film: not evaluated.",
+        "未能分割{side}锁骨，但照射野超出该侧肺尖{margin:.0f}毫米，锁骨应在片内：未评估。",
+    ),
     "organs.diaphragm.pass": (
         "Both hemidiaphragm domes inside the field.",
         "双侧膈顶显示完整。",

@@ -16,7 +16,7 @@ import numpy as np
 from qcnode.records import Finding, Geometry, Status
 from qcnode.rules.completeness import SIDES
 from qcnode.rules.config import RulesConfig
-from qcnode.rules.geometry import Point, Subject
+from qcnode.rules.geometry import Point, Subject, extreme
 from qcnode.rules.messages import make
 
 
@@ -204,6 +204,22 @@ def clavicles(s: Subject, cfg: RulesConfig) -> Finding:
         g for side in SIDES if (g := s.contour(s.mask(f"clavicle_{side}"), f"clavicle {side}"))
     )
     if areas[worst] < t:
+        margin = _apex_margin_mm(s, worst)
+        if margin is not None and margin >= cfg.organs.clavicle_exposed_margin_mm:
+            # The field reaches well above this apex: a clavicle cannot be cut off there, the
+            # model missed it (its masks are fragments on many real films).
+            return make(
+                s,
+                rule,
+                Status.NOT_EVALUABLE,
+                areas[worst],
+                t,
+                "unsegmented",
+                geometry,
+                structure="clavicle",
+                side=worst,
+                margin=margin,
+            )
         return make(
             s,
             rule,
@@ -216,6 +232,13 @@ def clavicles(s: Subject, cfg: RulesConfig) -> Finding:
             side=worst,
         )
     return make(s, rule, Status.PASS, areas[worst], t, "pass", geometry)
+
+
+def _apex_margin_mm(s: Subject, side: str) -> float | None:
+    """Field (mm) beyond a lung's apex, as completeness.apices measures it."""
+    lung = s.clean(f"lung_{side}")
+    p = extreme(lung, -1.0, 0.0, s.sy, s.sx) if lung.any() else None
+    return None if p is None else s.margin_mm(p)
 
 
 def lower_border_cut(s: Subject, side: str) -> tuple[float, Point | None]:

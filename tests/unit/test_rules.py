@@ -155,9 +155,21 @@ def test_missing_lung_heart_clavicle() -> None:
     assert f["completeness.apices"].status is Status.NOT_EVALUABLE
     m = frontal_phantom()
     m["clavicle_left"] = np.zeros_like(m["clavicle_left"])
+    m["field"] = box(m["field"], 0, 64, 0, 399, False)  # field from row 65: 5 mm above apices
     f = run(m)
     assert f["organs.clavicles"].status is Status.FAIL
     assert f["positioning.rotation"].status is Status.NOT_EVALUABLE
+
+
+def test_unsegmented_clavicle_under_an_open_field_is_not_a_failure() -> None:
+    """Field 60 mm above both apices: a clavicle cannot be cut off there, so a missing mask
+    is the model's miss (fragments on real films), reported as not evaluable."""
+    m = frontal_phantom()
+    m["field"] = box(m["field"], 0, 340, 20, 380)  # rows 0-340: 60 mm above the apices
+    m["clavicle_left"] = np.zeros_like(m["clavicle_left"])
+    f = run(m)["organs.clavicles"]
+    assert f.status is Status.NOT_EVALUABLE and f.value == 0.0
+    assert f.message.startswith("Left clavicle not segmented") and "60 mm" in f.message
     m = frontal_phantom()
     m["heart"] = box(m["heart"], 0, 399, 0, 399, False)
     assert run(m)["organs.heart"].status is Status.FAIL
@@ -462,6 +474,7 @@ def test_every_template_formats_in_both_languages() -> None:
                 cnr=3.0,
                 lung=0.3,
                 shape="4×4×2",
+                margin=25.0,
             )
             assert "{" not in text
 
