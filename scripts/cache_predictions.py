@@ -6,7 +6,10 @@ For each frontal/lateral sample the model's masks, view and spacing go to
 ``OUT/<id>.npz`` (masks bit-packed). ``scripts/calibrate_rules.py --pred OUT`` and
 ``qcnode.evaluate.cached_pass`` then run the rules on them. Usage:
 
-    .venv/bin/python scripts/cache_predictions.py data/synth/train-v1 OUT [--weights F]
+    .venv/bin/python scripts/cache_predictions.py SET OUT [--weights F | --model NAME]
+
+``--model`` takes a registry name (a single model or a registered ensemble such as
+``qcnet_ens``); without ``--model`` and ``--weights`` the registry's default is used.
 """
 
 from __future__ import annotations
@@ -26,13 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("set_dir", type=Path)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--weights", type=Path, default=None)
+    ap.add_argument("--weights", type=Path, default=None, help="a weights file")
+    ap.add_argument("--model", default=None, help="registry name (model or ensemble)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args(argv)
     from qcnode.model import load_predictor
 
-    predictor = load_predictor(None, device="cpu", weights_path=args.weights)
+    if args.model is not None and args.weights is not None:
+        ap.error("--model and --weights exclude each other")
+    predictor = load_predictor(args.model, device="cpu", weights_path=args.weights)
+    print(f"model {predictor.info.name} sha256 {predictor.info.sha256[:12]}", file=sys.stderr)
     samples = [s for s in load_samples(args.set_dir) if s.view is not View.OTHER][: args.limit]
     args.out.mkdir(parents=True, exist_ok=True)
     todo = [s for s in samples if not (args.out / f"{s.id}.npz").is_file()]

@@ -32,6 +32,7 @@ from qcnode.rules import RULES, load_config, shutter_spec
 from qcnode.rules.completeness import anterior_sign
 from qcnode.rules.config import RulesConfig
 from qcnode.rules.geometry import Subject, col_extent, extreme
+from qcnode.rules.organs import edge_tolerance_mm
 from qcnode.rules.positioning import dome_depth, rotation_measure, tilt_value
 from qcnode.testing import FakePredictor
 
@@ -68,14 +69,16 @@ def features(path_dcm: Path, path_masks: Path, view: View, cfg: RulesConfig) -> 
         else [s.mask("lung_right") | s.mask("lung_left")]
     )
     ratios = []
+    tol = edge_tolerance_mm(s, cfg)  # the outline within this distance of the edge counts
     for m in lung_masks:
         a = s.area_mm2(m)
         if a > 0:
-            ratios.append(s.edge_contact_mm(m) ** 2 / a)
+            ratios.append(s.edge_contact_mm(m, tol) ** 2 / a)
     out["lung_cut_ratio"] = max(ratios) if ratios else None
     if view is View.LATERAL:
         a = s.area_mm2(s.mask("sternum"))
-        out["sternum_cut_ratio"] = s.edge_contact_mm(s.mask("sternum")) ** 2 / a if a else None
+        cut = s.edge_contact_mm(s.mask("sternum"), tol)
+        out["sternum_cut_ratio"] = cut**2 / a if a else None
     # an apex on the field edge: the tilt (apex above the clavicles) is not measured there
     apices = [extreme(s.mask(f"lung_{side}"), -1.0, 0.0) for side in ("right", "left")]
     out["apex_on_edge"] = any(p is not None and s.margin_mm(p) <= 0.0 for p in apices)

@@ -43,9 +43,11 @@ class OrgansConfig:
     sternum_min_area_mm2: float = 300.0
     truncation_fail_mm: float = 60.0
     lung_truncation_fail_ratio: float = 0.39
-    lateral_lung_truncation_fail_ratio: float = 0.8
+    lateral_lung_truncation_fail_ratio: float = 0.55
     sternum_truncation_fail_ratio: float = 1.3
     diaphragm_cut_fail_percent: float = 98.0
+    edge_tolerance_mm: float = 2.0
+    lateral_edge_tolerance_mm: float = 3.0
 
 
 @dataclass(frozen=True)

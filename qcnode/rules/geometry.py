@@ -215,17 +215,27 @@ class Subject:
         padded = np.pad(self.field, 1, constant_values=False)
         return np.asarray((padded & ~ndimage.binary_erosion(padded))[1:-1, 1:-1])
 
-    def edge_contact_mm(self, mask: BoolMask) -> float:
+    def edge_contact_mm(self, mask: BoolMask, tolerance_mm: float = 0.0) -> float:
         """Length (mm) of a structure's outline lying on the field edge: truncation.
 
         A structure that continues beyond the edge crosses the edge ring; one lying wholly
-        outside the field counts with the side of a square of its area.
+        outside the field counts with the side of a square of its area. With
+        ``tolerance_mm`` > 0 the edge ring's pixels within that distance of the structure
+        count too (a model's outline of an organ cut by the edge stops a few mm short of it).
         """
-        n = np.count_nonzero(mask & self.field_ring)
+        n = np.count_nonzero(self.near(mask, tolerance_mm) & self.field_ring)
         if n:
             return float(n) * min(self.sy, self.sx)
         outside = mask & ~self.field
         return math.sqrt(self.area_mm2(outside)) if outside.any() else 0.0
+
+    def near(self, mask: BoolMask, tolerance_mm: float) -> BoolMask:
+        """Pixels within ``tolerance_mm`` (Euclidean, in mm) of the mask; the mask itself
+        when the tolerance is 0."""
+        if tolerance_mm <= 0.0 or not mask.any():
+            return mask
+        d = ndimage.distance_transform_edt(~mask, sampling=(self.sy, self.sx))
+        return np.asarray(d <= tolerance_mm + 1e-6)
 
     # ---- coordinates -------------------------------------------------------------------
     def mm(self, a: Point, b: Point) -> float:

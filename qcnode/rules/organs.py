@@ -29,6 +29,7 @@ def _found_and_whole(
     *,
     check_truncation: bool = True,
     ratio: float = 0.0,
+    cfg: RulesConfig | None = None,
 ) -> Finding:
     """Fail if a named structure is missing/too small or lies on the field edge (longer than
     ``truncation_mm``, or with ``ratio`` > 0 longer than :func:`truncation_limit_mm`)."""
@@ -52,7 +53,7 @@ def _found_and_whole(
         if g is not None:
             geometry.append(g)
         if check_truncation:
-            cut = s.edge_contact_mm(m)
+            cut = s.edge_contact_mm(m, edge_tolerance_mm(s, cfg))
             limit = truncation_limit_mm(area, ratio) if ratio > 0 else truncation_mm
             if cut / limit > worst_cut / worst_limit:
                 worst_cut, worst_name, worst_limit = cut, name, limit
@@ -73,6 +74,15 @@ def _found_and_whole(
     )
 
 
+def edge_tolerance_mm(s: Subject, cfg: RulesConfig | None) -> float:
+    """How far (mm) from the field edge an organ's outline still counts as lying on it
+    (``edge_tolerance_mm`` / ``lateral_edge_tolerance_mm`` in rules.toml; 0 = on the edge)."""
+    if cfg is None:
+        return 0.0
+    o = cfg.organs
+    return o.lateral_edge_tolerance_mm if s.view.value == "lateral" else o.edge_tolerance_mm
+
+
 def truncation_limit_mm(area_mm2: float, ratio: float) -> float:
     """The outline length (mm) on the field edge that still leaves ≥ 95 % of an organ of this
     visible area: ``sqrt(ratio · area)``. Scale-free (contact² / area), so the same ratio
@@ -90,6 +100,7 @@ def lungs(s: Subject, cfg: RulesConfig) -> Finding:
             ("lung_right", "lung_left"),
             o.lung_min_area_mm2,
             o.lateral_lung_truncation_fail_ratio,
+            cfg,
         )
     return _found_and_whole(
         s,
@@ -98,11 +109,12 @@ def lungs(s: Subject, cfg: RulesConfig) -> Finding:
         o.lung_min_area_mm2,
         o.truncation_fail_mm,
         ratio=o.lung_truncation_fail_ratio,
+        cfg=cfg,
     )
 
 
 def _lateral_union(
-    s: Subject, rule: str, names: tuple[str, ...], min_area: float, ratio: float
+    s: Subject, rule: str, names: tuple[str, ...], min_area: float, ratio: float, cfg: RulesConfig
 ) -> Finding:
     m = np.zeros(s.shape, dtype=bool)
     for name in names:
@@ -110,7 +122,7 @@ def _lateral_union(
     area = s.area_mm2(m)
     if area < min_area:
         return make(s, rule, Status.FAIL, area, min_area, "missing", structure="lung", side="")
-    cut = s.edge_contact_mm(m)
+    cut = s.edge_contact_mm(m, edge_tolerance_mm(s, cfg))
     limit = truncation_limit_mm(area, ratio)
     g = s.contour(m, "lungs")
     status = Status.FAIL if cut > limit else Status.PASS
@@ -130,7 +142,7 @@ def _lateral_union(
 def heart(s: Subject, cfg: RulesConfig) -> Finding:
     o = cfg.organs
     return _found_and_whole(
-        s, "organs.heart", ("heart",), o.heart_min_area_mm2, o.truncation_fail_mm
+        s, "organs.heart", ("heart",), o.heart_min_area_mm2, o.truncation_fail_mm, cfg=cfg
     )
 
 
@@ -143,6 +155,7 @@ def sternum(s: Subject, cfg: RulesConfig) -> Finding:
         o.sternum_min_area_mm2,
         o.truncation_fail_mm,
         ratio=o.sternum_truncation_fail_ratio,
+        cfg=cfg,
     )
 
 
@@ -165,6 +178,9 @@ def spine(s: Subject, cfg: RulesConfig) -> Finding:
     if ext is not None:
         inner[ext[0]] = False
         inner[ext[1]] = False
+    # no edge tolerance here: the spine runs close along the posterior field edge on many
+    # laterals; a tolerance counted that as a cut (session 5, rules-cal5-l: exact 95.8 → 93.8 %
+    # at 3 mm, the model's masks 94.1 → 92.9 %)
     cut = s.edge_contact_mm(inner)
     g = s.contour(m, "spine")
     status = Status.FAIL if cut > o.spine_truncation_fail_mm else Status.PASS

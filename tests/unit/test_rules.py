@@ -184,15 +184,19 @@ def test_lung_truncation_limit_grows_with_the_lung() -> None:
         m["field"] = box(m["field"], 0, 64, 20, 120, False)  # unexposed above row 65, cols ≤ 120
         return {k: (v & m["field"]) if k.startswith("lung") else v for k, v in m.items()}
 
+    assert CFG.organs.edge_tolerance_mm == 2.0
     f = run(notched(frontal_phantom()))["organs.lungs"]
-    # the cut row 65 over cols 60..120 (61 px) and the notch's side, col 121, rows 60..64
-    assert f.value == pytest.approx(66.0)
+    # the cut row 65 over cols 60..120 and the notch's side, col 121, rows 60..64 (66 px), plus
+    # the edge within the 2 mm edge tolerance: row 65 cols 58..59, col 121 rows 58..59
+    assert f.value == pytest.approx(70.0)
     assert f.threshold == pytest.approx(math.sqrt(ratio * (111 * 241 - 61 * 5)))
     assert f.status is Status.PASS
     small = frontal_phantom()
     small["lung_right"] = box(np.zeros_like(small["lung_right"]), 60, 160, 60, 120)
     f = run(notched(small))["organs.lungs"]
-    assert f.value == pytest.approx(61.0)  # the whole width of the small lung on the edge
+    # the whole width of the small lung on the edge (61 px), cols 58..59 within 2 mm, and the
+    # notch's corner (64, 121) at √2 mm
+    assert f.value == pytest.approx(64.0)
     assert f.threshold == pytest.approx(math.sqrt(ratio * 61 * 96))
     assert f.status is Status.FAIL
 

@@ -1,0 +1,153 @@
+"""Session 5: organ truncation that tolerates a model's outline stopping a few mm short of the
+field edge it crosses (``edge_tolerance_mm`` / ``lateral_edge_tolerance_mm``), with hand-built
+masks on the 1 mm phantoms whose every distance is known."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from qcnode.records import BoolMask, Finding, Status, View
+from qcnode.rules import RulesConfig, evaluate, shutter_spec
+from qcnode.rules.geometry import Subject
+from qcnode.testing import FakePredictor, frontal_phantom, lateral_phantom, phantom_image
+
+BASE = RulesConfig()
+
+
+def with_tolerance(frontal: float, lateral: float) -> RulesConfig:
+    return replace(
+        BASE,
+        organs=replace(BASE.organs, edge_tolerance_mm=frontal, lateral_edge_tolerance_mm=lateral),
+    )
+
+
+def qc(
+    film: dict[str, BoolMask], model: dict[str, BoolMask], view: View, cfg: RulesConfig
+) -> dict[str, Finding]:
+    """Paint the film from ``film`` (shutters where its field is not), QC it on ``model``."""
+    image = phantom_image(film, view_position="PA" if view is View.FRONTAL else "LL")
+    pred = FakePredictor(source=lambda _i: (view, model)).predict([image])[0]
+    return {f.rule: f for f in evaluate(image, pred, config=cfg)}
+
+
+def subject(film: dict[str, BoolMask], model: dict[str, BoolMask]) -> Subject:
+    image = phantom_image(film, view_position="PA")
+    pred = FakePredictor(source=lambda _i: (View.FRONTAL, model)).predict([image])[0]
+    return Subject.build(image, pred, shutter=shutter_spec(BASE))
+
+
+def top_shutter(m: dict[str, BoolMask], last_row: int) -> dict[str, BoolMask]:
+    """A straight shutter across the top down to ``last_row``; the lungs cut there."""
+    m = dict(m)
+    field = m["field"].copy()
+    field[: last_row + 1] = False
+    m["field"] = field
+    for k in ("lung_right", "lung_left"):
+        m[k] = m[k] & field
+    return m
+
+
+def short_by(m: dict[str, BoolMask], rows: slice) -> dict[str, BoolMask]:
+    """The model's lungs: the film's with the given rows left out (stopping short)."""
+    out = dict(m)
+    for k in ("lung_right", "lung_left"):
+        v = m[k].copy()
+        v[rows] = False
+        out[k] = v
+    return out
+
+
+def test_edge_contact_counts_the_ring_within_the_tolerance() -> None:
+    film = top_shutter(frontal_phantom(), 61)  # first exposed row 62; lungs rows 62..300
+    model = short_by(film, slice(0, 64))  # the model's lungs start at row 64: 2 mm short
+    s = subject(film, model)
+    lung = s.mask("lung_right")  # cols 60..170
+    assert s.edge_contact_mm(lung) == 0.0
+    # ring row 62 within 2 mm of the lung: straight above it, cols 60..170
+    assert s.edge_contact_mm(lung, 2.0) == pytest.approx(111.0)
+    # within 3 mm: also the columns with hypot(2, dx) <= 3, dx <= 2: cols 58..172
+    assert s.edge_contact_mm(lung, 3.0) == pytest.approx(115.0)
+    assert s.near(lung, 0.0) is lung
+    # 1 mm: the 4-neighbours of the rectangle (diagonals are sqrt(2) away)
+    assert int(s.near(lung, 1.0).sum()) == int(lung.sum()) + 2 * (237 + 111)
+
+
+def test_lungs_stopping_short_of_a_shutter_still_fail_with_the_tolerance() -> None:
+    film = top_shutter(frontal_phantom(), 61)
+    model = short_by(film, slice(0, 64))
+    ratio = BASE.organs.lung_truncation_fail_ratio
+    area = 237.0 * 111.0  # model lung rows 64..300, 111 columns
+    without = qc(film, model, View.FRONTAL, with_tolerance(0.0, 0.0))["organs.lungs"]
+    assert without.value == 0.0 and without.status is Status.PASS
+    f = qc(film, model, View.FRONTAL, with_tolerance(3.0, 0.0))["organs.lungs"]
+    assert f.value == pytest.approx(115.0)
+    assert f.threshold == pytest.approx(math.sqrt(ratio * area))
+    assert f.status is Status.FAIL
+    # the exact masks, cut at the edge row itself, fail either way
+    exact = qc(film, film, View.FRONTAL, with_tolerance(3.0, 0.0))["organs.lungs"]
+    assert exact.value == pytest.approx(117.0)  # cols 57..173 of ring row 62
+    assert exact.status is Status.FAIL
+    # a lung that ends 5 mm below the edge is not on it at 3 mm
+    far = short_by(film, slice(0, 67))
+    assert qc(film, far, View.FRONTAL, with_tolerance(3.0, 0.0))["organs.lungs"].value == 0.0
+
+
+def test_lateral_lungs_stopping_short_of_the_bottom_edge_fail_but_the_spine_has_no_tolerance() -> (
+    None
+):
+    film = lateral_phantom()
+    field = film["field"].copy()
+    field[281:] = False  # bottom shutter from row 281: last exposed row 280
+    film["field"] = field
+    for k in ("lung_right", "lung_left"):
+        film[k] = film[k] & field
+    model = dict(film)
+    for k in ("lung_right", "lung_left"):
+        v = film[k].copy()
+        v[278:] = False  # the model's lungs end at row 277, 3 mm above the edge row
+        model[k] = v
+    ratio = BASE.organs.lateral_lung_truncation_fail_ratio
+    f0 = qc(film, model, View.LATERAL, with_tolerance(0.0, 0.0))
+    assert f0["organs.lungs"].value == 0.0 and f0["organs.lungs"].status is Status.PASS
+    f = qc(film, model, View.LATERAL, with_tolerance(0.0, 3.0))
+    # ring row 280 within 3 mm of the lungs' bottom row 277: straight below, cols 100..300
+    assert f["organs.lungs"].value == pytest.approx(201.0)
+    assert f["organs.lungs"].threshold == pytest.approx(math.sqrt(ratio * 228 * 201))
+    assert f["organs.lungs"].status is Status.FAIL
+    # the spine (cols 300..340, beside the lungs' rows 50..277) measures as without tolerance
+    assert f["organs.spine"].value == f0["organs.spine"].value
+    assert f["organs.spine"].status is f0["organs.spine"].status
+    # the frontal tolerance does not apply to a lateral
+    assert qc(film, model, View.LATERAL, with_tolerance(3.0, 0.0))["organs.lungs"].value == 0.0
+
+
+def test_heart_a_few_mm_from_a_side_shutter() -> None:
+    """Frontal heart (rows 200..300, cols 170..260) with a shutter 2 mm to its image right."""
+    film = frontal_phantom()
+    field = film["field"].copy()
+    field[:, 263:] = False  # last exposed column 262
+    film["field"] = field
+    for k in ("lung_left",):
+        film[k] = film[k] & field
+    model = dict(film)
+    heart = film["heart"]
+    assert qc(film, model, View.FRONTAL, with_tolerance(0.0, 0.0))["organs.heart"].value == 0.0
+    f = qc(film, model, View.FRONTAL, with_tolerance(2.0, 0.0))["organs.heart"]
+    # ring column 262 within 2 mm of the heart's column 260: rows 200..300 (101 px)
+    assert f.value == pytest.approx(101.0)
+    assert f.status is Status.FAIL  # > truncation_fail_mm
+    assert f.threshold == BASE.organs.truncation_fail_mm
+    assert heart.any()
+
+
+def test_zero_tolerance_is_the_plain_edge_contact() -> None:
+    film = top_shutter(frontal_phantom(), 61)
+    s = subject(film, film)
+    lung = s.mask("lung_left")  # cols 230..340, cut at row 62
+    assert s.edge_contact_mm(lung) == pytest.approx(111.0)
+    assert s.edge_contact_mm(lung, 0.0) == s.edge_contact_mm(lung)
+    assert np.array_equal(s.near(lung, 0.0), lung)
