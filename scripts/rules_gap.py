@@ -80,6 +80,7 @@ def measure(s: Subject, view: View, cfg: RulesConfig) -> dict[str, Any]:
             organs["spine_inner"] = inner
             # lungs cut share with a tolerance, as organs.spine takes it
             shares = {"0.0": lungs_cut_share(s, ext)}
+            shares.update(near_end_shares(s, ext))
             out["cut_share"] = shares
         out["spine_area"] = s.area_mm2(spine)
     for name, m in organs.items():
@@ -94,6 +95,25 @@ def measure(s: Subject, view: View, cfg: RulesConfig) -> dict[str, Any]:
 
 
 LANDMARK_TOLS = (2.0, 3.0, 4.0, 6.0)
+
+
+def near_end_shares(s: Subject, ext: tuple[int, int]) -> dict[str, float]:
+    """Per distance D: a field edge within D mm beyond the lungs' top (bottom) row, and the
+    lungs' widest row within D mm of that end as a share of their widest (0: no edge near)."""
+    widths = s.lungs.sum(axis=1)
+    top = float(widths.max()) or 1.0
+    out: dict[str, float] = {}
+    for d in (3.0, 5.0, 8.0, 12.0):
+        near = s.near(s.lungs, d) & s.field_ring
+        k = int(np.ceil(d / s.sy))
+        share = 0.0
+        r0, r1 = ext
+        if near[max(0, r0 - k) : r0 + 1].any():
+            share = max(share, float(widths[r0 : r0 + k + 1].max()) / top)
+        if near[r1 : r1 + k + 1].any():
+            share = max(share, float(widths[max(0, r1 - k) : r1 + 1].max()) / top)
+        out[f"end{d}"] = share
+    return out
 
 
 def landmark_contacts(s: Subject, view: View) -> dict[str, dict[str, list[float]]]:
