@@ -250,6 +250,19 @@ def clavicles(s: Subject, cfg: RulesConfig) -> Finding:
     return make(s, rule, Status.PASS, areas[worst], t, "pass", geometry)
 
 
+def unsegmented_clavicle(s: Subject, cfg: RulesConfig) -> tuple[str, float] | None:
+    """(side, apex margin mm) of a clavicle whose mask is too small although the field
+    reaches ``clavicle_exposed_margin_mm`` above that apex: the clavicle is on the film and
+    the model missed it; None otherwise."""
+    t = cfg.organs.clavicle_min_area_mm2
+    for side in SIDES:
+        if s.area_mm2(s.mask(f"clavicle_{side}")) < t:
+            margin = _apex_margin_mm(s, side)
+            if margin is not None and margin >= cfg.organs.clavicle_exposed_margin_mm:
+                return side, margin
+    return None
+
+
 def _apex_margin_mm(s: Subject, side: str) -> float | None:
     """Field (mm) beyond a lung's apex, as completeness.apices measures it."""
     lung = s.clean(f"lung_{side}")

@@ -30,6 +30,7 @@ from qcnode.rules.geometry import (
     runs,
 )
 from qcnode.rules.messages import make
+from qcnode.rules.organs import unsegmented_clavicle
 
 
 def spine_line(s: Subject, r0: int, r1: int) -> tuple[float, float] | None:
@@ -76,9 +77,11 @@ def rotation_constants(s: Subject, cfg: RulesConfig) -> tuple[float, float]:
 def rotation_measure(
     s: Subject, cfg: RulesConfig
 ) -> tuple[float, dict[str, float], dict[str, Point], tuple[float, float], tuple[int, int]] | None:
-    """(θ degrees, distances, medial ends, spine line, rows) or None when not measurable."""
+    """(θ degrees, distances, medial ends, spine line, rows) or None when not measurable
+    (also when a clavicle is on the film but not segmented: a fragment's innermost pixels
+    need not be its sternal end)."""
     ends = medial_ends(s)
-    if ends is None:
+    if ends is None or unsegmented_clavicle(s, cfg) is not None:
         return None
     mid_row = (ends["right"][0] + ends["left"][0]) / 2.0
     half = round(40.0 / s.sy)
@@ -221,10 +224,10 @@ def tilt_value(s: Subject, cfg: RulesConfig) -> tuple[float, dict[str, Point]] |
     The apex of each lung is where it first reaches ``tilt_apex_width_mm`` of width
     (train-v1, session 4: the topmost pixel and a 15 mm width agree on exact masks, tilt
     accuracy 97.2 vs 97.4 %; on the s3 model's masks, whose apices overshoot by ~3.5 mm at
-    the tip, 82.8 vs 87.1 %).
+    the tip, 82.8 vs 87.1 %). None as for rotation when a clavicle is not segmented.
     """
     ends = medial_ends(s)
-    if ends is None:
+    if ends is None or unsegmented_clavicle(s, cfg) is not None:
         return None
     width = cfg.positioning.tilt_apex_width_mm
     apices = [apex_row(s, s.mask(f"lung_{side}"), width) for side in SIDES]

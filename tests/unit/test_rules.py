@@ -284,8 +284,10 @@ def test_spine_invisible_behind_heart_and_blurred_diaphragm() -> None:
 def _clavicles(m: dict[str, BoolMask], right_end: int, left_end: int) -> dict[str, BoolMask]:
     m = dict(m)
     z = np.zeros_like(m["lung_right"])
-    m["clavicle_right"] = box(z, 70, 80, 80, right_end)
-    m["clavicle_left"] = box(z, 70, 80, left_end, 320)
+    # rows 68-82 (medial ends at row 75): >= 750 mm² even for the shortest clavicle below,
+    # else it would count as an unsegmented fragment under the phantom's open field
+    m["clavicle_right"] = box(z, 68, 82, 80, right_end)
+    m["clavicle_left"] = box(z, 68, 82, left_end, 320)
     return m
 
 
@@ -381,6 +383,24 @@ def test_orientation_mirrored_and_upside_down(edit: object, key: str) -> None:
     probe[60, round(upright_apex_col())] = True
     row, col = np.argwhere(edit(probe))[0]  # type: ignore[operator]
     assert apex.points[0] == pytest.approx((float(col), float(row)))
+
+
+def test_rotation_and_tilt_skip_a_clavicle_fragment_under_an_open_field() -> None:
+    """A 50 mm² left clavicle under a field reaching 40 mm above the apices is the model's
+    miss: rotation and tilt are not evaluated; with the field 5 mm above the apices the
+    fragment may be a cut clavicle, and both measure it."""
+    m = frontal_phantom()
+    z = np.zeros_like(m["lung_right"])
+    m["clavicle_left"] = box(z, 70, 74, 215, 224)  # 5 x 10 px at 1 mm: 50 mm²
+    f = run(m)
+    assert f["organs.clavicles"].status is Status.NOT_EVALUABLE
+    assert f["positioning.rotation"].status is Status.NOT_EVALUABLE
+    assert f["positioning.tilt"].status is Status.NOT_EVALUABLE
+    m["field"] = box(m["field"], 0, 54, 0, 399, False)  # field from row 55
+    f = run(m)
+    assert f["organs.clavicles"].status is Status.FAIL
+    assert f["positioning.rotation"].value is not None
+    assert f["positioning.tilt"].value is not None
 
 
 def test_orientation_trusts_the_spine_over_a_lopsided_lung_midline() -> None:

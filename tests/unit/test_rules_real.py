@@ -46,6 +46,10 @@ KNOWN = {
     "test_collimator_shutter_over_the_apices": D10_S4
     + "completeness.apices flags the shutter, but positioning.scapulae flips too (14 mm on "
     + "the unedited film, 0 mm under the white shutter)",
+    "test_heavy_noise": D10_S4
+    + "exposure.noise flags it, but positioning.rotation flips: on the clean film the right "
+    + "clavicle is a fragment under an open field (rotation not evaluated since session 5); "
+    + "under the noise the model finds it and rotation reads 5.5° (> 5°)",
     "test_crop_away_a_costophrenic_angle": MODEL
     + "its lung masks run into the posterior recesses below the visible dome (the synthetic "
     + "truth's full lungs); the crop 4 % above that recess tip leaves the visible angle on "
@@ -55,10 +59,6 @@ KNOWN = {
     "test_clipped_lungs": MODEL
     + "burning out the lungs also changes its clavicle/scapula masks, so "
     + "positioning/organ rules flip too",
-    "test_mirrored": MODEL
-    + "the mirror is seen (positioning.orientation), but its apex/clavicle masks move on the "
-    + "mirrored film: tilt 26.4 → 17.6 mm with rules v4 (passes inside [8, 28] mm, 1.6 mm "
-    + "from the limit); with rules v3 (topmost pixel, [8, 26]) 28.4 → 20.9 mm flipped it",
 }
 
 
@@ -193,6 +193,7 @@ def test_clipped_lungs(predictor: Predictor, film: DecodedImage, base: dict[str,
     _check(base, after, {"exposure.saturation"}, EXPOSURE)
 
 
+@pytest.mark.xfail(reason=KNOWN["test_heavy_noise"], strict=False)
 def test_heavy_noise(predictor: Predictor, film: DecodedImage, base: dict[str, Finding]) -> None:
     rng = np.random.default_rng(0)
     px = np.clip(film.pixels + rng.normal(0, 0.12, film.pixels.shape), 0.0, 1.0)
@@ -200,7 +201,6 @@ def test_heavy_noise(predictor: Predictor, film: DecodedImage, base: dict[str, F
     _check(base, after, {"exposure.noise"}, EXPOSURE | {"metadata.spacing"})
 
 
-@pytest.mark.xfail(reason=KNOWN["test_mirrored"], strict=False)
 def test_mirrored(predictor: Predictor, film: DecodedImage, base: dict[str, Finding]) -> None:
     after = qc(predictor, edited(film, film.pixels[:, ::-1]))
     _check(base, after, {"positioning.orientation"}, EXPOSURE)
