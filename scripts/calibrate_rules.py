@@ -28,10 +28,10 @@ import numpy as np
 from qcnode.evaluate import load_masks, load_samples
 from qcnode.imaging import decode
 from qcnode.records import View
-from qcnode.rules import RULES, load_config, shutter_spec
+from qcnode.rules import RULES, build_subject, load_config
 from qcnode.rules.completeness import anterior_sign
 from qcnode.rules.config import RulesConfig
-from qcnode.rules.geometry import Subject, col_extent, extreme
+from qcnode.rules.geometry import col_extent, extreme
 from qcnode.rules.organs import edge_tolerance_mm
 from qcnode.rules.positioning import dome_depth, rotation_measure, tilt_value
 from qcnode.testing import FakePredictor
@@ -43,16 +43,7 @@ def features(path_dcm: Path, path_masks: Path, view: View, cfg: RulesConfig) -> 
     image = decode(path_dcm)
     masks = load_masks(path_masks)
     pred = FakePredictor(source={image.meta.sop_instance_uid: (view, masks)}).predict([image])[0]
-    s = Subject.build(
-        image,
-        pred,
-        lung_span_mm=cfg.metadata.anatomy_lung_span_mm,
-        lung_depth_mm=cfg.metadata.anatomy_lung_depth_mm,
-        tolerance=cfg.metadata.spacing_anatomy_tolerance,
-        heart_offset_mm=cfg.positioning.orientation_heart_offset_mm,
-        heart_spine_mm=cfg.positioning.orientation_heart_spine_mm,
-        shutter=shutter_spec(cfg),
-    )
+    s = build_subject(image, pred, cfg)
     out: dict[str, Any] = {"spacing_source": s.spacing_source}
     for rule, fn in RULES[view].items():
         try:

@@ -28,7 +28,7 @@ from scipy import ndimage
 from qcnode.evaluate import load_masks, load_samples
 from qcnode.imaging import decode
 from qcnode.records import BoolMask, View
-from qcnode.rules import RULES, load_config, shutter_spec
+from qcnode.rules import RULES, build_subject, load_config
 from qcnode.rules.config import RulesConfig
 from qcnode.rules.geometry import Subject, row_extent
 from qcnode.rules.organs import lungs_cut_share
@@ -45,15 +45,7 @@ def near_contact(s: Subject, mask: BoolMask, tol_mm: float) -> float:
 
 def subject(image: Any, view: View, masks: dict[str, BoolMask], cfg: RulesConfig) -> Subject:
     pred = FakePredictor(source={image.meta.sop_instance_uid: (view, masks)}).predict([image])[0]
-    return Subject.build(
-        image,
-        pred,
-        lung_span_mm=cfg.metadata.anatomy_lung_span_mm,
-        lung_depth_mm=cfg.metadata.anatomy_lung_depth_mm,
-        tolerance=cfg.metadata.spacing_anatomy_tolerance,
-        heart_offset_mm=cfg.positioning.orientation_heart_offset_mm,
-        shutter=shutter_spec(cfg),
-    )
+    return build_subject(image, pred, cfg)
 
 
 def measure(s: Subject, view: View, cfg: RulesConfig) -> dict[str, Any]:

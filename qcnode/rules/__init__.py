@@ -90,7 +90,23 @@ def evaluate(
             make(s, rule, Status.NOT_EVALUABLE, None, None, "degenerate", shape=shape)
             for rule in CATALOGUE[view]
         )
-    subject = Subject.build(
+    subject = build_subject(image, prediction, cfg, language=language)
+    table = RULES[view]
+    findings = []
+    for rule in CATALOGUE[view]:
+        try:
+            findings.append(table[rule](subject, cfg))
+        except Exception:  # a measurement bug must not lose the other findings
+            log.exception("rule failed", extra={"rule": rule})
+            findings.append(make(subject, rule, Status.NOT_EVALUABLE, None, None, "internal"))
+    return tuple(findings)
+
+
+def build_subject(
+    image: DecodedImage, prediction: Prediction, cfg: RulesConfig, *, language: str = "en"
+) -> Subject:
+    """The measured film with every setting from ``cfg`` (rules and calibration scripts)."""
+    return Subject.build(
         image,
         prediction,
         language=language,
@@ -101,15 +117,6 @@ def evaluate(
         heart_spine_mm=cfg.positioning.orientation_heart_spine_mm,
         shutter=shutter_spec(cfg),
     )
-    table = RULES[view]
-    findings = []
-    for rule in CATALOGUE[view]:
-        try:
-            findings.append(table[rule](subject, cfg))
-        except Exception:  # a measurement bug must not lose the other findings
-            log.exception("rule failed", extra={"rule": rule})
-            findings.append(make(subject, rule, Status.NOT_EVALUABLE, None, None, "internal"))
-    return tuple(findings)
 
 
 def shutter_spec(cfg: RulesConfig) -> ShutterSpec:
