@@ -10,6 +10,9 @@ For each frontal/lateral sample the model's masks, view and spacing go to
 
 ``--model`` takes a registry name (a single model or a registered ensemble such as
 ``qcnet_ens``); without ``--model`` and ``--weights`` the registry's default is used.
+``--logits`` keeps the canvas outputs instead (float16 mask logits, view logits and the
+frame: ``load_canvas``), from which scripts/sweep_bias.py builds the masks at any
+operating point.
 """
 
 from __future__ import annotations
@@ -19,10 +22,40 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from qcnode.evaluate import load_samples
 from qcnode.imaging import decode
+from qcnode.model.infer import CanvasOutput
+from qcnode.model.preprocess import Frame
 from qcnode.records import View
+
+
+def canvas_arrays(out: CanvasOutput) -> dict[str, np.ndarray]:
+    f = out.frame
+    return {
+        "mask_logits": out.mask_logits.numpy().astype(np.float16),
+        "view_logits": out.view_logits.numpy().astype(np.float32),
+        "frame": np.array([f.rows, f.columns, f.top, f.left, f.height, f.width]),
+        "frame_spacing": np.array([*f.spacing_mm, f.input_spacing_mm]),
+        "spacing": np.array(out.spacing_mm, dtype=np.float64),
+        "spacing_estimated": np.array(out.spacing_estimated),
+    }
+
+
+def load_canvas(path: Path) -> CanvasOutput:
+    """A canvas output kept with ``--logits``."""
+    with np.load(path) as z:
+        rows, columns, top, left, height, width = (int(v) for v in z["frame"])
+        sr, sc, si = (float(v) for v in z["frame_spacing"])
+        frame = Frame(rows, columns, top, left, height, width, (sr, sc), si)
+        return CanvasOutput(
+            frame=frame,
+            mask_logits=torch.from_numpy(z["mask_logits"].astype(np.float32)),
+            view_logits=torch.from_numpy(z["view_logits"]),
+            spacing_mm=(float(z["spacing"][0]), float(z["spacing"][1])),
+            spacing_estimated=bool(z["spacing_estimated"]),
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="registry name (model or ensemble)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--logits", action="store_true", help="keep canvas outputs, not masks")
     args = ap.parse_args(argv)
     from qcnode.model import load_predictor
 
@@ -46,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     for start in range(0, len(todo), args.batch):
         chunk = todo[start : start + args.batch]
         images = [decode(s.dcm) for s in chunk]
+        if args.logits:
+            for s, out in zip(chunk, predictor.canvas(images), strict=True):
+                tmp = args.out / f"{s.id}.tmp.npz"
+                np.savez_compressed(tmp, **canvas_arrays(out))  # type: ignore[arg-type]
+                tmp.rename(args.out / f"{s.id}.npz")
+            print(f"{start + len(chunk)}/{len(todo)}", file=sys.stderr, flush=True)
+            continue
         for s, pred in zip(chunk, predictor.predict(images), strict=True):
             packed = {
                 f"m_{k}": np.packbits(np.asarray(v, dtype=bool)) for k, v in pred.masks.items()

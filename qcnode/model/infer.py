@@ -108,6 +108,18 @@ def read_weights(path: Path) -> tuple[WeightsMeta, dict[str, torch.Tensor]]:
     return meta, raw["state_dict"]
 
 
+@dataclass(frozen=True)
+class CanvasOutput:
+    """One image's network outputs on the input canvas, before the masks go to source
+    pixels (kept by calibration scripts to try other operating points cheaply)."""
+
+    frame: preprocess.Frame
+    mask_logits: torch.Tensor  # (C, size, size), the entry's mask_bias included
+    view_logits: torch.Tensor  # (len(VIEWS),)
+    spacing_mm: tuple[float, float]
+    spacing_estimated: bool
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -127,6 +139,7 @@ class TorchPredictor:
         meta: WeightsMeta,
         info: ModelInfo,
         device: torch.device,
+        mask_bias: Mapping[str, float] | None = None,
     ) -> None:
         if meta.input_size != preprocess.INPUT_SIZE or meta.spacing_mm != preprocess.SPACING_MM:
             raise ModelError(
@@ -138,6 +151,11 @@ class TorchPredictor:
         self._info = info
         self._device = device
         self._single = single_objects(meta.structures)
+        bias = mask_bias or {}
+        unknown = sorted(set(bias) - set(meta.structures))
+        if unknown:
+            raise ModelError(f"mask_bias names channels the weights lack: {unknown}")
+        self._bias = torch.tensor([float(bias.get(n, 0.0)) for n in meta.structures])[:, None, None]
 
     @property
     def info(self) -> ModelInfo:
@@ -162,9 +180,14 @@ class TorchPredictor:
         ]
         batch = torch.stack([p[0] for p in prepared])
         masks, views = self.forward(batch)
-        return [p[1] for p in prepared], masks, views
+        return [p[1] for p in prepared], masks + self._bias, views
 
     def predict(self, images: Sequence[DecodedImage]) -> list[Prediction]:
+        return [self.prediction(c) for c in self.canvas(images)]
+
+    def canvas(self, images: Sequence[DecodedImage]) -> list[CanvasOutput]:
+        """The network's outputs on the input canvas (mask logits with the entry's
+        ``mask_bias`` added), after the anatomy-based second pass where one is needed."""
         if not images:
             return []
         spacings = [im.spacing_mm or preprocess.guessed_spacing(*im.pixels.shape) for im in images]
@@ -179,23 +202,30 @@ class TorchPredictor:
             for j, i in enumerate(idx):
                 spacings[i], frames[i] = redo[i], f2[j]
                 masks[i], views[i] = m2[j], v2[j]
-        probs = torch.softmax(views, dim=1)
-        out = []
-        for i in range(len(images)):
-            p = {v: float(probs[i, k]) for k, v in enumerate(VIEWS)}
-            source = preprocess.logits_to_source(clean_logits(masks[i], self._single), frames[i])
-            names = self._meta.structures
-            out.append(
-                Prediction(
-                    view=VIEWS[int(probs[i].argmax())],
-                    view_probabilities=p,
-                    masks={name: source[c] for c, name in enumerate(STRUCTURES)},
-                    spacing_mm=(float(spacings[i][0]), float(spacings[i][1])),
-                    spacing_estimated=estimated[i],
-                    extra_masks={n: source[c] for c, n in enumerate(names) if c >= len(STRUCTURES)},
-                )
+        return [
+            CanvasOutput(
+                frame=frames[i],
+                mask_logits=masks[i],
+                view_logits=views[i],
+                spacing_mm=(float(spacings[i][0]), float(spacings[i][1])),
+                spacing_estimated=estimated[i],
             )
-        return out
+            for i in range(len(images))
+        ]
+
+    def prediction(self, out: CanvasOutput) -> Prediction:
+        """Source-pixel masks and the view from canvas outputs (clean-up, then bilinear)."""
+        probs = torch.softmax(out.view_logits, dim=0)
+        source = preprocess.logits_to_source(clean_logits(out.mask_logits, self._single), out.frame)
+        names = self._meta.structures
+        return Prediction(
+            view=VIEWS[int(probs.argmax())],
+            view_probabilities={v: float(probs[k]) for k, v in enumerate(VIEWS)},
+            masks={name: source[c] for c, name in enumerate(STRUCTURES)},
+            spacing_mm=out.spacing_mm,
+            spacing_estimated=out.spacing_estimated,
+            extra_masks={n: source[c] for c, n in enumerate(names) if c >= len(STRUCTURES)},
+        )
 
     def _anatomy_spacing(
         self,
@@ -254,8 +284,9 @@ def clean_logits(logits: torch.Tensor, single: Sequence[int] | None = None) -> t
     return to source pixels still draws smooth contours.
     """
     out = logits.clone()
+    arr = out.numpy()  # shares memory with ``out``; numpy's boolean indexing is far cheaper
     for c in single_objects(STRUCTURES) if single is None else single:
-        pos = (out[c] > 0).numpy()
+        pos = arr[c] > 0
         if not pos.any():
             continue
         labels, n = ndimage.label(pos)
@@ -265,10 +296,9 @@ def clean_logits(logits: torch.Tensor, single: Sequence[int] | None = None) -> t
         else:
             keep = pos
         filled = fill_holes(keep)
-        drop = torch.from_numpy(pos & ~keep)
-        add = torch.from_numpy(filled & ~pos)
-        out[c][drop] = -out[c][drop].abs().clamp(min=0.5)
-        out[c][add] = 0.5
+        drop = pos & ~keep
+        arr[c][drop] = -np.maximum(np.abs(arr[c][drop]), 0.5)
+        arr[c][filled & ~pos] = 0.5
     return out
 
 
@@ -296,6 +326,7 @@ def load_predictor(
     sha256 is then computed, not checked. Raises ModelError for anything unusable.
     """
     model: QCNet | LogitMean
+    bias: Mapping[str, float] = {}
     if weights_path is not None:
         path = Path(weights_path)
         if not path.is_file():
@@ -317,8 +348,11 @@ def load_predictor(
             entry = registry.get(name)
             model, meta = _load_entry(registry, entry)
             info = ModelInfo(name=entry.name, version=entry.version, sha256=entry.sha256)
+            bias = entry.mask_bias
     log.info("model loaded", extra={"model": info.name, "sha256": info.sha256[:12]})
-    return TorchPredictor(model=model, meta=meta, info=info, device=resolve_device(device))
+    return TorchPredictor(
+        model=model, meta=meta, info=info, device=resolve_device(device), mask_bias=bias
+    )
 
 
 def _built(meta: WeightsMeta, state: dict[str, torch.Tensor], path: Path) -> QCNet:

@@ -47,6 +47,10 @@ class ModelEntry:
     data_version: str = ""
     code_version: str = ""
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    # The entry's operating point: a logit offset per mask channel, added before the masks
+    # are cut at 0 (positive = more permissive). Chosen for the rules on a calibration set;
+    # absent channels get 0. Part of the entry's version: it changes the results.
+    mask_bias: Mapping[str, float] = field(default_factory=dict)
 
     def path(self, weights_dir: Path = WEIGHTS_DIR) -> Path:
         return weights_dir / self.file
@@ -66,6 +70,7 @@ class ModelEntry:
             "code_version": self.code_version,
             "recipe": dict(self.recipe),
             "metrics": dict(self.metrics),
+            **({"mask_bias": dict(self.mask_bias)} if self.mask_bias else {}),
         }
 
 
@@ -165,11 +170,15 @@ def _entry(name: str, raw: Mapping[str, Any]) -> ModelEntry:
             data_version=str(raw.get("data_version", "")),
             code_version=str(raw.get("code_version", "")),
             metrics=dict(raw.get("metrics", {})),
+            mask_bias={str(k): float(v) for k, v in raw.get("mask_bias", {}).items()},
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelError(f"registry entry {name!r} is incomplete or invalid: {exc}") from exc
     if entry.structures not in MODEL_CHANNELS:
         raise ModelError(f"model {name!r} was trained for other structures: {entry.structures}")
+    unknown = sorted(set(entry.mask_bias) - set(entry.structures))
+    if unknown:
+        raise ModelError(f"model {name!r}: mask_bias names channels it lacks: {unknown}")
     return entry
 
 

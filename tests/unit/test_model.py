@@ -118,6 +118,27 @@ def test_registry_round_trip_and_checksum(tmp_path: Path) -> None:
         load_predictor("nope", registry_path=path)
 
 
+def test_mask_bias_moves_the_operating_point(tmp_path: Path) -> None:
+    """A registry entry's mask_bias is added to that channel's logits only: a large positive
+    offset grows the mask (a superset), channels without one are unchanged, and the offsets
+    survive the registry round trip. Unknown channels are refused."""
+    path = _registry(tmp_path)
+    images = [decode(_dx(_phantom(300), "MONOCHROME2", 1.0))]
+    plain = load_predictor(registry_path=path, device="cpu").predict(images)[0]
+    registry = load_registry(path)
+    entry = dataclasses.replace(registry.get("tiny"), mask_bias={"heart": 50.0})
+    registry.with_entry(entry).save(path)
+    assert load_registry(path).get("tiny").mask_bias == {"heart": 50.0}
+    biased = load_predictor(registry_path=path, device="cpu").predict(images)[0]
+    assert biased.masks["heart"].all() and not plain.masks["heart"].all()
+    for name in STRUCTURES:
+        if name != "heart":
+            assert np.array_equal(biased.masks[name], plain.masks[name]), name
+    registry.with_entry(dataclasses.replace(entry, mask_bias={"liver": 1.0})).save(path)
+    with pytest.raises(ModelError, match="liver"):
+        load_registry(path)
+
+
 def test_mismatched_weights_are_refused(tmp_path: Path) -> None:
     path = _registry(tmp_path, sha="0" * 64)
     with pytest.raises(ModelError, match="does not match the registry"):
