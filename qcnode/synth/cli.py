@@ -92,7 +92,7 @@ def synth_command(args: argparse.Namespace) -> int:
                 "pitch_mm": pitch,
                 "visible_lungs": plan.visible_lungs,
                 "scapulae_in_body": plan.scapulae_in_body,
-                "generator": "qcnode.synth v1.11",
+                "generator": "qcnode.synth v1.12",
             },
             indent=1,
         )

@@ -138,7 +138,12 @@ def detect(
     pitch_mm: float,
     rng: np.random.Generator,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Relative signal (H, W) after attenuation, scatter, blur, grid: (noisy, noise-free)."""
+    """Relative signal (H, W) after attenuation, scatter, blur, grid: (noisy, noise-free).
+
+    Order matters for sharpness: motion blur acts on the patient's transmission only; the
+    system blur (`extra_blur_mm` and the 0.35 px detector spread) on everything, the
+    collimator's shadow included.
+    """
     w, mu_w, mu_b = spectrum(exp.kvp)
     water = torch.from_numpy(water_cm)
     bone = torch.from_numpy(bone_cm)
@@ -146,13 +151,17 @@ def detect(
     for wi, mw, mb in zip(w, mu_w, mu_b, strict=True):
         if wi > 0:
             trans += float(wi) * torch.exp(-(float(mw) * water + float(mb - 1.04 * mw) * bone))
+    # The patient moves, the collimator does not: motion blurs the patient's transmission
+    # before the field multiplies it, so the shutter edge keeps only the system blur below
+    # (focal spot, detector). Up to v1.11 it was blurred after, and the synthetic shutter
+    # edge widened with the patient's motion (docs/RULES.md, exposure.sharpness).
+    trans = _motion(trans, exp.motion_blur_mm / pitch_mm, exp.motion_angle_deg)
     fld = torch.from_numpy(field.astype(np.float32))
     primary = trans * fld
     spread = gaussian(primary, 40.0 / pitch_mm)
     gain = float(primary.mean() / max(float(spread.mean()), 1e-6))
     scatter = exp.scatter_fraction * spread * gain
     signal = primary + scatter * (0.3 + 0.7 * gaussian(fld, 15.0 / pitch_mm))
-    signal = _motion(signal, exp.motion_blur_mm / pitch_mm, exp.motion_angle_deg)
     signal = gaussian(signal, math.hypot(0.35, exp.extra_blur_mm / pitch_mm))
     if exp.grid_lines > 0:
         cols = torch.arange(signal.shape[1], dtype=torch.float32)
