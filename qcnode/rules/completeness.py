@@ -211,6 +211,24 @@ def posterior_wall(s: Subject) -> BoolMask:
     return back & rows[:, None]
 
 
+def _sternum_outside(s: Subject, cfg: RulesConfig, front_sign: float) -> Finding:
+    """No sternum on a lateral. When the lungs or heart run into the anterior field edge, the
+    sternum in front of them is off the film: the chest is cut anteriorly (on the calibration
+    laterals every such film was a deep anterior cut, −45 to −104 mm). Otherwise the sternum
+    may just be unsegmented: not evaluable."""
+    rule, t = "completeness.anteroposterior", cfg.completeness.anteroposterior_margin_mm
+    tolerance = cfg.completeness.sternum_outside_edge_mm
+    chest = s.lungs | s.mask("heart")
+    p_front = extreme(chest, 0.0, front_sign, s.sy, s.sx)
+    if tolerance < 0 or p_front is None:
+        return make(s, rule, Status.NOT_EVALUABLE, None, t, "missing_ap")
+    margin = s.margin_mm(p_front)
+    if margin > tolerance:
+        return make(s, rule, Status.NOT_EVALUABLE, None, t, "missing_ap")
+    geometry = (s.point(p_front, "anterior chest"),)
+    return make(s, rule, Status.FAIL, margin, t, "sternum_outside", geometry, where="anterior")
+
+
 def anteroposterior(s: Subject, cfg: RulesConfig) -> Finding:
     """Sternum (front) and posterior chest wall (back ribs, else lungs) inside the field."""
     rule, t = "completeness.anteroposterior", cfg.completeness.anteroposterior_margin_mm
@@ -219,6 +237,8 @@ def anteroposterior(s: Subject, cfg: RulesConfig) -> Finding:
     back = posterior_wall(s)
     if not back.any():
         back = s.lungs
+    if not sternum.any() and back.any():
+        return _sternum_outside(s, cfg, front_sign)
     if not sternum.any() or not back.any():
         return make(s, rule, Status.NOT_EVALUABLE, None, t, "missing_ap")
     p_front = extreme(sternum, 0.0, front_sign, s.sy, s.sx)

@@ -24,6 +24,9 @@ class CompletenessConfig:
     costophrenic_margin_mm: float = 5.0
     lateral_walls_margin_mm: float = 5.0
     anteroposterior_margin_mm: float = 5.0
+    # No sternum on a lateral: the anterior chest is cut when the lungs/heart reach the
+    # field edge within this (mm); farther away it stays not evaluable. < 0 disables.
+    sternum_outside_edge_mm: float = 3.0
     collimation_warn_mm: float = 50.0
     centering_warn_fraction: float = 0.10
     shutter_flat_range: float = 0.008

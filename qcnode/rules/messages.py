@@ -111,6 +111,12 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "Chest cut off {where}: margin {value:.0f} mm < {threshold:.0f} mm.",
         "胸部{where}未完整包括：边距 {value:.0f} mm < {threshold:.0f} mm。",
     ),
+    "completeness.anteroposterior.sternum_outside": (
+        "Sternum not on the film: the lungs/heart reach the field edge ({where}, margin "
+        "{value:.0f} mm): chest cut off.",
+        "胸骨不在图像内：肺/心影已达{where}照射野边缘（边距 {value:.0f} mm），"
+        "胸部{where}未完整包括。",
+    ),
     "completeness.anteroposterior.missing_ap": (
         "Sternum or posterior chest wall not found: not evaluable.",
         "未识别到胸骨或后胸壁，无法评价。",

@@ -439,6 +439,27 @@ def test_lateral_superimposition_arms_and_ap() -> None:
     assert f["organs.sternum"].status is Status.FAIL
 
 
+def test_lateral_sternum_off_the_film_fails_ap_only_when_the_chest_reaches_the_edge() -> None:
+    m = lateral_phantom()
+    del m["sternum"]  # not segmented, the field untouched: lungs 80 mm from the edge
+    f = run(m, View.LATERAL)
+    assert f["completeness.anteroposterior"].status is Status.NOT_EVALUABLE
+    m = lateral_phantom()
+    m["field"] = box(m["field"], 0, 399, 0, 102, False)  # sternum (cols 80-95) off the film
+    for name in m:
+        m[name] = m[name] & m["field"]  # what a model sees: the exposed part only
+    del m["sternum"]
+    f = run(m, View.LATERAL)
+    ap = f["completeness.anteroposterior"]
+    assert ap.status is Status.FAIL
+    assert ap.value == 0.0  # the lungs' anterior border (col 103) is the last exposed column
+    assert "Sternum not on the film" in ap.message
+    m["lung_right"] = box(m["lung_right"], 0, 399, 103, 106, False)  # lungs 4 mm inside,
+    m["lung_left"] = box(m["lung_left"], 0, 399, 103, 106, False)  # heart (col 110) 7 mm:
+    f = run(m, View.LATERAL)  # beyond the 3 mm tolerance
+    assert f["completeness.anteroposterior"].status is Status.NOT_EVALUABLE
+
+
 # ---- metadata, languages, configuration ------------------------------------------------------
 
 
