@@ -65,6 +65,14 @@ class ExposureConfig:
     spine_through_heart_fail: float = 1.4
     spine_through_heart_delta: float = 0.02
     sharpness_edge_fail_mm: float = 16.0
+    # "gradient_ratio" (qcnode/rules/exposure.edge_sharpness) or "edge_width" (heart border)
+    sharpness_method: str = "gradient_ratio"
+    sharpness_fwhm_fail_mm: float = 5.6
+    sharpness_fwhm_fail_mm_lateral: float = 5.3
+
+    def __post_init__(self) -> None:
+        if self.sharpness_method not in ("gradient_ratio", "edge_width"):
+            raise ConfigError(f"rules: unknown sharpness_method {self.sharpness_method!r}")
 
 
 @dataclass(frozen=True)

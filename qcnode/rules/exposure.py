@@ -9,7 +9,9 @@ burned-in text and air outside the body do not count:
 - noise: the pixel noise std in the aerated lung between the ribs (std of a 1-D high-pass
   along rows and along columns, the smaller: grid lines cancel along their direction);
 - spine visibility: vertebrae vs the paraspinal heart shadow, over the heart's noise;
-- sharpness: the edge width (step / steepest slope) of both heart borders against lung.
+- sharpness: the apparent edge FWHM from the fine- over coarse-scale gradient ratio at the
+  strongest anatomical edges that run up and down the film (default), or the edge width
+  (step / steepest slope) of both heart borders against lung (`sharpness_method`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from qcnode.records import BoolMask, Finding, Status
+from qcnode.records import BoolMask, Finding, Status, View
 from qcnode.rules.config import RulesConfig
 from qcnode.rules.geometry import Point, Subject, row_extent
 from qcnode.rules.messages import make
@@ -235,12 +237,15 @@ def _edge_width(profile: npt.NDArray[np.float64], step_mm: float) -> float | Non
 
 
 def sharpness(s: Subject, cfg: RulesConfig) -> Finding:
-    """Edge width (mm) of the heart borders against the lungs; motion blur widens it.
+    """Sharpness: `edge_sharpness` (``sharpness_method = "gradient_ratio"``) or the edge
+    width (mm) of the heart borders against the lungs (``"edge_width"``).
 
-    Profiles across the left and right heart borders (rows of the heart's middle half,
+    Edge width: profiles across the left and right heart borders (rows of the heart's middle half,
     ±15 mm around the border, aligned on the mask border and averaged) give an edge width
     as step / steepest slope.
     """
+    if cfg.exposure.sharpness_method == "gradient_ratio":
+        return _sharpness_gradient(s, cfg)
     rule, t = "exposure.sharpness", cfg.exposure.sharpness_edge_fail_mm
     heart = s.clean("heart")
     ext = row_extent(heart)
@@ -279,3 +284,102 @@ def sharpness(s: Subject, cfg: RulesConfig) -> Finding:
     value = float(np.mean(widths))
     status = Status.FAIL if value > t else Status.PASS
     return make(s, rule, status, value, t, str(status), tuple(geometry))
+
+
+# exposure.sharpness, "gradient_ratio": the two smoothing scales (mm) and the share of the
+# edge pixels kept (the strongest 20 % of the candidates, by coarse gradient) and the
+# percentile of their fine/coarse ratios that is read. A blurred step
+# of σ px has gradient peaks ∝ 1/√(σ² + s²) after a Gaussian of s px, so the peak ratio
+# R = |∇G_fine| / |∇G_coarse| gives σ² = (c² − R²f²) / (R² − 1). Chosen on
+# data/synth/sharp-cal6 (docs/RULES.md "Session 6 (helper)").
+SHARP_FINE_MM = 1.0
+SHARP_COARSE_MM = 2.8
+SHARP_EDGE_QUANTILE = 0.8
+SHARP_RATIO_PERCENTILE = 75.0  # of the per-pixel ratios: the sharpest edges carry the blur best
+SHARP_MAX_FWHM_MM = 30.0  # reported cap: a ratio at or below 1 means "no fine detail at all"
+
+
+def _grad(img: npt.NDArray[np.float64], sigma: float) -> tuple[npt.NDArray[np.float64], ...]:
+    g = ndimage.gaussian_filter(img, sigma)
+    return ndimage.sobel(g, axis=0) / 8.0, ndimage.sobel(g, axis=1) / 8.0
+
+
+def _grad_white_share(sigma: float) -> float:
+    """|∇(Gaussian(σ) noise)|² per unit white-noise variance (both Sobel components)."""
+    r = max(4, math.ceil(4 * sigma) + 2)
+    d = np.zeros((2 * r + 1, 2 * r + 1))
+    d[r, r] = 1.0
+    gy, gx = _grad(d, sigma)
+    return float(np.sum(gy**2) + np.sum(gx**2))
+
+
+def edge_sharpness(s: Subject) -> tuple[float, list[Point]] | None:
+    """Apparent edge FWHM (mm) at the strongest anatomical edges of the lungs and heart.
+
+    Why this measure: the heart border is a projected curved surface, a ramp whose width is
+    anatomy, not blur; blur shows as the loss of the finest scale at *every* strong edge
+    (vessels, rib and lung borders, the heart). Edge pixels are the coarse-gradient maxima
+    (non-maximum suppression along the gradient) inside the lungs and heart (4 mm around
+    them), 8 mm inside the field (shutter edges are not anatomy), the strongest 20 %, in
+    every direction (a motion blurs only the edges across it). The fine gradient is
+    corrected for white noise (the lung noise of `region_noise`); the 75th percentile of
+    the per-pixel ratios becomes the FWHM. Returns the value and a few edge points.
+    """
+    img = s.pixels.astype(np.float64)
+    px = min(s.sx, s.sy)
+    f, c = SHARP_FINE_MM / px, SHARP_COARSE_MM / px
+    body = s.lungs | s.mask("heart")
+    if body.sum() < 100:
+        return None
+    region = ndimage.binary_dilation(body, iterations=max(1, round(4.0 / px)))
+    region &= ndimage.binary_erosion(s.field, iterations=max(1, round(8.0 / px)))
+    gyf, gxf = _grad(img, f)
+    gyc, gxc = _grad(img, c)
+    mag_c = np.hypot(gxc, gyc)
+    mag_f2 = gxf**2 + gyf**2
+    ang = np.degrees(np.arctan2(gyc, gxc)) % 180.0
+    peak = np.zeros(img.shape, dtype=bool)
+    for lo, hi, dy, dx in (
+        (0.0, 22.5, 0, 1),
+        (157.5, 180.0, 0, 1),
+        (22.5, 67.5, 1, 1),
+        (67.5, 112.5, 1, 0),
+        (112.5, 157.5, 1, -1),
+    ):
+        fwd = np.roll(mag_c, (dy, dx), axis=(0, 1))
+        back = np.roll(mag_c, (-dy, -dx), axis=(0, 1))
+        peak |= (ang >= lo) & (ang < hi) & (mag_c >= fwd) & (mag_c >= back)
+    cand = region & peak & (mag_c > 0)
+    if cand.sum() < 50:
+        return None
+    edge = cand & (mag_c >= np.quantile(mag_c[cand], SHARP_EDGE_QUANTILE))
+    if edge.sum() < 8:
+        return None
+    noise = region_noise(s, lung_region(s)) or 0.0
+    fine = np.sqrt(np.maximum(mag_f2[edge] - noise**2 * _grad_white_share(f), 1e-12))
+    ratio = float(np.percentile(fine / mag_c[edge], SHARP_RATIO_PERCENTILE))
+    if ratio <= 1.0:
+        fwhm = SHARP_MAX_FWHM_MM
+    else:
+        sigma_px = math.sqrt(max((c * c - ratio * ratio * f * f) / (ratio * ratio - 1.0), 0.0))
+        fwhm = min(2.3548 * sigma_px * px, SHARP_MAX_FWHM_MM)
+    rows, cols = np.nonzero(edge)
+    pick = np.linspace(0, rows.size - 1, num=min(5, rows.size)).astype(int)
+    return fwhm, [(float(rows[i]), float(cols[i])) for i in pick]
+
+
+def _sharpness_gradient(s: Subject, cfg: RulesConfig) -> Finding:
+    """exposure.sharpness by `edge_sharpness`: fail above ``sharpness_fwhm_fail_mm``."""
+    e = cfg.exposure
+    lateral = s.view is View.LATERAL
+    rule, t = (
+        "exposure.sharpness",
+        (e.sharpness_fwhm_fail_mm_lateral if lateral else e.sharpness_fwhm_fail_mm),
+    )
+    v = edge_sharpness(s)
+    if v is None:
+        return make(s, rule, Status.NOT_EVALUABLE, None, t, "no_edges")
+    fwhm, points = v
+    status = Status.FAIL if fwhm > t else Status.PASS
+    geometry = tuple(s.point(p, "edge") for p in points)
+    return make(s, rule, status, fwhm, t, f"{status}_fwhm", geometry)

@@ -246,6 +246,19 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "Blurred heart border {value:.1f} mm (> {threshold:.1f} mm): motion or defocus.",
         "心缘模糊 {value:.1f} mm（> {threshold:.1f} mm），可能为运动伪影。",
     ),
+    "exposure.sharpness.pass_fwhm": (
+        "Apparent edge FWHM {value:.1f} mm at the anatomy's sharpest edges (≤ {threshold:.1f} mm).",
+        "解剖边缘表观半高宽 {value:.1f} mm（≤ {threshold:.1f} mm）。",
+    ),
+    "exposure.sharpness.fail_fwhm": (
+        "Blurred anatomy: apparent edge FWHM {value:.1f} mm (> {threshold:.1f} mm): motion or "
+        "defocus.",
+        "解剖边缘模糊，表观半高宽 {value:.1f} mm（> {threshold:.1f} mm），可能为运动伪影。",
+    ),
+    "exposure.sharpness.no_edges": (
+        "Too few anatomical edges inside the field: sharpness not evaluable.",
+        "照射野内解剖边缘过少，锐利度无法评价。",
+    ),
     "exposure.sharpness.no_edge": (
         "Heart border against lung not found: sharpness not evaluable.",
         "未识别到心缘与肺野交界，锐利度无法评价。",
