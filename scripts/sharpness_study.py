@@ -7,6 +7,9 @@ with the truth's blur and a 2-fold threshold accuracy split by pose (chosen on o
 the poses, scored on the other, both ways), against the prevalence baseline.
 
     .venv/bin/python scripts/sharpness_study.py data/synth/sharp-cal6 --rows /tmp/rows.json
+    .venv/bin/python scripts/sharpness_study.py data/synth/rules-cal5-f \
+        --pred .cache/rules/pred-s5/rules-cal5-f      # a model's cached masks instead
+    .venv/bin/python scripts/sharpness_study.py x --real ../shared/data/realcxr/frontal
 
 Measures (working grid, upright, MONOCHROME2; pixel values as the rules see them):
 - ``rule``: the heart-border edge width (mm; the rule's method up to session 6);
@@ -216,10 +219,28 @@ def shutter_step(s: Subject) -> float | None:
     return max(steps) if steps else None
 
 
-def measure(smp: Any, cfg: Any) -> dict[str, Any] | None:
+def measure(smp: Any, cfg: Any, pred_dir: Path | None = None) -> dict[str, Any] | None:
+    """Every measure of one film, on its exact masks or on a model's cached masks."""
     image = decode(smp.dcm)
-    masks = load_masks(smp.masks)
-    pred = FakePredictor(source={image.meta.sop_instance_uid: (smp.view, masks)})
+    view, masks = smp.view, None
+    if pred_dir is not None:  # scripts/cache_predictions.py output
+        cached = pred_dir / f"{smp.id}.npz"
+        if not cached.is_file():
+            return None
+        with np.load(cached) as z:  # as scripts/eval_cached.load_prediction
+            view = View(str(z["view"]))
+            shape = tuple(int(v) for v in z["shape"])
+            n = shape[0] * shape[1]
+            masks = {
+                k[2:]: np.unpackbits(z[k])[:n].reshape(shape).astype(bool)
+                for k in z.files
+                if k.startswith("m_")
+            }
+        if view is not smp.view:
+            return None
+    if masks is None:
+        masks = load_masks(smp.masks)
+    pred = FakePredictor(source={image.meta.sop_instance_uid: (view, masks)})
     s = build_subject(image, pred.predict([image])[0], cfg)
     # the heart-border edge width (the rule's method up to session 6)
     edge_cfg = replace(cfg, exposure=replace(cfg.exposure, sharpness_method="edge_width"))
@@ -458,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("set_dir", type=Path)
     ap.add_argument("--rows", type=Path, help="cache of the per-film measures (JSON)")
     ap.add_argument("--limit", type=int)
+    ap.add_argument("--pred", type=Path, help="cached model masks (cache_predictions.py)")
     ap.add_argument("--view", default="frontal", choices=("frontal", "lateral"))
     ap.add_argument("--real", type=Path, help="also read real frontal films (PNG) in DIR")
     ap.add_argument("--threshold", type=float, default=5.6, help="grad_fwhm limit (mm)")
@@ -475,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("train-split sets only")
         rows = []
         for i, smp in enumerate(samples[: args.limit]):
-            r = measure(smp, cfg)
+            r = measure(smp, cfg, args.pred)
             if r is not None:
                 rows.append(r)
             if i % 40 == 0:
