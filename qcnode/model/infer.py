@@ -342,6 +342,8 @@ def load_predictor(
             members = registry.members(ensemble)
             loaded = [_load_entry(registry, entry) for entry in members]
             meta = ensemble_meta(ensemble.name, [m for _, m in loaded])
+            # members' mask_bias is not applied: an operating point belongs to one
+            # network's logits, and the ensemble's mean logits are another network's
             model = LogitMean(members=[net for net, _ in loaded])
             info = ensemble_info(ensemble, members)
         else:
