@@ -413,7 +413,7 @@ def fixed(rows: list[dict[str, Any]], key: str, threshold: float) -> str:
 def report(rows: list[dict[str, Any]], threshold: float = 5.6) -> None:
     y = np.array([r["fail"] for r in rows])
     print(
-        f"{len(rows)} frontal films, {len({r['pose'] for r in rows})} poses, "
+        f"{len(rows)} films, {len({r['pose'] for r in rows})} poses, "
         f"truth fail {100 * y.mean():.1f} %"
     )
     print(
