@@ -28,7 +28,7 @@ from qcnode.evaluate import load_samples
 from qcnode.imaging import decode
 from qcnode.model.infer import CanvasOutput
 from qcnode.model.preprocess import Frame
-from qcnode.records import View
+from qcnode.records import BoolMask, Prediction, View
 
 
 def canvas_arrays(out: CanvasOutput) -> dict[str, np.ndarray]:
@@ -41,6 +41,31 @@ def canvas_arrays(out: CanvasOutput) -> dict[str, np.ndarray]:
         "spacing": np.array(out.spacing_mm, dtype=np.float64),
         "spacing_estimated": np.array(out.spacing_estimated),
     }
+
+
+def mask_arrays(pred: Prediction) -> dict[str, np.ndarray]:
+    """A prediction as this cache keeps it: masks bit-packed, view, spacing."""
+    shape = next(iter(pred.masks.values())).shape
+    return {
+        "shape": np.array(shape),
+        "view": np.array(str(pred.view)),
+        "spacing": np.array(pred.spacing_mm, dtype=np.float64),
+        "spacing_estimated": np.array(pred.spacing_estimated),
+        **{f"m_{k}": np.packbits(np.asarray(v, dtype=bool)) for k, v in pred.masks.items()},
+    }
+
+
+def load_prediction(path: Path) -> tuple[View, dict[str, BoolMask]]:
+    """A cached prediction: the view and the unpacked masks."""
+    with np.load(path) as z:
+        shape = tuple(int(v) for v in z["shape"])
+        n = shape[0] * shape[1]
+        masks = {
+            k[2:]: np.unpackbits(z[k])[:n].reshape(shape).astype(bool)
+            for k in z.files
+            if k.startswith("m_")
+        }
+        return View(str(z["view"])), masks
 
 
 def load_canvas(path: Path) -> CanvasOutput:
@@ -88,19 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{start + len(chunk)}/{len(todo)}", file=sys.stderr, flush=True)
             continue
         for s, pred in zip(chunk, predictor.predict(images), strict=True):
-            packed = {
-                f"m_{k}": np.packbits(np.asarray(v, dtype=bool)) for k, v in pred.masks.items()
-            }
-            shape = next(iter(pred.masks.values())).shape
             tmp = args.out / f"{s.id}.tmp.npz"
-            arrays: dict[str, np.ndarray] = {
-                "shape": np.array(shape),
-                "view": np.array(str(pred.view)),
-                "spacing": np.array(pred.spacing_mm, dtype=np.float64),
-                "spacing_estimated": np.array(pred.spacing_estimated),
-                **packed,
-            }
-            np.savez(tmp, **arrays)  # type: ignore[arg-type]
+            np.savez(tmp, **mask_arrays(pred))  # type: ignore[arg-type]
             tmp.rename(args.out / f"{s.id}.npz")
         print(f"{start + len(chunk)}/{len(todo)}", file=sys.stderr, flush=True)
     return 0

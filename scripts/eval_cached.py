@@ -14,28 +14,15 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
+from cache_predictions import load_prediction
 
 from qcnode.config import load_settings
 from qcnode.engine import QCEngine
 from qcnode.evaluate import ViewStats, format_report, load_masks, load_samples, score
 from qcnode.imaging import decode
-from qcnode.records import BoolMask, View
+from qcnode.records import View
 from qcnode.rules import load_config
 from qcnode.testing import FakePredictor
-
-
-def load_prediction(path: Path) -> tuple[View, dict[str, BoolMask]]:
-    """A cached prediction: the view and the unpacked masks."""
-    with np.load(path) as z:
-        shape = tuple(int(v) for v in z["shape"])
-        n = shape[0] * shape[1]
-        masks = {
-            k[2:]: np.unpackbits(z[k])[:n].reshape(shape).astype(bool)
-            for k in z.files
-            if k.startswith("m_")
-        }
-        return View(str(z["view"])), masks
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from cache_predictions import mask_arrays
 
 from qcnode.evaluate import load_samples
 from qcnode.imaging import decode
@@ -53,15 +54,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for i, s in enumerate(samples):
         pred = padded(predictor, decode(s.dcm), args.pad_mm, args.mode)
-        shape = next(iter(pred.masks.values())).shape
-        arrays: dict[str, np.ndarray] = {
-            "shape": np.array(shape),
-            "view": np.array(str(pred.view)),
-            "spacing": np.array(pred.spacing_mm),
-            "spacing_estimated": np.array(pred.spacing_estimated),
-            **{f"m_{k}": np.packbits(v) for k, v in pred.masks.items()},
-        }
-        np.savez(args.out / f"{s.id}.npz", **arrays)  # type: ignore[arg-type]
+        np.savez(args.out / f"{s.id}.npz", **mask_arrays(pred))  # type: ignore[arg-type]
         if i % 100 == 0:
             print(f"{i}/{len(samples)}", file=sys.stderr, flush=True)
     return 0

@@ -191,11 +191,12 @@ def scapula_measures(s: Subject) -> dict[str, float]:
 
 
 def _load_prediction() -> Any:
-    """scripts/eval_cached.py's reader of cached predictions (scripts is not a package)."""
+    """scripts/cache_predictions.py's reader of cached predictions (scripts is not a
+    package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "eval_cached", Path(__file__).with_name("eval_cached.py")
+        "cache_predictions", Path(__file__).with_name("cache_predictions.py")
     )
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)

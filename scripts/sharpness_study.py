@@ -41,13 +41,20 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from cache_predictions import load_prediction
 from scipy import ndimage
 
 from qcnode.evaluate import load_masks, load_samples
 from qcnode.imaging import decode
 from qcnode.records import View
 from qcnode.rules import build_subject, load_config
-from qcnode.rules.exposure import _edge_width, edge_sharpness, region_noise, sharpness
+from qcnode.rules.exposure import (
+    _edge_width,
+    edge_sharpness,
+    gradient_maxima,
+    region_noise,
+    sharpness,
+)
 from qcnode.rules.geometry import Subject
 from qcnode.testing import FakePredictor
 
@@ -166,18 +173,7 @@ def edge_ratios(s: Subject, fine: float, coarse: float, q: float, tag: str) -> d
     gc = [ndimage.sobel(ndimage.gaussian_filter(img, coarse), axis=a) / 8.0 for a in (0, 1)]
     mc, mf = np.hypot(gc[1], gc[0]), np.hypot(gf[1], gf[0])
     ang = np.degrees(np.arctan2(gc[0], gc[1])) % 180
-    peak = np.zeros(img.shape, dtype=bool)
-    for lo, hi, dy, dx in (
-        (0, 22.5, 0, 1),
-        (157.5, 180, 0, 1),
-        (22.5, 67.5, 1, 1),
-        (67.5, 112.5, 1, 0),
-        (112.5, 157.5, 1, -1),
-    ):
-        n1 = np.roll(mc, (dy, dx), axis=(0, 1))
-        n2 = np.roll(mc, (-dy, -dx), axis=(0, 1))
-        peak |= (ang >= lo) & (ang < hi) & (mc >= n1) & (mc >= n2)
-    cand = region & peak & (mc > 0)
+    cand = region & gradient_maxima(mc, gc[0], gc[1]) & (mc > 0)
     out: dict[str, float] = {}
     if cand.sum() < 50:
         return out
@@ -227,15 +223,7 @@ def measure(smp: Any, cfg: Any, pred_dir: Path | None = None) -> dict[str, Any] 
         cached = pred_dir / f"{smp.id}.npz"
         if not cached.is_file():
             return None
-        with np.load(cached) as z:  # as scripts/eval_cached.load_prediction
-            view = View(str(z["view"]))
-            shape = tuple(int(v) for v in z["shape"])
-            n = shape[0] * shape[1]
-            masks = {
-                k[2:]: np.unpackbits(z[k])[:n].reshape(shape).astype(bool)
-                for k in z.files
-                if k.startswith("m_")
-            }
+        view, masks = load_prediction(cached)
         if view is not smp.view:
             return None
     if masks is None:

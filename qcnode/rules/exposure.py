@@ -17,6 +17,7 @@ burned-in text and air outside the body do not count:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -313,6 +314,28 @@ def _grad_white_share(sigma: float) -> float:
     return float(np.sum(gy**2) + np.sum(gx**2))
 
 
+def gradient_maxima(
+    mag: npt.NDArray[np.floating[Any]],
+    gy: npt.NDArray[np.floating[Any]],
+    gx: npt.NDArray[np.floating[Any]],
+) -> BoolMask:
+    """Non-maximum suppression: pixels whose gradient magnitude is a maximum along their
+    gradient direction (quantised to 4 directions), i.e. the centre lines of edges."""
+    ang = np.degrees(np.arctan2(gy, gx)) % 180.0
+    peak = np.zeros(mag.shape, dtype=bool)
+    for lo, hi, dy, dx in (
+        (0.0, 22.5, 0, 1),
+        (157.5, 180.0, 0, 1),
+        (22.5, 67.5, 1, 1),
+        (67.5, 112.5, 1, 0),
+        (112.5, 157.5, 1, -1),
+    ):
+        fwd = np.roll(mag, (dy, dx), axis=(0, 1))
+        back = np.roll(mag, (-dy, -dx), axis=(0, 1))
+        peak |= (ang >= lo) & (ang < hi) & (mag >= fwd) & (mag >= back)
+    return peak
+
+
 def edge_sharpness(s: Subject) -> tuple[float, list[Point]] | None:
     """Apparent edge FWHM (mm) at the strongest anatomical edges of the lungs and heart.
 
@@ -337,18 +360,7 @@ def edge_sharpness(s: Subject) -> tuple[float, list[Point]] | None:
     gyc, gxc = _grad(img, c)
     mag_c = np.hypot(gxc, gyc)
     mag_f2 = gxf**2 + gyf**2
-    ang = np.degrees(np.arctan2(gyc, gxc)) % 180.0
-    peak = np.zeros(img.shape, dtype=bool)
-    for lo, hi, dy, dx in (
-        (0.0, 22.5, 0, 1),
-        (157.5, 180.0, 0, 1),
-        (22.5, 67.5, 1, 1),
-        (67.5, 112.5, 1, 0),
-        (112.5, 157.5, 1, -1),
-    ):
-        fwd = np.roll(mag_c, (dy, dx), axis=(0, 1))
-        back = np.roll(mag_c, (-dy, -dx), axis=(0, 1))
-        peak |= (ang >= lo) & (ang < hi) & (mag_c >= fwd) & (mag_c >= back)
+    peak = gradient_maxima(mag_c, gyc, gxc)
     cand = region & peak & (mag_c > 0)
     if cand.sum() < 50:
         return None
