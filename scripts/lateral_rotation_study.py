@@ -306,6 +306,14 @@ def fixed_accuracy(rows: list[dict[str, Any]], key: str, t: float) -> tuple[floa
     return 100.0 * float(np.mean(p == y)), 100.0 * float(p[y].mean()) if y.any() else 0.0
 
 
+def _logistic_acc(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    """2-fold accuracy of a logistic on ``keys`` as text ("-" when too few films to fit)."""
+    try:
+        return f"{two_fold(rows, keys)['acc']:.1f} %"
+    except np.linalg.LinAlgError:
+        return "-"
+
+
 def report(rows: list[dict[str, Any]], tag: str) -> None:
     print(
         f"\n== {tag}: {len(rows)} films, {len({r['pose'] for r in rows})} poses, "
@@ -328,18 +336,22 @@ def report(rows: list[dict[str, Any]], tag: str) -> None:
                 r = corr(flat, key, "sep")
                 print(f"  r(separation, {key}) on them: {'-' if r is None else f'{r:.2f}'}")
     tf = two_fold(rows, ["abs_rotation_deg"])
+    ra = corr(rows, "abs_rotation_deg", "sep")
     print(
         f"oracle |rotation_deg| (truth params, not a measure): 2-fold {tf['acc']:.1f} %, "
-        f"r with sep {corr(rows, 'abs_rotation_deg', 'sep'):.2f}"
+        f"r with sep {'-' if ra is None else f'{ra:.2f}'}"
     )
     if "right_lateral" in rows[0]:  # the angle signed by the side at the detector
         for row in rows:
             side = 1.0 if row["right_lateral"] else -1.0
             row["signed_rotation_deg"] = row["rotation_deg"] * side
         keys = ["signed_rotation_deg", "abs_rotation_deg"]
-        print(f"oracle signed + |rotation| (logistic): 2-fold {two_fold(rows, keys)['acc']:.1f} %")
-        tf = two_fold(rows, ["signed_rotation_deg", "abs_rotation_deg", "beam_x_mm"])
-        print(f"oracle signed + |rotation| + beam centre x (logistic): 2-fold {tf['acc']:.1f} %")
+        print(f"oracle signed + |rotation| (logistic): 2-fold {_logistic_acc(rows, keys)}")
+        keys = [*keys, "beam_x_mm"]
+        print(
+            "oracle signed + |rotation| + beam centre x (logistic): 2-fold "
+            + _logistic_acc(rows, keys)
+        )
     print(f"{'measure':28s} {'n':>4s} {'r sep':>6s} {'2-fold':>7s} {'sens':>5s} {'base':>5s}")
     for key in SINGLE:
         tf = two_fold(rows, [key])
@@ -350,7 +362,11 @@ def report(rows: list[dict[str, Any]], tag: str) -> None:
             f"{tf['baseline']:4.1f}%"
         )
     for keys in COMBOS:
-        tf = two_fold(rows, keys)
+        try:
+            tf = two_fold(rows, keys)
+        except np.linalg.LinAlgError:  # a handful of films (--limit): nothing to fit
+            print(f"{'+'.join(keys)[:60]:60s} logistic: singular on this few films")
+            continue
         print(
             f"{'+'.join(keys)[:60]:60s} {tf['n']:4d} logistic {tf['acc']:6.1f}% {tf['sens']:4.0f}%"
         )
