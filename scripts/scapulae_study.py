@@ -27,7 +27,17 @@ Measures per side (the film's value is the larger side), with ``m`` = the mask s
 - ``{m}_prior_e``: the image drop averaged along the scapula mask's own medial border
   (± 3 mm) over lung rows, in the same units (does the mask's border sit on an edge?);
 - ``{m}_step``: the mean brightness 0–12 mm lateral of the mask's medial border minus
-  12–24 mm medial of it, over lung rows, in units of the lung's brightness spread.
+  12–24 mm medial of it, over lung rows, in units of the lung's brightness spread;
+- ``{m}_scap_area`` / ``reach`` / ``centroid`` / ``low``: the mask's area, its medial-most
+  point and centroid measured from the lung's outermost column, its lowest row below the
+  lung top (the mask's geometry read differently from the overlap);
+- ``{m}_strip``: upper lateral lung strip (3–25 mm from the wall) minus a strip 35–60 mm in;
+- ``{m}_line_*``: the strongest sheared straight edge in (row, distance from the wall);
+- ``{m}_slide_*``: the mask's medial border curve slid sideways onto the strongest edge;
+- ``{m}_tm_*``: the mask's whole outline slid sideways as a matched filter.
+Also printed: the within-pose r of each measure; ``--aligned`` prints the drop profile
+averaged along the exact medial border (is the border visible at all?).
+Results and conclusions: docs/RULES.md "Session 6 (helper): frontal positioning.scapulae".
 """
 
 from __future__ import annotations
@@ -233,6 +243,57 @@ def slide_border(s: Subject, side: str, smooth: Array, grad_scale: float) -> dic
     return {"slide_e": best[0], "slide_delta": best[1] * s.sx, "slide_d": best[2]}
 
 
+def outline_match(s: Subject, side: str, smooth: Array, grad_scale: float) -> dict[str, float]:
+    """The mask's whole outline slid sideways onto the image's bone edges (matched filter).
+
+    A bone brighter than its surroundings has an image gradient pointing into it all round
+    its outline; the mask's inward normal (the gradient of the smoothed mask) dotted with the
+    image gradient, averaged over the outline inside the field, scores a placement. The
+    chest wall has the opposite polarity to the blade's lateral border, so it does not
+    attract the template. Returns the best score (``tm_e``), its shift (``tm_delta``, mm,
+    positive = medially) and the shifted mask's widest row overlap with the lung
+    (``tm_overlap``, mm: the rule's measure on the moved mask).
+    """
+    scap = s.mask(f"scapula_{side}")
+    lung = s.mask(f"lung_{side}")
+    if scap.sum() < 50 or not lung.any():
+        return {}
+    sign = int(lateral_sign(s, side))
+    soft = ndimage.gaussian_filter(scap.astype(np.float64), 2.0)
+    ny, nx = np.gradient(soft)
+    norm = np.hypot(ny, nx)
+    ring = scap & ~ndimage.binary_erosion(scap, iterations=2)
+    rr, cc = np.nonzero(ring & (norm > 1e-3))
+    uy, ux = ny[rr, cc] / norm[rr, cc], nx[rr, cc] / norm[rr, cc]
+    grads = np.gradient(smooth)
+    gy: Array = np.asarray(grads[0])
+    gx: Array = np.asarray(grads[1])
+    field = s.field
+    w = s.shape[1]
+    best = (-np.inf, 0)
+    lim = round(SLIDE_RANGE_MM / s.sx)
+    for delta in range(-lim, lim + 1):
+        c = cc - sign * delta
+        ok = (c >= 0) & (c < w)
+        ok[ok] &= field[rr[ok], c[ok]]
+        if ok.sum() < 0.5 * rr.size:
+            continue
+        e = float(np.mean(gy[rr[ok], c[ok]] * uy[ok] + gx[rr[ok], c[ok]] * ux[ok])) / grad_scale
+        if e > best[0]:
+            best = (e, delta)
+    if not np.isfinite(best[0]):
+        return {}
+    d = best[1]
+    moved = np.zeros_like(scap)
+    shift = -sign * d
+    if shift >= 0:
+        moved[:, shift:] = scap[:, : w - shift]
+    else:
+        moved[:, :shift] = scap[:, -shift:]
+    per_row = (moved & lung & field).sum(axis=1)
+    return {"tm_e": best[0], "tm_delta": d * s.sx, "tm_overlap": float(per_row.max()) * s.sx}
+
+
 def oblique_line(drop: Array, valid: npt.NDArray[np.bool_], sx: float) -> dict[str, float]:
     """The strongest straight edge in (row, distance from the wall) space.
 
@@ -282,6 +343,7 @@ def film_measures(s: Subject) -> dict[str, float]:
     per = {side: side_measures(s, side, smooth, grad_scale) for side in SIDES}
     for side in SIDES:
         per[side].update(slide_border(s, side, smooth, grad_scale))
+        per[side].update(outline_match(s, side, smooth, grad_scale))
     out: dict[str, float] = {}
     keys = set(per["right"]) | set(per["left"])
     for k in keys:
@@ -301,6 +363,11 @@ def film_measures(s: Subject) -> dict[str, float]:
     if cand:
         best = max(cand, key=lambda d: d["slide_e"])
         for k in ("slide_e", "slide_d", "slide_delta"):
+            out[k] = best[k]
+    cand = [per[sd] for sd in SIDES if "tm_e" in per[sd]]
+    if cand:
+        best = max(cand, key=lambda d: d["tm_overlap"])
+        for k in ("tm_e", "tm_delta", "tm_overlap"):
             out[k] = best[k]
     cand = [per[sd] for sd in SIDES if "line_e" in per[sd]]
     if cand:
@@ -496,6 +563,9 @@ MEASURES = (
     "slide_e",
     "slide_d",
     "slide_delta",
+    "tm_e",
+    "tm_delta",
+    "tm_overlap",
 )
 COMBOS = (
     ("overlap", "medial"),
@@ -505,6 +575,8 @@ COMBOS = (
     ("overlap", "medial", "prior_e", "step"),
     ("overlap", "medial", "edge_d", "edge_e", "prior_e", "step"),
     ("overlap", "strip"),
+    ("overlap", "tm_overlap", "tm_e"),
+    ("overlap", "area", "tm_overlap", "tm_e", "tm_delta"),
     ("slide_d", "slide_e"),
     ("overlap", "slide_d", "slide_e"),
     ("overlap", "medial", "slide_d", "slide_e", "slide_delta"),
