@@ -49,18 +49,15 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from cache_predictions import load_prediction
 from scipy import ndimage
-from sharpness_study import corr, two_fold
+from study_stats import corr, film_subject, two_fold
 
-from qcnode.evaluate import load_masks, load_samples
-from qcnode.imaging import decode
+from qcnode.evaluate import load_samples
 from qcnode.records import View
-from qcnode.rules import build_subject, load_config
+from qcnode.rules import load_config
 from qcnode.rules.completeness import anterior_sign
 from qcnode.rules.geometry import Subject, row_extent
 from qcnode.rules.lateral import superimposition
-from qcnode.testing import FakePredictor
 
 Array = npt.NDArray[np.float64]
 # (tag, Gaussian σ px (rows, columns), window mm around the lungs' posterior outline, negative
@@ -245,19 +242,10 @@ def image_measures(s: Subject) -> dict[str, Any]:
 
 def measure(smp: Any, cfg: Any, pred_dir: Path | None) -> dict[str, Any] | None:
     """One film's row: truth, and the measures on its exact or cached model masks."""
-    image = decode(smp.dcm)
-    view, masks = smp.view, None
-    if pred_dir is not None:
-        cached = pred_dir / f"{smp.id}.npz"
-        if not cached.is_file():
-            return None
-        view, masks = load_prediction(cached)
-        if view is not smp.view:
-            return None
-    if masks is None:
-        masks = load_masks(smp.masks)
-    pred = FakePredictor(source={image.meta.sop_instance_uid: (view, masks)})
-    s = build_subject(image, pred.predict([image])[0], cfg)
+    film = film_subject(smp, cfg, pred_dir)
+    if film is None:
+        return None
+    _, s = film
     tr = smp.truth["rules"]["positioning.rotation"]
     if tr["value"] is None:
         return None

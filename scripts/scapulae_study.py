@@ -53,6 +53,7 @@ import numpy as np
 import numpy.typing as npt
 from cache_predictions import load_prediction
 from scipy import ndimage
+from study_stats import corr, subject, two_fold
 
 from qcnode.evaluate import load_masks, load_samples
 from qcnode.imaging import decode
@@ -397,9 +398,7 @@ def measure(smp: Any, cfg: Any, pred_dir: Path | None) -> dict[str, Any] | None:
             if view is smp.view:
                 sets.append(("p", masks))
     for tag, masks in sets:
-        pred = FakePredictor(source={image.meta.sop_instance_uid: (smp.view, masks)})
-        s = build_subject(image, pred.predict([image])[0], cfg)
-        for k, v in film_measures(s).items():
+        for k, v in film_measures(subject(image, smp.view, masks, cfg)).items():
             row[f"{tag}_{k}"] = v
     return row
 
@@ -462,85 +461,10 @@ def within_pose(rows: list[dict[str, Any]], keys: list[str]) -> None:
             print(f"within-pose r {k:14s} {np.corrcoef(d, t)[0, 1]:+.3f} ({len(d)} poses)")
 
 
-def best_threshold(x: Array, y: npt.NDArray[np.bool_]) -> tuple[float, int]:
-    """Threshold and sign (+1: fail above) with the best accuracy on (x, y)."""
-    best = (-1.0, 0.0, 1)
-    for t in np.unique(x):
-        for sign in (1, -1):
-            acc = float(np.mean((sign * x > sign * t) == y))
-            if acc > best[0]:
-                best = (acc, float(t), sign)
-    return best[1], best[2]
-
-
-def logistic(x: Array, y: npt.NDArray[np.bool_], l2: float = 1.0) -> Array:
-    """L2-regularised logistic regression by Newton steps (x standardised, bias first)."""
-    xb = np.hstack([np.ones((len(x), 1)), x])
-    w = np.zeros(xb.shape[1])
-    reg = l2 * np.eye(xb.shape[1])
-    reg[0, 0] = 0.0
-    for _ in range(50):
-        p = 1.0 / (1.0 + np.exp(-xb @ w))
-        g = xb.T @ (p - y) + reg @ w
-        h = xb.T @ (xb * (p * (1 - p))[:, None]) + reg
-        w = w - np.linalg.solve(h, g)
-    return w
-
-
-def two_fold(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
-    """Held-out accuracy/sensitivity/specificity (threshold on one key, logistic on more)."""
-    ok = [r for r in rows if all(r.get(k) is not None for k in keys)]
-    poses = sorted({r["pose"] for r in ok})
-    fold = {p: i % 2 for i, p in enumerate(poses)}
-    hits = tp = pos = tn = neg = 0
-    thr: list[float] = []
-    for held in (0, 1):
-        tr = [r for r in ok if fold[r["pose"]] != held]
-        te = [r for r in ok if fold[r["pose"]] == held]
-        ytr = np.array([r["fail"] for r in tr])
-        yte = np.array([r["fail"] for r in te])
-        xtr = np.array([[float(r[k]) for k in keys] for r in tr])
-        xte = np.array([[float(r[k]) for k in keys] for r in te])
-        if len(keys) == 1:
-            t, sign = best_threshold(xtr[:, 0], ytr)
-            thr.append(t * sign)
-            pred = sign * xte[:, 0] > sign * t
-        else:
-            mu, sd = xtr.mean(0), xtr.std(0) + 1e-9
-            w = logistic((xtr - mu) / sd, ytr)
-            pred = np.hstack([np.ones((len(xte), 1)), (xte - mu) / sd]) @ w > 0
-        hits += int(np.sum(pred == yte))
-        tp += int(np.sum(pred & yte))
-        pos += int(np.sum(yte))
-        tn += int(np.sum(~pred & ~yte))
-        neg += int(np.sum(~yte))
-    n = len(ok)
-    return {
-        "n": n,
-        "acc": 100.0 * hits / max(n, 1),
-        "sens": 100.0 * tp / max(pos, 1),
-        "spec": 100.0 * tn / max(neg, 1),
-        "baseline": 100.0 * neg / max(n, 1),
-        "thr": thr,
-    }
-
-
 def fixed(rows: list[dict[str, Any]], key: str, t: float) -> float:
     """Accuracy (%) of "fail above t" on every row with the key."""
     ok = [r for r in rows if r.get(key) is not None]
     return 100.0 * float(np.mean([(float(r[key]) > t) == r["fail"] for r in ok]))
-
-
-def corr(rows: list[dict[str, Any]], key: str) -> float | None:
-    """Pearson r of a measure with the truth's value (mm), on rows with both."""
-    ok = [r for r in rows if r.get(key) is not None]
-    if len(ok) < 10:
-        return None
-    x = np.array([float(r[key]) for r in ok])
-    y = np.array([float(r["truth"]) for r in ok])
-    if x.std() == 0 or y.std() == 0:
-        return None
-    return float(np.corrcoef(x, y)[0, 1])
 
 
 MEASURES = (

@@ -41,10 +41,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from cache_predictions import load_prediction
 from scipy import ndimage
+from study_stats import corr, film_subject, two_fold
 
-from qcnode.evaluate import load_masks, load_samples
+from qcnode.evaluate import load_samples
 from qcnode.imaging import decode
 from qcnode.records import View
 from qcnode.rules import build_subject, load_config
@@ -56,7 +56,6 @@ from qcnode.rules.exposure import (
     sharpness,
 )
 from qcnode.rules.geometry import Subject
-from qcnode.testing import FakePredictor
 
 Array = npt.NDArray[np.float64]
 SIGMAS = (0.5, 1.0, 2.0, 4.0, 8.0)  # px: band k = G(σk−1) − G(σk), band 0 = I − G(0.5)
@@ -217,19 +216,10 @@ def shutter_step(s: Subject) -> float | None:
 
 def measure(smp: Any, cfg: Any, pred_dir: Path | None = None) -> dict[str, Any] | None:
     """Every measure of one film, on its exact masks or on a model's cached masks."""
-    image = decode(smp.dcm)
-    view, masks = smp.view, None
-    if pred_dir is not None:  # scripts/cache_predictions.py output
-        cached = pred_dir / f"{smp.id}.npz"
-        if not cached.is_file():
-            return None
-        view, masks = load_prediction(cached)
-        if view is not smp.view:
-            return None
-    if masks is None:
-        masks = load_masks(smp.masks)
-    pred = FakePredictor(source={image.meta.sop_instance_uid: (view, masks)})
-    s = build_subject(image, pred.predict([image])[0], cfg)
+    film = film_subject(smp, cfg, pred_dir)
+    if film is None:
+        return None
+    _, s = film
     # the heart-border edge width (the rule's method up to session 6)
     edge_cfg = replace(cfg, exposure=replace(cfg.exposure, sharpness_method="edge_width"))
     ex = smp.truth["params"]["exposure"]
@@ -259,77 +249,6 @@ def measure(smp: Any, cfg: Any, pred_dir: Path | None = None) -> dict[str, Any] 
     if roi.sum() >= 200:
         row.update(band_measures(s, roi))
     return row
-
-
-def best_threshold(x: Array, y: npt.NDArray[np.bool_]) -> tuple[float, int]:
-    """Threshold and sign (+1: fail above) with the best accuracy on (x, y)."""
-    best = (-1.0, 0.0, 1)
-    for t in np.unique(x):
-        for sign in (1, -1):
-            pred = sign * x > sign * t
-            acc = float(np.mean(pred == y))
-            if acc > best[0]:
-                best = (acc, float(t), sign)
-    return best[1], best[2]
-
-
-def logistic(x: Array, y: npt.NDArray[np.bool_], l2: float = 1.0) -> Array:
-    """L2-regularised logistic regression by Newton steps (x standardised, bias first)."""
-    xb = np.hstack([np.ones((len(x), 1)), x])
-    w = np.zeros(xb.shape[1])
-    reg = l2 * np.eye(xb.shape[1])
-    reg[0, 0] = 0.0
-    for _ in range(50):
-        p = 1.0 / (1.0 + np.exp(-xb @ w))
-        g = xb.T @ (p - y) + reg @ w
-        h = xb.T @ (xb * (p * (1 - p))[:, None]) + reg
-        w = w - np.linalg.solve(h, g)
-    return w
-
-
-def two_fold(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, float]:
-    """Held-out accuracy/sensitivity of a threshold on one key (or a logistic on several)."""
-    ok = [r for r in rows if all(r.get(k) is not None for k in keys)]
-    poses = sorted({r["pose"] for r in ok})
-    fold = {p: i % 2 for i, p in enumerate(poses)}
-    hits = tp = pos = n = base = 0
-    for held in (0, 1):
-        tr = [r for r in ok if fold[r["pose"]] != held]
-        te = [r for r in ok if fold[r["pose"]] == held]
-        ytr = np.array([r["fail"] for r in tr])
-        yte = np.array([r["fail"] for r in te])
-        xtr = np.array([[float(r[k]) for k in keys] for r in tr])
-        xte = np.array([[float(r[k]) for k in keys] for r in te])
-        if len(keys) == 1:
-            t, sign = best_threshold(xtr[:, 0], ytr)
-            pred = sign * xte[:, 0] > sign * t
-        else:
-            mu, sd = xtr.mean(0), xtr.std(0) + 1e-9
-            w = logistic((xtr - mu) / sd, ytr)
-            z = np.hstack([np.ones((len(xte), 1)), (xte - mu) / sd]) @ w
-            pred = z > 0
-        hits += int(np.sum(pred == yte))
-        tp += int(np.sum(pred & yte))
-        pos += int(np.sum(yte))
-        n += len(te)
-        base += int(np.sum(~yte))
-    return {
-        "n": n,
-        "acc": 100.0 * hits / max(n, 1),
-        "sens": 100.0 * tp / max(pos, 1),
-        "baseline": 100.0 * base / max(n, 1),
-    }
-
-
-def corr(rows: list[dict[str, Any]], key: str, target: str) -> float | None:
-    ok = [r for r in rows if r.get(key) is not None]
-    if len(ok) < 10:
-        return None
-    x = np.array([float(r[key]) for r in ok])
-    y = np.array([float(r[target]) for r in ok])
-    if x.std() == 0 or y.std() == 0:
-        return None
-    return float(np.corrcoef(x, y)[0, 1])
 
 
 SINGLE = [
