@@ -159,6 +159,23 @@ RECIPES["cpu-long-visible"] = replace(RECIPES["cpu-long"], name="cpu-long-visibl
 RECIPES["gpu-ft"] = replace(
     RECIPES["gpu"], name="gpu-ft", lr=2e-3, warmup=40, augment=GPU_FT_AUGMENT
 )
+# Session 7 (no GPU): the shipped s4 weights continued on this CPU on fresh poses (train-v4,
+# generator v1.12): gpu-ft's peak scaled to batch 8, both lung definitions, same augmentation,
+# more weight on the bones the rules read but the network places worst (scapulae, ribs).
+RECIPES["cpu-ft-both"] = Recipe(
+    name="cpu-ft-both",
+    steps=6000,
+    batch=8,
+    lr=3e-4,
+    warmup=100,
+    eval_every=1500,
+    checkpoint_every=50,
+    structure_weight=tuple(
+        (n, 3.0 if n.startswith(("scapula", "ribs_posterior")) else w) for n, w in THIN_WEIGHTS
+    ),
+    augment=GPU_FT_AUGMENT,
+    lungs="both",
+)
 
 
 def git_version() -> str:
