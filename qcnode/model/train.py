@@ -370,7 +370,11 @@ def train(
     if recipe.p_negative > 0:
         negatives = datamod.dedupe(
             datamod.load_pack(
-                datamod.read_negatives(held_out=False), cache=cache, progress=progress, desc="neg"
+                datamod.read_negatives(held_out=False),
+                cache=cache,
+                progress=progress,
+                desc="neg",
+                lungs=recipe.lungs,  # the same channels as the chest samples (all empty)
             )
         )
     val_pack = (

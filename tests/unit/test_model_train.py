@@ -113,14 +113,8 @@ def test_equalize_probability_zero_leaves_the_draws_unchanged() -> None:
     assert not torch.allclose(run(cfg), run(dataclasses.replace(cfg, p_equalize=1.0)))
 
 
-def test_visible_lung_targets_replace_the_lung_channels(tmp_path: Path) -> None:
-    from tests.unit.test_model import _tiny_dataset
-
-    root = _tiny_dataset(tmp_path / "set", n=2)
-    samples = datamod.read_synthetic(root)
-    with pytest.raises(QcnodeError, match="visible-lung"):
-        datamod.load_pack(samples, cache=tmp_path / "c", progress=False, lungs="visible")
-    for s in samples:  # add visible lungs: the upper half of each lung
+def _add_visible_lungs(samples: list[datamod.Sample]) -> None:
+    for s in samples:  # visible lungs: the upper half of each lung
         assert s.masks is not None
         with np.load(s.masks) as z:
             arrays = {k: z[k] for k in z.files}
@@ -130,6 +124,16 @@ def test_visible_lung_targets_replace_the_lung_channels(tmp_path: Path) -> None:
         for side in ("right", "left"):
             arrays[f"lung_{side}_visible"] = arrays[f"lung_{side}"] & upper
         np.savez_compressed(s.masks, **arrays)
+
+
+def test_visible_lung_targets_replace_the_lung_channels(tmp_path: Path) -> None:
+    from tests.unit.test_model import _tiny_dataset
+
+    root = _tiny_dataset(tmp_path / "set", n=2)
+    samples = datamod.read_synthetic(root)
+    with pytest.raises(QcnodeError, match="visible-lung"):
+        datamod.load_pack(samples, cache=tmp_path / "c", progress=False, lungs="visible")
+    _add_visible_lungs(samples)
     full = datamod.load_pack(samples, cache=tmp_path / "c", progress=False)
     seen = datamod.load_pack(samples, cache=tmp_path / "c", progress=False, lungs="visible")
     lung = STRUCTURES.index("lung_right")
@@ -140,3 +144,26 @@ def test_visible_lung_targets_replace_the_lung_channels(tmp_path: Path) -> None:
     assert torch.equal(a[:, body], b[:, body])
     with pytest.raises(QcnodeError, match="unknown lung target"):
         datamod.load_pack(samples, cache=tmp_path / "c", progress=False, lungs="bottom")
+
+
+def test_both_lung_definitions_train_beside_the_real_negatives(tmp_path: Path) -> None:
+    """Negatives carry as many (empty) channels as the chest samples: a `lungs="both"`
+    recipe with negatives in its batches once failed at the first step (16 vs 18)."""
+    from qcnode.model.train import train
+    from tests.unit.test_model import _tiny_dataset
+
+    root = _tiny_dataset(tmp_path / "set", n=2)
+    _add_visible_lungs(datamod.read_synthetic(root))
+    recipe = dataclasses.replace(
+        RECIPES["tiny"], steps=2, batch=4, p_negative=0.5, lungs="both", val_count=0
+    )
+    result = train(
+        variant="qcnet_d10_w1",
+        data_dirs=[root],
+        out=tmp_path / "out",
+        recipe=recipe,
+        cache_base=tmp_path / "c",
+        progress=False,
+    )
+    assert len(result.meta.structures) == len(STRUCTURES) + 2
+    assert np.isfinite(result.final_loss)
