@@ -13,6 +13,7 @@ import pytest
 from qcnode.records import BoolMask, Finding, Status, View
 from qcnode.rules import RulesConfig, evaluate, shutter_spec
 from qcnode.rules.geometry import Subject
+from qcnode.rules.organs import lungs_near_end_shares
 from qcnode.testing import FakePredictor, frontal_phantom, lateral_phantom, phantom_image
 
 BASE = RulesConfig()
@@ -151,3 +152,73 @@ def test_zero_tolerance_is_the_plain_edge_contact() -> None:
     assert s.edge_contact_mm(lung) == pytest.approx(111.0)
     assert s.edge_contact_mm(lung, 0.0) == s.edge_contact_mm(lung)
     assert np.array_equal(s.near(lung, 0.0), lung)
+
+
+def with_spine_end(tolerance_mm: float) -> RulesConfig:
+    return replace(BASE, organs=replace(BASE.organs, spine_lung_end_tolerance_mm=tolerance_mm))
+
+
+def bottom_cut_lateral() -> tuple[dict[str, BoolMask], dict[str, BoolMask]]:
+    """A lateral cut by a bottom shutter (last exposed row 280; lungs rows 50..280 × cols
+    100..300 on the film) and the model's lungs ending at row 277, 3 mm short of it."""
+    film = lateral_phantom()
+    field = film["field"].copy()
+    field[281:] = False
+    film["field"] = field
+    for k in ("lung_right", "lung_left"):
+        film[k] = film[k] & field
+    model = dict(film)
+    for k in ("lung_right", "lung_left"):
+        v = film[k].copy()
+        v[278:] = False
+        model[k] = v
+    return film, model
+
+
+def test_lung_end_near_the_bottom_edge_reads_its_last_band_width() -> None:
+    """Session 7: the field edge beyond the lungs' bottom row, per column of their last band:
+    rows 277..280 are exposed below the model's lungs, 3 mm of field beyond their end row."""
+    film, model = bottom_cut_lateral()
+    image = phantom_image(film, view_position="LL")
+
+    def lateral(masks: dict[str, BoolMask]) -> Subject:
+        pred = FakePredictor(source=lambda _i: (View.LATERAL, masks)).predict([image])[0]
+        return Subject.build(image, pred, shutter=shutter_spec(BASE))
+
+    s = lateral(model)
+    ext = (50, 277)
+    # rectangles: the last 3 mm are as wide as the widest row; the top is 30 mm from its edge
+    assert lungs_near_end_shares(s, ext, 3.0, 3.0) == {"top": 0.0, "bottom": 1.0}
+    assert lungs_near_end_shares(s, ext, 2.9, 3.0) == {"top": 0.0, "bottom": 0.0}
+    assert lungs_near_end_shares(s, ext, 30.0, 0.0) == {"top": 1.0, "bottom": 1.0}
+    # the cut itself: the exact lungs end on the edge row, 0 mm
+    exact = lungs_near_end_shares(lateral(film), (50, 280), 0.0, 0.0)
+    assert exact == {"top": 0.0, "bottom": 1.0}
+
+
+def test_spine_fails_when_the_models_lungs_stop_short_of_a_bottom_cut() -> None:
+    film, model = bottom_cut_lateral()
+    # without the near-end cut the model's lungs do not reach the edge: the spine passes
+    off = qc(film, model, View.LATERAL, with_spine_end(-1.0))["organs.spine"]
+    assert off.status is Status.PASS
+    assert qc(film, model, View.LATERAL, BASE)["organs.spine"].status is Status.FAIL
+    # the exact masks fail on the cut row itself, either way
+    assert qc(film, film, View.LATERAL, with_spine_end(-1.0))["organs.spine"].status is (
+        Status.FAIL
+    )
+    # lungs ending 8 mm above the edge (beyond 5.6 mm): not a cut
+    far = dict(model)
+    for k in ("lung_right", "lung_left"):
+        v = film[k].copy()
+        v[273:] = False  # last row 272, field to row 280
+        far[k] = v
+    assert BASE.organs.spine_lung_end_tolerance_mm < 8.0
+    assert qc(film, far, View.LATERAL, BASE)["organs.spine"].status is Status.PASS
+    # an intact lung narrows to its recess: a last band 40 of 201 columns wide is no cut
+    tip = dict(model)
+    for k in ("lung_right", "lung_left"):
+        v = model[k].copy()
+        v[272:278, 140:] = False  # rows 272..277 keep cols 100..139
+        tip[k] = v
+    assert BASE.organs.spine_lung_cut_width_fraction > 40 / 201
+    assert qc(film, tip, View.LATERAL, BASE)["organs.spine"].status is Status.PASS
