@@ -55,6 +55,12 @@ class OrgansConfig:
     diaphragm_cut_fail_percent: float = 98.0
     edge_tolerance_mm: float = 2.0
     lateral_edge_tolerance_mm: float = 3.0
+    # frontal organs.lungs: fail when the lung extrapolated beyond a field edge is >= this share
+    # (organs.lung_loss_share; <= 0: the outline-on-the-edge rule with lung_truncation_fail_ratio)
+    lung_loss_fail_share: float = 0.25
+    lung_loss_fit_near_mm: float = 5.0
+    lung_loss_fit_far_mm: float = 25.0
+    lung_loss_fit_shift_mm: float = 5.0
 
 
 @dataclass(frozen=True)

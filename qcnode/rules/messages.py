@@ -146,6 +146,11 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "{what} not found or too small ({value:.0f} mm² < {threshold:.0f} mm²).",
         "未识别到{what}或面积过小（{value:.0f} mm² < {threshold:.0f} mm²）。",
     ),
+    "organs.lungs.cut": (
+        "{side_cap} lung cut by the field edge ({where}): extrapolated loss index {value:.2f} "
+        "(>= {threshold:.2f}).",
+        "{side}肺被照射野边缘截断（{where}）：外推缺失指数 {value:.2f}（≥ {threshold:.2f}）。",
+    ),
     "*.truncated": (
         "{what_cap} truncated: {value:.0f} mm of its outline on the field edge.",
         "{what}显示不完整：{value:.0f} mm 轮廓位于照射野边缘。",

@@ -4,7 +4,10 @@
 an organ that continues beyond a collimator shutter or the image border crosses that edge.
 For the lungs and the sternum the allowed length grows with the organ's visible size:
 ``sqrt(ratio · area)`` (a cut of a given length removes a smaller share of a larger organ;
-the truth is a visible share, < 95 %), for the heart it is a fixed length.
+the truth is a visible share, < 95 %), for the heart it is a fixed length. The frontal lungs
+(session 7) are measured instead by the lung extrapolated beyond each field edge from its
+width profile (:func:`lung_loss_share`, unit "1"), which the model's rounded lung ends do not
+shorten and which tells a shallow cut along a lung's side from a deep one.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ import math
 
 import numpy as np
 
-from qcnode.records import Finding, Geometry, Status
+from qcnode.records import BoolMask, Finding, Geometry, Status
 from qcnode.rules.completeness import SIDES
-from qcnode.rules.config import RulesConfig
+from qcnode.rules.config import OrgansConfig, RulesConfig
 from qcnode.rules.geometry import Point, Subject, extreme
 from qcnode.rules.messages import make
 
@@ -102,15 +105,125 @@ def lungs(s: Subject, cfg: RulesConfig) -> Finding:
             o.lateral_lung_truncation_fail_ratio,
             cfg,
         )
-    return _found_and_whole(
+    if o.lung_loss_fail_share <= 0.0:  # the session-5 rule: outline on the field edge
+        return _found_and_whole(
+            s,
+            "organs.lungs",
+            ("lung_right", "lung_left"),
+            o.lung_min_area_mm2,
+            o.truncation_fail_mm,
+            ratio=o.lung_truncation_fail_ratio,
+            cfg=cfg,
+        )
+    rule = "organs.lungs"
+    geometry: list[Geometry] = []
+    for side in SIDES:
+        m = s.mask(f"lung_{side}")
+        area = s.area_mm2(m)
+        if area < o.lung_min_area_mm2:
+            return make(
+                s,
+                rule,
+                Status.FAIL,
+                area,
+                o.lung_min_area_mm2,
+                "missing",
+                structure="lung",
+                side=side,
+            )
+        if (g := s.contour(m, f"lung_{side}")) is not None:
+            geometry.append(g)
+    share, side, where = lung_loss_share(s, o)
+    status = Status.FAIL if share >= o.lung_loss_fail_share else Status.PASS
+    return make(
         s,
-        "organs.lungs",
-        ("lung_right", "lung_left"),
-        o.lung_min_area_mm2,
-        o.truncation_fail_mm,
-        ratio=o.lung_truncation_fail_ratio,
-        cfg=cfg,
+        rule,
+        status,
+        share,
+        o.lung_loss_fail_share,
+        "cut" if status is Status.FAIL else "pass",
+        tuple(geometry),
+        unit="1",
+        structure="lung",
+        side=side,
+        where=where,
     )
+
+
+# the lung's last rows whose columns locate the field edge beyond its end (mm)
+_LOSS_EDGE_BAND_MM = 9.0
+# the least taper (mm of width per mm inward) an extrapolated lung is given: a lung that keeps
+# its width up to the edge is cut through, and its loss is large but finite
+_LOSS_MIN_TAPER = 0.05
+
+
+def _end_loss(
+    m: BoolMask, field: BoolMask, along: float, across: float, windows: list[tuple[float, float]]
+) -> list[float]:
+    """Per fit window: the lung beyond the field edge past its last row (the arrays' bottom),
+    extrapolated, as a share of the lung's visible plus extrapolated area.
+
+    The lung's width is fitted as a line over a window x0..x1 mm inward of the edge (the last
+    exposed row beyond the lung's end) and continued past the edge until it tapers to 0: a
+    lung cut through its wide part keeps its width there, one whose tip or recess the edge
+    only grazes has tapered to it. The window starts mm inside the edge, so the rounded last
+    few mm of a model's lung that stops short of the cut do not count (docs/RULES.md, session 7
+    helper: frontal organs.lungs)."""
+    rows = np.flatnonzero(m.any(axis=1))
+    if rows.size == 0:
+        return [0.0 for _ in windows]
+    r = int(rows[-1])
+    lo = max(int(rows[0]), r - max(0, round(_LOSS_EDGE_BAND_MM / along)))
+    cols = np.flatnonzero(m[lo : r + 1].any(axis=0))
+    beyond = field[r:][:, cols]
+    open_rows = np.where(beyond.all(axis=0), beyond.shape[0], np.argmin(beyond, axis=0))
+    edge = r + int(open_rows.min()) - 1
+    widths = m.sum(axis=1)
+    x = (edge - np.arange(m.shape[0])) * along
+    area = float(widths.sum()) * along * across
+    out = []
+    for x0, x1 in windows:
+        sel = (x >= x0) & (x <= x1) & (widths > 0)
+        if np.count_nonzero(sel) < 3:
+            out.append(0.0)
+            continue
+        taper, at_edge = np.polyfit(x[sel], widths[sel] * across, 1)
+        if at_edge <= 0.0:
+            out.append(0.0)
+            continue
+        lost = float(at_edge) ** 2 / (2.0 * max(float(taper), _LOSS_MIN_TAPER))
+        out.append(lost / (area + lost))
+    return out
+
+
+def lung_loss_share(s: Subject, o: OrgansConfig) -> tuple[float, str, str]:
+    """Frontal: how much lung the field edges cut off, extrapolated (``_end_loss``) at each of
+    the four field edges of each lung; per fit window the largest, averaged over the windows
+    ``lung_loss_fit_near_mm``..``_far_mm`` and the same shifted by ``_shift_mm``. Returns
+    (share, side, where) of the lung and edge with the largest mean.
+
+    Not a visible share: the straight taper overstates the loss (the fail share is calibrated,
+    0.25 on rules-cal5-f where the truth is 5 %); it replaces the outline-on-the-edge length,
+    which counts a long shallow cut (a lateral wall or a base cut along its edge) as much as a
+    deep one and which the model's rounded lung ends shorten."""
+    near, far, shift = o.lung_loss_fit_near_mm, o.lung_loss_fit_far_mm, o.lung_loss_fit_shift_mm
+    windows = [(near, far)] + ([(near + shift, far + shift)] if shift > 0 else [])
+    f = s.field
+    best = np.zeros(len(windows))
+    worst, worst_side, worst_where = -1.0, SIDES[0], "top"
+    for side in SIDES:
+        m = s.mask(f"lung_{side}")
+        for where, mm, ff, along, across in (
+            ("top", m[::-1], f[::-1], s.sy, s.sx),
+            ("bottom", m, f, s.sy, s.sx),
+            ("image_left", m.T[::-1], f.T[::-1], s.sx, s.sy),
+            ("image_right", m.T, f.T, s.sx, s.sy),
+        ):
+            loss = _end_loss(mm, ff, along, across, windows)
+            best = np.maximum(best, loss)
+            if float(np.mean(loss)) > worst:
+                worst, worst_side, worst_where = float(np.mean(loss)), side, where
+    return float(np.mean(best)), worst_side, worst_where
 
 
 def _lateral_union(

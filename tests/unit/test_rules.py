@@ -21,12 +21,16 @@ CFG = RulesConfig()
 
 
 def run(
-    masks: dict[str, BoolMask], view: View = View.FRONTAL, language: str = "en", **image_kw: object
+    masks: dict[str, BoolMask],
+    view: View = View.FRONTAL,
+    language: str = "en",
+    cfg: RulesConfig = CFG,
+    **image_kw: object,
 ) -> dict[str, Finding]:
     kw = {"view_position": "PA" if view is View.FRONTAL else "LL", **image_kw}
     image = phantom_image(masks, **kw)  # type: ignore[arg-type]
     pred = FakePredictor(source=lambda _i: (view, masks)).predict([image])[0]
-    findings = evaluate(image, pred, config=CFG, language=language)
+    findings = evaluate(image, pred, config=cfg, language=language)
     assert [f.rule for f in findings] == list(CATALOGUE[view])
     return {f.rule: f for f in findings}
 
@@ -177,15 +181,17 @@ def test_unsegmented_clavicle_under_an_open_field_is_not_a_failure() -> None:
 
 def test_lung_truncation_limit_grows_with_the_lung() -> None:
     """A field notch over the right apex: the allowed outline on the edge is
-    sqrt(ratio · visible area), so the same cut passes a large lung and fails a small one."""
+    sqrt(ratio · visible area), so the same cut passes a large lung and fails a small one
+    (the outline rule, which lung_loss_fail_share <= 0 restores for the frontal lungs)."""
     ratio = CFG.organs.lung_truncation_fail_ratio
+    contact = replace(CFG, organs=replace(CFG.organs, lung_loss_fail_share=-1.0))
 
     def notched(m: dict[str, BoolMask]) -> dict[str, BoolMask]:
         m["field"] = box(m["field"], 0, 64, 20, 120, False)  # unexposed above row 65, cols ≤ 120
         return {k: (v & m["field"]) if k.startswith("lung") else v for k, v in m.items()}
 
     assert CFG.organs.edge_tolerance_mm == 2.0
-    f = run(notched(frontal_phantom()))["organs.lungs"]
+    f = run(notched(frontal_phantom()), cfg=contact)["organs.lungs"]
     # the cut row 65 over cols 60..120 and the notch's side, col 121, rows 60..64 (66 px), plus
     # the edge within the 2 mm edge tolerance: row 65 cols 58..59, col 121 rows 58..59
     assert f.value == pytest.approx(70.0)
@@ -193,7 +199,7 @@ def test_lung_truncation_limit_grows_with_the_lung() -> None:
     assert f.status is Status.PASS
     small = frontal_phantom()
     small["lung_right"] = box(np.zeros_like(small["lung_right"]), 60, 160, 60, 120)
-    f = run(notched(small))["organs.lungs"]
+    f = run(notched(small), cfg=contact)["organs.lungs"]
     # the whole width of the small lung on the edge (61 px), cols 58..59 within 2 mm, and the
     # notch's corner (64, 121) at √2 mm
     assert f.value == pytest.approx(64.0)

@@ -13,17 +13,22 @@ import pytest
 from qcnode.records import BoolMask, Finding, Status, View
 from qcnode.rules import RulesConfig, evaluate, shutter_spec
 from qcnode.rules.geometry import Subject
-from qcnode.rules.organs import lungs_near_end_shares
+from qcnode.rules.organs import lung_loss_share, lungs_near_end_shares
 from qcnode.testing import FakePredictor, frontal_phantom, lateral_phantom, phantom_image
 
 BASE = RulesConfig()
 
 
 def with_tolerance(frontal: float, lateral: float) -> RulesConfig:
-    return replace(
-        BASE,
-        organs=replace(BASE.organs, edge_tolerance_mm=frontal, lateral_edge_tolerance_mm=lateral),
+    """The edge tolerances, with the frontal lungs on the outline rule they apply to (session
+    7 measures the frontal lungs by their extrapolated loss instead; <= 0 restores it)."""
+    organs = replace(
+        BASE.organs,
+        edge_tolerance_mm=frontal,
+        lateral_edge_tolerance_mm=lateral,
+        lung_loss_fail_share=-1.0,
     )
+    return replace(BASE, organs=organs)
 
 
 def qc(
@@ -222,3 +227,83 @@ def test_spine_fails_when_the_models_lungs_stop_short_of_a_bottom_cut() -> None:
         tip[k] = v
     assert BASE.organs.spine_lung_cut_width_fraction > 40 / 201
     assert qc(film, tip, View.LATERAL, BASE)["organs.spine"].status is Status.PASS
+
+
+# ---- session 7: frontal organs.lungs by the lung extrapolated beyond the field edge ---------
+
+
+def tapered_film(last_row: int) -> dict[str, BoolMask]:
+    """The frontal phantom with a bottom shutter (last exposed row ``last_row``) and a right
+    lung that tapers linearly to a tip at row 320: rows 150..169 150 columns wide, from row
+    170 ``320 - row`` wide (cols from 60); the left lung rows 60..190, far from every edge."""
+    m = frontal_phantom()
+    right = np.zeros_like(m["lung_right"])
+    for r in range(150, 320):
+        right[r, 60 : 60 + min(150, 320 - r)] = True
+    left = np.zeros_like(m["lung_left"])
+    left[60:191, 230:341] = True
+    field = m["field"].copy()
+    field[last_row + 1 :] = False
+    m.update(field=field, lung_right=right & field, lung_left=left & field)
+    return m
+
+
+def test_lung_loss_of_a_linear_taper_is_the_triangle_beyond_the_edge() -> None:
+    """Width 40 + x mm at x mm inside the edge (row 280): the fitted line meets the edge at
+    40 mm and tapers 1 mm per mm, so 40² / 2 = 800 mm² lie beyond it, as many as the film's
+    lung has there (780 mm² in whole rows)."""
+    film = tapered_film(280)
+    s = subject(film, film)
+    visible = 20 * 150 + sum(range(40, 151))  # rows 150..169, then widths 150..40
+    share, side, where = lung_loss_share(s, BASE.organs)
+    assert (side, where) == ("right", "bottom")
+    assert share == pytest.approx(800.0 / (visible + 800.0))
+    f = qc(film, film, View.FRONTAL, BASE)["organs.lungs"]
+    assert f.status is Status.PASS and f.threshold == BASE.organs.lung_loss_fail_share
+    # cut 50 mm higher (row 230): width 90 mm at the edge, 90² / 2 mm² beyond: over the share
+    deep = tapered_film(230)
+    visible = 20 * 150 + sum(range(90, 151))
+    f = qc(deep, deep, View.FRONTAL, BASE)["organs.lungs"]
+    assert f.value == pytest.approx(4050.0 / (visible + 4050.0), abs=1e-3)
+    assert f.value is not None and f.value >= BASE.organs.lung_loss_fail_share
+    assert f.status is Status.FAIL
+    assert f.message.startswith("Right lung cut by the field edge (bottom)")
+
+
+def test_lung_loss_ignores_the_models_rounded_end_short_of_the_cut() -> None:
+    """The model's lung stops 3 mm short of the cut (row 230) with its last rows narrowed:
+    the fit starts 5 mm inside the edge (row 225), so it reads the film's loss and fails, where the
+    outline on the edge (2 mm tolerance) reads nothing."""
+    film = tapered_film(230)
+    model = dict(film)
+    right = film["lung_right"].copy()
+    right[228:] = False  # last row 227: 3 mm short of the edge row 230
+    right[226:228, 60 + 60 :] = False  # the rounded end: 60 of its 93..94 columns
+    model["lung_right"] = right
+    # the same fit (rows 205..225 and 200..220) as the film's, 90² / 2 mm² beyond the edge,
+    # over the model's smaller lung (rows 228..230 and 34 + 33 columns of rows 226..227 less)
+    visible = 20 * 150 + sum(range(90, 151)) - (92 + 91 + 90) - (34 + 33)
+    share = lung_loss_share(subject(film, model), BASE.organs)[0]
+    assert share == pytest.approx(4050.0 / (visible + 4050.0))
+    assert qc(film, model, View.FRONTAL, BASE)["organs.lungs"].status is Status.FAIL
+    outline = qc(film, model, View.FRONTAL, with_tolerance(2.0, 3.0))["organs.lungs"]
+    assert outline.value == 0.0 and outline.status is Status.PASS
+
+
+def test_lung_loss_of_a_lung_cut_through_its_full_width() -> None:
+    """The phantom's rectangular lungs (111 columns) cut by a bottom shutter at row 280 keep
+    their width to the edge: the taper is floored at 0.05, 111² / 0.1 mm² beyond the edge."""
+    film = top_shutter(frontal_phantom(), 0)  # field rows 20..340 as before
+    field = film["field"].copy()
+    field[281:] = False
+    film["field"] = field
+    for k in ("lung_right", "lung_left"):
+        film[k] = film[k] & field
+    lost = 111.0**2 / 0.1
+    share, _, where = lung_loss_share(subject(film, film), BASE.organs)
+    assert where == "bottom"
+    assert share == pytest.approx(lost / (111.0 * 221.0 + lost))
+    # the whole phantom, its lungs 40 mm inside every edge: nothing beyond
+    whole = frontal_phantom()
+    assert lung_loss_share(subject(whole, whole), BASE.organs)[0] == 0.0
+    assert qc(whole, whole, View.FRONTAL, BASE)["organs.lungs"].status is Status.PASS
