@@ -31,7 +31,6 @@ PROBLEM = (Status.WARN, Status.FAIL)
 # 4.8 mm from the top border once margins run to the last exposed pixel (5.3 mm before), so
 # every edit test skipped; with the session-3 weights its scapula reading sits at the 10 mm
 # limit and flips with every edit. hannover_80b5f00f: every margin >= 22 mm, scapulae clear.
-MODEL = "shipped qcnet_d15_w3 (qcnet_d15_w3_s3, 2026-11-26): "
 # Session 4 default qcnet_d10_w3 (qcnet_d10_w3_s4): on FILM it misses the right clavicle
 # (557 mm², "not found") and reads the left scapula 14 mm into the lung, so edits that
 # remove or blur the top of the film flip those two organ/positioning findings besides the
@@ -50,15 +49,15 @@ KNOWN = {
     + "exposure.noise flags it, but positioning.rotation flips: on the clean film the right "
     + "clavicle is a fragment under an open field (rotation not evaluated since session 5); "
     + "under the noise the model finds it and rotation reads 5.5° (> 5°)",
-    "test_crop_away_a_costophrenic_angle": MODEL
-    + "its lung masks run into the posterior recesses below the visible dome (the synthetic "
-    + "truth's full lungs); the crop 4 % above that recess tip leaves the visible angle on "
-    + "the film, and the cropped lung mask ends 19 mm above the new border",
-    "test_crop_away_a_lateral_wall": MODEL
-    + "the lung mask stops 14 mm short of a side border that cuts the wall",
-    "test_clipped_lungs": MODEL
-    + "burning out the lungs also changes its clavicle/scapula masks, so "
-    + "positioning/organ rules flip too",
+    "test_crop_away_a_costophrenic_angle": D10_S4
+    + "(re-measured in session 7) its lung masks run into the posterior recesses and stop "
+    + "short of the new border: after the crop the smallest costophrenic margin reads 10 mm",
+    "test_crop_away_a_lateral_wall": D10_S4
+    + "(re-measured in session 7) the left lung mask stops 7 mm short of the side border "
+    + "that cuts the wall",
+    "test_clipped_lungs": D10_S4
+    + "(re-measured in session 7) exposure.saturation flags it, but the burnt-out lungs move "
+    + "the left scapula reading from 14 to 4 mm, so positioning.scapulae flips",
 }
 
 
