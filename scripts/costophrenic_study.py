@@ -45,18 +45,15 @@ model's masks".
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from study_stats import film_subject, two_fold
+from study_stats import film_subject, measured, study_parser, study_samples, two_fold
 
-from qcnode.evaluate import Sample, load_samples
+from qcnode.evaluate import Sample
 from qcnode.records import BoolMask
 from qcnode.rules import load_config
 from qcnode.rules.completeness import (
@@ -324,27 +321,14 @@ def report(rows: list[dict[str, Any]], repeats: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("set_dir", type=Path)
-    ap.add_argument("--pred", type=Path, required=True, help="cached model masks")
-    ap.add_argument("--rows", type=Path, help="cache of the per-film measures (JSON)")
-    ap.add_argument("--limit", type=int)
+    ap = study_parser(__doc__)
     ap.add_argument("--repeats", type=int, default=20, help="random pose halves")
     a = ap.parse_args(argv)
-    if a.rows is not None and a.rows.is_file():
-        rows = json.loads(a.rows.read_text())
-    else:
-        cfg = load_config()
-        rows = []
-        samples = load_samples(a.set_dir)
-        for i, smp in enumerate(samples[: a.limit]):
-            row = measure(smp, cfg, a.pred)
-            if row is not None:
-                rows.append(row)
-            if i % 50 == 0:
-                print(f"{i}/{len(samples)}", file=sys.stderr, flush=True)
-        if a.rows is not None:
-            a.rows.write_text(json.dumps(rows))
+    if a.pred is None:
+        ap.error("--pred (the model's cached masks) is required")
+    cfg = load_config()
+    samples = study_samples(a.set_dir, None, train_only=False)[: a.limit]
+    rows = measured(a.rows, samples, lambda smp: measure(smp, cfg, a.pred))
     report(rows, a.repeats)
     return 0
 

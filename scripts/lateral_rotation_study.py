@@ -41,18 +41,21 @@ no image measure reaches 75 % on the model's masks; the angle itself gives only 
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
-from study_stats import corr, film_subject, two_fold
+from study_stats import (
+    corr,
+    film_subject,
+    measured_by_source,
+    study_parser,
+    study_samples,
+    two_fold,
+)
 
-from qcnode.evaluate import load_samples
 from qcnode.records import View
 from qcnode.rules import load_config
 from qcnode.rules.completeness import anterior_sign
@@ -361,31 +364,12 @@ def report(rows: list[dict[str, Any]], tag: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("set_dir", type=Path)
-    ap.add_argument("--pred", type=Path, help="cached model masks (cache_predictions.py)")
-    ap.add_argument("--rows", type=Path, help="cache of the per-film measures (JSON)")
-    ap.add_argument("--limit", type=int)
-    args = ap.parse_args(argv)
-    if args.rows and args.rows.is_file():
-        data = json.loads(args.rows.read_text())
-    else:
-        cfg = load_config()
-        samples = [s for s in load_samples(args.set_dir) if s.view is View.LATERAL]
-        if any(s.truth.get("split") != "train" for s in samples):
-            raise SystemExit("train-split sets only")
-        data = {"exact": [], "model": []}
-        for i, smp in enumerate(samples[: args.limit]):
-            for src, pred_dir in (("exact", None), ("model", args.pred)):
-                if src == "model" and pred_dir is None:
-                    continue
-                r = measure(smp, cfg, pred_dir)
-                if r is not None:
-                    data[src].append(r)
-            if i % 40 == 0:
-                print(f"{i}/{len(samples)}", file=sys.stderr, flush=True)
-        if args.rows:
-            args.rows.write_text(json.dumps(data))
+    args = study_parser(__doc__).parse_args(argv)
+    cfg = load_config()
+    samples = study_samples(args.set_dir, View.LATERAL)[: args.limit]
+    data = measured_by_source(
+        args.rows, samples, lambda smp, pred: measure(smp, cfg, pred), args.pred, every=40
+    )
     for src, rows in data.items():
         if rows:
             report(rows, f"{args.set_dir.name}, {src} masks")

@@ -45,18 +45,15 @@ model, [-1.0, +2.5]; with the window pair also chosen per half +1.7) as
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from study_stats import film_subject
+from study_stats import film_subject, measured_by_source, study_parser, study_samples
 
-from qcnode.evaluate import Sample, load_samples
+from qcnode.evaluate import Sample
 from qcnode.records import Status, View
 from qcnode.rules import RulesConfig, load_config
 from qcnode.rules.completeness import apices
@@ -348,32 +345,16 @@ def report(data: dict[str, list[dict[str, Any]]], apex: bool, repeats: int) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("set_dir", type=Path)
-    ap.add_argument("--pred", type=Path, help="cached model masks (cache_predictions.py)")
-    ap.add_argument("--rows", type=Path, help="cache of the per-film measures (JSON)")
+    ap = study_parser(__doc__)
     ap.add_argument("--apices", action="store_true", help="lateral completeness.apices")
     ap.add_argument("--repeats", type=int, default=20, help="random pose halves")
-    ap.add_argument("--limit", type=int)
     args = ap.parse_args(argv)
-    if args.rows and args.rows.is_file():
-        data = json.loads(args.rows.read_text())
-    else:
-        cfg = load_config()
-        view = View.LATERAL if args.apices else View.FRONTAL
-        samples = [s for s in load_samples(args.set_dir) if s.view is view]
-        if any(s.truth.get("split") != "train" for s in samples):
-            raise SystemExit("train-split sets only")
-        data = {"exact": [], "model": []}
-        for i, smp in enumerate(samples[: args.limit]):
-            for src, pred_dir in (("exact", None), ("model", args.pred)):
-                r = measure(smp, cfg, pred_dir, args.apices)
-                if r is not None:
-                    data[src].append(r)
-            if i % 50 == 0:
-                print(f"{i}/{len(samples)}", file=sys.stderr, flush=True)
-        if args.rows:
-            args.rows.write_text(json.dumps(data))
+    cfg = load_config()
+    view = View.LATERAL if args.apices else View.FRONTAL
+    samples = study_samples(args.set_dir, view)[: args.limit]
+    data = measured_by_source(
+        args.rows, samples, lambda smp, pred: measure(smp, cfg, pred, args.apices), args.pred
+    )
     report(data, args.apices, args.repeats)
     return 0
 

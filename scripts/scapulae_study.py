@@ -42,10 +42,7 @@ Results and conclusions: docs/RULES.md "Session 6 (helper): frontal positioning.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +50,11 @@ import numpy as np
 import numpy.typing as npt
 from cache_predictions import load_prediction
 from scipy import ndimage
-from study_stats import corr, subject, two_fold
+from study_stats import corr, measured, study_parser, study_samples, subject, two_fold
 
-from qcnode.evaluate import load_masks, load_samples
+from qcnode.evaluate import load_masks
 from qcnode.imaging import decode
+from qcnode.records import View
 from qcnode.rules import build_subject, load_config
 from qcnode.rules.completeness import SIDES, lateral_sign
 from qcnode.rules.geometry import Subject
@@ -536,31 +534,15 @@ def report(rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("set_dir", type=Path)
-    ap.add_argument("--pred", type=Path, help="cached model masks (cache_predictions.py)")
-    ap.add_argument("--rows", type=Path, help="cache of the per-film measures (JSON)")
-    ap.add_argument("--limit", type=int)
+    ap = study_parser(__doc__)
     ap.add_argument("--aligned", action="store_true", help="only the aligned border profile")
     a = ap.parse_args(argv)
+    frontals = study_samples(a.set_dir, View.FRONTAL, train_only=False)
     if a.aligned:
-        frontals = [smp for smp in load_samples(a.set_dir) if smp.view.value == "frontal"]
         aligned_profile(frontals, load_config())
         return 0
-    if a.rows is not None and a.rows.is_file():
-        rows = json.loads(a.rows.read_text())
-    else:
-        cfg = load_config()
-        rows = []
-        samples = [smp for smp in load_samples(a.set_dir) if smp.view.value == "frontal"]
-        for i, smp in enumerate(samples[: a.limit]):
-            row = measure(smp, cfg, a.pred)
-            if row is not None:
-                rows.append(row)
-            if i % 50 == 0:
-                print(f"{i}/{len(samples)}", file=sys.stderr, flush=True)
-        if a.rows is not None:
-            a.rows.write_text(json.dumps(rows))
+    cfg = load_config()
+    rows = measured(a.rows, frontals[: a.limit], lambda smp: measure(smp, cfg, a.pred))
     rows = [r for r in rows if not any(isinstance(v, float) and math.isnan(v) for v in r.values())]
     report(rows)
     within_pose(rows, [f"{m}_{k}" for m in ("x", "p") for k in MEASURES])

@@ -31,10 +31,7 @@ Measures (working grid, upright, MONOCHROME2; pixel values as the rules see them
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,9 +39,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
-from study_stats import corr, film_subject, two_fold
+from study_stats import corr, film_subject, measured, study_parser, study_samples, two_fold
 
-from qcnode.evaluate import load_samples
 from qcnode.imaging import decode
 from qcnode.records import View
 from qcnode.rules import build_subject, load_config
@@ -382,11 +378,7 @@ def real_films(films: Path, threshold: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("set_dir", type=Path)
-    ap.add_argument("--rows", type=Path, help="cache of the per-film measures (JSON)")
-    ap.add_argument("--limit", type=int)
-    ap.add_argument("--pred", type=Path, help="cached model masks (cache_predictions.py)")
+    ap = study_parser(__doc__)
     ap.add_argument("--view", default="frontal", choices=("frontal", "lateral"))
     ap.add_argument("--real", type=Path, help="also read real frontal films (PNG) in DIR")
     ap.add_argument("--threshold", type=float, default=5.6, help="grad_fwhm limit (mm)")
@@ -394,23 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.real:
         real_films(args.real, args.threshold)
         return 0
-    if args.rows and args.rows.is_file():
-        rows = json.loads(args.rows.read_text())
-    else:
-        cfg = load_config()
-        view = View(args.view)
-        samples = [s for s in load_samples(args.set_dir) if s.view is view]
-        if any(s.truth.get("split") != "train" for s in samples):
-            raise SystemExit("train-split sets only")
-        rows = []
-        for i, smp in enumerate(samples[: args.limit]):
-            r = measure(smp, cfg, args.pred)
-            if r is not None:
-                rows.append(r)
-            if i % 40 == 0:
-                print(f"{i}/{len(samples)}", file=sys.stderr, flush=True)
-        if args.rows:
-            args.rows.write_text(json.dumps(rows))
+    cfg = load_config()
+    samples = study_samples(args.set_dir, View(args.view))[: args.limit]
+    rows = measured(args.rows, samples, lambda smp: measure(smp, cfg, args.pred), every=40)
     report(rows, args.threshold)
     return 0
 

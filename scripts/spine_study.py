@@ -48,18 +48,15 @@ measure beats the rule (the model already finds 7 of the 8 posterior cuts).
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from study_stats import film_subject, two_fold
+from study_stats import film_subject, measured_by_source, study_parser, study_samples, two_fold
 
-from qcnode.evaluate import Sample, load_samples
+from qcnode.evaluate import Sample
 from qcnode.records import Status, View
 from qcnode.rules import RulesConfig, load_config
 from qcnode.rules.completeness import anterior_sign
@@ -304,31 +301,12 @@ def report(data: dict[str, list[dict[str, Any]]], frac: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("set_dir", type=Path)
-    ap.add_argument("--pred", type=Path, help="cached model masks (cache_predictions.py)")
-    ap.add_argument("--rows", type=Path, help="cache of the per-film measures (JSON)")
-    ap.add_argument("--limit", type=int)
-    args = ap.parse_args(argv)
-    if args.rows and args.rows.is_file():
-        data = json.loads(args.rows.read_text())
-    else:
-        cfg = load_config()
-        samples = [s for s in load_samples(args.set_dir) if s.view is View.LATERAL]
-        if any(s.truth.get("split") != "train" for s in samples):
-            raise SystemExit("train-split sets only")
-        data = {"exact": [], "model": []}
-        for i, smp in enumerate(samples[: args.limit]):
-            for src, pred_dir in (("exact", None), ("model", args.pred)):
-                if src == "model" and pred_dir is None:
-                    continue
-                r = measure(smp, cfg, pred_dir)
-                if r is not None:
-                    data[src].append(r)
-            if i % 40 == 0:
-                print(f"{i}/{len(samples)}", file=sys.stderr, flush=True)
-        if args.rows:
-            args.rows.write_text(json.dumps(data))
+    args = study_parser(__doc__).parse_args(argv)
+    cfg = load_config()
+    samples = study_samples(args.set_dir, View.LATERAL)[: args.limit]
+    data = measured_by_source(
+        args.rows, samples, lambda smp, pred: measure(smp, cfg, pred), args.pred, every=40
+    )
     for src, rows in data.items():
         print(f"{src}: {len(rows)} films, truth fail {sum(r['fail'] for r in rows)}")
     report(data, load_config().organs.spine_lung_cut_width_fraction)

@@ -3,6 +3,10 @@ exact or cached model masks, and the pose-split statistics every study reports."
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from cache_predictions import load_prediction
 
-from qcnode.evaluate import Sample, load_masks
+from qcnode.evaluate import Sample, load_masks, load_samples
 from qcnode.imaging import decode
 from qcnode.records import BoolMask, DecodedImage, View
 from qcnode.rules import RulesConfig, build_subject
@@ -18,6 +22,76 @@ from qcnode.rules.geometry import Subject
 from qcnode.testing import FakePredictor
 
 Array = npt.NDArray[np.float64]
+Row = dict[str, Any]
+
+
+def study_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments every study takes: the set, the model's cached masks, a cache of the
+    per-film measures (measuring is the slow part) and a film limit."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    ap.add_argument("set_dir", type=Path)
+    ap.add_argument("--pred", type=Path, help="cached model masks (cache_predictions.py)")
+    ap.add_argument("--rows", type=Path, help="cache of the per-film measures (JSON)")
+    ap.add_argument("--limit", type=int)
+    return ap
+
+
+def study_samples(set_dir: Path, view: View | None, *, train_only: bool = True) -> list[Sample]:
+    """The set's films of one view (None: all); calibration studies refuse an eval split."""
+    samples = [s for s in load_samples(set_dir) if view is None or s.view is view]
+    if train_only and any(s.truth.get("split") != "train" for s in samples):
+        raise SystemExit("train-split sets only")
+    return samples
+
+
+def measured(
+    rows_file: Path | None,
+    samples: Sequence[Sample],
+    measure: Callable[[Sample], Any],
+    *,
+    every: int = 50,
+) -> list[Any]:
+    """``measure`` of each sample (None results dropped), read from / written to rows_file."""
+    if rows_file is not None and rows_file.is_file():
+        cached: list[Any] = json.loads(rows_file.read_text())
+        return cached
+    rows = []
+    for i, smp in enumerate(samples):
+        r = measure(smp)
+        if r is not None:
+            rows.append(r)
+        if i % every == 0:
+            print(f"{i}/{len(samples)}", file=sys.stderr, flush=True)
+    if rows_file is not None:
+        rows_file.write_text(json.dumps(rows))
+    return rows
+
+
+def measured_by_source(
+    rows_file: Path | None,
+    samples: Sequence[Sample],
+    measure: Callable[[Sample, Path | None], Row | None],
+    pred_dir: Path | None,
+    *,
+    every: int = 50,
+) -> dict[str, list[Row]]:
+    """{"exact": rows, "model": rows}: each film measured on its exact masks and on the
+    model's cached ones (skipped without pred_dir), cached in rows_file like ``measured``."""
+    if rows_file is not None and rows_file.is_file():
+        cached: dict[str, list[Row]] = json.loads(rows_file.read_text())
+        return cached
+
+    def both(smp: Sample) -> dict[str, Row | None]:
+        return {
+            "exact": measure(smp, None),
+            "model": measure(smp, pred_dir) if pred_dir is not None else None,
+        }
+
+    pairs = measured(None, samples, both, every=every)
+    data = {src: [p[src] for p in pairs if p[src] is not None] for src in ("exact", "model")}
+    if rows_file is not None:
+        rows_file.write_text(json.dumps(data))
+    return data
 
 
 def subject(

@@ -34,18 +34,15 @@ masks too (the projected lung's lateral-most point lies outside its visible part
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from lungs_cut_study import end_measures
-from study_stats import film_subject
+from study_stats import film_subject, measured_by_source, study_parser, study_samples
 
-from qcnode.evaluate import Sample, load_samples
+from qcnode.evaluate import Sample
 from qcnode.records import Status, View
 from qcnode.rules import RulesConfig, load_config
 from qcnode.rules.completeness import lateral_sign, lateral_walls
@@ -285,38 +282,21 @@ def report(data: dict[str, list[dict[str, Any]]], repeats: int, floor: float) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("set_dir", type=Path)
-    ap.add_argument("--pred", type=Path, help="cached model masks (cache_predictions.py)")
-    ap.add_argument("--rows", type=Path, help="cache of the per-film measures (JSON)")
+    ap = study_parser(__doc__)
     ap.add_argument("--repeats", type=int, default=20, help="random pose halves")
     ap.add_argument("--floor", type=float, default=99.0, help="exact-mask accuracy floor (%)")
-    ap.add_argument("--limit", type=int)
     ap.add_argument("--part", type=str, help="i/n: measure every n-th film from i")
     args = ap.parse_args(argv)
-    if args.rows and args.rows.is_file():
-        data = json.loads(args.rows.read_text())
-    else:
-        cfg = load_config()
-        samples = [s for s in load_samples(args.set_dir) if s.view is View.FRONTAL]
-        if any(s.truth.get("split") != "train" for s in samples):
-            raise SystemExit("train-split sets only")
-        samples = samples[: args.limit]
-        if args.part:
-            i0, n0 = (int(v) for v in args.part.split("/"))
-            samples = samples[i0::n0]
-        data = {"exact": [], "model": []}
-        for i, smp in enumerate(samples):
-            for src, pred_dir in (("exact", None), ("model", args.pred)):
-                r = measure(smp, cfg, pred_dir)
-                if r is not None:
-                    data[src].append(r)
-            if i % 50 == 0:
-                print(f"{i}/{len(samples)}", file=sys.stderr, flush=True)
-        if args.rows:
-            args.rows.write_text(json.dumps(data))
-        if args.part:
-            return 0
+    cfg = load_config()
+    samples = study_samples(args.set_dir, View.FRONTAL)[: args.limit]
+    if args.part:
+        i0, n0 = (int(v) for v in args.part.split("/"))
+        samples = samples[i0::n0]
+    data = measured_by_source(
+        args.rows, samples, lambda smp, pred: measure(smp, cfg, pred), args.pred
+    )
+    if args.part:
+        return 0
     report(data, args.repeats, args.floor)
     return 0
 
