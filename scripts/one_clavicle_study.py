@@ -42,10 +42,11 @@ from qcnode.evaluate import Sample
 from qcnode.records import View
 from qcnode.rules import RulesConfig, load_config
 from qcnode.rules.completeness import SIDES, lateral_sign
-from qcnode.rules.geometry import Subject, largest_component
+from qcnode.rules.geometry import Subject
 from qcnode.rules.organs import _apex_margin_mm, unsegmented_clavicle
 from qcnode.rules.positioning import (
     apex_row,
+    medial_end,
     rotation,
     rotation_constants,
     spine_line,
@@ -55,19 +56,8 @@ from qcnode.rules.positioning import (
 TILT_GRID = [float(x) for x in range(-10, 41)]
 
 
-def one_end(s: Subject, side: str, depth_mm: float = 10.0) -> tuple[float, float] | None:
-    """The medial end of one clavicle (as ``positioning.medial_ends``)."""
-    clav = largest_component(s.mask(f"clavicle_{side}"))
-    if not clav.any():
-        return None
-    rr, cc = np.nonzero(clav)
-    medial = cc * (-lateral_sign(s, side) * s.sx)
-    sel = medial >= medial.max() - depth_mm - 1e-9
-    return float(rr[sel].mean()), float(cc[sel].mean())
-
-
 def side_measures(s: Subject, cfg: RulesConfig, side: str) -> dict[str, float]:
-    end = one_end(s, side)
+    end = medial_end(s, side)
     if end is None:
         return {}
     out: dict[str, float] = {"row": end[0]}

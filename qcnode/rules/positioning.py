@@ -49,18 +49,26 @@ def spine_line(s: Subject, r0: int, r1: int) -> tuple[float, float] | None:
     return float(a), float(b)
 
 
+def medial_end(s: Subject, side: str, depth_mm: float = 10.0) -> Point | None:
+    """The medial (sternal) end of one clavicle: the centre of its innermost ``depth_mm``
+    (steadier than the single innermost pixel); None when the clavicle is not found."""
+    clav = largest_component(s.mask(f"clavicle_{side}"))
+    if not clav.any():
+        return None
+    rr, cc = np.nonzero(clav)
+    medial = cc * (-lateral_sign(s, side) * s.sx)
+    sel = medial >= medial.max() - depth_mm - 1e-9
+    return float(rr[sel].mean()), float(cc[sel].mean())
+
+
 def medial_ends(s: Subject, depth_mm: float = 10.0) -> dict[str, Point] | None:
-    """The medial (sternal) end of each clavicle: the centre of its innermost ``depth_mm``
-    (steadier than the single innermost pixel)."""
+    """Both clavicles' medial ends (``medial_end``), or None when either is missing."""
     ends: dict[str, Point] = {}
     for side in SIDES:
-        clav = largest_component(s.mask(f"clavicle_{side}"))
-        if not clav.any():
+        end = medial_end(s, side, depth_mm)
+        if end is None:
             return None
-        rr, cc = np.nonzero(clav)
-        medial = cc * (-lateral_sign(s, side) * s.sx)
-        sel = medial >= medial.max() - depth_mm - 1e-9
-        ends[side] = (float(rr[sel].mean()), float(cc[sel].mean()))
+        ends[side] = end
     return ends
 
 
