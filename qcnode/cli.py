@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="shorten lateral scapula shifts so the scapula stays inside the body outline",
     )
+    y.add_argument(
+        "--realism",
+        action="store_true",
+        help="denser bones and more dose per sample (v1.13; training sets, docs/SYNTH.md)",
+    )
 
     t = sub.add_parser("train", parents=[common], help="train a model variant")
     t.add_argument("--variant", default="qcnet_d15_w3")

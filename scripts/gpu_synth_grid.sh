@@ -6,7 +6,8 @@
 #   scripts/gpu_synth_grid.sh SYNTH_MINUTES TRAIN_MINUTES [grid-train arguments...]
 # Carry: .gpu/ct (prepared_v*.npz), .gpu/neg (neg.npz: `python -m qcnode.model.grid pack`
 # here, where pydicom's and pydicom-data's negatives are), .whl (pydicom, tomli_w).
-# Env: SYNTH_SEED (5), SYNTH_VARIANTS (6 per pose), SYNTH_WORKERS (nproc - 1), GRID_BENCH.
+# Env: SYNTH_SEED (5), SYNTH_VARIANTS (6 per pose), SYNTH_WORKERS (nproc - 1), GRID_BENCH,
+# SYNTH_ARGS (more synth flags, e.g. --realism).
 set -uo pipefail
 synth_minutes=${1:?SYNTH_MINUTES}
 train_minutes=${2:?TRAIN_MINUTES}
@@ -23,7 +24,7 @@ t0=$SECONDS
 python3 -c 'import sys; from qcnode.cli import main; sys.exit(main(sys.argv[1:]))' synth \
   --out "$data" --split train --seed "${SYNTH_SEED:-5}" --view both --count 100000 \
   --variants-per-pose "${SYNTH_VARIANTS:-6}" --visible-lungs --scapulae-in-body \
-  --workers "$workers" --threads 1 --minutes "$synth_minutes" --no-ready 2>&1 |
+  --workers "$workers" --threads 1 --minutes "$synth_minutes" --no-ready ${SYNTH_ARGS:-} 2>&1 |
   grep -v " INFO " | tee "$out/synth.log" | tail -n 3 || exit 4
 echo "synth: $((SECONDS - t0)) s" | tee -a "$out/synth.log"
 cp "$data"/recipe.json "$data"/stats_*.json "$out"/ 2>/dev/null

@@ -73,6 +73,7 @@ def synth_command(args: argparse.Namespace) -> int:
         detector=replace(generate.BIG, pitch_mm=pitch, depth_step_mm=max(2.5, pitch)),
         visible_lungs=bool(getattr(args, "visible_lungs", False)),
         scapulae_in_body=bool(getattr(args, "scapulae_in_body", False)),
+        realism=bool(getattr(args, "realism", False)),
     )
     manifest = out / "manifest.jsonl"
     done, have = _done_poses(manifest, f"{args.split}-s{args.seed}-")
@@ -92,7 +93,8 @@ def synth_command(args: argparse.Namespace) -> int:
                 "pitch_mm": pitch,
                 "visible_lungs": plan.visible_lungs,
                 "scapulae_in_body": plan.scapulae_in_body,
-                "generator": "qcnode.synth v1.12",
+                "realism": plan.realism,
+                "generator": "qcnode.synth v1.13",
             },
             indent=1,
         )

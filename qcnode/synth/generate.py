@@ -41,6 +41,8 @@ class Plan:
     # Shorten lateral scapula shifts that would leave the scapula outside the body (v1.10
     # option; off by default: it also removes most "scapulae clear of the lungs" cases).
     scapulae_in_body: bool = False
+    # Denser bones and more dose per sample (v1.13 option, for training sets; docs/SYNTH.md).
+    realism: bool = False
 
 
 # Extra mask arrays (not network channels): the lungs as a radiograph shows them.
@@ -232,7 +234,9 @@ def make_pose_samples(
             )
             if win is None:
                 continue
-            v = sampler.draw_variant(gv, plan.detector, (0, 1, 0, 1), "frontal", noise_seed=0)
+            v = sampler.draw_variant(
+                gv, plan.detector, (0, 1, 0, 1), "frontal", noise_seed=0, realism=plan.realism
+            )
             v = replace(
                 v,
                 window=win,
@@ -281,7 +285,9 @@ def make_pose_samples(
     lungs_bbox = _bbox(proj.masks["lung_right"] | proj.masks["lung_left"])
     for k in range(plan.variants_per_pose):
         gv = sampler.rng_for(plan.split, plan.seed, index, 100 + k)
-        v = sampler.draw_variant(gv, plan.detector, lungs_bbox, view, int(gv.integers(2**31)))
+        v = sampler.draw_variant(
+            gv, plan.detector, lungs_bbox, view, int(gv.integers(2**31)), realism=plan.realism
+        )
         if frontal and plan.scapulae_in_body:
             v = edits.keep_scapulae_in_body(proj, v)
         comp = edits.compose(proj, v, frontal=frontal)

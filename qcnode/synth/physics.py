@@ -77,6 +77,12 @@ class Exposure:
     window_low: float = 0.0  # VOI window on the processed [0, 1] image; >0 clips lungs black
     window_high: float = 1.0  # <1 clips dense regions white
     bits_stored: int = 12
+    # Realism (v1.13, `--realism`): bone path length and dose multipliers. The CT's 2.5 mm
+    # slices spread the thin rib and clavicle cortices (partial volume), so the DRR's bones
+    # read fainter than on a film; and the 1.4 mm pixels were given a film's fine-pixel noise,
+    # which a real film reduced to this pitch does not have.
+    bone_scale: float = 1.0
+    dose_scale: float = 1.0
 
 
 def _gauss_kernel(sigma_px: float) -> torch.Tensor:
@@ -146,7 +152,7 @@ def detect(
     """
     w, mu_w, mu_b = spectrum(exp.kvp)
     water = torch.from_numpy(water_cm)
-    bone = torch.from_numpy(bone_cm)
+    bone = torch.from_numpy(bone_cm) * float(exp.bone_scale)
     trans = torch.zeros_like(water)
     for wi, mw, mb in zip(w, mu_w, mu_b, strict=True):
         if wi > 0:
@@ -170,7 +176,13 @@ def detect(
         )
     vals = signal[fld > 0] if bool((fld > 0).any()) else signal.flatten()
     reference = max(_quantile(vals, 0.3), 1e-6)  # the attenuated part, not direct exposure
-    n0 = QUANTA_PER_MM2_AT_TARGET * pitch_mm**2 * 10 ** (exp.deviation_index / 10.0) / reference
+    n0 = (
+        QUANTA_PER_MM2_AT_TARGET
+        * exp.dose_scale
+        * pitch_mm**2
+        * 10 ** (exp.deviation_index / 10.0)
+        / reference
+    )
     quanta = signal * n0
     g = torch.from_numpy(rng.standard_normal(quanta.shape).astype(np.float32))
     e = torch.from_numpy(rng.standard_normal(quanta.shape).astype(np.float32))

@@ -154,7 +154,11 @@ def draw_variant(
     lungs_bbox: tuple[int, int, int, int],
     view: str,
     noise_seed: int,
+    *,
+    realism: bool = False,
 ) -> Variant:
+    """One sample's 2D parameters. `realism` (v1.13) adds denser bones and more dose, drawn
+    after everything else so the other parameters of a seed stay the same."""
     window, shutters = draw_window(g, det, lungs_bbox, view)
     scap = (0.0, 0.0)
     arms = (0.0, 0.0)
@@ -175,7 +179,7 @@ def draw_variant(
             angles = (tilt + float(g.uniform(-5, 5)), tilt + float(g.uniform(-5, 5)))
         else:
             arms = (-float(g.uniform(45, 90)), float(g.uniform(-10, 10)))
-    return Variant(
+    v = Variant(
         window=window,
         shutters_mm=shutters,
         scapula_shift_mm=scap,
@@ -190,6 +194,11 @@ def draw_variant(
         text=bool(g.uniform() < 0.7),
         noise_seed=noise_seed,
     )
+    if not realism:
+        return v
+    bone = float(g.uniform(1.0, 2.4))
+    dose = float(np.exp(g.uniform(0.0, np.log(12.0))))
+    return replace(v, exposure=replace(v.exposure, bone_scale=bone, dose_scale=dose))
 
 
 def other_window(
