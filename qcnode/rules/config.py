@@ -99,6 +99,11 @@ class PositioningConfig:
     inspiration_mm_per_rib: float = 41.84
     lateral_inspiration_ribs_at_apex: float = 3.25
     lateral_inspiration_mm_per_rib: float = 39.3
+    inspiration_estimator: str = "habitus"  # "depth": the v7 formula above
+    inspiration_ap_magnification: float = 1.08
+    inspiration_habitus_ribs_at_apex: float = 4.58
+    inspiration_habitus_mm_per_rib: float = 37.0
+    inspiration_heart_ribs_per_mm: float = -0.0081
     tilt_min_mm: float = 8.0
     tilt_max_mm: float = 28.0
     tilt_apex_width_mm: float = 15.0
@@ -106,6 +111,12 @@ class PositioningConfig:
     orientation_heart_spine_mm: float = 0.0
     lateral_rotation_fail_mm: float = 10.0
     arms_overlap_fail_mm2: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.inspiration_estimator not in ("habitus", "depth"):
+            raise ConfigError(
+                f"rules: unknown inspiration_estimator {self.inspiration_estimator!r}"
+            )
 
 
 @dataclass(frozen=True)

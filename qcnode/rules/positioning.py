@@ -194,9 +194,38 @@ def inspiration_status(n: int, p: PositioningConfig) -> tuple[Status, int]:
     return Status.FAIL, p.inspiration_warn_ribs
 
 
+def heart_height_mm(s: Subject) -> float:
+    """Height (mm) of the heart's largest part: a habitus scale on the film. It grows with
+    the patient's height and the magnification as the dome depth does, while the rib count
+    does not, so for the same depth a taller heart means a larger patient, not a deeper
+    breath (session 8: r = 0.57 with the truth's scale_z x magnification, 0.14 with the count)."""
+    ext = row_extent(s.clean("heart"))
+    return 0.0 if ext is None else (ext[1] - ext[0] + 1) * s.sy
+
+
+def inspiration_ribs(s: Subject, p: PositioningConfig, depth: float) -> float:
+    """Posterior ribs above the right dome from its ``depth`` (mm) below the right apex.
+
+    ``inspiration_estimator = "depth"`` (rules v7): ``a + depth / mm_per_rib``. ``"habitus"``
+    (session 8): the depth in mm also carries the patient's size and the magnification,
+    which the count does not, so an AP header's depth is divided by
+    ``inspiration_ap_magnification`` (source at ~1.1 m instead of ~1.8 m) and the heart's
+    height enters with a negative weight: ``a + depth / (k · mm_per_rib) + c · heart``.
+    """
+    if p.inspiration_estimator == "depth":
+        return p.inspiration_ribs_at_apex + depth / p.inspiration_mm_per_rib
+    ap = s.image.meta.view_position.strip().upper() == "AP"
+    k = p.inspiration_ap_magnification if ap else 1.0
+    return (
+        p.inspiration_habitus_ribs_at_apex
+        + depth / (k * p.inspiration_habitus_mm_per_rib)
+        + p.inspiration_heart_ribs_per_mm * heart_height_mm(s)
+    )
+
+
 def inspiration(s: Subject, cfg: RulesConfig) -> Finding:
     """Posterior ribs above the right hemidiaphragm dome (≥10 good, 9 borderline), estimated
-    from the dome's depth below the apex: ``ribs_at_apex + depth / mm_per_rib``.
+    from the dome's depth below the apex (``inspiration_ribs``).
 
     Counting rib bands on a mask line proved unreliable (posterior ribs merge in projection
     and the first band seen is rarely rib 1), so the count is the calibrated depth of the
@@ -207,7 +236,7 @@ def inspiration(s: Subject, cfg: RulesConfig) -> Finding:
     if m is None:
         return make(s, rule, Status.NOT_EVALUABLE, None, float(p.inspiration_pass_ribs), "missing")
     depth, apex, dome = m
-    n = max(0, round(p.inspiration_ribs_at_apex + depth / p.inspiration_mm_per_rib))
+    n = max(0, round(inspiration_ribs(s, p, depth)))
     status, t = inspiration_status(n, p)
     geometry = (
         s.line([apex, (dome[0], apex[1])], f"apex to dome {depth:.0f} mm"),

@@ -35,14 +35,21 @@ def run(
     return {f.rule: f for f in findings}
 
 
-def ribs(depth_mm: float, *, lateral: bool = False) -> float:
-    """The inspiration rule's rib estimate for a dome ``depth_mm`` below the apex."""
+def ribs(depth_mm: float, *, lateral: bool = False, heart_mm: float = 0.0) -> float:
+    """The inspiration rule's rib estimate for a dome ``depth_mm`` below the apex (frontal,
+    PA header: with the heart ``heart_mm`` tall)."""
     p = CFG.positioning
     if lateral:
         return float(
             round(p.lateral_inspiration_ribs_at_apex + depth_mm / p.lateral_inspiration_mm_per_rib)
         )
-    return float(round(p.inspiration_ribs_at_apex + depth_mm / p.inspiration_mm_per_rib))
+    return float(
+        round(
+            p.inspiration_habitus_ribs_at_apex
+            + depth_mm / p.inspiration_habitus_mm_per_rib
+            + p.inspiration_heart_ribs_per_mm * heart_mm
+        )
+    )
 
 
 def box(m: BoolMask, r0: int, r1: int, c0: int, c1: int, value: bool = True) -> BoolMask:
@@ -68,7 +75,7 @@ def test_frontal_phantom_exact_values() -> None:
         "organs.diaphragm": 0.0,  # no lung column ends on the field edge
         "positioning.rotation": 0.0,
         "positioning.scapulae": 5.0,
-        "positioning.inspiration": ribs(240.0),  # apex row 60, heart's lower border 300
+        "positioning.inspiration": ribs(240.0, heart_mm=101.0),  # apex row 60, heart 200-300
         "positioning.tilt": 15.0,  # apex row 60, clavicle medial ends at row 75
         "metadata.spacing": 1.0,
     }
@@ -326,10 +333,10 @@ def test_scapulae_inspiration_tilt() -> None:
     f = run(m)
     assert f["positioning.scapulae"].value == 21.0
     assert f["positioning.scapulae"].status is Status.FAIL
-    p = CFG.positioning
     for n_ribs, status in ((9, Status.WARN), (8, Status.FAIL), (10, Status.PASS)):
         # move the heart's lower border (the diaphragm) to the depth of n ribs below the apex
-        depth = round((n_ribs - p.inspiration_ribs_at_apex) * p.inspiration_mm_per_rib)
+        # (the heart spans rows 120 .. 60 + depth: depth - 59 mm tall)
+        depth = next(d for d in range(100, 330) if ribs(d, heart_mm=d - 59.0) == n_ribs)
         m = frontal_phantom()
         m["heart"] = box(np.zeros_like(m["heart"]), 120, 60 + depth, 170, 260)
         f = run(m)

@@ -1,0 +1,453 @@
+"""`positioning.inspiration` (frontal and lateral): where the dome-depth measure disagrees with
+the truth's rib count, and whether a habitus-normalised estimator does better.
+
+Why: the rule reads ``ribs = a + depth / mm_per_rib`` with depth = the heart's lower border
+below the right lung apex in mm. The truth counts posterior right ribs above the right dome in
+3D; the synthetic patient is one CT under a habitus scale (z 0.9-1.1), a diaphragm shift (soft
+tissue only: the ribs stay), tilt, rotation and an elastic warp, projected with a
+magnification of ~1.1 (PA) to ~1.3 (AP). The depth in mm therefore carries scale_z x
+magnification as well as the inspiration; the rib spacing on the film carries the same factor,
+so depth / rib spacing is (nearly) free of it. This script measures, on exact and cached model
+masks of a train-split set, per film:
+
+- the rule's depth, apex and dome (heart's lower border); on exact masks also the visible
+  lung's dome (``lung_right_visible``: the lung cut at the liver top, i.e. the truth's dome);
+- habitus scales seen on the film: the posterior rib period (median spacing of consecutive
+  rib bands down columns of the lateral half of each lung, and a pooled autocorrelation),
+  lung widths, the apex-to-clavicle height;
+- the right lung's own lower outline near the mid-clavicular line, the rib bands above the
+  dome;
+- the truth: rib count, pose scale, magnification, diaphragm shift, tilt, rotation.
+
+and reports (1) the error decomposition on exact masks, (2) candidate estimators 2-fold by
+pose (``study_stats.two_fold``: one threshold on one key, or a logistic on several) and as a
+rounded rib count fitted by least squares on one pose half and scored on the other.
+
+    .venv/bin/python scripts/inspiration_study.py data/synth/rules-cal5-f \
+        --pred .cache/rules/pred-s5/rules-cal5-f --rows /tmp/insp8/rows-f.json
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from study_stats import Row, corr, film_subject, measured_by_source, study_parser, study_samples
+
+from qcnode.evaluate import Sample, load_masks
+from qcnode.records import BoolMask, View
+from qcnode.rules import RulesConfig, load_config
+from qcnode.rules.geometry import Subject, col_extent, row_extent, runs
+from qcnode.rules.lateral import inspiration as lateral_inspiration
+from qcnode.rules.positioning import dome_depth, heart_height_mm, inspiration, medial_ends
+
+PASS_RIBS = 10
+
+
+def bands(profile: BoolMask, min_px: int = 2) -> list[float]:
+    """Centres (rows) of the True runs of a column profile at least ``min_px`` long."""
+    return [(a + b - 1) / 2.0 for a, b in runs(profile) if b - a >= min_px]
+
+
+def rib_columns(s: Subject, lung: BoolMask) -> list[int]:
+    """Columns of the lateral half of one lung (frontal) or of the whole lung (lateral)."""
+    ext = col_extent(lung)
+    if ext is None:
+        return []
+    c0, c1 = ext
+    if s.view is View.LATERAL:
+        return list(range(c0, c1 + 1))
+    centre = (c0 + c1) / 2.0
+    mid = s.shape[1] / 2.0
+    if centre < mid:  # the lung on the image left: its lateral half is its left half
+        return list(range(c0, int(centre) + 1))
+    return list(range(int(centre), c1 + 1))
+
+
+def rib_period(
+    s: Subject, ribs: BoolMask, cols: Sequence[int], r0: int, r1: int
+) -> tuple[float | None, float | None, int]:
+    """(median band spacing mm, autocorrelation period mm, most bands on one column) of a rib
+    mask down ``cols`` between rows r0..r1: the posterior rib spacing on the film scales with
+    the patient's height and the magnification exactly as the dome depth does."""
+    gaps: list[float] = []
+    most = 0
+    r0, r1 = max(0, r0), min(s.shape[0], r1)
+    if r1 - r0 < 10:
+        return None, None, 0
+    acf = np.zeros(r1 - r0)
+    for c in cols:
+        prof = ribs[r0:r1, c]
+        centres = bands(prof)
+        most = max(most, len(centres))
+        gaps.extend(np.diff(centres).tolist())
+        x = prof.astype(float) - prof.mean()
+        if prof.sum() >= 4:
+            full = np.correlate(x, x, mode="full")[len(x) - 1 :]
+            acf += full / max(full[0], 1e-9)
+    med = float(np.median(gaps)) * s.sy if len(gaps) >= 3 else None
+    lo, hi = int(10.0 / s.sy), min(len(acf) - 1, int(60.0 / s.sy))
+    period = None
+    if hi > lo + 2 and acf[0] > 0:
+        seg = acf[lo:hi]
+        k = int(np.argmax(seg))
+        if 0 < k < len(seg) - 1:
+            period = (lo + k) * s.sy
+    return med, period, most
+
+
+def visible_dome(s: Subject, smp: Sample) -> float | None:
+    """Row of the right visible lung's dome (exact masks only; the Subject drops the extra
+    channel, so it is read from the file and turned upright like the lung): the highest lower
+    border over the middle 60 % of its columns (the visible lung stops at the liver's top)."""
+    raw = load_masks(smp.masks)
+    if "lung_right_visible" not in raw or raw["lung_right"].shape != s.shape:
+        return None
+    vis = raw["lung_right_visible"]
+    if row_extent(raw["lung_right"]) != row_extent(s.mask("lung_right")):
+        vis = vis[::-1]
+    ext = col_extent(vis)
+    if ext is None:
+        return None
+    c0, c1 = ext
+    w = c1 - c0
+    best = None
+    for c in range(c0 + int(0.2 * w), c1 - int(0.2 * w) + 1):
+        rows = np.flatnonzero(vis[:, c])
+        if rows.size:
+            best = rows[-1] if best is None else min(best, rows[-1])
+    return None if best is None else float(best)
+
+
+def lung_low_depth(s: Subject, lung: BoolMask, apex_row: float) -> float | None:
+    """Depth (mm) below the apex of the lung mask's lowest outline on the columns 40-60 %
+    across it (median): the lung's own lower border instead of the heart's (frontal: about the
+    mid-clavicular line, where the mask runs on into the posterior recess; lateral: half-way
+    between the anterior and posterior walls)."""
+    ext = col_extent(lung)
+    if ext is None:
+        return None
+    c0, c1 = ext
+    w = c1 - c0
+    lows = [
+        int(np.flatnonzero(lung[:, c])[-1])
+        for c in range(c0 + int(0.4 * w), c0 + int(0.6 * w) + 1)
+        if lung[:, c].any()
+    ]
+    return (float(np.median(lows)) - apex_row) * s.sy if lows else None
+
+
+def measure(smp: Sample, cfg: RulesConfig, pred: Path | None) -> Row | None:
+    """One film's measures; ``status`` is the v7 rule's, ``status_now`` the rule's under
+    ``cfg`` (etc/rules.toml)."""
+    v7 = replace(cfg, positioning=replace(cfg.positioning, inspiration_estimator="depth"))
+    got = film_subject(smp, cfg, pred)
+    if got is None:
+        return None
+    _, s = got
+    p = smp.truth["params"]
+    n = int(p["ribs_above_right_dome"])
+    lateral = s.view is View.LATERAL
+    rule = lateral_inspiration if lateral else inspiration
+    f = rule(s, v7)
+    row: Row = {
+        "id": smp.id,
+        "pose": int(smp.id.split("-p")[1].split("-")[0]),
+        "n": n,
+        "fail": n < PASS_RIBS,
+        "status": str(f.status),
+        "status_now": str(rule(s, cfg).status),
+        "est": f.value,
+        "vp": p["view_position"],
+        "ap": float(s.image.meta.view_position.strip().upper() == "AP"),
+        "sz": p["scale_zyx"][0],
+        "sx_": p["scale_zyx"][2],
+        "mag": p["magnification"],
+        "shift": p["diaphragm_shift_mm"],
+        "tilt": p["tilt_deg"],
+        "rot": p["rotation_deg"],
+        "elastic": p["elastic_mm"],
+    }
+    # the rule's lung: the right lung on a frontal, both lungs on a lateral
+    lung = s.lungs if lateral else s.clean("lung_right")
+    m = dome_depth(s, lung)
+    top_rows = np.flatnonzero(lung.any(axis=1))
+    if m is None or not top_rows.size:
+        return row
+    depth, _, dome = m
+    top = int(top_rows[0])
+    row |= {"depth": depth, "heart_h": heart_height_mm(s)}
+    row["lung_low"] = lung_low_depth(s, lung, float(top))
+    row["lung_h"] = (int(top_rows[-1]) - top) * s.sy
+    vd = visible_dome(s, smp) if pred is None else None
+    if vd is not None:
+        row["vis_depth"] = (vd - top) * s.sy
+    both = col_extent(s.lungs)
+    if both is not None:
+        row["lungs_w"] = (both[1] - both[0] + 1) * s.sx
+    for side in ("right", "left"):
+        ln = s.clean(f"lung_{side}")
+        ribs = s.mask(f"ribs_posterior_{side}")
+        med, per, most = rib_period(s, ribs, rib_columns(s, ln), top, int(dome[0]))
+        row[f"rib_med_{side}"] = med
+        row[f"rib_acf_{side}"] = per
+        row[f"rib_bands_{side}"] = most
+    ends = None if lateral else medial_ends(s)
+    if ends is not None:
+        row["apex_clav"] = ((ends["right"][0] + ends["left"][0]) / 2.0 - top) * s.sy
+    return row
+
+
+# ---- analysis -------------------------------------------------------------------------------
+
+AP_MAG = 1.08  # rules.toml inspiration_ap_magnification (the study's fixed divisor)
+
+
+def feature(r: Row, key: str) -> float | None:
+    """A row's value of one key, or of a derived one: ``a/b`` divides (``apm``: the AP
+    magnification divisor, ``sm``: the truth's scale_z x magnification), ``vis``: the
+    visible-lung dome depth (exact masks), else the stored value (None when missing)."""
+    if "/" in key:
+        a, b = key.split("/", 1)
+        x = feature(r, a)
+        if b == "apm":
+            y: float | None = AP_MAG if r.get("ap") else 1.0
+        elif b == "sm":
+            y = float(r["sz"]) * float(r["mag"])
+        else:
+            y = feature(r, b)
+        return None if x is None or y is None or y <= 0 else x / y
+    v = r.get("vis_depth" if key == "vis" else key)
+    return None if v is None else float(v)
+
+
+def with_features(rows: list[Row], keys: Sequence[str]) -> list[Row]:
+    return [dict(r) | {k: feature(r, k) for k in keys} for r in rows]
+
+
+def halves(poses: Sequence[int], n_random: int) -> list[dict[int, int]]:
+    """Pose -> fold: even/odd by rank first (study_stats.two_fold's split), then
+    ``n_random`` random pose halves."""
+    ps = sorted(set(poses))
+    out = [{p: i % 2 for i, p in enumerate(ps)}]
+    rng = random.Random(8)
+    for _ in range(n_random):
+        sh = ps[:]
+        rng.shuffle(sh)
+        out.append({p: int(i < len(sh) // 2) for i, p in enumerate(sh)})
+    return out
+
+
+def fit_count(x: np.ndarray, n: np.ndarray, fail: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least squares of the rib count on the features (bias first), then the pass cut chosen
+    for the best pass/problem agreement on the same rows (as rules.toml's a was chosen)."""
+    xb = np.hstack([np.ones((len(x), 1)), x])
+    w, *_ = np.linalg.lstsq(xb, n.astype(float), rcond=None)
+    est = xb @ w
+    best = (-1.0, PASS_RIBS - 0.5)
+    for cut in np.arange(PASS_RIBS - 1.5, PASS_RIBS + 0.5, 0.02):
+        acc = float(np.mean((est < cut) == fail))
+        if acc > best[0]:
+            best = (acc, float(cut))
+    return w, best[1]
+
+
+def fitted(rows: list[Row], keys: Sequence[str]) -> tuple[np.ndarray, float]:
+    ok = [r for r in rows if all(r.get(k) is not None for k in keys)]
+    x = np.array([[float(r[k]) for k in keys] for r in ok])
+    return fit_count(x, np.array([r["n"] for r in ok]), np.array([r["fail"] for r in ok]))
+
+
+def scored(
+    fit_rows: list[Row], score_rows: list[Row], keys: Sequence[str], fold: dict[int, int]
+) -> tuple[float, list[float]]:
+    """Held-out pass/problem accuracy (%) on ALL score_rows films: the count fitted on one pose
+    half of fit_rows, scored on the other half of score_rows, both ways; films without the
+    keys keep the v7 rule's status (not_evaluable reads as pass, as in qcnode eval). Returns
+    (accuracy, [accuracy on fold 0, on fold 1])."""
+    hits = total = 0
+    per = []
+    for held in (0, 1):
+        w, cut = fitted([r for r in fit_rows if fold[r["pose"]] != held], keys)
+        te = [r for r in score_rows if fold[r["pose"]] == held]
+        h = 0
+        for r in te:
+            if all(r.get(k) is not None for k in keys):
+                est = float(w[0] + sum(w[i + 1] * float(r[k]) for i, k in enumerate(keys)))
+                pred = est < cut
+            else:
+                pred = r["status"] in PROBLEM
+            h += pred == r["fail"]
+        per.append(100.0 * h / max(len(te), 1))
+        hits += h
+        total += len(te)
+    return 100.0 * hits / max(total, 1), per
+
+
+PROBLEM = ("warn", "fail")
+
+
+def rule_acc(rows: list[Row], key: str = "status") -> float:
+    return 100.0 * float(np.mean([(r[key] in PROBLEM) == r["fail"] for r in rows]))
+
+
+def decomposition(rows: list[Row], folds: list[dict[int, int]], view: str) -> None:
+    """Q1 on exact masks: how much each nuisance costs, by replacing the measure with a
+    truth-corrected one (held out like the candidates, films with a measured depth only)."""
+    meas = [r for r in rows if r.get("depth") is not None]
+    ne = [r for r in rows if r["status"] == "not_evaluable"]
+    print(
+        f"\n== Q1 exact masks: {len(rows)} films, v7 rule {rule_acc(rows):.1f} %; "
+        f"not_evaluable {len(ne)} (truth problem on {sum(r['fail'] for r in ne)})"
+    )
+    print(f"   v7 rule on the {len(meas)} measured films: {rule_acc(meas):.1f} %")
+    sets = [
+        ["depth"],
+        ["depth/mag"],
+        ["depth/sz"],
+        ["depth/sm"],
+        ["depth/sm", "tilt"],
+        ["depth/sm", "tilt", "rot"],
+        ["vis"],
+        ["vis/sm"],
+        ["vis/sm", "tilt"],
+        ["shift"],
+        ["shift", "tilt"],
+        ["shift", "tilt", "rot"],
+        ["shift", "tilt", "rot", "elastic"],
+    ]
+    if view == "frontal":
+        sets.insert(1, ["depth/apm"])
+    for keys in sets:
+        fr = with_features(meas, keys)
+        ok = [r for r in fr if all(r.get(k) is not None for k in keys)]
+        if len(ok) < 20:
+            continue
+        accs = [scored(ok, ok, keys, f)[0] for f in folds]
+        print(
+            f"   {'+'.join(keys):28s} even/odd {accs[0]:5.1f}  random halves "
+            f"{np.mean(accs[1:]):5.1f} [{min(accs[1:]):.1f}, {max(accs[1:]):.1f}]  (n {len(ok)})"
+        )
+    dv = [r for r in meas if r.get("vis_depth") is not None]
+    if dv:
+        e = np.array([r["depth"] - r["vis_depth"] for r in dv])
+        print(
+            f"   heart's lower border below the visible-lung dome: mean {e.mean():+.1f} mm, "
+            f"sd {e.std():.1f} mm"
+        )
+    fr = with_features(meas, ["rib_med", "sm"])
+    for r in fr:
+        r["smag"] = float(r["sz"]) * float(r["mag"])
+        meds = [v for v in (r.get("rib_med_right"), r.get("rib_med_left")) if v is not None]
+        r["rib_med"] = float(np.mean(meds)) if meds else None
+    for k in (
+        "rib_med",
+        "rib_acf_right",
+        "rib_bands_right",
+        "heart_h",
+        "lungs_w",
+        "apex_clav",
+        "lung_low",
+        "lung_h",
+        "depth",
+    ):
+        c1, c2 = corr(fr, k, "smag"), corr(fr, k, "n")
+        if c1 is not None and c2 is not None:
+            print(f"   r({k}, scale_z x mag) = {c1:+.2f}   r({k}, ribs) = {c2:+.2f}")
+
+
+def report(data: dict[str, list[Row]], folds: list[dict[int, int]], view: str) -> None:
+    """Q2: candidates fitted on exact or model masks, scored on both (all films)."""
+    cands: list[list[str]] = [
+        ["depth"],
+        ["depth", "heart_h"],
+        ["depth", "lung_low"],
+        ["depth", "lung_h"],
+        ["depth", "rib_bands_right"],
+        ["depth", "rib_med_right"],
+        ["depth", "lungs_w"],
+    ]
+    if view == "frontal":
+        cands += [
+            ["depth/apm"],
+            ["depth", "ap"],
+            ["depth/apm", "heart_h"],
+            ["depth/apm", "lung_low"],
+            ["depth/apm", "lung_h"],
+            ["depth/apm", "rib_bands_right"],
+            ["depth/apm", "rib_med_right"],
+            ["depth/apm", "apex_clav"],
+            ["depth/apm", "heart_h", "lung_h"],
+        ]
+    keys = sorted({k for c in cands for k in c})
+    fdata = {m: with_features(rows, keys) for m, rows in data.items() if rows}
+    for src in fdata:
+        print(
+            f"\n== Q2 scored on {src} masks ({len(fdata[src])} films): v7 rule "
+            f"{rule_acc(fdata[src]):.1f} %; held out, 2-fold by pose (even/odd: both folds; "
+            f"{len(folds) - 1} random halves: mean [min, max], gain over the refitted depth)"
+        )
+        base = {
+            fit: [scored(fdata[fit], fdata[src], ["depth"], f)[0] for f in folds] for fit in fdata
+        }
+        for c in cands:
+            for fit in fdata:
+                res = [scored(fdata[fit], fdata[src], c, f) for f in folds]
+                acc = np.array([x[0] for x in res])
+                gain = acc - np.array(base[fit])
+                print(
+                    f"   {'+'.join(c):26s} fit {fit:5s}: even/odd {acc[0]:5.1f} "
+                    f"({res[0][1][0]:.1f} / {res[0][1][1]:.1f})  random {acc[1:].mean():5.1f} "
+                    f"[{acc[1:].min():.1f}, {acc[1:].max():.1f}]  gain {gain[1:].mean():+.2f} "
+                    f"(<0 in {int(np.sum(gain[1:] < 0))}/{len(gain) - 1})"
+                )
+
+
+def final_fit(rows: list[Row], keys: Sequence[str]) -> None:
+    """The coefficients for rules.toml: least squares on all films of ``rows``, then the
+    intercept moved so that rounding at 9.5 reproduces the chosen pass cut."""
+    fr = with_features(rows, keys)
+    w, cut = fitted(fr, keys)
+    a = float(w[0]) + (PASS_RIBS - 0.5 - cut)
+    terms = ", ".join(
+        f"{k}: {w[i + 1]:.5f} ribs/unit ({1.0 / w[i + 1]:.2f} units/rib)"
+        for i, k in enumerate(keys)
+    )
+    print(f"   final fit {'+'.join(keys)}: ribs_at_apex {a:.3f} (cut {cut:.2f}); {terms}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = study_parser(__doc__)
+    ap.add_argument("--random", type=int, default=20, help="random pose halves")
+    args = ap.parse_args(argv)
+    cfg = load_config()
+    samples = [
+        s for s in study_samples(args.set_dir, None) if s.view in (View.FRONTAL, View.LATERAL)
+    ]
+    view = samples[0].view.value
+    data = measured_by_source(
+        args.rows, samples[: args.limit], lambda smp, pred: measure(smp, cfg, pred), args.pred
+    )
+    folds = halves([r["pose"] for r in data["exact"]], args.random)
+    for mode, rows in data.items():
+        if rows and "status_now" in rows[0]:
+            now = rule_acc(rows, "status_now")
+            print(
+                f"{mode}: v7 rule {rule_acc(rows):.1f} %, rules.toml now {now:.1f} % "
+                "(in-sample: its coefficients were fitted on these films)"
+            )
+    decomposition(data["exact"], folds, view)
+    report(data, folds, view)
+    print("\n== coefficients fitted on all films' model masks")
+    chosen = [["depth/apm", "heart_h"]] if view == "frontal" else [["depth", "lung_low"]]
+    for c in chosen:
+        final_fit(data["model"], c)
+        final_fit(data["exact"], c)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
