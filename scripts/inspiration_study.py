@@ -5,26 +5,33 @@ Why: the rule reads ``ribs = a + depth / mm_per_rib`` with depth = the heart's l
 below the right lung apex in mm. The truth counts posterior right ribs above the right dome in
 3D; the synthetic patient is one CT under a habitus scale (z 0.9-1.1), a diaphragm shift (soft
 tissue only: the ribs stay), tilt, rotation and an elastic warp, projected with a
-magnification of ~1.1 (PA) to ~1.3 (AP). The depth in mm therefore carries scale_z x
-magnification as well as the inspiration; the rib spacing on the film carries the same factor,
-so depth / rib spacing is (nearly) free of it. This script measures, on exact and cached model
-masks of a train-split set, per film:
+magnification of ~1.12 (PA, LL) or ~1.21 (AP). The depth in mm carries scale_z x magnification
+as well as the inspiration; the count does not. Per film, on exact and cached model masks of a
+train-split set (``study_stats.film_subject``):
 
-- the rule's depth, apex and dome (heart's lower border); on exact masks also the visible
-  lung's dome (``lung_right_visible``: the lung cut at the liver top, i.e. the truth's dome);
-- habitus scales seen on the film: the posterior rib period (median spacing of consecutive
-  rib bands down columns of the lateral half of each lung, and a pooled autocorrelation),
-  lung widths, the apex-to-clavicle height;
-- the right lung's own lower outline near the mid-clavicular line, the rib bands above the
-  dome;
-- the truth: rib count, pose scale, magnification, diaphragm shift, tilt, rotation.
+- the rule's depth (right apex to the heart's lower border; laterals: both lungs' apex, as
+  the lateral rule), the heart's height, the lung's own lower outline 40-60 % across it, the
+  lung's height; on exact masks the visible lung's dome (``lung_right_visible``, the lung cut
+  at the liver's top: the truth's dome);
+- habitus scales: posterior rib period (band spacing and autocorrelation down the lateral
+  half of each lung), rib bands above the dome, lung widths, apex-to-clavicle height;
+- the truth: rib count, scale_z, magnification, diaphragm shift, tilt, rotation, elastic.
 
-and reports (1) the error decomposition on exact masks, (2) candidate estimators 2-fold by
-pose (``study_stats.two_fold``: one threshold on one key, or a logistic on several) and as a
-rounded rib count fitted by least squares on one pose half and scored on the other.
+Reports: (1) on exact masks, what each nuisance costs (the depth replaced by truth-corrected
+versions); (2) candidate rib counts (least squares on one pose half, the pass cut chosen there,
+scored on the other; even/odd as ``study_stats.two_fold`` and random pose halves), fitted on
+exact or model masks and scored on all films of both (films a candidate cannot measure keep the
+v7 status), plus ``two_fold``'s logistic on the same keys; (3) the coefficients for rules.toml.
+``--census`` (allowed on an eval split): the v7 rule vs rules.toml now with a pose bootstrap.
 
     .venv/bin/python scripts/inspiration_study.py data/synth/rules-cal5-f \
-        --pred .cache/rules/pred-s5/rules-cal5-f --rows /tmp/insp8/rows-f.json
+        --pred .cache/rules/pred-s5/rules-cal5-f --rows /tmp/insp8/rows3-f.json
+    .venv/bin/python scripts/inspiration_study.py data/synth/eval-v2 --view frontal --census \
+        --pred .cache/rules/pred-s5/eval-v2 --rows /tmp/insp8/rows-eval-f.json
+
+Result (docs/RULES.md, "Session 8 (helper): positioning.inspiration"): frontal
+``depth / k_AP`` + the heart's height (rules.toml ``inspiration_estimator = "habitus"``);
+lateral: nothing qualifies.
 """
 
 from __future__ import annotations
@@ -35,7 +42,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from study_stats import Row, corr, film_subject, measured_by_source, study_parser, study_samples
+from study_stats import (
+    Row,
+    corr,
+    film_subject,
+    measured_by_source,
+    study_parser,
+    study_samples,
+    two_fold,
+)
 
 from qcnode.evaluate import Sample, load_masks
 from qcnode.records import BoolMask, View
@@ -406,6 +421,20 @@ def report(data: dict[str, list[Row]], folds: list[dict[int, int]], view: str) -
                 )
 
 
+def logistic_check(data: dict[str, list[Row]], cands: Sequence[Sequence[str]]) -> None:
+    """``study_stats.two_fold`` on the measured films: a logistic of pass/problem on the keys
+    (even/odd by pose), a cross-check of the least-squares counts that needs no cut."""
+    print("\n== study_stats.two_fold (logistic on the keys, films with every key measured)")
+    for src, rows in data.items():
+        for c in cands:
+            fr = with_features(rows, c)
+            r = two_fold(fr, list(c))
+            print(
+                f"   {src:5s} {'+'.join(c):26s} acc {r['acc']:5.1f} sens {r['sens']:5.1f} "
+                f"spec {r['spec']:5.1f} (n {r['n']}, majority {r['baseline']:.1f})"
+            )
+
+
 def final_fit(rows: list[Row], keys: Sequence[str]) -> None:
     """The coefficients for rules.toml: least squares on all films of ``rows``, then the
     intercept moved so that rounding at 9.5 reproduces the chosen pass cut."""
@@ -419,13 +448,51 @@ def final_fit(rows: list[Row], keys: Sequence[str]) -> None:
     print(f"   final fit {'+'.join(keys)}: ribs_at_apex {a:.3f} (cut {cut:.2f}); {terms}")
 
 
+def census(rows: list[Row], mode: str, n_boot: int = 2000) -> None:
+    """The v7 rule vs the rule now on one set: accuracy, the gain with a bootstrap over poses
+    (the truth is one count per pose, so the poses, not the films, are the samples), and by
+    header (AP / PA)."""
+    v7 = np.array([(r["status"] in PROBLEM) == r["fail"] for r in rows])
+    now = np.array([(r["status_now"] in PROBLEM) == r["fail"] for r in rows])
+    poses = sorted({r["pose"] for r in rows})
+    idx = {p: [i for i, r in enumerate(rows) if r["pose"] == p] for p in poses}
+    rng = np.random.default_rng(8)
+    gains = []
+    for _ in range(n_boot):
+        pick = [i for p in rng.choice(poses, len(poses)) for i in idx[p]]
+        gains.append(100.0 * float(np.mean(now[pick]) - np.mean(v7[pick])))
+    lo, hi = np.percentile(gains, [2.5, 97.5])
+    print(
+        f"{mode}: {len(rows)} films, {len(poses)} poses: v7 {100 * v7.mean():.2f} % -> now "
+        f"{100 * now.mean():.2f} % (gain {100 * (now.mean() - v7.mean()):+.2f}, 95 % pose "
+        f"bootstrap [{lo:+.2f}, {hi:+.2f}]); films whose pass/problem changed "
+        f"{int(np.sum(v7 != now))}"
+    )
+    for head in (1.0, 0.0):
+        sel = np.array([r["ap"] == head for r in rows])
+        if sel.any():
+            print(
+                f"   {'AP' if head else 'not AP'} header ({int(sel.sum())}): v7 "
+                f"{100 * v7[sel].mean():.1f} -> {100 * now[sel].mean():.1f} %"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = study_parser(__doc__)
     ap.add_argument("--random", type=int, default=20, help="random pose halves")
+    ap.add_argument(
+        "--census",
+        action="store_true",
+        help="only the v7 rule vs rules.toml now, per pose (descriptive; allowed on an eval split)",
+    )
+    ap.add_argument("--view", choices=("frontal", "lateral"), default=None)
     args = ap.parse_args(argv)
     cfg = load_config()
     samples = [
-        s for s in study_samples(args.set_dir, None) if s.view in (View.FRONTAL, View.LATERAL)
+        s
+        for s in study_samples(args.set_dir, None, train_only=not args.census)
+        if s.view in (View.FRONTAL, View.LATERAL)
+        and (args.view is None or s.view.value == args.view)
     ]
     view = samples[0].view.value
     data = measured_by_source(
@@ -433,14 +500,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     folds = halves([r["pose"] for r in data["exact"]], args.random)
     for mode, rows in data.items():
-        if rows and "status_now" in rows[0]:
+        if rows and not args.census:
             now = rule_acc(rows, "status_now")
             print(
                 f"{mode}: v7 rule {rule_acc(rows):.1f} %, rules.toml now {now:.1f} % "
                 "(in-sample: its coefficients were fitted on these films)"
             )
+    if args.census:
+        for mode, rows in data.items():
+            census(rows, mode)
+        return 0
     decomposition(data["exact"], folds, view)
     report(data, folds, view)
+    checks = [["depth"], ["depth", "heart_h"], ["depth", "lung_low"]]
+    if view == "frontal":
+        checks += [["depth/apm"], ["depth/apm", "heart_h"]]
+    logistic_check({m: r for m, r in data.items() if r}, checks)
     print("\n== coefficients fitted on all films' model masks")
     chosen = [["depth/apm", "heart_h"]] if view == "frontal" else [["depth", "lung_low"]]
     for c in chosen:
