@@ -45,6 +45,12 @@ class AugmentConfig:
     # Histogram equalisation blended in: real films' processing leaves the mediastinum
     # mid-grey where a DRR's is near white (docs/SYNTH.md "What still differs").
     p_equalize: float = 0.0
+    # A film cut deep on one side (session 8): the image and every mask end at a line
+    # `cut_depth` of the image's extent in from its top, bottom, left or right edge. The
+    # generator's windows rarely cut this deep; on real films cropped through an apex or a
+    # wall the network stopped its lungs short of the new border (docs/MODEL.md).
+    p_cut: float = 0.0
+    cut_depth: tuple[float, float] = (0.04, 0.3)
 
 
 NONE = AugmentConfig(
@@ -74,6 +80,30 @@ def _u(g: torch.Generator, lo: float, hi: float) -> float:
 
 def _p(g: torch.Generator, p: float) -> bool:
     return float(torch.rand((), generator=g)) < p
+
+
+def _cut(stack: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """(B, 1 + 1 + C, S, S) canvas, valid, masks: zero all of them beyond a cut line."""
+    out = stack.clone()
+    for i in range(stack.shape[0]):
+        if not _p(g, cfg.p_cut):
+            continue
+        side = int(torch.randint(4, (), generator=g))
+        depth = _u(g, *cfg.cut_depth)
+        rows = torch.nonzero(stack[i, 1].any(dim=1)).flatten()
+        cols = torch.nonzero(stack[i, 1].any(dim=0)).flatten()
+        if rows.numel() < 8 or cols.numel() < 8:
+            continue
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        if side == 0:
+            out[i, :, : r0 + round(depth * (r1 - r0))] = 0
+        elif side == 1:
+            out[i, :, r1 - round(depth * (r1 - r0)) :] = 0
+        elif side == 2:
+            out[i, :, :, : c0 + round(depth * (c1 - c0))] = 0
+        else:
+            out[i, :, :, c1 - round(depth * (c1 - c0)) :] = 0
+    return out
 
 
 def _geometric(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
@@ -181,6 +211,8 @@ def augment(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,1,S,S) raw canvas, (B,1,S,S) valid, (B,C,S,S) masks -> network input, masks."""
     stack = torch.cat([canvas.float(), valid.float(), masks.float()], dim=1)
+    if cfg.p_cut > 0:  # no draws otherwise: older recipes keep their batches
+        stack = _cut(stack, cfg, generator)
     if cfg.p_geometric > 0:
         stack = _geometric(stack, cfg, generator)
     img, val, msk = stack[:, :1], stack[:, 1:2] > 0.5, (stack[:, 2:] > 0.5).float()

@@ -113,6 +113,42 @@ def test_equalize_probability_zero_leaves_the_draws_unchanged() -> None:
     assert not torch.allclose(run(cfg), run(dataclasses.replace(cfg, p_equalize=1.0)))
 
 
+def _bbox(m: torch.Tensor) -> tuple[int, int, int, int]:
+    rows = torch.nonzero(m.any(dim=1)).flatten()
+    cols = torch.nonzero(m.any(dim=0)).flatten()
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def test_cut_ends_image_and_masks_at_one_line_inside_the_image() -> None:
+    """p_cut: a deep one-sided crop moves exactly one side of the image, and every mask
+    ends where the image ends (a lung cut by the border reaches the border)."""
+    n = 16
+    x = torch.zeros((n, 1, 128, 128))
+    valid = torch.zeros_like(x, dtype=torch.bool)
+    valid[:, :, 10:110, 20:100] = True  # 100 rows x 80 columns
+    x[valid] = 0.5
+    masks = torch.zeros((n, len(STRUCTURES), 128, 128))
+    masks[:, 0, 10:110, 20:100] = 1.0  # a mask filling the image: it is cut with it
+    cfg = dataclasses.replace(NONE, p_cut=1.0, cut_depth=(0.25, 0.25), p_curve=1e-9)
+    out, m = augment(x, valid, masks, cfg=cfg, generator=torch.Generator().manual_seed(5))
+    sides = set()
+    for i in range(n):
+        r0, r1, c0, c1 = _bbox(m[i, 0] > 0)
+        moved = [(r0 - 10, 0), (110 - r1, 1), (c0 - 20, 2), (100 - c1, 3)]
+        cut = [(d, side) for d, side in moved if d != 0]
+        assert len(cut) == 1, moved
+        depth, side = cut[0]
+        assert depth == (25 if side < 2 else 20)
+        sides.add(side)
+        outside = torch.ones((128, 128), dtype=torch.bool)
+        outside[r0:r1, c0:c1] = False
+        assert torch.all(out[i, 0][outside] == 0)  # the cut-away image is padding now
+    assert sides == {0, 1, 2, 3}
+    same = dataclasses.replace(cfg, p_cut=0.0)
+    _, kept = augment(x, valid, masks, cfg=same, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(kept, masks)
+
+
 def _add_visible_lungs(samples: list[datamod.Sample]) -> None:
     for s in samples:  # visible lungs: the upper half of each lung
         assert s.masks is not None
