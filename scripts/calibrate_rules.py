@@ -384,6 +384,8 @@ def report(rows: list[dict[str, Any]], cfg: RulesConfig) -> None:
             vals, tru = [v for v, _ in lc], [t in PROBLEM for _, t in lc]
             cur = getattr(cfg.organs, key)
             t_best, a_best = sweep(vals, tru, False)
+            if key == "lung_truncation_fail_ratio" and cfg.organs.lung_loss_fail_share > 0:
+                print("  (frontal organs.lungs reads lung_loss_* since session 7: ratio inactive)")
             print(
                 f"  {rule} by contact²/area: current {key}={cur:g} acc "
                 f"{100 * accuracy_at(vals, tru, cur, False):.1f}%  best {t_best:.4g} acc "
