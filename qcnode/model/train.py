@@ -179,17 +179,13 @@ RECIPES["cpu-ft-both"] = Recipe(
 # Session 8: the registered qcnet_d10_w3_s8 (H100, generator v1.13 --realism) continued on
 # this CPU on local --realism data with deep one-sided cuts added (AugmentConfig.p_cut): on
 # real films cropped through an apex or a wall it stopped its lungs short of the new border.
-RECIPES["cpu-ft-cut"] = Recipe(
+RECIPES["cpu-ft-cut"] = replace(
+    RECIPES["cpu-ft-both"],
     name="cpu-ft-cut",
     steps=4000,
-    batch=8,
-    lr=3e-4,
-    warmup=100,
     eval_every=2000,
-    checkpoint_every=50,
     structure_weight=THIN_WEIGHTS,
     augment=replace(GPU_FT_AUGMENT, p_cut=0.25),
-    lungs="both",
 )
 
 
