@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from study_stats import film_subject, measured_by_source, study_parser, study_samples
+from study_stats import film_subject, measured_by_source, split_eval, study_parser, study_samples
 
 from qcnode.evaluate import Sample
 from qcnode.records import Status, View
@@ -246,43 +246,9 @@ def acc(rows: list[dict[str, Any]], p: npt.NDArray[np.bool_]) -> float:
     return 100.0 * float(np.mean(p == y)) if len(rows) else 0.0
 
 
-def split_eval(
-    data: dict[str, list[dict[str, Any]]],
-    fold: dict[str, int],
-    table: dict[tuple[Any, ...], dict[str, npt.NDArray[np.bool_]]],
-) -> tuple[float, float, float, float, list[Any]]:
-    """Held-out (model, exact) accuracy of the grid point chosen on the other half's model
-    masks with that half's exact accuracy >= the rule's; and the rule's (model, exact)."""
-    ids = {s: np.array([fold[r["pose"]] for r in data[s]]) for s in data}
-    y = {s: np.array([r["fail"] for r in data[s]]) for s in data}
-    hit = {"model": 0, "exact": 0}
-    base = {"model": 0, "exact": 0}
-    chosen = []
-    for held in (0, 1):
-        tr = {s: ids[s] != held for s in data}
-        te = {s: ids[s] == held for s in data}
-        rule_tr = {s: float(np.mean(table[("rule",)][s][tr[s]] == y[s][tr[s]])) for s in data}
-        best, best_key = None, (-1.0, -1.0)
-        for g, pr in table.items():
-            a_m = float(np.mean(pr["model"][tr["model"]] == y["model"][tr["model"]]))
-            a_x = float(np.mean(pr["exact"][tr["exact"]] == y["exact"][tr["exact"]]))
-            if a_x + 1e-9 < rule_tr["exact"]:
-                continue
-            if (a_m, a_x) > best_key:
-                best, best_key = g, (a_m, a_x)
-        assert best is not None
-        chosen.append(best)
-        for s in data:
-            hit[s] += int(np.sum(table[best][s][te[s]] == y[s][te[s]]))
-            base[s] += int(np.sum(table[("rule",)][s][te[s]] == y[s][te[s]]))
-    n = {s: len(data[s]) for s in data}
-    return (
-        100.0 * hit["model"] / n["model"],
-        100.0 * hit["exact"] / n["exact"],
-        100.0 * base["model"] / n["model"],
-        100.0 * base["exact"] / n["exact"],
-        chosen,
-    )
+def _admit(g: tuple[Any, ...], exact: float, rule_exact: float) -> bool:
+    """A grid point competes on a half if its exact accuracy is at least the rule's."""
+    return exact + 1e-9 >= rule_exact
 
 
 def report(data: dict[str, list[dict[str, Any]]], apex: bool, repeats: int) -> None:
@@ -329,12 +295,12 @@ def report(data: dict[str, list[dict[str, Any]]], apex: bool, repeats: int) -> N
             for g, v in table.items()
             if fam == "all" or g == ("rule",) or g[-1] == fam or g[1:2] == (fam,)
         }
-        m, x, bm, bx, ch = split_eval(data, eo, sub)
+        m, x, bm, bx, ch = split_eval(data, eo, sub, _admit)
         print(
             f"\n[{fam}] 2-fold even/odd: model {bm:.1f} -> {m:.1f} %, exact {bx:.1f} -> {x:.1f} %"
         )
         print(f"  chosen: {ch}")
-        a = np.array([split_eval(data, fold, sub)[:4] for fold in folds])
+        a = np.array([split_eval(data, fold, sub, _admit)[:4] for fold in folds])
         d = a[:, 0] - a[:, 2]
         print(
             f"  {repeats} random pose halves: model {a[:, 2].mean():.1f} -> {a[:, 0].mean():.1f} % "

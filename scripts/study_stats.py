@@ -194,3 +194,46 @@ def corr(rows: list[dict[str, Any]], key: str, target: str = "truth") -> float |
     if x.std() == 0 or y.std() == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])
+
+
+Table = dict[tuple[Any, ...], dict[str, npt.NDArray[np.bool_]]]
+RULE: tuple[Any, ...] = ("rule",)
+
+
+def split_eval(
+    data: dict[str, list[Row]],
+    fold: dict[str, int],
+    table: Table,
+    admit: Callable[[tuple[Any, ...], float, float], bool],
+) -> tuple[float, float, float, float, list[Any]]:
+    """Held-out (model, exact) accuracy (%) of the grid point chosen on the other half's
+    model masks, and the rule's (``table[RULE]``, which must be present). A point competes on
+    a half only if ``admit(point, its exact accuracy, the rule's exact accuracy)`` (fractions
+    on that half); the studies differ only in that acceptance."""
+    ids = {s: np.array([fold[r["pose"]] for r in data[s]]) for s in data}
+    y = {s: np.array([r["fail"] for r in data[s]]) for s in data}
+    hit = {"model": 0, "exact": 0}
+    base = {"model": 0, "exact": 0}
+    chosen = []
+    for held in (0, 1):
+        tr = {s: ids[s] != held for s in data}
+        te = {s: ids[s] == held for s in data}
+        rule_x = float(np.mean(table[RULE]["exact"][tr["exact"]] == y["exact"][tr["exact"]]))
+        best, best_key = RULE, (-1.0, -1.0)
+        for g, pr in table.items():
+            a_m = float(np.mean(pr["model"][tr["model"]] == y["model"][tr["model"]]))
+            a_x = float(np.mean(pr["exact"][tr["exact"]] == y["exact"][tr["exact"]]))
+            if admit(g, a_x, rule_x) and (a_m, a_x) > best_key:
+                best, best_key = g, (a_m, a_x)
+        chosen.append(best)
+        for s in data:
+            hit[s] += int(np.sum(table[best][s][te[s]] == y[s][te[s]]))
+            base[s] += int(np.sum(table[RULE][s][te[s]] == y[s][te[s]]))
+    n = {s: len(data[s]) for s in data}
+    return (
+        100.0 * hit["model"] / n["model"],
+        100.0 * hit["exact"] / n["exact"],
+        100.0 * base["model"] / n["model"],
+        100.0 * base["exact"] / n["exact"],
+        chosen,
+    )

@@ -34,13 +34,14 @@ masks too (the projected lung's lateral-most point lies outside its visible part
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from lungs_cut_study import end_measures
-from study_stats import film_subject, measured_by_source, study_parser, study_samples
+from study_stats import film_subject, measured_by_source, split_eval, study_parser, study_samples
 
 from qcnode.evaluate import Sample
 from qcnode.records import Status, View
@@ -181,42 +182,9 @@ def acc(rows: list[dict[str, Any]], p: npt.NDArray[np.bool_]) -> float:
     return 100.0 * float(np.mean(p == y)) if len(rows) else 0.0
 
 
-def split_eval(
-    data: dict[str, list[dict[str, Any]]],
-    fold: dict[str, int],
-    table: dict[tuple[Any, ...], dict[str, npt.NDArray[np.bool_]]],
-    floor: float,
-) -> tuple[float, float, float, float, list[Any]]:
-    """Held-out (model, exact) accuracy of the grid point chosen on the other half's model
-    masks with that half's exact accuracy >= floor (%); and the rule's (model, exact)."""
-    ids = {s: np.array([fold[r["pose"]] for r in data[s]]) for s in data}
-    y = {s: np.array([r["fail"] for r in data[s]]) for s in data}
-    hitn = {"model": 0, "exact": 0}
-    base = {"model": 0, "exact": 0}
-    chosen = []
-    for held in (0, 1):
-        tr = {s: ids[s] != held for s in data}
-        te = {s: ids[s] == held for s in data}
-        best, best_key = ("rule",), (-1.0, -1.0)
-        for g, pr in table.items():
-            a_m = float(np.mean(pr["model"][tr["model"]] == y["model"][tr["model"]]))
-            a_x = float(np.mean(pr["exact"][tr["exact"]] == y["exact"][tr["exact"]]))
-            if 100.0 * a_x + 1e-9 < floor and g != ("rule",):
-                continue
-            if (a_m, a_x) > best_key:
-                best, best_key = g, (a_m, a_x)
-        chosen.append(best)
-        for s in data:
-            hitn[s] += int(np.sum(table[best][s][te[s]] == y[s][te[s]]))
-            base[s] += int(np.sum(table[("rule",)][s][te[s]] == y[s][te[s]]))
-    n = {s: len(data[s]) for s in data}
-    return (
-        100.0 * hitn["model"] / n["model"],
-        100.0 * hitn["exact"] / n["exact"],
-        100.0 * base["model"] / n["model"],
-        100.0 * base["exact"] / n["exact"],
-        chosen,
-    )
+def _admit_above(floor: float) -> Callable[[tuple[Any, ...], float, float], bool]:
+    """A grid point competes on a half if its exact accuracy is >= floor (%); the rule always."""
+    return lambda g, exact, _rule: g == ("rule",) or 100.0 * exact + 1e-9 >= floor
 
 
 def family(g: tuple[Any, ...]) -> str:
@@ -266,12 +234,12 @@ def report(data: dict[str, list[dict[str, Any]]], repeats: int, floor: float) ->
         folds.append({p: int(perm[i] % 2) for i, p in enumerate(poses)})
     for fam in (*fams, "all"):
         sub = {g: v for g, v in table.items() if fam == "all" or g == ("rule",) or family(g) == fam}
-        m, x, bm, bx, ch = split_eval(data, eo, sub, floor)
+        m, x, bm, bx, ch = split_eval(data, eo, sub, _admit_above(floor))
         print(
             f"\n[{fam}] 2-fold even/odd: model {bm:.1f} -> {m:.1f} %, exact {bx:.1f} -> {x:.1f} %"
         )
         print(f"  chosen: {ch}")
-        a = np.array([split_eval(data, fold, sub, floor)[:4] for fold in folds])
+        a = np.array([split_eval(data, fold, sub, _admit_above(floor))[:4] for fold in folds])
         d = a[:, 0] - a[:, 2]
         print(
             f"  {repeats} random pose halves: model {a[:, 2].mean():.1f} -> {a[:, 0].mean():.1f} % "
@@ -284,7 +252,7 @@ def report(data: dict[str, list[dict[str, Any]]], repeats: int, floor: float) ->
 def main(argv: list[str] | None = None) -> int:
     ap = study_parser(__doc__)
     ap.add_argument("--repeats", type=int, default=20, help="random pose halves")
-    ap.add_argument("--floor", type=float, default=99.0, help="exact-mask accuracy floor (%)")
+    ap.add_argument("--floor", type=float, default=99.0, help="exact-mask accuracy floor (%%)")
     ap.add_argument("--part", type=str, help="i/n: measure every n-th film from i")
     args = ap.parse_args(argv)
     cfg = load_config()
