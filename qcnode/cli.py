@@ -73,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="denser bones and more dose per sample (v1.13; training sets, docs/SYNTH.md)",
     )
+    y.add_argument(
+        "--realism-plain",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="with --realism: this share of samples keeps the plain look (v1.14)",
+    )
 
     t = sub.add_parser("train", parents=[common], help="train a model variant")
     t.add_argument("--variant", default="qcnet_d15_w3")

@@ -187,6 +187,11 @@ RECIPES["cpu-ft-cut"] = replace(
     structure_weight=THIN_WEIGHTS,
     augment=replace(GPU_FT_AUGMENT, p_cut=0.25),
 )
+# Session 9: gpu-ft with deep one-sided cuts, for a GPU host (on generator v1.14 data: realism
+# with a share of the plain look).
+RECIPES["gpu-ft-cut"] = replace(
+    RECIPES["gpu-ft"], name="gpu-ft-cut", augment=replace(GPU_FT_AUGMENT, p_cut=0.2)
+)
 
 
 def git_version() -> str:

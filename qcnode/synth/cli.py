@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from qcnode.errors import ConfigError
 from qcnode.synth import ct as ctmod
 from qcnode.synth import generate, truth
 
@@ -74,7 +75,10 @@ def synth_command(args: argparse.Namespace) -> int:
         visible_lungs=bool(getattr(args, "visible_lungs", False)),
         scapulae_in_body=bool(getattr(args, "scapulae_in_body", False)),
         realism=bool(getattr(args, "realism", False)),
+        realism_plain=float(getattr(args, "realism_plain", 0.0) or 0.0),
     )
+    if not 0.0 <= plan.realism_plain <= 1.0 or (plan.realism_plain and not plan.realism):
+        raise ConfigError("--realism-plain takes a share in [0, 1] and needs --realism")
     manifest = out / "manifest.jsonl"
     done, have = _done_poses(manifest, f"{args.split}-s{args.seed}-")
     # `count` is chest samples; `other` poses (≈15 %) come on top. Stops once count is reached.
@@ -94,7 +98,8 @@ def synth_command(args: argparse.Namespace) -> int:
                 "visible_lungs": plan.visible_lungs,
                 "scapulae_in_body": plan.scapulae_in_body,
                 "realism": plan.realism,
-                "generator": "qcnode.synth v1.13",
+                "realism_plain": plan.realism_plain,
+                "generator": "qcnode.synth v1.14",
             },
             indent=1,
         )

@@ -43,6 +43,9 @@ class Plan:
     scapulae_in_body: bool = False
     # Denser bones and more dose per sample (v1.13 option, for training sets; docs/SYNTH.md).
     realism: bool = False
+    # v1.14: this share of the realism samples keeps the plain appearance (the evaluation
+    # sets' look; a network trained on realism alone called some of those frontals lateral).
+    realism_plain: float = 0.0
 
 
 # Extra mask arrays (not network channels): the lungs as a radiograph shows them.
@@ -235,7 +238,13 @@ def make_pose_samples(
             if win is None:
                 continue
             v = sampler.draw_variant(
-                gv, plan.detector, (0, 1, 0, 1), "frontal", noise_seed=0, realism=plan.realism
+                gv,
+                plan.detector,
+                (0, 1, 0, 1),
+                "frontal",
+                noise_seed=0,
+                realism=plan.realism,
+                realism_plain=plan.realism_plain,
             )
             v = replace(
                 v,
@@ -286,7 +295,13 @@ def make_pose_samples(
     for k in range(plan.variants_per_pose):
         gv = sampler.rng_for(plan.split, plan.seed, index, 100 + k)
         v = sampler.draw_variant(
-            gv, plan.detector, lungs_bbox, view, int(gv.integers(2**31)), realism=plan.realism
+            gv,
+            plan.detector,
+            lungs_bbox,
+            view,
+            int(gv.integers(2**31)),
+            realism=plan.realism,
+            realism_plain=plan.realism_plain,
         )
         if frontal and plan.scapulae_in_body:
             v = edits.keep_scapulae_in_body(proj, v)

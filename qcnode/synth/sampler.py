@@ -156,9 +156,12 @@ def draw_variant(
     noise_seed: int,
     *,
     realism: bool = False,
+    realism_plain: float = 0.0,
 ) -> Variant:
     """One sample's 2D parameters. `realism` (v1.13) adds denser bones and more dose, drawn
-    after everything else so the other parameters of a seed stay the same."""
+    after everything else so the other parameters of a seed stay the same; `realism_plain`
+    (v1.14) keeps that share of realism samples at the plain v1.12 appearance (one more draw,
+    made only when it is > 0, so v1.13 sets are reproduced)."""
     window, shutters = draw_window(g, det, lungs_bbox, view)
     scap = (0.0, 0.0)
     arms = (0.0, 0.0)
@@ -198,6 +201,8 @@ def draw_variant(
         return v
     bone = float(g.uniform(1.0, 2.4))
     dose = float(np.exp(g.uniform(0.0, np.log(12.0))))
+    if realism_plain > 0 and g.uniform() < realism_plain:
+        return v
     return replace(v, exposure=replace(v.exposure, bone_scale=bone, dose_scale=dose))
 
 

@@ -67,3 +67,19 @@ def test_realism_draws_after_everything_else() -> None:
             assert 1.0 <= real.exposure.dose_scale <= 12.0
             same = replace(real, exposure=replace(real.exposure, bone_scale=1.0, dose_scale=1.0))
             assert same == plain
+
+
+def test_realism_plain_keeps_a_share_plain_and_v113_draws() -> None:
+    det = Detector(pitch_mm=PITCH_MM)
+    kept = 0
+    for seed in range(200):
+        args = (det, (60, 200, 40, 300), "frontal", 7)
+        plain = sampler.draw_variant(np.random.default_rng(seed), *args)
+        v113 = sampler.draw_variant(np.random.default_rng(seed), *args, realism=True)
+        v114 = sampler.draw_variant(
+            np.random.default_rng(seed), *args, realism=True, realism_plain=0.3
+        )
+        # Same realism draws as v1.13 unless this sample was kept plain.
+        assert v114 in (plain, v113)
+        kept += v114 == plain and v113 != plain
+    assert 35 <= kept <= 85  # 30 % of 200, binomial sd ~6.5
