@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FORMAT = "qcnode-qcnet-1"
 _LUNGS = (STRUCTURES.index("lung_right"), STRUCTURES.index("lung_left"))
+_FIELD = STRUCTURES.index("field")
+# Lungs whose outermost column is this close (canvas px, 1.75 mm each; the network stops a
+# cut lung a few px short of the cut) to the exposed field's or the image's side are cut
+# there: their width is only a lower bound.
+CUT_SIDE_PX = 5
 
 
 def single_objects(structures: tuple[str, ...]) -> tuple[int, ...]:
@@ -255,6 +260,9 @@ class TorchPredictor:
             factor = new[1] / frame.spacing_mm[1]
             if estimated[i] and abs(factor - 1) > SECOND_PASS_TOLERANCE:
                 redo[i] = new
+            elif not estimated[i] and factor > high and lungs_cut_sideways(masks[i], frame):
+                # Small-looking lungs that a shutter or the border cuts: the header stands.
+                continue
             elif not estimated[i] and not low <= factor <= high:
                 log.info("header spacing implausible for the anatomy (x%.2f): estimating", factor)
                 redo[i] = new
@@ -310,6 +318,20 @@ def lung_width_px(mask_logits: torch.Tensor) -> float:
     if columns.size == 0:
         return 0.0
     return float(columns[-1] - columns[0] + 1)
+
+
+def lungs_cut_sideways(mask_logits: torch.Tensor, frame: preprocess.Frame) -> bool:
+    """Whether the lungs' column extent ends at the exposed field's or the image's side, so
+    that their width understates the anatomy (a lateral cut by an anterior shutter)."""
+    lungs = ((mask_logits[list(_LUNGS)] > 0).any(dim=0).sum(dim=0) >= 3).numpy()
+    cols = np.flatnonzero(lungs)
+    if cols.size == 0:
+        return False
+    field = np.flatnonzero(((mask_logits[_FIELD] > 0).sum(dim=0) >= 3).numpy())
+    lo, hi = frame.left, frame.left + frame.width - 1
+    if field.size:
+        lo, hi = max(lo, int(field[0])), min(hi, int(field[-1]))
+    return bool(cols[0] - lo <= CUT_SIDE_PX or hi - cols[-1] <= CUT_SIDE_PX)
 
 
 def load_predictor(

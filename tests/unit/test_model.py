@@ -246,6 +246,28 @@ def test_anatomy_spacing_scales_the_guess() -> None:
     assert pp.spacing_from_lung_width(3, frame, 280.0) is None
 
 
+def test_lungs_cut_by_a_side_of_the_field_do_not_override_the_header() -> None:
+    from qcnode.model.infer import lungs_cut_sideways
+
+    frame = pp.plan_frame(1000, 1000, (0.4, 0.4))
+    size = 256
+    logits = torch.full((len(STRUCTURES), size, size), -5.0)
+    c0 = frame.left + 10
+    field = STRUCTURES.index("field")
+    logits[field, :, c0 : c0 + 200] = 5.0
+    lung = STRUCTURES.index("lung_right")
+    logits[lung, 60:160, c0 + 12 : c0 + 120] = 5.0  # 12 px inside the field: whole
+    assert not lungs_cut_sideways(logits, frame)
+    logits[lung, 60:160, c0 + 4 : c0 + 12] = 5.0  # 4 px from the field's side: cut
+    assert lungs_cut_sideways(logits, frame)
+    logits[field] = 5.0  # no shutter: the image's own side counts
+    logits[lung] = -5.0
+    logits[lung, 60:160, frame.left + frame.width - 40 : frame.left + frame.width - 3] = 5.0
+    assert lungs_cut_sideways(logits, frame)
+    logits[lung] = -5.0
+    assert not lungs_cut_sideways(logits, frame)
+
+
 # --- training -----------------------------------------------------------------------------
 
 
