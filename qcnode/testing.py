@@ -16,7 +16,15 @@ from pydicom.dataset import Dataset
 
 from qcnode.config import Destination
 from qcnode.errors import DeliveryError
-from qcnode.records import STRUCTURES, BoolMask, DecodedImage, ModelInfo, Prediction, View
+from qcnode.records import (
+    STRUCTURES,
+    VISIBLE_LUNGS,
+    BoolMask,
+    DecodedImage,
+    ModelInfo,
+    Prediction,
+    View,
+)
 
 FAKE_MODEL = ModelInfo(name="fake", version="0", sha256="0" * 64)
 
@@ -28,6 +36,8 @@ class FakePredictor:
 
     ``source`` maps a decoded image to (view, masks): a callable, or a mapping keyed by SOP
     Instance UID. Missing structures are empty masks; masks must have the image's shape.
+    Given ``VISIBLE_LUNGS`` masks become the prediction's extra masks (as a model with those
+    channels returns them); absent ones stay absent.
     ``spacing_mm`` is reported for images without header spacing (as the real model would
     report its anatomy-based estimate); None leaves the estimate to the rules.
     """
@@ -69,6 +79,10 @@ class FakePredictor:
                 if m.shape != shape:
                     raise ValueError(f"fake mask {name} {m.shape} != image {shape}")
                 masks[name] = m
+            extra = {n: np.asarray(given[n], dtype=bool) for n in VISIBLE_LUNGS if n in given}
+            for n, m in extra.items():
+                if m.shape != shape:
+                    raise ValueError(f"fake mask {n} {m.shape} != image {shape}")
             if image.spacing_mm is not None:
                 spacing, estimated = image.spacing_mm, False
             elif self._spacing is not None:
@@ -83,6 +97,7 @@ class FakePredictor:
                     masks=masks,
                     spacing_mm=spacing,
                     spacing_estimated=estimated,
+                    extra_masks=extra,
                 )
             )
         return out

@@ -44,14 +44,16 @@ def canvas_arrays(out: CanvasOutput) -> dict[str, np.ndarray]:
 
 
 def mask_arrays(pred: Prediction) -> dict[str, np.ndarray]:
-    """A prediction as this cache keeps it: masks bit-packed, view, spacing."""
+    """A prediction as this cache keeps it: masks bit-packed (the model's extra channels,
+    e.g. the visible lungs, too: the rules read them where present), view, spacing."""
     shape = next(iter(pred.masks.values())).shape
+    masks = {**pred.masks, **pred.extra_masks}
     return {
         "shape": np.array(shape),
         "view": np.array(str(pred.view)),
         "spacing": np.array(pred.spacing_mm, dtype=np.float64),
         "spacing_estimated": np.array(pred.spacing_estimated),
-        **{f"m_{k}": np.packbits(np.asarray(v, dtype=bool)) for k, v in pred.masks.items()},
+        **{f"m_{k}": np.packbits(np.asarray(v, dtype=bool)) for k, v in masks.items()},
     }
 
 

@@ -3,8 +3,9 @@
 Margins are signed distances in mm from a lung landmark to the edge of the exposed field
 (the ``field`` mask: collimator shutters count as edges, and so does the image border).
 Frontal landmarks per lung: the apex (topmost pixel), the lateral costophrenic angle (the
-lowest pixel of the lung's lateral third) and the lateral wall (the outermost pixel). "Out" for a
-lung is away from the other lung, so mirrored images are measured the same way.
+lowest pixel of the lung's lateral third, on the *visible* lung when the masks carry it: see
+``costophrenic_lung``) and the lateral wall (the outermost pixel). "Out" for a lung is away
+from the other lung, so mirrored images are measured the same way.
 """
 
 from __future__ import annotations
@@ -44,7 +45,22 @@ def lateral_sign(s: Subject, side: str) -> float:
     return float(signs[side])
 
 
-def _landmark_margins(s: Subject, rule: str, threshold: float, landmark: str) -> Finding:
+def costophrenic_lung(s: Subject, side: str, lungs: str = "visible") -> BoolMask:
+    """The lung whose lateral-inferior corner is the radiographer's lateral costophrenic
+    angle: the visible lung (``lung_<side>_visible``: cut at the diaphragm silhouette) when
+    ``lungs`` is "visible" and the masks carry a non-empty one, else the whole lung. The
+    whole 3D projection's lateral third reaches down into the posterior recess behind the
+    liver, below the visible dome: an angle no film shows (docs/RULES.md, session 9)."""
+    if lungs == "visible":
+        visible = s.clean(f"lung_{side}_visible")
+        if visible.any():
+            return visible
+    return s.clean(f"lung_{side}")
+
+
+def _landmark_margins(
+    s: Subject, rule: str, threshold: float, landmark: str, lungs: str = "whole"
+) -> Finding:
     points: dict[str, Point] = {}
     for side in SIDES:
         lung = s.clean(f"lung_{side}")
@@ -54,7 +70,7 @@ def _landmark_margins(s: Subject, rule: str, threshold: float, landmark: str) ->
         if landmark == "apex":
             p = extreme(lung, -1.0, 0.0, s.sy, s.sx)
         elif landmark == "costophrenic":
-            p = costophrenic_point(lung, out)
+            p = costophrenic_point(costophrenic_lung(s, side, lungs), out)
         else:
             p = extreme(lung, 0.0, out, s.sy, s.sx)
         assert p is not None
@@ -104,11 +120,21 @@ def apices(s: Subject, cfg: RulesConfig) -> Finding:
 
 
 def costophrenic(s: Subject, cfg: RulesConfig) -> Finding:
-    """Both lateral costophrenic angles (lateral view: the posterior one) inside the field."""
-    t = cfg.completeness.costophrenic_margin_mm
+    """Both lateral costophrenic angles (lateral view: the posterior one) inside the field.
+
+    Frontal: on the visible lungs (with ``costophrenic_visible_margin_mm``) when configured
+    and both are present, else on the whole lungs (``costophrenic_margin_mm``)."""
+    c = cfg.completeness
+    t = c.costophrenic_margin_mm
     if s.view.value == "lateral":
         return _lateral_landmark(s, "completeness.costophrenic", t, "costophrenic")
-    return _landmark_margins(s, "completeness.costophrenic", t, "costophrenic")
+    visible = c.costophrenic_lungs == "visible" and all(
+        s.clean(f"lung_{side}_visible").any() for side in SIDES
+    )
+    if visible:
+        t = c.costophrenic_visible_margin_mm
+    lungs = "visible" if visible else "whole"
+    return _landmark_margins(s, "completeness.costophrenic", t, "costophrenic", lungs)
 
 
 def lateral_walls(s: Subject, cfg: RulesConfig) -> Finding:

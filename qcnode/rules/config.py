@@ -22,6 +22,12 @@ DEFAULT_RULES_FILE = Path(__file__).resolve().parents[2] / "etc" / "rules.toml"
 class CompletenessConfig:
     apices_margin_mm: float = 5.0
     costophrenic_margin_mm: float = 5.0
+    # frontal lateral costophrenic angle on the "visible" lungs (cut at the diaphragm
+    # silhouette, when the masks carry them; else the whole lungs) or on the "whole" lungs
+    costophrenic_lungs: str = "visible"
+    # the frontal margin when the angle is taken on the visible lungs (the model's visible
+    # outline stops short of a cut edge)
+    costophrenic_visible_margin_mm: float = 7.7
     lateral_walls_margin_mm: float = 5.0
     anteroposterior_margin_mm: float = 5.0
     # No sternum on a lateral: the anterior chest is cut when the lungs/heart reach the
@@ -32,6 +38,10 @@ class CompletenessConfig:
     shutter_flat_range: float = 0.008
     shutter_min_level: float = 0.75
     shutter_min_fraction: float = 0.6
+
+    def __post_init__(self) -> None:
+        if self.costophrenic_lungs not in ("visible", "whole"):
+            raise ConfigError(f"rules: unknown costophrenic_lungs {self.costophrenic_lungs!r}")
 
 
 @dataclass(frozen=True)

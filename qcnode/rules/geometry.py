@@ -94,7 +94,10 @@ class Subject:
         """Choose the scale: the header's, unless anatomy says it is off by > ``tolerance``×;
         without a header spacing the model's estimate, else the anatomy-based one."""
         shape = image.pixels.shape
-        masks = {k: np.asarray(v, dtype=bool) for k, v in prediction.masks.items()}
+        # the model's extra channels (the visible lungs) ride along; rules that use them
+        # fall back to the STRUCTURES masks when they are absent
+        given = {**prediction.masks, **prediction.extra_masks}
+        masks = {k: np.asarray(v, dtype=bool) for k, v in given.items()}
         for name, mask in masks.items():
             if mask.shape != shape:
                 raise ValueError(f"mask {name} has shape {mask.shape}, image {shape}")

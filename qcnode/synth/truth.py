@@ -123,6 +123,53 @@ def _dome(abdomen: Mask, lung: Mask) -> tuple[int, int] | None:
     return r, c
 
 
+# ---- the lateral costophrenic angle (frontal) ------------------------------------------------
+#
+# The radiographer's lateral costophrenic angle is where the visible lung meets the lateral
+# chest wall at the diaphragm (DESIGN §4 "both lateral costophrenic angles inside"; EUR 16260
+# "the whole rib cage above the diaphragm"). The whole 3D lung projection also holds the
+# posterior recesses, which on a frontal project behind the liver below the visible dome:
+# until 2026-11-27 ("whole-v0") the landmark was taken on the whole projection, i.e. on that
+# hidden recess. Since "visible-v1" it is taken on the visible lung (generate.visible_lungs).
+COSTOPHRENIC_REVISION = "visible-v1"  # params.truth_rederived.costophrenic of rewritten JSONs
+
+
+def visible_lung_masks(masks: dict[str, Mask]) -> dict[str, Mask]:
+    """{side: the lung as a radiograph shows it}: the ``lung_*_visible`` masks when present,
+    else the same cut (below the top of the abdomen's projection per column) made here."""
+    if all(f"lung_{s}_visible" in masks for s in ("right", "left")):
+        return {s: masks[f"lung_{s}_visible"] for s in ("right", "left")}
+    abdomen = masks["abdomen_right"] | masks["abdomen_left"]
+    rows = abdomen.shape[0]
+    top = np.where(abdomen.any(axis=0), abdomen.argmax(axis=0), rows)
+    above = np.arange(rows)[:, None] < top[None, :]
+    return {s: masks[f"lung_{s}"] & above for s in ("right", "left")}
+
+
+def costophrenic_point(lung: Mask, side: str) -> tuple[int, int] | None:
+    """The lateral costophrenic angle of one frontal lung (projection frame, the patient's
+    right lung on the image left): the lowest pixel of the lung's lateral third (of its own
+    column extent), at the outermost column of that row. None for an empty mask."""
+    b = _bbox(lung)
+    if b is None:
+        return None
+    w3 = (b[3] - b[2]) / 3.0
+    cols = np.arange(lung.shape[1])
+    lat = lung & ((cols <= b[2] + w3) if side == "right" else (cols >= b[3] - w3))[None, :]
+    rr = int(np.nonzero(lat.any(axis=1))[0][-1])
+    cc = np.nonzero(lat[rr])[0]
+    return rr, int(cc[0] if side == "right" else cc[-1])
+
+
+def costophrenic_margin_mm(
+    lung: Mask, side: str, rect: tuple[int, int, int, int], pitch_mm: float
+) -> float:
+    """Signed margin (mm) of a lung's lateral costophrenic angle inside the field rect;
+    -inf for an empty lung (nothing of it on the film)."""
+    pt = costophrenic_point(lung, side)
+    return -math.inf if pt is None else _inside_margin(pt[0], pt[1], rect) * pitch_mm
+
+
 def _exposure_rules(t: TruthInput, thr: dict[str, Any], out: dict[str, Any]) -> None:
     e = thr["exposure"]
     params = t.params
@@ -363,26 +410,15 @@ def _frontal(t: TruthInput, thr: dict[str, Any]) -> dict[str, Any]:
     bbs = {s: _bbox(m) for s, m in lungs.items()}
     if any(b is None for b in bbs.values()):
         raise ValueError("frontal projection without both lungs")
-    apex, cp, wall = [], [], []
+    apex, wall = [], []
+    visible = visible_lung_masks(fm)
+    cp = [costophrenic_margin_mm(visible[s], s, rect, p) for s in ("right", "left")]
     for side, m in lungs.items():
         b = bbs[side]
         assert b is not None
         top_r = b[0]
         top_c = float(np.mean(np.nonzero(m[top_r])[0]))
         apex.append(_inside_margin(top_r, top_c, rect) * p)
-        # Lateral costophrenic angle: lowest lung pixel in the lateral third of the lung.
-        w3 = (b[3] - b[2]) / 3.0
-        cols = (
-            (np.arange(m.shape[1]) <= b[2] + w3)
-            if side == "right"
-            else (np.arange(m.shape[1]) >= b[3] - w3)
-        )
-        lat = m & cols[None, :]
-        rows = np.nonzero(lat.any(axis=1))[0]
-        rr = int(rows[-1])
-        cc = np.nonzero(lat[rr])[0]
-        cp_c = float(cc[0] if side == "right" else cc[-1])
-        cp.append(_inside_margin(rr, cp_c, rect) * p)
         # Lateral wall: the lung's most lateral pixel.
         lc = b[2] if side == "right" else b[3]
         lr = float(np.mean(np.nonzero(m[:, lc])[0]))
@@ -597,15 +633,98 @@ def retruth(set_dir: Path) -> dict[str, int]:
     return changed
 
 
+def stored_costophrenic(doc: dict[str, Any], masks: dict[str, Mask]) -> dict[str, Any] | None:
+    """The frontal ``completeness.costophrenic`` truth of a stored sample from its stored
+    masks: ``lung_*_visible`` and ``field``, turned back to the window orientation (the
+    patient's right lung on the image left). None when the visible lungs were not stored.
+
+    Stored masks are clipped to the field: an angle outside it lands on the field edge and
+    reads 0 mm (a fail as before, not its negative distance)."""
+    names = ("lung_right_visible", "lung_left_visible", "field")
+    if any(n not in masks for n in names):
+        return None
+    p = doc["params"]
+
+    def upright(m: Mask) -> Mask:
+        m = m[::-1, ::-1] if p.get("rotated180") else m
+        return m[:, ::-1] if p.get("flipped") else m
+
+    field = upright(masks["field"])
+    fb = _bbox(field)
+    if fb is None:
+        return None
+    rect = (fb[0], fb[1] + 1, fb[2], fb[3] + 1)
+    pitch = float(doc["spacing_mm"][0])
+    thr = load_thresholds()["completeness"]["costophrenic_margin_mm"]
+    cp = min(
+        costophrenic_margin_mm(upright(masks[f"lung_{s}_visible"]), s, rect, pitch)
+        for s in ("right", "left")
+    )
+    return _r(_margin_status(cp, thr), cp, "mm")
+
+
+def retruth_costophrenic(set_dir: Path, backup: Path) -> dict[str, int]:
+    """Rewrite the frontal ``completeness.costophrenic`` truth of a stored set with today's
+    definition (the visible lung's lateral angle, ``stored_costophrenic``), mark each
+    rewritten sample ``params.truth_rederived.costophrenic = COSTOPHRENIC_REVISION`` and
+    recompute ``verdict_expected``. Every JSON is first copied to ``backup`` (an existing copy
+    is kept: a rerun does not overwrite the originals)."""
+    backup.mkdir(parents=True, exist_ok=True)
+    changed: dict[str, int] = {"samples": 0, "rewritten": 0, "no_visible_masks": 0}
+    rule = "completeness.costophrenic"
+    for line in (set_dir / "manifest.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        path = set_dir / rec["truth"]
+        doc = json.loads(path.read_text())
+        if doc.get("view") != "frontal" or not doc.get("rules"):
+            continue
+        changed["samples"] += 1
+        with np.load(set_dir / rec["masks"]) as z:
+            masks = {k: np.asarray(z[k], dtype=bool) for k in z.files}
+        new = stored_costophrenic(doc, masks)
+        if new is None:
+            changed["no_visible_masks"] += 1
+            continue
+        copy = backup / path.name
+        if not copy.exists():
+            copy.write_text(path.read_text())
+        old = doc["rules"].get(rule)
+        if old is None or old["status"] != new["status"]:
+            key = f"{rule}:{'?' if old is None else old['status']}->{new['status']}"
+            changed[key] = changed.get(key, 0) + 1
+        doc["rules"][rule] = new
+        worst = max(_ORDER[x["status"]] for x in doc["rules"].values())
+        doc["verdict_expected"] = ["pass", "warn", "fail"][worst]
+        doc["params"].setdefault("truth_rederived", {})["costophrenic"] = COSTOPHRENIC_REVISION
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(path)
+        changed["rewritten"] += 1
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m qcnode.synth.truth --retruth DIR...``: re-derive stored positioning truth."""
+    """``python -m qcnode.synth.truth --retruth DIR... [--rule costophrenic --backup DIR]``:
+    re-derive stored positioning truth, or (``--rule costophrenic``) the frontal lateral
+    costophrenic angle from the stored visible-lung masks."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--retruth", type=Path, nargs="+", required=True, metavar="SET_DIR")
+    ap.add_argument("--rule", choices=("positioning", "costophrenic"), default="positioning")
+    ap.add_argument(
+        "--backup",
+        type=Path,
+        default=Path(".cache/rules/truth-backup-costophrenic"),
+        help="costophrenic: the old JSONs go to BACKUP/<set name>/ first",
+    )
     args = ap.parse_args(argv)
     for d in args.retruth:
-        print(json.dumps({"set": str(d), **retruth(d)}))
+        if args.rule == "costophrenic":
+            res = retruth_costophrenic(d, args.backup / d.resolve().name)
+        else:
+            res = retruth(d)
+        print(json.dumps({"set": str(d), **res}))
     return 0
 
 
