@@ -49,9 +49,6 @@ KNOWN = {
     + "exposure.noise flags it, but positioning.rotation flips: on the clean film the right "
     + "clavicle is a fragment under an open field (rotation not evaluated since session 5); "
     + "under the noise the model finds it and rotation reads 5.5° (> 5°)",
-    "test_crop_away_a_costophrenic_angle": D10_S4
-    + "(re-measured in session 7) its lung masks run into the posterior recesses and stop "
-    + "short of the new border: after the crop the smallest costophrenic margin reads 10 mm",
     "test_crop_away_a_lateral_wall": D10_S4
     + "(re-measured in session 7) the left lung mask stops 7 mm short of the side border "
     + "that cuts the wall",
@@ -153,7 +150,6 @@ def test_crop_away_an_apex(
     _check(base, after, {"completeness.apices"}, GEOMETRY)
 
 
-@pytest.mark.xfail(reason=KNOWN["test_crop_away_a_costophrenic_angle"], strict=False)
 def test_crop_away_a_costophrenic_angle(
     predictor: Predictor, film: DecodedImage, base: dict[str, Finding]
 ) -> None:
