@@ -315,16 +315,10 @@ def test_tiny_training_run_lowers_the_loss_and_resumes_exactly(tmp_path: Path) -
     assert full.meta.reference_lung_width_mm["frontal"] > 100
 
 
-@pytest.mark.xfail(
-    reason="default qcnet_d10_w3 (s4) on RG1: right lung Dice 0.82 between full and half "
-    "resolution (left 0.99; qcnet_d15_w3 s4 0.99 / 0.99). Over 20 Hannover films at 0.6 vs "
-    "1.2 mm the d10_w3 s4 lungs are the most stable of the three candidates (median 0.989, "
-    "2 of 40 lungs < 0.9; d15_w3 s4: 8 of 40, min 0.0): RG1's right lung is its outlier",
-    strict=False,
-)
 def test_trained_default_masks_survive_half_resolution() -> None:
     """With the shipped default: half the pixels at the right spacing -> nearly the same
-    lungs (Dice > 0.9) on RG1."""
+    lungs (Dice > 0.9) on RG1. (An xfail until session 9: the s4 default's right lung on RG1
+    read Dice 0.82 between full and half resolution.)"""
     registry = load_registry()
     if not registry.entries:
         pytest.skip("no shipped weights yet")

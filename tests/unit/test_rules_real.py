@@ -37,24 +37,26 @@ PROBLEM = (Status.WARN, Status.FAIL)
 # expected completeness flag (which it raises). Over all 58 real frontals
 # (scripts/real_edits.py) it flags the apex crop on 52/57 and the shutter on 53/57 films,
 # more than the session-3 model (46/58, 50/58): the one-film extra flips are what fails here.
-D10_S4 = "default qcnet_d10_w3 (qcnet_d10_w3_s4, 2026-11-26): "
+# Session 9 default qcnet_d10_w3_s9: on FILM it finds both clavicles (rotation 3.7°, tilt
+# 11.5 mm, both evaluable; s4 missed the right one) and catches the wall crop and the noise
+# cleanly (XPASS under s4's marks, now plain tests), but it reads the scapulae 18 mm into the
+# lungs on the unedited film (s4: 14 mm), and every edit that removes, whitens or burns out
+# the upper film brings that reading under the 10 mm limit, so positioning.scapulae flips
+# besides the expected flag (which it raises).
+S9 = "default qcnet_d10_w3_s9 (session 9): "
 KNOWN = {
-    "test_crop_away_an_apex": D10_S4
-    + "completeness.apices flags the crop, but positioning.scapulae flips too (14 mm on the "
-    + "unedited film; the scapula mask goes with the cropped top)",
-    "test_collimator_shutter_over_the_apices": D10_S4
-    + "completeness.apices flags the shutter, but positioning.scapulae flips too (14 mm on "
-    + "the unedited film, 0 mm under the white shutter)",
-    "test_heavy_noise": D10_S4
-    + "exposure.noise flags it, but positioning.rotation flips: on the clean film the right "
-    + "clavicle is a fragment under an open field (rotation not evaluated since session 5); "
-    + "under the noise the model finds it and rotation reads 5.5° (> 5°)",
-    "test_crop_away_a_lateral_wall": D10_S4
-    + "(re-measured in session 7) the left lung mask stops 7 mm short of the side border "
-    + "that cuts the wall",
-    "test_clipped_lungs": D10_S4
-    + "(re-measured in session 7) exposure.saturation flags it, but the burnt-out lungs move "
-    + "the left scapula reading from 14 to 4 mm, so positioning.scapulae flips",
+    "test_crop_away_an_apex": S9
+    + "completeness.apices flags the crop, but positioning.scapulae flips too (18 mm on the "
+    + "unedited film, 9 mm after the crop)",
+    "test_collimator_shutter_over_the_apices": S9
+    + "completeness.apices flags the shutter, but positioning.scapulae flips too (18 mm on "
+    + "the unedited film, 8 mm under the white shutter)",
+    "test_clipped_lungs": S9
+    + "exposure.saturation flags it, but the burnt-out lungs move the scapula reading from "
+    + "18 to 7 mm, so positioning.scapulae flips",
+    "test_mirrored": S9
+    + "positioning.orientation flags it, but the mirrored film reads scapulae 3 mm (18) and "
+    + "tilt 32 mm, kyphotic (11.5): the network is not mirror-symmetric on this film",
 }
 
 
@@ -156,10 +158,10 @@ def test_crop_away_a_costophrenic_angle(
     _, y = point(base["completeness.costophrenic"], "right")
     cut = int(y - 0.04 * film.pixels.shape[0])
     after = qc(predictor, edited(film, film.pixels[:cut]))
-    _check(base, after, {"completeness.costophrenic"}, GEOMETRY)
+    # The cut runs above the visible angle, through the lowest part of the lateral borders.
+    _check(base, after, {"completeness.costophrenic"}, GEOMETRY | {"completeness.lateral_walls"})
 
 
-@pytest.mark.xfail(reason=KNOWN["test_crop_away_a_lateral_wall"], strict=False)
 def test_crop_away_a_lateral_wall(
     predictor: Predictor, film: DecodedImage, base: dict[str, Finding]
 ) -> None:
@@ -188,7 +190,6 @@ def test_clipped_lungs(predictor: Predictor, film: DecodedImage, base: dict[str,
     _check(base, after, {"exposure.saturation"}, EXPOSURE)
 
 
-@pytest.mark.xfail(reason=KNOWN["test_heavy_noise"], strict=False)
 def test_heavy_noise(predictor: Predictor, film: DecodedImage, base: dict[str, Finding]) -> None:
     rng = np.random.default_rng(0)
     px = np.clip(film.pixels + rng.normal(0, 0.12, film.pixels.shape), 0.0, 1.0)
@@ -196,6 +197,7 @@ def test_heavy_noise(predictor: Predictor, film: DecodedImage, base: dict[str, F
     _check(base, after, {"exposure.noise"}, EXPOSURE | {"metadata.spacing"})
 
 
+@pytest.mark.xfail(reason=KNOWN["test_mirrored"], strict=False)
 def test_mirrored(predictor: Predictor, film: DecodedImage, base: dict[str, Finding]) -> None:
     after = qc(predictor, edited(film, film.pixels[:, ::-1]))
     _check(base, after, {"positioning.orientation"}, EXPOSURE)
