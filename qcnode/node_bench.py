@@ -312,19 +312,6 @@ class _Orthanc:
         self.proc.wait(timeout=15)
 
 
-def _chest_pixels(rows: int, columns: int, seed: int) -> np.ndarray:
-    """A phantom chest (qcnode.testing) scaled to a detector-sized 12-bit image; the
-    session-4 model takes it for view "other" (the e2e test uses it as such)."""
-    from qcnode.testing import frontal_phantom, phantom_image
-
-    small = phantom_image(frontal_phantom((400, 400)), seed=seed).pixels
-    r = np.linspace(0, 399, rows).astype(int)
-    c = np.linspace(0, 399, columns).astype(int)
-    rng = np.random.default_rng(seed)
-    big = small[np.ix_(r, c)] * 3800 + rng.normal(0, 20, size=(rows, columns))
-    return np.clip(big, 0, 4095).astype(np.uint16)
-
-
 def _serve_process(
     settings: Settings, data: Path, port: int, **env: str
 ) -> subprocess.Popen[bytes]:

@@ -50,21 +50,24 @@ def test_unknown_input_kind_is_an_error() -> None:
         e2e_inputs(["nonsense"])
 
 
-def test_e2e_bench_fails_loudly_on_images_the_model_does_not_take_for_chests(
+def test_e2e_bench_fails_loudly_on_images_the_node_does_not_analyse_as_chests(
     tmp_path: Path,
 ) -> None:
-    """Session 3's phantom chests: view other, verdict not_applicable, no SR: no numbers."""
-    from qcnode.errors import QcnodeError
-    from qcnode.node_bench import _chest_pixels, dx_dataset
+    """A DX whose header says hand: verdict not_applicable, no SR, so no numbers.
 
-    phantom = tmp_path / "phantom.dcm"
-    dx_dataset(400, 360, pixels=_chest_pixels(400, 360, 1)).save_as(
-        phantom, enforce_file_format=True
-    )
+    (Until session 9 this was a phantom chest that the session-4 model called "other"; the
+    session-9 model reads it as a frontal chest, so the header decides here, model-free.)"""
+    from qcnode.errors import QcnodeError
+    from qcnode.node_bench import dx_dataset
+
+    hand = tmp_path / "hand.dcm"
+    ds = dx_dataset(400, 360)
+    ds.BodyPartExamined = "HAND"
+    ds.save_as(hand, enforce_file_format=True)
     with pytest.raises(QcnodeError, match=r"not_applicable|view other"):
         bench_e2e(
             Settings(data_dir=tmp_path / "node"),
-            files={"phantom": [phantom]},
+            files={"hand": [hand]},
             latency_images=1,
             burst_images=1,
         )
