@@ -1,0 +1,318 @@
+#!/usr/bin/env python
+"""Re-check model-mask-tuned rule keys for a new default model (session 9, issue 5): the
+shipped value against a per-half re-choice on the new model's cached masks.
+
+Why: several keys of etc/rules.toml were chosen on the old default's (qcnet_d10_w3 s4) cached
+masks of rules-cal5-f/-l; a new default draws its masks differently. For each key the same
+method as its study: the value chosen on one half of the poses (even/odd, and 20 random pose
+halves) from a grid, on that half's model masks with its exact-mask accuracy not below the
+shipped value's; scored on the other half against the shipped value. A key changes only
+where the held-out model-mask accuracy gains >= 1 point with the exact masks not more than
+0.5 lower (docs/RULES.md "Session 9 (helper): the model-tuned keys on the new default").
+Result there: no key qualifies on rules-cal5-f/-l with qcnet_d10_w3_s9's masks.
+
+    swap SCRIPT OLD_ROWS -- ARGS   run scripts/SCRIPT.py's main with the exact-mask rows of an
+                   older rows file (same set, same measure code) and only the model rows
+                   measured anew (``measured_by_source`` replaced; measuring is the slow part)
+    spine ROWS     lateral organs.spine near-end cut (spine_lung_end_tolerance_mm / _band_mm /
+                   ends) on scripts/spine_study.py rows
+    lungs ROWS     frontal organs.lungs extrapolated loss (lung_loss_fail_share, the window
+                   pair) on scripts/lungs_cut_study.py rows
+    edges ROWS     organ edge tolerance and truncation ratios (lateral: lateral_edge_tolerance_mm
+                   with lateral_lung_ / sternum_truncation_fail_ratio; frontal: edge_tolerance_mm,
+                   heart) on scripts/rules_gap.py rows
+
+    .venv/bin/python scripts/model_recheck.py swap spine_study /tmp/spine_rows.json -- \\
+        data/synth/rules-cal5-l --pred .cache/rules/pred-vis/s9b/rules-cal5-l --rows OUT.json
+    .venv/bin/python scripts/model_recheck.py spine OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import random
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import study_stats
+
+Row = dict[str, Any]
+Fold = dict[str, int]
+PROBLEM = {"warn", "fail"}
+REPEATS = 20
+
+
+def pose_folds(poses: Sequence[str], repeats: int = REPEATS, seed: int = 0) -> list[Fold]:
+    """Even/odd poses first, then ``repeats`` random halves of the poses."""
+    ordered = sorted(set(poses))
+    folds = [{p: i % 2 for i, p in enumerate(ordered)}]
+    rng = random.Random(seed)
+    for _ in range(repeats):
+        order = ordered[:]
+        rng.shuffle(order)
+        folds.append({p: int(i < len(order) // 2) for i, p in enumerate(order)})
+    return folds
+
+
+def held_out(
+    y: dict[str, npt.NDArray[np.bool_]],
+    pose: dict[str, list[str]],
+    table: dict[Any, dict[str, npt.NDArray[np.bool_]]],
+    shipped: Any,
+    fold: Fold,
+) -> tuple[list[Any], dict[str, float]]:
+    """The grid point chosen on each half (best model accuracy among points whose exact
+    accuracy on that half is not below the shipped point's; ties: the shipped point, then
+    the higher exact accuracy), scored on the other half; pooled held-out accuracies (%) of
+    the choice and of the shipped point on both mask sources."""
+    ids = {s: np.array([fold[p] for p in pose[s]]) for s in y}
+    hit = {k: 0.0 for k in ("model", "exact", "model_shipped", "exact_shipped")}
+    chosen = []
+    for held in (0, 1):
+        tr = {s: ids[s] != held for s in y}
+        te = {s: ids[s] == held for s in y}
+
+        def a(g: Any, s: str, part: dict[str, npt.NDArray[np.bool_]] = tr) -> float:
+            return float(np.mean(table[g][s][part[s]] == y[s][part[s]]))
+
+        floor = a(shipped, "exact")
+        cands = [g for g in table if a(g, "exact") + 1e-9 >= floor]
+        best = max(cands, key=lambda g: (a(g, "model"), g == shipped, a(g, "exact")))
+        chosen.append(best)
+        for s in y:
+            hit[s] += float(np.sum(table[best][s][te[s]] == y[s][te[s]]))
+            hit[s + "_shipped"] += float(np.sum(table[shipped][s][te[s]] == y[s][te[s]]))
+    n = {s: len(y[s]) for s in y}
+    return chosen, {k: 100.0 * v / n[k.split("_")[0]] for k, v in hit.items()}
+
+
+def report(
+    name: str,
+    y: dict[str, npt.NDArray[np.bool_]],
+    pose: dict[str, list[str]],
+    table: dict[Any, dict[str, npt.NDArray[np.bool_]]],
+    shipped: Any,
+) -> dict[str, Any]:
+    """Print and return: the shipped point in sample, the even/odd choice, the random halves'
+    gains (model and exact, mean [min, max])."""
+    ins = {s: 100.0 * float(np.mean(table[shipped][s] == y[s])) for s in y}
+    folds = pose_folds(pose["exact"] + pose["model"])
+    chosen, eo = held_out(y, pose, table, shipped, folds[0])
+    gains = np.array(
+        [
+            [r["model"] - r["model_shipped"], r["exact"] - r["exact_shipped"]]
+            for r in (held_out(y, pose, table, shipped, f)[1] for f in folds[1:])
+        ]
+    )
+    out = {
+        "shipped": str(shipped),
+        "in_sample": ins,
+        "even_odd": {"chosen": [str(c) for c in chosen], **eo},
+        "random": {
+            "repeats": len(gains),
+            "model_gain": [
+                float(gains[:, 0].mean()),
+                float(gains[:, 0].min()),
+                float(gains[:, 0].max()),
+            ],
+            "exact_gain": [
+                float(gains[:, 1].mean()),
+                float(gains[:, 1].min()),
+                float(gains[:, 1].max()),
+            ],
+        },
+    }
+    print(
+        f"[{name}] shipped {shipped}: in sample model {ins['model']:.2f} %, exact "
+        f"{ins['exact']:.2f} %\n  even/odd: chosen {chosen}; held out model "
+        f"{eo['model_shipped']:.2f} -> {eo['model']:.2f} %, exact {eo['exact_shipped']:.2f} -> "
+        f"{eo['exact']:.2f} %\n  {len(gains)} random pose halves: model gain "
+        f"{gains[:, 0].mean():+.2f} [{gains[:, 0].min():+.2f}, {gains[:, 0].max():+.2f}], exact "
+        f"gain {gains[:, 1].mean():+.2f} [{gains[:, 1].min():+.2f}, {gains[:, 1].max():+.2f}]"
+    )
+    return out
+
+
+def _table(
+    rows: dict[str, list[Row]], grid: Sequence[Any], pred: Callable[[list[Row], Any], Any]
+) -> dict[Any, dict[str, npt.NDArray[np.bool_]]]:
+    return {g: {s: np.asarray(pred(rows[s], g), dtype=bool) for s in rows} for g in grid}
+
+
+def spine(rows_file: Path) -> dict[str, Any]:
+    """organs.spine: (tolerance, band, ends) over spine_study's grid, fraction as shipped."""
+    from spine_study import near_grid, near_pred
+
+    from qcnode.rules import load_config
+
+    data: dict[str, list[Row]] = json.loads(rows_file.read_text())
+    o = load_config().organs
+    frac = o.spine_lung_cut_width_fraction
+    shipped = (o.spine_lung_end_tolerance_mm, o.spine_lung_end_band_mm, "bottom")
+    grid = list(dict.fromkeys([shipped, *near_grid()]))
+    table = _table(data, grid, lambda rr, g: near_pred(rr, g[0], g[1], g[2], frac))
+    y = {s: np.array([bool(r["fail"]) for r in data[s]]) for s in data}
+    pose = {s: [str(r["pose"]) for r in data[s]] for s in data}
+    if data["model"] and "rule_s7" in data["model"][0]:
+        same = np.mean(
+            table[shipped]["model"] == np.array([bool(r["rule_s7"]) for r in data["model"]])
+        )
+        print(
+            f"shipped point == the rule's stored model-mask status on {100 * same:.1f} % of films"
+        )
+    return report("organs.spine near-end cut", y, pose, table, shipped)
+
+
+def lungs(rows_file: Path) -> dict[str, Any]:
+    """organs.lungs: the extrapolated-loss share (and the window pair) chosen per half."""
+    from lungs_cut_study import ENDS, WINDOWS_MM, preds
+
+    from qcnode.rules import load_config
+
+    data: dict[str, list[Row]] = json.loads(rows_file.read_text())
+    o = load_config().organs
+    near, far, shift = o.lung_loss_fit_near_mm, o.lung_loss_fit_far_mm, o.lung_loss_fit_shift_mm
+    pair = f"w{near:.0f}_{far:.0f}+w{near + shift:.0f}_{far + shift:.0f}"
+    shipped = (math.inf, pair, ENDS, o.lung_loss_fail_share, "lostavg")
+    shares = (0.15, 0.18, 0.2, 0.22, 0.25, 0.28, 0.3, 0.35, 0.4)
+    names = [f"w{a:.0f}_{b:.0f}" for a, b in WINDOWS_MM]
+    pairs = [f"{a}+{b}" for i, a in enumerate(names) for b in names[i + 1 :]]
+    y = {s: np.array([bool(r["fail"]) for r in data[s]]) for s in data}
+    pose = {s: [str(r["pose"]) for r in data[s]] for s in data}
+    out = {}
+    for label, ps in (("share", [pair]), ("window pair + share", pairs)):
+        grid = list(
+            dict.fromkeys(
+                [shipped, *[(math.inf, w, ENDS, q, "lostavg") for w in ps for q in shares]]
+            )
+        )
+        table = _table(data, grid, preds)
+        out[label] = report(f"organs.lungs lost {label}", y, pose, table, shipped)
+    return out
+
+
+def edges(rows_file: Path) -> dict[str, Any]:
+    """Organ truncation with the outline within T mm of the field edge (rules_gap's contact
+    lengths): lateral lungs (ratio), heart (truncation_fail_mm) and sternum (ratio) share
+    lateral_edge_tolerance_mm; frontal: the heart with edge_tolerance_mm. A film whose rule
+    reads neither pass nor fail, or whose organ is missing, keeps the rule's status."""
+    from qcnode.rules import load_config
+
+    rows: list[Row] = json.loads(rows_file.read_text())
+    rows = [r for r in rows if r.get("exact") and r.get("model")]
+    o = load_config().organs
+    lateral = rows[0]["view"] == "lateral"
+    tols = ("0.0", "1.0", "2.0", "3.0", "4.0", "5.0", "6.0", "8.0")
+    organs: dict[str, tuple[str, float]] = {"organs.heart": ("heart", o.heart_min_area_mm2)}
+    if lateral:
+        organs["organs.lungs"] = ("lungs", o.lung_min_area_mm2)
+        organs["organs.sternum"] = ("sternum", o.sternum_min_area_mm2)
+        shipped: tuple[str, float, float] = (
+            f"{o.lateral_edge_tolerance_mm:.1f}",
+            o.lateral_lung_truncation_fail_ratio,
+            o.sternum_truncation_fail_ratio,
+        )
+        grid = [
+            (t, lr, sr)
+            for t in tols
+            for lr in (0.35, 0.45, 0.55, 0.65, 0.8)
+            for sr in (0.9, 1.1, 1.3, 1.6, 2.0)
+        ]
+    else:
+        shipped = (f"{o.edge_tolerance_mm:.1f}", 0.0, 0.0)
+        grid = [(t, 0.0, 0.0) for t in tols]
+
+    def problem(r: Row, src: str, rule: str, g: tuple[str, float, float]) -> bool:
+        status = r[src][rule][0]
+        name, min_area = organs[rule]
+        area = r[src][f"area:{name}"]
+        if status not in ("pass", "fail") or area < min_area:
+            return bool(status in PROBLEM)
+        ratio = {"organs.lungs": g[1], "organs.sternum": g[2]}.get(rule)
+        limit = o.truncation_fail_mm if ratio is None else math.sqrt(ratio * area)
+        return bool(r[src][f"contact:{name}"][g[0]] > limit)
+
+    src = ("exact", "model")
+    pose = [str(r["id"]).rsplit("-", 1)[0] for r in rows]
+    out = {}
+    for rule in organs:
+        y = np.array([r["truth"][rule][0] in PROBLEM for r in rows])
+        stored = {s: np.array([r[s][rule][0] in PROBLEM for r in rows]) for s in src}
+        table = {
+            g: {s: np.array([problem(r, s, rule, g) for r in rows]) for s in src} for g in grid
+        }
+        same = {s: 100.0 * float(np.mean(table[shipped][s] == stored[s])) for s in src}
+        print(
+            f"{rule}: shipped point == stored status on exact {same['exact']:.1f} %, "
+            f"model {same['model']:.1f} %"
+        )
+        out[rule] = report(rule, {s: y for s in src}, {s: pose for s in src}, table, shipped)
+    # one tolerance for all of them: the choice on the rules' summed accuracy
+    ys = {
+        s: np.concatenate([np.array([r["truth"][k][0] in PROBLEM for r in rows]) for k in organs])
+        for s in src
+    }
+    joint = {
+        g: {
+            s: np.concatenate([np.array([problem(r, s, k, g) for r in rows]) for k in organs])
+            for s in src
+        }
+        for g in grid
+    }
+    poses = {s: pose * len(organs) for s in src}
+    out["joint"] = report("joint (films x rules)", ys, poses, joint, shipped)
+    return out
+
+
+def swap(script: str, old_rows: Path, args: list[str]) -> int:
+    """scripts/SCRIPT.py's main with the exact rows of ``old_rows`` and model rows measured now."""
+    mod = importlib.import_module(script)
+    exact = json.loads(old_rows.read_text())["exact"]
+
+    def by_source(
+        rows_file: Path | None,
+        samples: Sequence[Any],
+        measure: Callable[[Any, Path | None], Row | None],
+        pred_dir: Path | None,
+        *,
+        every: int = 50,
+    ) -> dict[str, list[Row]]:
+        if rows_file is not None and rows_file.is_file():
+            cached: dict[str, list[Row]] = json.loads(rows_file.read_text())
+            return cached
+        model = study_stats.measured(None, samples, lambda s: measure(s, pred_dir), every=every)
+        data = {"exact": exact, "model": model}
+        if rows_file is not None:
+            rows_file.write_text(json.dumps(data))
+        return data
+
+    setattr(mod, "measured_by_source", by_source)  # noqa: B010 (a module chosen at run time)
+    return int(mod.main(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "swap":
+        if len(argv) < 4 or argv[3] != "--":
+            raise SystemExit("usage: model_recheck.py swap SCRIPT OLD_ROWS -- ARGS")
+        return swap(argv[1], Path(argv[2]), argv[4:])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("mode", choices=("spine", "lungs", "edges"))
+    ap.add_argument("rows", type=Path)
+    ap.add_argument("--json", type=Path, help="write the numbers here")
+    args = ap.parse_args(argv)
+    out = {"spine": spine, "lungs": lungs, "edges": edges}[args.mode](args.rows)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
