@@ -18,6 +18,12 @@ Result there: no key qualifies on rules-cal5-f/-l with qcnet_d10_w3_s9's masks.
                    ends) on scripts/spine_study.py rows
     lungs ROWS     frontal organs.lungs extrapolated loss (lung_loss_fail_share, the window
                    pair) on scripts/lungs_cut_study.py rows
+    sternum SET --pred DIR [--rows R]   lateral completeness.anteroposterior without a
+                   sternum mask: sternum_outside_edge_mm (the lungs/heart this close to the
+                   anterior field edge = cut), measured here on exact and cached masks
+    clavicles SET --pred DIR [--rows R]   frontal organs.clavicles: clavicle_exposed_margin_mm
+                   (a too-small clavicle is the model's miss, not evaluable, when the field
+                   reaches this far above that lung's apex), measured on exact and cached masks
     edges ROWS     organ edge tolerance and truncation ratios (lateral: lateral_edge_tolerance_mm
                    with lateral_lung_ / sternum_truncation_fail_ratio; frontal: edge_tolerance_mm,
                    heart) on scripts/rules_gap.py rows
@@ -271,6 +277,129 @@ def edges(rows_file: Path) -> dict[str, Any]:
     return out
 
 
+STERNUM_TOL_MM = (-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+
+
+def sternum_row(smp: Any, pred_dir: Path | None) -> Row | None:
+    """The anteroposterior rule's status, and for a film without a sternum mask the margin
+    (mm) of the lungs/heart's anterior-most pixel (None: no chest found)."""
+    from qcnode.rules import load_config
+    from qcnode.rules.completeness import anterior_sign, anteroposterior
+    from qcnode.rules.geometry import extreme
+
+    cfg = load_config()
+    got = study_stats.film_subject(smp, cfg, pred_dir)
+    if got is None:
+        return None
+    _, s = got
+    tr = smp.truth["rules"]["completeness.anteroposterior"]
+    row: Row = {
+        "id": smp.id,
+        "pose": smp.id.rsplit("-", 1)[0],
+        "fail": tr["status"] in PROBLEM,
+        "status": str(anteroposterior(s, cfg).status),
+        "no_sternum": not s.mask("sternum").any(),
+        "front_margin": None,
+    }
+    if row["no_sternum"]:
+        p = extreme(s.lungs | s.mask("heart"), 0.0, anterior_sign(s), s.sy, s.sx)
+        row["front_margin"] = None if p is None else float(s.margin_mm(p))
+    return row
+
+
+def sternum(set_dir: Path, pred_dir: Path, rows_file: Path | None) -> dict[str, Any]:
+    """sternum_outside_edge_mm over a grid (< 0: off), 2-fold by pose as the other keys."""
+    from qcnode.records import View
+    from qcnode.rules import load_config
+
+    samples = study_stats.study_samples(set_dir, View.LATERAL)
+    data = study_stats.measured_by_source(rows_file, samples, sternum_row, pred_dir)
+    shipped = load_config().completeness.sternum_outside_edge_mm
+    grid = list(dict.fromkeys([shipped, *STERNUM_TOL_MM]))
+
+    def pred(rows: list[Row], tol: float) -> list[bool]:
+        out = []
+        for r in rows:
+            if not r["no_sternum"]:
+                out.append(r["status"] in PROBLEM)
+            else:
+                m = r["front_margin"]
+                out.append(tol >= 0 and m is not None and m <= tol)
+        return out
+
+    y = {s: np.array([bool(r["fail"]) for r in data[s]]) for s in data}
+    pose = {s: [str(r["pose"]) for r in data[s]] for s in data}
+    table = _table(data, grid, pred)
+    for s in data:
+        same = np.mean(table[shipped][s] == np.array([r["status"] in PROBLEM for r in data[s]]))
+        n = sum(bool(r["no_sternum"]) for r in data[s])
+        print(
+            f"{s}: {len(data[s])} films, {n} without a sternum; shipped == rule {100 * same:.1f} %"
+        )
+    for g in grid:
+        print(
+            f"  {g:5.1f} mm: model {100 * np.mean(table[g]['model'] == y['model']):.2f} %, "
+            f"exact {100 * np.mean(table[g]['exact'] == y['exact']):.2f} %"
+        )
+    return report("completeness.anteroposterior sternum_outside_edge_mm", y, pose, table, shipped)
+
+
+CLAVICLE_MARGIN_MM = (5.0, 10.0, 12.0, 15.0, 20.0, 25.0, 30.0, 40.0, math.inf)
+
+
+def clavicle_row(smp: Any, pred_dir: Path | None) -> Row | None:
+    """organs.clavicles' status, the smaller clavicle's area and its lung's apex margin."""
+    from qcnode.rules import load_config
+    from qcnode.rules.organs import _apex_margin_mm, clavicles
+
+    cfg = load_config()
+    got = study_stats.film_subject(smp, cfg, pred_dir)
+    if got is None:
+        return None
+    _, s = got
+    areas = {side: s.area_mm2(s.mask(f"clavicle_{side}")) for side in ("right", "left")}
+    worst = min(areas, key=lambda k: areas[k])
+    return {
+        "id": smp.id,
+        "pose": smp.id.rsplit("-", 1)[0],
+        "fail": smp.truth["rules"]["organs.clavicles"]["status"] in PROBLEM,
+        "status": str(clavicles(s, cfg).status),
+        "small": areas[worst] < cfg.organs.clavicle_min_area_mm2,
+        "apex_margin": _apex_margin_mm(s, worst),
+    }
+
+
+def clavicle(set_dir: Path, pred_dir: Path, rows_file: Path | None) -> dict[str, Any]:
+    """clavicle_exposed_margin_mm over a grid (inf: off), 2-fold by pose."""
+    from qcnode.records import View
+    from qcnode.rules import load_config
+
+    samples = study_stats.study_samples(set_dir, View.FRONTAL)
+    data = study_stats.measured_by_source(rows_file, samples, clavicle_row, pred_dir)
+    shipped = load_config().organs.clavicle_exposed_margin_mm
+    grid = list(dict.fromkeys([shipped, *CLAVICLE_MARGIN_MM]))
+
+    def pred(rows: list[Row], margin: float) -> list[bool]:
+        return [
+            bool(r["small"]) and (r["apex_margin"] is None or r["apex_margin"] < margin)
+            for r in rows
+        ]
+
+    y = {s: np.array([bool(r["fail"]) for r in data[s]]) for s in data}
+    pose = {s: [str(r["pose"]) for r in data[s]] for s in data}
+    table = _table(data, grid, pred)
+    for s in data:
+        same = np.mean(table[shipped][s] == np.array([r["status"] in PROBLEM for r in data[s]]))
+        n = sum(bool(r["small"]) for r in data[s])
+        print(f"{s}: {len(data[s])} films, {n} small clavicles; shipped == rule {100 * same:.1f}")
+    for g in grid:
+        print(
+            f"  {g:5.1f} mm: model {100 * np.mean(table[g]['model'] == y['model']):.2f} %, "
+            f"exact {100 * np.mean(table[g]['exact'] == y['exact']):.2f} %"
+        )
+    return report("organs.clavicles clavicle_exposed_margin_mm", y, pose, table, shipped)
+
+
 def swap(script: str, old_rows: Path, args: list[str]) -> int:
     """scripts/SCRIPT.py's main with the exact rows of ``old_rows`` and model rows measured now."""
     mod = importlib.import_module(script)
@@ -304,11 +433,21 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("usage: model_recheck.py swap SCRIPT OLD_ROWS -- ARGS")
         return swap(argv[1], Path(argv[2]), argv[4:])
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("mode", choices=("spine", "lungs", "edges"))
-    ap.add_argument("rows", type=Path)
+    ap.add_argument("mode", choices=("spine", "lungs", "edges", "sternum", "clavicles"))
+    ap.add_argument("rows", type=Path, help="rows file (sternum, clavicles: the set)")
+    ap.add_argument("--pred", type=Path, help="sternum, clavicles: cached model masks")
+    ap.add_argument(
+        "--rows", dest="rows_cache", type=Path, help="sternum, clavicles: cache of the rows"
+    )
     ap.add_argument("--json", type=Path, help="write the numbers here")
     args = ap.parse_args(argv)
-    out = {"spine": spine, "lungs": lungs, "edges": edges}[args.mode](args.rows)
+    if args.mode in ("sternum", "clavicles"):
+        if args.pred is None:
+            raise SystemExit(f"{args.mode} needs --pred")
+        measure = sternum if args.mode == "sternum" else clavicle
+        out = measure(args.rows, args.pred, args.rows_cache)
+    else:
+        out = {"spine": spine, "lungs": lungs, "edges": edges}[args.mode](args.rows)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     return 0
