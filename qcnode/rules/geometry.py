@@ -237,8 +237,14 @@ class Subject:
         when the tolerance is 0."""
         if tolerance_mm <= 0.0 or not mask.any():
             return mask
-        d = ndimage.distance_transform_edt(~mask, sampling=(self.sy, self.sx))
-        return np.asarray(d <= tolerance_mm + 1e-6)
+        # Only the mask's box grown by the tolerance can be near it: the transform there
+        # is exact (every mask pixel is inside) and ~10x cheaper than on the whole image.
+        pad = (math.ceil(tolerance_mm / self.sy) + 1, math.ceil(tolerance_mm / self.sx) + 1)
+        box = bbox_slices(mask, pad)
+        d = ndimage.distance_transform_edt(~mask[box], sampling=(self.sy, self.sx))
+        out = np.zeros_like(mask)
+        out[box] = d <= tolerance_mm + 1e-6
+        return out
 
     # ---- coordinates -------------------------------------------------------------------
     def mm(self, a: Point, b: Point) -> float:
@@ -264,10 +270,11 @@ class Subject:
         """The outline of a mask's largest part as a closed polygon in source pixels."""
         if not mask.any():
             return None
-        contours = measure.find_contours(np.pad(mask, 1).astype(np.float32), 0.5)
+        box = bbox_slices(mask, (0, 0))
+        contours = measure.find_contours(np.pad(mask[box], 1).astype(np.float32), 0.5)
         if not contours:
             return None
-        c = max(contours, key=len) - 1.0
+        c = max(contours, key=len) - 1.0 + np.array([box[0].start, box[1].start])
         step = max(1, len(c) // max_points)
         pts = c[::step]
         return Geometry(
@@ -480,30 +487,53 @@ def detect_orientation(
     return "upside_down" if mirrored else "flipped"
 
 
+def bbox_slices(mask: BoolMask, pad: tuple[int, int]) -> tuple[slice, slice]:
+    """The mask's bounding box grown by ``pad`` (rows, columns), clipped to the image; the
+    whole image for an empty mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return slice(0, mask.shape[0]), slice(0, mask.shape[1])
+    return (
+        slice(max(0, int(rows[0]) - pad[0]), min(mask.shape[0], int(rows[-1]) + 1 + pad[0])),
+        slice(max(0, int(cols[0]) - pad[1]), min(mask.shape[1], int(cols[-1]) + 1 + pad[1])),
+    )
+
+
+def _parts(mask: BoolMask) -> tuple[tuple[slice, slice], npt.NDArray[np.int32], int]:
+    """8-connected parts labelled on the mask's bounding box (cheaper than the image)."""
+    box = bbox_slices(mask, (0, 0))
+    labels, n = ndimage.label(mask[box], structure=np.ones((3, 3), dtype=bool))
+    return box, labels, int(n)
+
+
 def despeckle(mask: BoolMask, fraction: float = 0.05) -> BoolMask:
     """Drop parts smaller than ``fraction`` of the largest part (model speckle), keeping
     genuine pieces such as a lung split by a shutter."""
     if not mask.any():
         return mask
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    box, labels, n = _parts(mask)
     if n <= 1:
         return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     keep = sizes >= fraction * sizes.max()
-    return np.asarray(keep[labels])
+    out = np.zeros_like(mask)
+    out[box] = keep[labels]
+    return out
 
 
 def largest_component(mask: BoolMask) -> BoolMask:
     """The largest 8-connected part: model speckle elsewhere does not move landmarks."""
     if not mask.any():
         return mask
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    box, labels, n = _parts(mask)
     if n <= 1:
         return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return np.asarray(labels == int(np.argmax(sizes)))
+    out = np.zeros_like(mask)
+    out[box] = labels == int(np.argmax(sizes))
+    return out
 
 
 def centroid(mask: BoolMask) -> Point | None:
