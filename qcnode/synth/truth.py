@@ -623,14 +623,20 @@ def retruth(set_dir: Path) -> dict[str, int]:
             doc["rules"][rule] = value
             dirty = True
         if dirty:
-            worst = max(_ORDER[x["status"]] for x in doc["rules"].values())
-            doc["verdict_expected"] = ["pass", "warn", "fail"][worst]
-            doc["params"].setdefault("truth_rederived", {})["positioning"] = TRUTH_REVISION
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(doc, indent=1))
-            tmp.replace(path)
+            _save_rederived(path, doc, "positioning", TRUTH_REVISION)
             changed["rewritten"] += 1
     return changed
+
+
+def _save_rederived(path: Path, doc: dict[str, Any], what: str, revision: str) -> None:
+    """Write a sample's re-derived truth back (atomically), with its expected verdict
+    recomputed and ``params.truth_rederived[what] = revision``."""
+    worst = max(_ORDER[x["status"]] for x in doc["rules"].values())
+    doc["verdict_expected"] = ["pass", "warn", "fail"][worst]
+    doc["params"].setdefault("truth_rederived", {})[what] = revision
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
 
 
 def stored_costophrenic(doc: dict[str, Any], masks: dict[str, Mask]) -> dict[str, Any] | None:
@@ -693,12 +699,7 @@ def retruth_costophrenic(set_dir: Path, backup: Path) -> dict[str, int]:
             key = f"{rule}:{'?' if old is None else old['status']}->{new['status']}"
             changed[key] = changed.get(key, 0) + 1
         doc["rules"][rule] = new
-        worst = max(_ORDER[x["status"]] for x in doc["rules"].values())
-        doc["verdict_expected"] = ["pass", "warn", "fail"][worst]
-        doc["params"].setdefault("truth_rederived", {})["costophrenic"] = COSTOPHRENIC_REVISION
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=1))
-        tmp.replace(path)
+        _save_rederived(path, doc, "costophrenic", COSTOPHRENIC_REVISION)
         changed["rewritten"] += 1
     return changed
 
