@@ -261,7 +261,9 @@ def inspiration_fit(vr: list[dict[str, Any]], extra: str | None, ref: float) -> 
     """ribs = a + depth / mm_per_rib [+ c·(extra − ref)] against the truth's rib count (least
     squares), then the offset a that maximises the pass/problem agreement; and the same
     agreement in a 5-fold cross-validation by 3D pose (every variant of a pose shares its
-    truth, so films of one pose never sit on both sides)."""
+    truth, so films of one pose never sit on both sides). This is the lateral estimator and
+    the frontal `inspiration_estimator = "depth"` (v7); the frontal default since session 8,
+    "habitus", is fitted by scripts/inspiration_study.py."""
     rows = []
     for r in vr:
         d = r["feats"].get("dome_depth_mm")
@@ -298,7 +300,8 @@ def inspiration_fit(vr: list[dict[str, Any]], extra: str | None, ref: float) -> 
     est = np.round(design @ c + off)
     term = f" {c[1]:+.4f}·({extra} − {ref:g})" if extra else ""
     print(
-        f"  inspiration: ribs = {c[-1] + off:.2f} + depth/{1 / c[0]:.2f} mm{term} "
+        f"  inspiration (depth formula; frontal ships 'habitus', scripts/inspiration_study.py):"
+        f" ribs = {c[-1] + off:.2f} + depth/{1 / c[0]:.2f} mm{term} "
         f"(lsq offset {off:+.2f}); pass/problem {acc:.1%}, pose-CV {hits / len(n):.1%}, "
         f"exact {float((est == n).mean()):.1%} (n {len(n)}, poses {len(uniq)})"
     )
