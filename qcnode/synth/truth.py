@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -600,12 +601,7 @@ def retruth(set_dir: Path) -> dict[str, int]:
     thr = load_thresholds()
     ct_landmarks()  # load the CT once, up front (fails early without it)
     changed: dict[str, int] = {"samples": 0, "rewritten": 0}
-    for line in (set_dir / "manifest.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        path = set_dir / rec["truth"]
-        doc = json.loads(path.read_text())
-        if doc.get("view") != "frontal" or not doc.get("rules"):
-            continue
+    for _, path, doc in _frontal_docs(set_dir):
         changed["samples"] += 1
         p = doc["params"]
         new = {
@@ -626,6 +622,16 @@ def retruth(set_dir: Path) -> dict[str, int]:
             _save_rederived(path, doc, "positioning", TRUTH_REVISION)
             changed["rewritten"] += 1
     return changed
+
+
+def _frontal_docs(set_dir: Path) -> Iterator[tuple[dict[str, Any], Path, dict[str, Any]]]:
+    """(manifest record, truth JSON path, its document) for each frontal sample with rules."""
+    for line in (set_dir / "manifest.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        path = set_dir / rec["truth"]
+        doc = json.loads(path.read_text())
+        if doc.get("view") == "frontal" and doc.get("rules"):
+            yield rec, path, doc
 
 
 def _save_rederived(path: Path, doc: dict[str, Any], what: str, revision: str) -> None:
@@ -678,12 +684,7 @@ def retruth_costophrenic(set_dir: Path, backup: Path) -> dict[str, int]:
     backup.mkdir(parents=True, exist_ok=True)
     changed: dict[str, int] = {"samples": 0, "rewritten": 0, "no_visible_masks": 0}
     rule = "completeness.costophrenic"
-    for line in (set_dir / "manifest.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        path = set_dir / rec["truth"]
-        doc = json.loads(path.read_text())
-        if doc.get("view") != "frontal" or not doc.get("rules"):
-            continue
+    for rec, path, doc in _frontal_docs(set_dir):
         changed["samples"] += 1
         with np.load(set_dir / rec["masks"]) as z:
             masks = {k: np.asarray(z[k], dtype=bool) for k in z.files}
