@@ -288,29 +288,11 @@ def model_pass(
             kept.append(s)
         if not images:
             continue
-        t0 = time.perf_counter()
-        preds = predictor.predict(images)
-        model_ms = (time.perf_counter() - t0) * 1000.0 / len(images)
-        for s, img, ms, pred in zip(kept, images, dec_ms, preds, strict=True):
-            result, rules_ms = engine.result(img, pred)
-            timings = {
-                "decode": ms,
-                "model": model_ms,
-                "rules": rules_ms,
-                "total": ms + model_ms + rules_ms,
-            }
-            result = QCResult(
-                sop_instance_uid=result.sop_instance_uid,
-                view=result.view,
-                verdict=result.verdict,
-                families=result.families,
-                findings=result.findings,
-                model=result.model,
-                timings_ms=timings,
-                error=result.error,
-            )
+        # the node's pipeline: a film found turned gets the engine's second look
+        for s, (pred, result) in zip(kept, engine.analyze(images, decode_ms=dec_ms), strict=True):
             masks = load_masks(s.masks) if s.masks.is_file() else {}
-            yield s, result, masks, {k: np.asarray(v) for k, v in pred.masks.items()}
+            predicted = {} if pred is None else {k: np.asarray(v) for k, v in pred.masks.items()}
+            yield s, result, masks, predicted
 
 
 # ---- real radiographs -------------------------------------------------------------------------
@@ -345,10 +327,8 @@ def real_pass(real_dir: Path, settings: Settings, predictor: Predictor) -> list[
                 {"file": str(path.relative_to(real_dir)), "verdict": "error", "error": str(exc)}
             )
             continue
-        t0 = time.perf_counter()
-        (pred,) = predictor.predict([img])
-        model_ms = (time.perf_counter() - t0) * 1000.0
-        result, rules_ms = engine.result(img, pred)
+        ((pred, result),) = engine.analyze([img])  # the node's pipeline, second look included
+        model_ms, rules_ms = result.timings_ms["model"], result.timings_ms["rules"]
         row: dict[str, Any] = {
             "file": str(path.relative_to(real_dir)),
             "view": str(result.view),
@@ -367,7 +347,7 @@ def real_pass(real_dir: Path, settings: Settings, predictor: Predictor) -> list[
             ],
             "qc_ms": ms + model_ms + rules_ms,
         }
-        if mask_path is not None:
+        if mask_path is not None and pred is not None:
             with Image.open(mask_path) as im:
                 human = np.asarray(im.convert("L")) > 127
             lungs = np.asarray(pred.masks["lung_right"]) | np.asarray(pred.masks["lung_left"])

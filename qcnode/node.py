@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pydicom.dataset import Dataset
 
@@ -33,45 +32,24 @@ from qcnode.worker import Analyzer, ResultBuilder, Worker
 log = logging.getLogger(__name__)
 
 
-class _RecordingPredictor:
-    """Wraps the predictor so that the worker sees the predictions the engine used
-    (the report draws the masks); keyed by SOP Instance UID of the last batch."""
-
-    def __init__(self, inner: Predictor) -> None:
-        self.inner = inner
-        self.last: dict[str, Prediction] = {}
-
-    @property
-    def info(self) -> Any:
-        return self.inner.info
-
-    def predict(self, images: Sequence[DecodedImage]) -> list[Prediction]:
-        predictions = self.inner.predict(images)
-        self.last = {
-            img.meta.sop_instance_uid: p for img, p in zip(images, predictions, strict=True)
-        }
-        return predictions
-
-
 class EngineAnalyzer:
-    """The worker's Analyzer over qcnode.engine.QCEngine (model + rules)."""
+    """The worker's Analyzer over qcnode.engine.QCEngine (model + rules): each result comes
+    with the prediction the rules measured (the report draws its masks), which for a film
+    found turned is the engine's second look, mapped back to the source pixels."""
 
     def __init__(self, *, predictor: Predictor, settings: Settings) -> None:
         from qcnode.engine import QCEngine
         from qcnode.rules import load_config
 
-        self._recorder = _RecordingPredictor(predictor)
         self._engine = QCEngine(
-            predictor=self._recorder,
+            predictor=predictor,
             rules=load_config(settings.rules_file),
             language=settings.language,
             batch_size=settings.batch_size,
         )
 
     def analyze(self, images: Sequence[DecodedImage]) -> list[tuple[Prediction | None, QCResult]]:
-        self._recorder.last = {}
-        results = self._engine.run(images)
-        return [(self._recorder.last.get(r.sop_instance_uid), r) for r in results]
+        return self._engine.analyze(images)
 
 
 class ReportBuilder:

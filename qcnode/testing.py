@@ -21,6 +21,7 @@ from qcnode.records import (
     VISIBLE_LUNGS,
     BoolMask,
     DecodedImage,
+    FloatImage,
     ModelInfo,
     Prediction,
     View,
@@ -40,6 +41,10 @@ class FakePredictor:
     channels returns them); absent ones stay absent.
     ``spacing_mm`` is reported for images without header spacing (as the real model would
     report its anatomy-based estimate); None leaves the estimate to the rules.
+
+    A mapping's masks belong to the first pixels seen under that UID: the same image
+    flipped (the engine's second look at a film turned back upright) gets them flipped the
+    same way, as a mirror-symmetric model would answer. A callable answers for itself.
     """
 
     def __init__(
@@ -53,6 +58,7 @@ class FakePredictor:
         self._info = info
         self._spacing = spacing_mm
         self.calls: list[int] = []  # batch sizes, so tests can see batching
+        self._seen: dict[str, FloatImage] = {}  # a mapping UID's first pixels
 
     @property
     def info(self) -> ModelInfo:
@@ -61,7 +67,12 @@ class FakePredictor:
     def _lookup(self, image: DecodedImage) -> tuple[View, Mapping[str, BoolMask]]:
         if callable(self._source):
             return self._source(image)
-        return self._source[image.meta.sop_instance_uid]
+        uid = image.meta.sop_instance_uid
+        view, masks = self._source[uid]
+        axes = _flip_between(self._seen.setdefault(uid, image.pixels), image.pixels)
+        if axes:
+            masks = {k: np.flip(np.asarray(v), axes) for k, v in masks.items()}
+        return view, masks
 
     def predict(self, images: Sequence[DecodedImage]) -> list[Prediction]:
         self.calls.append(len(images))
@@ -101,6 +112,16 @@ class FakePredictor:
                 )
             )
         return out
+
+
+def _flip_between(first: FloatImage, pixels: FloatImage) -> tuple[int, ...]:
+    """The axes along which ``pixels`` are ``first`` flipped; () when they are not."""
+    if first is pixels or first.shape != pixels.shape or np.array_equal(first, pixels):
+        return ()
+    for axes in ((1,), (0,), (0, 1)):
+        if np.array_equal(np.flip(first, axes), pixels):
+            return axes
+    return ()
 
 
 # ---- hand-built phantoms with known geometry (1 mm pixels by default) ----------------------

@@ -75,22 +75,62 @@ def evaluate(
     *,
     config: RulesConfig | None = None,
     language: str = "en",
+    orientation: str | None = None,
 ) -> tuple[Finding, ...]:
-    """All findings for the prediction's view (empty for ``other``), in catalogue order."""
+    """All findings for the prediction's view (empty for ``other``), in catalogue order.
+
+    ``orientation``: how the pipeline already found the film hanging (see ``assess``).
+    """
+    return assess(
+        image, prediction, config=config, language=language, orientation=orientation
+    ).findings
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The rules' findings and how the film was found hanging ("upright" where the rules
+    measured nothing: view ``other``, a degenerate grid)."""
+
+    findings: tuple[Finding, ...]
+    orientation: str = "upright"
+
+
+def assess(
+    image: DecodedImage,
+    prediction: Prediction,
+    *,
+    config: RulesConfig | None = None,
+    language: str = "en",
+    orientation: str | None = None,
+    stop_if_turned: bool = False,
+) -> Assessment:
+    """``evaluate`` that also says how the film hangs.
+
+    ``orientation`` given: image and prediction are the pipeline's second look (the film
+    turned back upright and the model's masks of it) and ``orientation`` is how its first
+    look found the film hanging: reported, not detected again; geometry lies on the
+    turned-back image (the pipeline maps it to the source). ``stop_if_turned``: a film found
+    not upright returns with no findings (the pipeline then takes that second look;
+    upright films, nearly all, cost one Subject as before).
+    """
     if language not in LANGUAGES:
         raise ValueError(f"language must be one of {LANGUAGES}, not {language!r}")
     cfg = config if config is not None else load_config()
     view = prediction.view
     if view is View.OTHER:
-        return ()
+        return Assessment(())
     shape = degenerate_shape(image, prediction)
     if shape is not None:  # say so per rule instead of measuring noise or raising
         s = _Language(language)
-        return tuple(
-            make(s, rule, Status.NOT_EVALUABLE, None, None, "degenerate", shape=shape)
-            for rule in CATALOGUE[view]
+        return Assessment(
+            tuple(
+                make(s, rule, Status.NOT_EVALUABLE, None, None, "degenerate", shape=shape)
+                for rule in CATALOGUE[view]
+            )
         )
-    subject = build_subject(image, prediction, cfg, language=language)
+    subject = build_subject(image, prediction, cfg, language=language, orientation=orientation)
+    if stop_if_turned and subject.orientation != "upright":
+        return Assessment((), subject.orientation)
     table = RULES[view]
     findings = []
     for rule in CATALOGUE[view]:
@@ -99,13 +139,19 @@ def evaluate(
         except Exception:  # a measurement bug must not lose the other findings
             log.exception("rule failed", extra={"rule": rule})
             findings.append(make(subject, rule, Status.NOT_EVALUABLE, None, None, "internal"))
-    return tuple(findings)
+    return Assessment(tuple(findings), subject.orientation)
 
 
 def build_subject(
-    image: DecodedImage, prediction: Prediction, cfg: RulesConfig, *, language: str = "en"
+    image: DecodedImage,
+    prediction: Prediction,
+    cfg: RulesConfig,
+    *,
+    language: str = "en",
+    orientation: str | None = None,
 ) -> Subject:
-    """The measured film with every setting from ``cfg`` (rules and calibration scripts)."""
+    """The measured film with every setting from ``cfg`` (rules and calibration scripts);
+    ``orientation`` as in ``assess``."""
     return Subject.build(
         image,
         prediction,
@@ -116,6 +162,7 @@ def build_subject(
         heart_offset_mm=cfg.positioning.orientation_heart_offset_mm,
         heart_spine_mm=cfg.positioning.orientation_heart_spine_mm,
         shutter=shutter_spec(cfg),
+        orientation=orientation,
     )
 
 
@@ -155,7 +202,9 @@ __all__ = [
     "LATERAL_RULES",
     "RULES",
     "SPECS",
+    "Assessment",
     "RulesConfig",
+    "assess",
     "evaluate",
     "load_config",
     "rule_ids",

@@ -73,6 +73,9 @@ class Subject:
     # how the film was found: "upright", "mirrored", "upside_down" (rotated 180°) or
     # "flipped" (top–bottom); masks and pixels here are turned back to upright
     orientation: str = "upright"
+    # the axes along which ``build`` turned the working grid back upright (``src`` turns
+    # points back); () when the film hung upright or came already turned back
+    turned: tuple[int, ...] = ()
     language: str = "en"
     _cache: dict[str, object] = field(default_factory=dict, repr=False)
 
@@ -90,9 +93,19 @@ class Subject:
         heart_spine_mm: float = 0.0,
         work_mm: float = WORK_MM,
         shutter: ShutterSpec | None = None,
+        orientation: str | None = None,
     ) -> Subject:
         """Choose the scale: the header's, unless anatomy says it is off by > ``tolerance``×;
-        without a header spacing the model's estimate, else the anatomy-based one."""
+        without a header spacing the model's estimate, else the anatomy-based one.
+
+        ``orientation``: the image and masks are the film already turned back upright by
+        the pipeline (its second look), which found it hanging so: that orientation is
+        reported, not detected again (these masks would say "upright"), nothing is turned
+        here, and ``src`` gives points on the turned-back image (the pipeline maps them to
+        the source).
+        """
+        if orientation is not None and orientation not in ORIENTATIONS:
+            raise ValueError(f"orientation must be one of {ORIENTATIONS}, not {orientation!r}")
         shape = image.pixels.shape
         # the model's extra channels (the visible lungs) ride along; rules that use them
         # fall back to the STRUCTURES masks when they are absent
@@ -126,12 +139,13 @@ class Subject:
             k: (v if k.startswith("ribs") else despeckle(v))[: pixels.shape[0], : pixels.shape[1]]
             for k, v in small.items()
         }
-        orient = detect_orientation(
-            small, prediction.view, spacing[1] * stride, heart_offset_mm, heart_spine_mm
-        )
-        flip_ud = orient in ("upside_down", "flipped")
-        flip_lr = orient in ("upside_down", "mirrored")
-        axes = tuple(a for a, f in ((0, flip_ud), (1, flip_lr)) if f)
+        if orientation is None:
+            orient = detect_orientation(
+                small, prediction.view, spacing[1] * stride, heart_offset_mm, heart_spine_mm
+            )
+            axes = turn_axes(orient)
+        else:
+            orient, axes = orientation, ()
         if axes:  # measure on the film as it should hang: upright, heart on the image right
             small = {k: np.ascontiguousarray(np.flip(v, axes)) for k, v in small.items()}
             pixels = np.ascontiguousarray(np.flip(pixels, axes))
@@ -148,6 +162,7 @@ class Subject:
             spacing_source=source,
             anatomy_mm=est,
             orientation=orient,
+            turned=axes,
             language=language,
         )
 
@@ -251,11 +266,11 @@ class Subject:
         return math.hypot((a[0] - b[0]) * self.sy, (a[1] - b[1]) * self.sx)
 
     def src(self, p: Point) -> tuple[float, float]:
-        """Working (row, col) → source (x, y) pixel coordinates (undoing the re-orientation)."""
+        """Working (row, col) → image (x, y) pixel coordinates (undoing the grid's turn)."""
         r, c = float(p[0]), float(p[1])
-        if self.orientation in ("upside_down", "flipped"):
+        if 0 in self.turned:
             r = self.shape[0] - 1 - r
-        if self.orientation in ("upside_down", "mirrored"):
+        if 1 in self.turned:
             c = self.shape[1] - 1 - c
         half = (self.stride - 1) / 2.0
         return (c * self.stride + half, r * self.stride + half)
@@ -419,6 +434,17 @@ def block_mean(pixels: FloatImage, k: int) -> FloatImage:
     h, w = (pixels.shape[0] // k) * k, (pixels.shape[1] // k) * k
     blocks = pixels[:h, :w].reshape(h // k, k, w // k, k)
     return blocks.mean(axis=(1, 3), dtype=np.float32).astype(np.float32)
+
+
+ORIENTATIONS = ("upright", "mirrored", "upside_down", "flipped")
+
+
+def turn_axes(orientation: str) -> tuple[int, ...]:
+    """The array axes (0 rows, 1 columns) to flip to turn a film found hanging
+    ``orientation`` back upright; flipping them again turns it back to the source."""
+    rows = orientation in ("upside_down", "flipped")
+    cols = orientation in ("upside_down", "mirrored")
+    return tuple(a for a, f in ((0, rows), (1, cols)) if f)
 
 
 def upright_votes(
