@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from study_stats import film_subject, measured, study_samples
+from study_stats import film_subject, measured, real_frontals, real_pngs, study_samples
 
 from qcnode.evaluate import Sample
 from qcnode.records import View
@@ -276,19 +276,13 @@ def real_rows(weights: Path, films: list[Path], cfg: RulesConfig) -> list[Row]:
     unedited and with real_edits.py's apex_crop / lateral_wall_crop, on one model's masks."""
     from real_edits import _apex_crop, _wall_crop
 
-    from qcnode.imaging import decode
     from qcnode.model.infer import load_predictor
     from qcnode.rules import build_subject
     from qcnode.rules.completeness import apices, lateral_walls
 
     pred = load_predictor(device="cpu", weights_path=weights)
     out: list[Row] = []
-    for path in films:
-        image = decode(path)
-        (p,) = pred.predict([image])
-        if p.view is not View.FRONTAL:
-            continue
-        s = build_subject(image, p, cfg)
+    for path, image, s in real_frontals(pred, films, cfg):
         base = {"completeness.apices": apices(s, cfg), "completeness.lateral_walls": None}
         base["completeness.lateral_walls"] = lateral_walls(s, cfg)
         row: Row = {"id": path.stem, "unedited": lung_ends(s, View.FRONTAL)}
@@ -348,12 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config()
     if args.real:
         real = args.set_dir
-        films = sorted(
-            p
-            for d in (real / "frontal", real / "extra_frontal_nomask")
-            for p in d.glob("*.png")
-            if not p.stem.endswith("_lungs")
-        )[: args.limit]
+        films = real_pngs((real / "frontal", real / "extra_frontal_nomask"))[: args.limit]
         # fixed before looking at the real films: the calibration set's in-sample best
         cands = [
             ("apices", "a2", 9.0, 40.0),

@@ -50,10 +50,17 @@ from pathlib import Path
 
 import numpy as np
 from inspiration_study import (
+    DEPTH_TRUTH,
+    FOLD_SEED,
     PROBLEM,
+    featured,
     fitted,
-    halves,
+    held_scores,
     measure,
+    predict,
+    q2_header,
+    refit_depth,
+    rib_formula,
     rule_acc,
     scored,
     with_features,
@@ -63,6 +70,7 @@ from study_stats import (
     corr,
     film_subject,
     measured_by_source,
+    pose_halves,
     study_parser,
     study_samples,
 )
@@ -228,12 +236,7 @@ CANDS: list[list[str]] = [
     ["depth/vert"],
 ]
 TRUTH_SETS: list[list[str]] = [
-    ["depth"],
-    ["depth/mag"],
-    ["depth/sz"],
-    ["depth/sm"],
-    ["depth/sm", "tilt"],
-    ["depth/sm", "tilt", "rot"],
+    *DEPTH_TRUTH,
     ["vis/sm"],
     ["shift", "tilt", "rot"],
 ]
@@ -294,18 +297,16 @@ def report(
     folds: list[dict[int, int]],
     cands: Sequence[Sequence[str]],
 ) -> None:
-    keys = sorted({k for c in cands for k in c})
-    fdata = {m: with_features(rows, keys) for m, rows in data.items() if rows}
+    fdata = featured(data, cands)
     for src in fdata:
-        print(
-            f"\n== Q2 scored on {src} masks ({len(fdata[src])} films): v7 rule "
-            f"{rule_acc(fdata[src]):.1f} %; held out: even/odd (folds), random halves mean "
-            f"[min, max], gain over the refitted depth (<0 in k/N), vs v7 even/odd"
+        q2_header(
+            src,
+            fdata[src],
+            "held out: even/odd (folds), random halves mean [min, max], gain over the refitted "
+            "depth (<0 in k/N), vs v7 even/odd",
         )
         v7 = [scored_v7(fdata[src], f) for f in folds]
-        base = {
-            fit: [scored(fdata[fit], fdata[src], ["depth"], f)[0] for f in folds] for fit in fdata
-        }
+        base = refit_depth(fdata, src, folds)
         print(f"   v7 as shipped: even/odd {v7[0]:5.1f} random {np.mean(v7[1:]):5.1f}")
         for c in cands:
             for fit in fdata:
@@ -313,29 +314,16 @@ def report(
                 if n_fit < 0.5 * len(fdata[fit]):
                     print(f"   {'+'.join(c):24s} fit {fit:5s}: measured on {n_fit} films only")
                     continue
-                res = [scored(fdata[fit], fdata[src], list(c), f) for f in folds]
-                acc = np.array([x[0] for x in res])
-                gain = acc - np.array(base[fit])
+                acc, eo = held_scores(fdata[fit], fdata[src], c, folds)
+                gain = acc - base[fit]
                 gv7 = acc - np.array(v7)
                 print(
                     f"   {'+'.join(c):24s} fit {fit:5s}: {acc[0]:5.1f} "
-                    f"({res[0][1][0]:.1f} / {res[0][1][1]:.1f})  random {acc[1:].mean():5.1f} "
+                    f"({eo[0]:.1f} / {eo[1]:.1f})  random {acc[1:].mean():5.1f} "
                     f"[{acc[1:].min():.1f}, {acc[1:].max():.1f}]  vs refit {gain[1:].mean():+.2f} "
                     f"(<0 {int(np.sum(gain[1:] < 0))}/{len(gain) - 1})  vs v7 {gv7[0]:+.1f} / "
                     f"{gv7[1:].mean():+.2f}"
                 )
-
-
-def predict(rows: list[Row], keys: Sequence[str], w: np.ndarray, cut: float) -> np.ndarray:
-    """Problem (True) per film from a fitted count; films without the keys keep v7's status."""
-    out = []
-    for r in rows:
-        if all(r.get(k) is not None for k in keys):
-            est = float(w[0] + sum(w[i + 1] * float(r[k]) for i, k in enumerate(keys)))
-            out.append(est < cut)
-        else:
-            out.append(r["status"] in PROBLEM)
-    return np.array(out, dtype=bool)
 
 
 def chooser(data: Data, folds: list[dict[int, int]], cands: Sequence[Sequence[str]]) -> None:
@@ -422,16 +410,13 @@ def scored_v7(rows: list[Row], fold: dict[int, int]) -> float:
 
 
 def final_fit(rows: list[Row], keys: Sequence[str]) -> None:
-    fr = with_features(rows, keys)
-    w, cut = fitted(fr, keys)
-    a = float(w[0]) + (PASS_RIBS - 0.5 - cut)
+    w, a, cut = rib_formula(rows, keys)
     terms = ", ".join(f"{k}: {w[i + 1]:.5f} ribs/unit" for i, k in enumerate(keys))
     print(f"   {'+'.join(keys)}: a {a:.3f} (cut {cut:.2f}); {terms}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = study_parser(__doc__)
-    ap.add_argument("--random", type=int, default=20, help="random pose halves")
+    ap = study_parser(__doc__, random_halves=True)
     ap.add_argument(
         "--extra",
         action="append",
@@ -463,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         sets = sorted({str(r["set"]) for r in rows})
         print(f"{src}: {len(rows)} films ({', '.join(sets)}), v7 rule {rule_acc(rows):.1f} %")
     fallback(data)
-    folds = halves([int(r["pose"]) for r in data["exact"]], args.random)
+    folds = pose_halves([int(r["pose"]) for r in data["exact"]], args.random, FOLD_SEED)
     for src, rows in data.items():
         truth_costs(rows, folds, src)
     scale_table(data)

@@ -36,7 +36,6 @@ lateral: nothing qualifies.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -47,6 +46,8 @@ from study_stats import (
     corr,
     film_subject,
     measured_by_source,
+    pose_halves,
+    pose_params,
     study_parser,
     study_samples,
     two_fold,
@@ -178,13 +179,7 @@ def measure(smp: Sample, cfg: RulesConfig, pred: Path | None) -> Row | None:
         "est": f.value,
         "vp": p["view_position"],
         "ap": float(s.image.meta.view_position.strip().upper() == "AP"),
-        "sz": p["scale_zyx"][0],
-        "sx_": p["scale_zyx"][2],
-        "mag": p["magnification"],
-        "shift": p["diaphragm_shift_mm"],
-        "tilt": p["tilt_deg"],
-        "rot": p["rotation_deg"],
-        "elastic": p["elastic_mm"],
+        **pose_params(p, "sz", "sx_", "mag", "shift", "tilt", "rot", "elastic"),
     }
     # the rule's lung: the right lung on a frontal, both lungs on a lateral
     lung = s.lungs if lateral else s.clean("lung_right")
@@ -219,6 +214,16 @@ def measure(smp: Sample, cfg: RulesConfig, pred: Path | None) -> Row | None:
 # ---- analysis -------------------------------------------------------------------------------
 
 AP_MAG = 1.08  # rules.toml inspiration_ap_magnification (the study's fixed divisor)
+# the depth with the truth's nuisances taken out (Q1; the lateral study's too)
+DEPTH_TRUTH: list[list[str]] = [
+    ["depth"],
+    ["depth/mag"],
+    ["depth/sz"],
+    ["depth/sm"],
+    ["depth/sm", "tilt"],
+    ["depth/sm", "tilt", "rot"],
+]
+FOLD_SEED = 8  # the random pose halves (study_stats.pose_halves)
 
 
 def feature(r: Row, key: str) -> float | None:
@@ -243,19 +248,6 @@ def with_features(rows: list[Row], keys: Sequence[str]) -> list[Row]:
     return [dict(r) | {k: feature(r, k) for k in keys} for r in rows]
 
 
-def halves(poses: Sequence[int], n_random: int) -> list[dict[int, int]]:
-    """Pose -> fold: even/odd by rank first (study_stats.two_fold's split), then
-    ``n_random`` random pose halves."""
-    ps = sorted(set(poses))
-    out = [{p: i % 2 for i, p in enumerate(ps)}]
-    rng = random.Random(8)
-    for _ in range(n_random):
-        sh = ps[:]
-        rng.shuffle(sh)
-        out.append({p: int(i < len(sh) // 2) for i, p in enumerate(sh)})
-    return out
-
-
 def fit_count(x: np.ndarray, n: np.ndarray, fail: np.ndarray) -> tuple[np.ndarray, float]:
     """Least squares of the rib count on the features (bias first), then the pass cut chosen
     for the best pass/problem agreement on the same rows (as rules.toml's a was chosen)."""
@@ -276,33 +268,73 @@ def fitted(rows: list[Row], keys: Sequence[str]) -> tuple[np.ndarray, float]:
     return fit_count(x, np.array([r["n"] for r in ok]), np.array([r["fail"] for r in ok]))
 
 
+def rib_formula(rows: list[Row], keys: Sequence[str]) -> tuple[np.ndarray, float, float]:
+    """The count fitted on all of ``rows`` (``fitted``): its weights, the intercept for
+    rules.toml (moved so that rounding at 9.5 reproduces the chosen pass cut) and the cut."""
+    w, cut = fitted(with_features(rows, keys), keys)
+    return w, float(w[0]) + (PASS_RIBS - 0.5 - cut), cut
+
+
+PROBLEM = ("warn", "fail")
+
+
+def predict(rows: list[Row], keys: Sequence[str], w: np.ndarray, cut: float) -> np.ndarray:
+    """Problem (True) per film from a fitted count; films without the keys keep v7's status
+    (not_evaluable reads as pass, as in qcnode eval)."""
+    out = []
+    for r in rows:
+        if all(r.get(k) is not None for k in keys):
+            est = float(w[0] + sum(w[i + 1] * float(r[k]) for i, k in enumerate(keys)))
+            out.append(est < cut)
+        else:
+            out.append(r["status"] in PROBLEM)
+    return np.array(out, dtype=bool)
+
+
 def scored(
     fit_rows: list[Row], score_rows: list[Row], keys: Sequence[str], fold: dict[int, int]
 ) -> tuple[float, list[float]]:
     """Held-out pass/problem accuracy (%) on ALL score_rows films: the count fitted on one pose
-    half of fit_rows, scored on the other half of score_rows, both ways; films without the
-    keys keep the v7 rule's status (not_evaluable reads as pass, as in qcnode eval). Returns
-    (accuracy, [accuracy on fold 0, on fold 1])."""
+    half of fit_rows, scored on the other half of score_rows, both ways (``predict``).
+    Returns (accuracy, [accuracy on fold 0, on fold 1])."""
     hits = total = 0
     per = []
     for held in (0, 1):
         w, cut = fitted([r for r in fit_rows if fold[r["pose"]] != held], keys)
         te = [r for r in score_rows if fold[r["pose"]] == held]
-        h = 0
-        for r in te:
-            if all(r.get(k) is not None for k in keys):
-                est = float(w[0] + sum(w[i + 1] * float(r[k]) for i, k in enumerate(keys)))
-                pred = est < cut
-            else:
-                pred = r["status"] in PROBLEM
-            h += pred == r["fail"]
+        h = int(np.sum(predict(te, keys, w, cut) == np.array([bool(r["fail"]) for r in te])))
         per.append(100.0 * h / max(len(te), 1))
         hits += h
         total += len(te)
     return 100.0 * hits / max(total, 1), per
 
 
-PROBLEM = ("warn", "fail")
+def held_scores(
+    fit_rows: list[Row], score_rows: list[Row], keys: Sequence[str], folds: list[dict[int, int]]
+) -> tuple[np.ndarray, list[float]]:
+    """``scored`` on every pose split: the accuracies (%), and the even/odd split's per fold."""
+    res = [scored(fit_rows, score_rows, keys, f) for f in folds]
+    return np.array([x[0] for x in res]), res[0][1]
+
+
+def featured(data: dict[str, list[Row]], cands: Sequence[Sequence[str]]) -> dict[str, list[Row]]:
+    """The sources with films, their rows with every candidate's (derived) keys."""
+    keys = sorted({k for c in cands for k in c})
+    return {m: with_features(rows, keys) for m, rows in data.items() if rows}
+
+
+def q2_header(src: str, rows: list[Row], how: str) -> None:
+    """Q2's line before a scoring source's candidates."""
+    n, acc = len(rows), rule_acc(rows)
+    print(f"\n== Q2 scored on {src} masks ({n} films): v7 rule {acc:.1f} %; {how}")
+
+
+def refit_depth(
+    fdata: dict[str, list[Row]], src: str, folds: list[dict[int, int]]
+) -> dict[str, np.ndarray]:
+    """The depth alone, refitted on each fitting source and scored on ``src`` (the
+    candidates' reference: their gain is over it)."""
+    return {fit: held_scores(fdata[fit], fdata[src], ["depth"], folds)[0] for fit in fdata}
 
 
 def rule_acc(rows: list[Row], key: str = "status") -> float:
@@ -320,12 +352,7 @@ def decomposition(rows: list[Row], folds: list[dict[int, int]], view: str) -> No
     )
     print(f"   v7 rule on the {len(meas)} measured films: {rule_acc(meas):.1f} %")
     sets = [
-        ["depth"],
-        ["depth/mag"],
-        ["depth/sz"],
-        ["depth/sm"],
-        ["depth/sm", "tilt"],
-        ["depth/sm", "tilt", "rot"],
+        *DEPTH_TRUTH,
         ["vis"],
         ["vis/sm"],
         ["vis/sm", "tilt"],
@@ -397,25 +424,22 @@ def report(data: dict[str, list[Row]], folds: list[dict[int, int]], view: str) -
             ["depth/apm", "apex_clav"],
             ["depth/apm", "heart_h", "lung_h"],
         ]
-    keys = sorted({k for c in cands for k in c})
-    fdata = {m: with_features(rows, keys) for m, rows in data.items() if rows}
+    fdata = featured(data, cands)
     for src in fdata:
-        print(
-            f"\n== Q2 scored on {src} masks ({len(fdata[src])} films): v7 rule "
-            f"{rule_acc(fdata[src]):.1f} %; held out, 2-fold by pose (even/odd: both folds; "
-            f"{len(folds) - 1} random halves: mean [min, max], gain over the refitted depth)"
+        q2_header(
+            src,
+            fdata[src],
+            f"held out, 2-fold by pose (even/odd: both folds; {len(folds) - 1} random halves: "
+            "mean [min, max], gain over the refitted depth)",
         )
-        base = {
-            fit: [scored(fdata[fit], fdata[src], ["depth"], f)[0] for f in folds] for fit in fdata
-        }
+        base = refit_depth(fdata, src, folds)
         for c in cands:
             for fit in fdata:
-                res = [scored(fdata[fit], fdata[src], c, f) for f in folds]
-                acc = np.array([x[0] for x in res])
-                gain = acc - np.array(base[fit])
+                acc, eo = held_scores(fdata[fit], fdata[src], c, folds)
+                gain = acc - base[fit]
                 print(
                     f"   {'+'.join(c):26s} fit {fit:5s}: even/odd {acc[0]:5.1f} "
-                    f"({res[0][1][0]:.1f} / {res[0][1][1]:.1f})  random {acc[1:].mean():5.1f} "
+                    f"({eo[0]:.1f} / {eo[1]:.1f})  random {acc[1:].mean():5.1f} "
                     f"[{acc[1:].min():.1f}, {acc[1:].max():.1f}]  gain {gain[1:].mean():+.2f} "
                     f"(<0 in {int(np.sum(gain[1:] < 0))}/{len(gain) - 1})"
                 )
@@ -438,9 +462,7 @@ def logistic_check(data: dict[str, list[Row]], cands: Sequence[Sequence[str]]) -
 def final_fit(rows: list[Row], keys: Sequence[str]) -> None:
     """The coefficients for rules.toml: least squares on all films of ``rows``, then the
     intercept moved so that rounding at 9.5 reproduces the chosen pass cut."""
-    fr = with_features(rows, keys)
-    w, cut = fitted(fr, keys)
-    a = float(w[0]) + (PASS_RIBS - 0.5 - cut)
+    w, a, cut = rib_formula(rows, keys)
     terms = ", ".join(
         f"{k}: {w[i + 1]:.5f} ribs/unit ({1.0 / w[i + 1]:.2f} units/rib)"
         for i, k in enumerate(keys)
@@ -478,12 +500,10 @@ def census(rows: list[Row], mode: str, n_boot: int = 2000) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = study_parser(__doc__)
-    ap.add_argument("--random", type=int, default=20, help="random pose halves")
-    ap.add_argument(
-        "--census",
-        action="store_true",
-        help="only the v7 rule vs rules.toml now, per pose (descriptive; allowed on an eval split)",
+    ap = study_parser(
+        __doc__,
+        random_halves=True,
+        descriptive=("--census", "the v7 rule vs rules.toml now, per pose"),
     )
     ap.add_argument("--view", choices=("frontal", "lateral"), default=None)
     args = ap.parse_args(argv)
@@ -498,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     data = measured_by_source(
         args.rows, samples[: args.limit], lambda smp, pred: measure(smp, cfg, pred), args.pred
     )
-    folds = halves([r["pose"] for r in data["exact"]], args.random)
+    folds = pose_halves([r["pose"] for r in data["exact"]], args.random, FOLD_SEED)
     for mode, rows in data.items():
         if rows and not args.census:
             now = rule_acc(rows, "status_now")

@@ -36,10 +36,10 @@ Result there: no key qualifies on rules-cal5-f/-l with qcnet_d10_w3_s9's masks.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import math
-import random
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,18 +53,6 @@ Row = dict[str, Any]
 Fold = dict[str, int]
 PROBLEM = {"warn", "fail"}
 REPEATS = 20
-
-
-def pose_folds(poses: Sequence[str], repeats: int = REPEATS, seed: int = 0) -> list[Fold]:
-    """Even/odd poses first, then ``repeats`` random halves of the poses."""
-    ordered = sorted(set(poses))
-    folds = [{p: i % 2 for i, p in enumerate(ordered)}]
-    rng = random.Random(seed)
-    for _ in range(repeats):
-        order = ordered[:]
-        rng.shuffle(order)
-        folds.append({p: int(i < len(order) // 2) for i, p in enumerate(order)})
-    return folds
 
 
 def held_out(
@@ -109,7 +97,7 @@ def report(
     """Print and return: the shipped point in sample, the even/odd choice, the random halves'
     gains (model and exact, mean [min, max])."""
     ins = {s: 100.0 * float(np.mean(table[shipped][s] == y[s])) for s in y}
-    folds = pose_folds(pose["exact"] + pose["model"])
+    folds = study_stats.pose_halves(pose["exact"] + pose["model"], REPEATS, seed=0)
     chosen, eo = held_out(y, pose, table, shipped, folds[0])
     gains = np.array(
         [
@@ -152,6 +140,15 @@ def _table(
     return {g: {s: np.asarray(pred(rows[s], g), dtype=bool) for s in rows} for g in grid}
 
 
+def _truth(
+    data: dict[str, list[Row]],
+) -> tuple[dict[str, npt.NDArray[np.bool_]], dict[str, list[str]]]:
+    """Per source: the truth's problem per film (rows' "fail") and the films' poses."""
+    y = {s: np.array([bool(r["fail"]) for r in data[s]]) for s in data}
+    pose = {s: [str(r["pose"]) for r in data[s]] for s in data}
+    return y, pose
+
+
 def spine(rows_file: Path) -> dict[str, Any]:
     """organs.spine: (tolerance, band, ends) over spine_study's grid, fraction as shipped."""
     from spine_study import near_grid, near_pred
@@ -164,8 +161,7 @@ def spine(rows_file: Path) -> dict[str, Any]:
     shipped = (o.spine_lung_end_tolerance_mm, o.spine_lung_end_band_mm, "bottom")
     grid = list(dict.fromkeys([shipped, *near_grid()]))
     table = _table(data, grid, lambda rr, g: near_pred(rr, g[0], g[1], g[2], frac))
-    y = {s: np.array([bool(r["fail"]) for r in data[s]]) for s in data}
-    pose = {s: [str(r["pose"]) for r in data[s]] for s in data}
+    y, pose = _truth(data)
     if data["model"] and "rule_s7" in data["model"][0]:
         same = np.mean(
             table[shipped]["model"] == np.array([bool(r["rule_s7"]) for r in data["model"]])
@@ -190,8 +186,7 @@ def lungs(rows_file: Path) -> dict[str, Any]:
     shares = (0.15, 0.18, 0.2, 0.22, 0.25, 0.28, 0.3, 0.35, 0.4)
     names = [f"w{a:.0f}_{b:.0f}" for a, b in WINDOWS_MM]
     pairs = [f"{a}+{b}" for i, a in enumerate(names) for b in names[i + 1 :]]
-    y = {s: np.array([bool(r["fail"]) for r in data[s]]) for s in data}
-    pose = {s: [str(r["pose"]) for r in data[s]] for s in data}
+    y, pose = _truth(data)
     out = {}
     for label, ps in (("share", [pair]), ("window pair + share", pairs)):
         grid = list(
@@ -277,6 +272,34 @@ def edges(rows_file: Path) -> dict[str, Any]:
     return out
 
 
+def _measured_grid(
+    name: str,
+    data: dict[str, list[Row]],
+    shipped: float,
+    grid: Sequence[float],
+    pred: Callable[[list[Row], float], list[bool]],
+    flag: str,
+    census: str,
+) -> dict[str, Any]:
+    """One key over a grid on rows measured by this script (rows' "status": the rule's): per
+    source the films, how many are ``flag``ged (``census``, formatted with n and same: the
+    share of films where the shipped point gives the rule's status), each point's in-sample
+    accuracies, then ``report``."""
+    grid = list(dict.fromkeys([shipped, *grid]))
+    y, pose = _truth(data)
+    table = _table(data, grid, pred)
+    for s in data:
+        same = np.mean(table[shipped][s] == np.array([r["status"] in PROBLEM for r in data[s]]))
+        n = sum(bool(r[flag]) for r in data[s])
+        print(f"{s}: {len(data[s])} films, " + census.format(n=n, same=100 * same))
+    for g in grid:
+        print(
+            f"  {g:5.1f} mm: model {100 * np.mean(table[g]['model'] == y['model']):.2f} %, "
+            f"exact {100 * np.mean(table[g]['exact'] == y['exact']):.2f} %"
+        )
+    return report(name, y, pose, table, shipped)
+
+
 STERNUM_TOL_MM = (-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 
 
@@ -314,8 +337,6 @@ def sternum(set_dir: Path, pred_dir: Path, rows_file: Path | None) -> dict[str, 
 
     samples = study_stats.study_samples(set_dir, View.LATERAL)
     data = study_stats.measured_by_source(rows_file, samples, sternum_row, pred_dir)
-    shipped = load_config().completeness.sternum_outside_edge_mm
-    grid = list(dict.fromkeys([shipped, *STERNUM_TOL_MM]))
 
     def pred(rows: list[Row], tol: float) -> list[bool]:
         out = []
@@ -327,21 +348,15 @@ def sternum(set_dir: Path, pred_dir: Path, rows_file: Path | None) -> dict[str, 
                 out.append(tol >= 0 and m is not None and m <= tol)
         return out
 
-    y = {s: np.array([bool(r["fail"]) for r in data[s]]) for s in data}
-    pose = {s: [str(r["pose"]) for r in data[s]] for s in data}
-    table = _table(data, grid, pred)
-    for s in data:
-        same = np.mean(table[shipped][s] == np.array([r["status"] in PROBLEM for r in data[s]]))
-        n = sum(bool(r["no_sternum"]) for r in data[s])
-        print(
-            f"{s}: {len(data[s])} films, {n} without a sternum; shipped == rule {100 * same:.1f} %"
-        )
-    for g in grid:
-        print(
-            f"  {g:5.1f} mm: model {100 * np.mean(table[g]['model'] == y['model']):.2f} %, "
-            f"exact {100 * np.mean(table[g]['exact'] == y['exact']):.2f} %"
-        )
-    return report("completeness.anteroposterior sternum_outside_edge_mm", y, pose, table, shipped)
+    return _measured_grid(
+        "completeness.anteroposterior sternum_outside_edge_mm",
+        data,
+        load_config().completeness.sternum_outside_edge_mm,
+        STERNUM_TOL_MM,
+        pred,
+        "no_sternum",
+        "{n} without a sternum; shipped == rule {same:.1f} %",
+    )
 
 
 CLAVICLE_MARGIN_MM = (5.0, 10.0, 12.0, 15.0, 20.0, 25.0, 30.0, 40.0, math.inf)
@@ -376,8 +391,6 @@ def clavicle(set_dir: Path, pred_dir: Path, rows_file: Path | None) -> dict[str,
 
     samples = study_stats.study_samples(set_dir, View.FRONTAL)
     data = study_stats.measured_by_source(rows_file, samples, clavicle_row, pred_dir)
-    shipped = load_config().organs.clavicle_exposed_margin_mm
-    grid = list(dict.fromkeys([shipped, *CLAVICLE_MARGIN_MM]))
 
     def pred(rows: list[Row], margin: float) -> list[bool]:
         return [
@@ -385,43 +398,22 @@ def clavicle(set_dir: Path, pred_dir: Path, rows_file: Path | None) -> dict[str,
             for r in rows
         ]
 
-    y = {s: np.array([bool(r["fail"]) for r in data[s]]) for s in data}
-    pose = {s: [str(r["pose"]) for r in data[s]] for s in data}
-    table = _table(data, grid, pred)
-    for s in data:
-        same = np.mean(table[shipped][s] == np.array([r["status"] in PROBLEM for r in data[s]]))
-        n = sum(bool(r["small"]) for r in data[s])
-        print(f"{s}: {len(data[s])} films, {n} small clavicles; shipped == rule {100 * same:.1f}")
-    for g in grid:
-        print(
-            f"  {g:5.1f} mm: model {100 * np.mean(table[g]['model'] == y['model']):.2f} %, "
-            f"exact {100 * np.mean(table[g]['exact'] == y['exact']):.2f} %"
-        )
-    return report("organs.clavicles clavicle_exposed_margin_mm", y, pose, table, shipped)
+    return _measured_grid(
+        "organs.clavicles clavicle_exposed_margin_mm",
+        data,
+        load_config().organs.clavicle_exposed_margin_mm,
+        CLAVICLE_MARGIN_MM,
+        pred,
+        "small",
+        "{n} small clavicles; shipped == rule {same:.1f}",
+    )
 
 
 def swap(script: str, old_rows: Path, args: list[str]) -> int:
     """scripts/SCRIPT.py's main with the exact rows of ``old_rows`` and model rows measured now."""
     mod = importlib.import_module(script)
     exact = json.loads(old_rows.read_text())["exact"]
-
-    def by_source(
-        rows_file: Path | None,
-        samples: Sequence[Any],
-        measure: Callable[[Any, Path | None], Row | None],
-        pred_dir: Path | None,
-        *,
-        every: int = 50,
-    ) -> dict[str, list[Row]]:
-        if rows_file is not None and rows_file.is_file():
-            cached: dict[str, list[Row]] = json.loads(rows_file.read_text())
-            return cached
-        model = study_stats.measured(None, samples, lambda s: measure(s, pred_dir), every=every)
-        data = {"exact": exact, "model": model}
-        if rows_file is not None:
-            rows_file.write_text(json.dumps(data))
-        return data
-
+    by_source = functools.partial(study_stats.measured_by_source, exact=exact)
     setattr(mod, "measured_by_source", by_source)  # noqa: B010 (a module chosen at run time)
     return int(mod.main(args))
 

@@ -31,12 +31,18 @@ gains +0.17 point on the calibration set, below the 1-point bar. The rules stay 
 from __future__ import annotations
 
 import math
-import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from study_stats import film_subject, measured_by_source, study_parser, study_samples
+from study_stats import (
+    film_subject,
+    measured_by_source,
+    pose_halves,
+    study_parser,
+    study_samples,
+)
 
 from qcnode.evaluate import Sample
 from qcnode.records import View
@@ -158,21 +164,6 @@ def fit_c(rows: list[dict[str, Any]], w: str) -> dict[bool, float]:
     return out
 
 
-def one_pred_rot(r: dict[str, Any], w: str, c: dict[bool, float], t: float) -> bool | None:
-    p = side_of(r)
-    if p is None:
-        return None
-    th = rot_one(r, p, w, c[r["ap"]])
-    return None if th is None else abs(th) > t
-
-
-def one_pred_tilt(r: dict[str, Any], lo: float, hi: float) -> bool | None:
-    p = side_of(r)
-    if p is None or p + "tilt" not in r:
-        return None
-    return not (lo <= r[p + "tilt"] <= hi)
-
-
 def train_rot(rows: list[dict[str, Any]], w: str, fixed: bool) -> tuple[dict[bool, float], float]:
     """c per projection; the |theta| threshold: 5 deg (fixed) or best on every measurable side
     of the fitting half's films (each clavicle alone)."""
@@ -216,13 +207,35 @@ def train_tilt(rows: list[dict[str, Any]], fixed: bool) -> tuple[float, float]:
     return best[1], best[2]
 
 
+# the truth's and the rule's columns of each rule
+COLUMNS = {"rot": ("rot_fail", "rot_status"), "tilt": ("tilt_fail", "tilt_status")}
+SidePred = Callable[[dict[str, Any], str], bool | None]
+
+
+def side_rule(rows: list[dict[str, Any]], rule: str, variant: str) -> SidePred:
+    """The one-clavicle verdict (fail: True; None: not measurable) of one side ("r_"/"l_") of
+    a film, trained on ``rows``: rotation ``variant`` "W/fixed" or "W/fit" (``train_rot``),
+    tilt "fixed" or "fit" (``train_tilt``)."""
+    if rule == "rot":
+        w, how = variant.split("/")
+        c, t = train_rot(rows, w, how == "fixed")
+
+        def rot(r: dict[str, Any], p: str) -> bool | None:
+            th = rot_one(r, p, w, c[r["ap"]])
+            return None if th is None else abs(th) > t
+
+        return rot
+    lo, hi = train_tilt(rows, variant == "fixed")
+    return lambda r, p: None if p + "tilt" not in r else not (lo <= r[p + "tilt"] <= hi)
+
+
 def evaluate(
     data: dict[str, list[dict[str, Any]]], fold: dict[str, int], rule: str, variant: str
 ) -> dict[str, Any]:
     """Held-out: on the model's not_evaluable one-clavicle films (accuracy, majority class,
     coverage) and overall per mode (rule where evaluable, the measure where not, a
     not_evaluable film a miss as in eval_cached)."""
-    key, st = ("rot_fail", "rot_status") if rule == "rot" else ("tilt_fail", "tilt_status")
+    key, st = COLUMNS[rule]
     res: dict[str, Any] = {}
     ne_hit = ne_n = ne_maj = ne_cov = 0
     for mode, rows in data.items():
@@ -230,11 +243,7 @@ def evaluate(
         for held in (0, 1):
             tr = [r for r in rows if fold[r["pose"]] != held]
             te = [r for r in rows if fold[r["pose"]] == held]
-            if rule == "rot":
-                w, how = variant.split("/")
-                c, t = train_rot(tr, w, how == "fixed")
-            else:
-                lo, hi = train_tilt(tr, variant == "fixed")
+            one = side_rule(tr, rule, variant)
             for r in te:
                 n += 1
                 ok = r[st] != "not_evaluable" and (r[st] == "fail") == r[key]
@@ -242,7 +251,8 @@ def evaluate(
                 if r[st] != "not_evaluable":
                     hits += ok
                     continue
-                pr = one_pred_rot(r, w, c, t) if rule == "rot" else one_pred_tilt(r, lo, hi)
+                p = side_of(r)
+                pr = None if p is None else one(r, p)
                 if pr is not None:
                     hits += pr == r[key]
                 if mode == "model" and side_of(r) is not None:
@@ -256,14 +266,7 @@ def evaluate(
 
 
 def folds(rows: list[dict[str, Any]], n_random: int) -> list[dict[str, int]]:
-    poses = sorted({r["pose"] for r in rows})
-    out = [{p: i % 2 for i, p in enumerate(poses)}]
-    rng = random.Random(7)
-    for _ in range(n_random):
-        sh = poses[:]
-        rng.shuffle(sh)
-        out.append({p: int(i < len(sh) // 2) for i, p in enumerate(sh)})
-    return out
+    return pose_halves([str(r["pose"]) for r in rows], n_random, seed=7)
 
 
 def census(rows: list[dict[str, Any]], mode: str, exact: dict[str, dict[str, Any]]) -> None:
@@ -316,24 +319,15 @@ def one_side_quality(rows: list[dict[str, Any]], mode: str) -> None:
     cases: list[tuple[str, str]] = [("rot", v) for v in ("wl/fixed", "wl/fit", "ws/fixed")]
     cases += [("rot", "ws/fit"), ("tilt", "fixed"), ("tilt", "fit")]
     for rule, v in cases:
-        key, st = ("rot_fail", "rot_status") if rule == "rot" else ("tilt_fail", "tilt_status")
+        key, st = COLUMNS[rule]
         hit = n = maj = rh = 0
         for held in (0, 1):
-            tr = [r for r in rows if f[r["pose"]] != held]
-            if rule == "rot":
-                w, how = v.split("/")
-                c, t = train_rot(tr, w, how == "fixed")
-            else:
-                lo, hi = train_tilt(tr, v == "fixed")
+            one = side_rule([r for r in rows if f[r["pose"]] != held], rule, v)
             for r in rows:
                 if f[r["pose"]] != held or r[st] == "not_evaluable":
                     continue
                 for p in ("r_", "l_"):
-                    if rule == "rot":
-                        th = rot_one(r, p, w, c[r["ap"]])
-                        pr = None if th is None else abs(th) > t
-                    else:
-                        pr = None if p + "tilt" not in r else not (lo <= r[p + "tilt"] <= hi)
+                    pr = one(r, p)
                     if pr is None:
                         continue
                     n += 1
@@ -347,12 +341,8 @@ def one_side_quality(rows: list[dict[str, Any]], mode: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = study_parser(__doc__)
-    ap.add_argument("--random", type=int, default=20, help="random pose halves")
-    ap.add_argument(
-        "--census-only",
-        action="store_true",
-        help="only why films are not_evaluable (descriptive; allowed on an eval split)",
+    ap = study_parser(
+        __doc__, random_halves=True, descriptive=("--census-only", "why films are not_evaluable")
     )
     args = ap.parse_args(argv)
     cfg = load_config()

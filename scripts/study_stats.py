@@ -1,14 +1,16 @@
 """Shared pieces of the rule studies (scripts/*_study.py): a film's measured Subject from its
-exact or cached model masks, and the pose-split statistics every study reports."""
+exact or cached model masks (or a real film's from the model), the truth's pose parameters,
+and the pose-split statistics every study reports."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -16,23 +18,36 @@ from cache_predictions import load_prediction
 
 from qcnode.evaluate import Sample, load_masks, load_samples
 from qcnode.imaging import decode
-from qcnode.records import BoolMask, DecodedImage, View
+from qcnode.records import BoolMask, DecodedImage, Predictor, View
 from qcnode.rules import RulesConfig, build_subject
 from qcnode.rules.geometry import Subject
 from qcnode.testing import FakePredictor
 
 Array = npt.NDArray[np.float64]
 Row = dict[str, Any]
+Pose = TypeVar("Pose", int, str)
 
 
-def study_parser(doc: str | None) -> argparse.ArgumentParser:
+def study_parser(
+    doc: str | None, *, random_halves: bool = False, descriptive: tuple[str, str] | None = None
+) -> argparse.ArgumentParser:
     """The arguments every study takes: the set, the model's cached masks, a cache of the
-    per-film measures (measuring is the slow part) and a film limit."""
+    per-film measures (measuring is the slow part) and a film limit; ``random_halves``: also
+    ``--random``, how many random pose halves (``pose_halves``) beside even/odd;
+    ``descriptive`` (flag, what it reports): a flag for a run that only describes, so that it
+    may read an eval split (``study_samples(..., train_only=not flag)``)."""
     ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     ap.add_argument("set_dir", type=Path)
     ap.add_argument("--pred", type=Path, help="cached model masks (cache_predictions.py)")
     ap.add_argument("--rows", type=Path, help="cache of the per-film measures (JSON)")
     ap.add_argument("--limit", type=int)
+    if random_halves:
+        ap.add_argument("--random", type=int, default=20, help="random pose halves")
+    if descriptive is not None:
+        flag, what = descriptive
+        ap.add_argument(
+            flag, action="store_true", help=f"only {what} (descriptive; allowed on an eval split)"
+        )
     return ap
 
 
@@ -74,21 +89,26 @@ def measured_by_source(
     pred_dir: Path | None,
     *,
     every: int = 50,
+    exact: list[Row] | None = None,
 ) -> dict[str, list[Row]]:
     """{"exact": rows, "model": rows}: each film measured on its exact masks and on the
-    model's cached ones (skipped without pred_dir), cached in rows_file like ``measured``."""
+    model's cached ones (skipped without pred_dir), cached in rows_file like ``measured``.
+    ``exact``: exact-mask rows measured before (kept as they are; only the model's masks are
+    measured, as for a new model's cache)."""
     if rows_file is not None and rows_file.is_file():
         cached: dict[str, list[Row]] = json.loads(rows_file.read_text())
         return cached
 
     def both(smp: Sample) -> dict[str, Row | None]:
         return {
-            "exact": measure(smp, None),
+            "exact": measure(smp, None) if exact is None else None,
             "model": measure(smp, pred_dir) if pred_dir is not None else None,
         }
 
     pairs = measured(None, samples, both, every=every)
     data = {src: [p[src] for p in pairs if p[src] is not None] for src in ("exact", "model")}
+    if exact is not None:
+        data["exact"] = exact
     if rows_file is not None:
         rows_file.write_text(json.dumps(data))
     return data
@@ -117,6 +137,63 @@ def film_subject(
     if view is not smp.view:
         return None
     return image, subject(image, view, masks, cfg)
+
+
+def real_pngs(folders: Iterable[Path]) -> list[Path]:
+    """The real films (PNG) of some folders, sorted, without their ``*_lungs`` masks."""
+    return sorted(p for d in folders for p in d.glob("*.png") if not p.stem.endswith("_lungs"))
+
+
+def real_frontals(
+    pred: Predictor, films: Iterable[Path], cfg: RulesConfig
+) -> Iterator[tuple[Path, DecodedImage, Subject]]:
+    """Each real film that the model reads as frontal, measured on the model's masks
+    (descriptive checks only: nothing is chosen on real films)."""
+    for path in films:
+        image = decode(path)
+        (prediction,) = pred.predict([image])
+        if prediction.view is View.FRONTAL:
+            yield path, image, build_subject(image, prediction, cfg)
+
+
+# the truth's pose parameters (truth["params"]) under the studies' row keys: (key, index)
+POSE_PARAMS: dict[str, tuple[str, int | None]] = {
+    "sz": ("scale_zyx", 0),
+    "sy_": ("scale_zyx", 1),
+    "sx_": ("scale_zyx", 2),
+    "mag": ("magnification", None),
+    "shift": ("diaphragm_shift_mm", None),
+    "tilt": ("tilt_deg", None),
+    "tilt_deg": ("tilt_deg", None),
+    "rot": ("rotation_deg", None),
+    "elastic": ("elastic_mm", None),
+    "cz": ("beam_center_mm", 1),
+    "sid": ("sid_mm", None),
+    "vp": ("view_position", None),
+}
+
+
+def pose_params(params: Mapping[str, Any], *names: str) -> Row:
+    """Some of the truth's pose parameters (``POSE_PARAMS``), in the order named: the
+    nuisances a study relates its measures and residuals to."""
+    out: Row = {}
+    for name in names:
+        key, i = POSE_PARAMS[name]
+        out[name] = params[key] if i is None else params[key][i]
+    return out
+
+
+def pose_halves(poses: Iterable[Pose], n_random: int, seed: int) -> list[dict[Pose, int]]:
+    """Pose -> fold (0/1): even/odd by pose rank first (``two_fold``'s split), then
+    ``n_random`` random halves of the poses (``random.Random(seed)``)."""
+    ordered = sorted(set(poses))
+    out = [{p: i % 2 for i, p in enumerate(ordered)}]
+    rng = random.Random(seed)
+    for _ in range(n_random):
+        order = ordered[:]
+        rng.shuffle(order)
+        out.append({p: int(i < len(order) // 2) for i, p in enumerate(order)})
+    return out
 
 
 def best_threshold(x: Array, y: npt.NDArray[np.bool_]) -> tuple[float, int]:

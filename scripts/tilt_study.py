@@ -39,12 +39,21 @@ medial 20 mm, gains +1.3 to +1.8 on the model's masks, under the 2-point bar.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from study_stats import Row, film_subject, measured, study_parser, study_samples
+from study_stats import (
+    Row,
+    film_subject,
+    measured,
+    pose_halves,
+    pose_params,
+    real_frontals,
+    real_pngs,
+    study_parser,
+    study_samples,
+)
 
 from qcnode.evaluate import Sample
 from qcnode.records import BoolMask, View
@@ -183,16 +192,9 @@ def measure(smp: Sample, cfg: RulesConfig, pred_dir: Path | None) -> Row | None:
         "ap": se.image.meta.view_position.strip().upper() == "AP",
         "truth": apparent_tilt(pr),
         "fail": smp.truth["rules"]["positioning.tilt"]["status"] == "fail",
-        "sz": pr["scale_zyx"][0],
-        "sy_": pr["scale_zyx"][1],
-        "sx_": pr["scale_zyx"][2],
-        "mag": pr["magnification"],
-        "tilt_deg": pr["tilt_deg"],
-        "rot": pr["rotation_deg"],
-        "elastic": pr["elastic_mm"],
-        "cz": pr["beam_center_mm"][1],
-        "sid": pr["sid_mm"],
-        "vp": pr["view_position"],
+        **pose_params(
+            pr, "sz", "sy_", "sx_", "mag", "tilt_deg", "rot", "elastic", "cz", "sid", "vp"
+        ),
     }
     row.update(source_row(se, cfg, "e_"))
     if mo is not None:
@@ -204,19 +206,10 @@ def real_films(folders: list[Path], cfg: RulesConfig, bounds: tuple[float, float
     """Descriptive only (nothing chosen on real films): the default model on every real
     frontal film, the rule's tilt verdict and value next to the best candidate's (f0.3 apex,
     medial 20 mm of the clavicles, ``bounds`` from the calibration set's exact masks)."""
-    from qcnode.imaging import decode
     from qcnode.model.infer import load_predictor
-    from qcnode.rules import build_subject
 
-    pred = load_predictor(device="cpu")
-    films = sorted(p for d in folders for p in d.glob("*.png") if not p.stem.endswith("_lungs"))
     n = flagged = cand_flagged = 0
-    for path in films:
-        image = decode(path)
-        (prediction,) = pred.predict([image])
-        if prediction.view is not View.FRONTAL:
-            continue
-        s = build_subject(image, prediction, cfg)
+    for path, _, s in real_frontals(load_predictor(device="cpu"), real_pngs(folders), cfg):
         n += 1
         row = source_row(s, cfg, "m_")
         rule = row["m_status"] in PROBLEM
@@ -301,17 +294,11 @@ def values(rows: list[Row], p: str, cand: tuple[str, ...]) -> np.ndarray:
     return np.array(out, float)
 
 
-def pose_halves(rows: list[Row], n_random: int = 20) -> list[np.ndarray]:
+def film_folds(rows: list[Row], n_random: int = 20) -> list[np.ndarray]:
     """Fold (0/1) per film: even/odd by pose rank (``study_stats.two_fold``), then random
-    pose halves."""
-    poses = sorted({r["pose"] for r in rows})
-    maps = [{q: i % 2 for i, q in enumerate(poses)}]
-    rng = random.Random(9)
-    for _ in range(n_random):
-        sh = poses[:]
-        rng.shuffle(sh)
-        maps.append({q: int(i < len(sh) // 2) for i, q in enumerate(sh)})
-    return [np.array([m[r["pose"]] for r in rows]) for m in maps]
+    pose halves (``study_stats.pose_halves``)."""
+    maps = pose_halves([str(r["pose"]) for r in rows], n_random, seed=9)
+    return [np.array([m[str(r["pose"])] for r in rows]) for m in maps]
 
 
 Fit = Callable[[np.ndarray, np.ndarray], tuple[float, float]]
@@ -333,7 +320,7 @@ class Study:
         self.t = np.array([r["truth"] for r in rows], float)
         self.y = np.array([r["fail"] for r in rows], bool)
         self.rule = {p: np.array([r[p + "status"] in PROBLEM for r in rows]) for p in SRC}
-        self.folds = pose_halves(rows)
+        self.folds = film_folds(rows)
 
     def fixed(self, x: np.ndarray, p: str, lo: float, hi: float) -> float:
         pred = np.where(np.isnan(x), self.rule[p], (x < lo) | (x > hi))
