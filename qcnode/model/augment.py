@@ -51,6 +51,11 @@ class AugmentConfig:
     # wall the network stopped its lungs short of the new border (docs/MODEL.md).
     p_cut: float = 0.0
     cut_depth: tuple[float, float] = (0.04, 0.3)
+    # Dense regions blended towards white (session 10): consolidation, effusion, a heavy soft
+    # tissue shadow. Bedside films of one NIH patient with white lower halves were read as
+    # laterals; the DRRs of one healthy CT never show such a film.
+    p_opacity: float = 0.0
+    opacity: tuple[float, float] = (0.3, 0.85)
 
 
 NONE = AugmentConfig(
@@ -161,9 +166,27 @@ def _lines(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(canvas > 0, torch.full_like(x, value), x)
 
 
+def _opacity(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """1-3 smooth dense blobs inside the body, mostly low in the film (where effusion and
+    soft tissue lie), blended towards white: x + (1 - x) * a * field."""
+    s = x.shape[-1]
+    axis = (torch.arange(s, dtype=torch.float32) + 0.5) / s
+    field = torch.zeros(s, s)
+    for _ in range(int(torch.randint(1, 4, (), generator=g))):
+        cy, cx = _u(g, 0.35, 1.0), _u(g, 0.15, 0.85)
+        sy, sx = _u(g, 0.08, 0.3), _u(g, 0.08, 0.3)
+        blob = torch.exp(-0.5 * ((axis[:, None] - cy) / sy) ** 2 - 0.5 * ((axis - cx) / sx) ** 2)
+        field = torch.maximum(field, blob)
+    a = _u(g, *cfg.opacity)
+    body = (_blur(x, 3.0) > 0.1).float()  # inside the patient, not the air around
+    return x + (1 - x) * a * field.to(x.device) * body
+
+
 def _intensity(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """One (1, 1, S, S) image in [0, 1]-ish raw units."""
     x = img.clamp(0, 1)
+    if cfg.p_opacity > 0 and _p(g, cfg.p_opacity):  # no draws otherwise: old batches stay
+        x = _opacity(x, cfg, g)
     if _p(g, cfg.p_invert):
         x = 1 - x
     if _p(g, cfg.p_curve):
@@ -216,6 +239,6 @@ def augment(
     if cfg.p_geometric > 0:
         stack = _geometric(stack, cfg, generator)
     img, val, msk = stack[:, :1], stack[:, 1:2] > 0.5, (stack[:, 2:] > 0.5).float()
-    if cfg.p_curve > 0 or cfg.p_noise > 0 or cfg.p_invert > 0:
+    if cfg.p_curve > 0 or cfg.p_noise > 0 or cfg.p_invert > 0 or cfg.p_opacity > 0:
         img = torch.cat([_intensity(img[i : i + 1], cfg, generator) for i in range(img.shape[0])])
     return standardise(img, val), msk

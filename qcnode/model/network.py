@@ -122,13 +122,9 @@ class QCNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask logits (B, C, H, W) — (B, C, H/2, W/2) with ``upsample=False``, which
         training uses against area-averaged targets — and view logits (B, 3)."""
-        skips = [self.stem(x)]
-        h = skips[0]
-        for stage in self.down:
-            h = stage(F.max_pool2d(h, 2))
-            skips.append(h)
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
-        view_logits = self.view(pooled)
+        skips = self._encode(x)
+        h = skips[-1]
+        view_logits = self._view(h)
         for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = block(torch.cat([h, skip], dim=1))
@@ -136,6 +132,20 @@ class QCNet(nn.Module):
         if upsample:
             logits = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
         return logits, view_logits
+
+    def view_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The view logits alone: the encoder and the view head, no decoder (a third of the
+        network's time), for training the view head on a frozen encoder."""
+        return self._view(self._encode(x)[-1])
+
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        skips = [self.stem(x)]
+        for stage in self.down:
+            skips.append(stage(F.max_pool2d(skips[-1], 2)))
+        return skips
+
+    def _view(self, h: torch.Tensor) -> torch.Tensor:
+        return self.view(torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1))
 
 
 class LogitMean(nn.Module):

@@ -66,6 +66,9 @@ class Recipe:
     # Processes that compute augmented batches (0: the training process itself). A GPU host
     # needs many: augmentation, not the network, is its bottleneck.
     workers: int = 0
+    # "view": train the view head alone on the frozen network (masks bit-identical to the
+    # --init weights; the decoder is not run), "" trains everything.
+    train_only: str = ""
 
 
 # Thin structures: clavicles, scapulae, humeri, ribs, sternum, trachea.
@@ -186,6 +189,22 @@ RECIPES["cpu-ft-cut"] = replace(
     eval_every=2000,
     structure_weight=THIN_WEIGHTS,
     augment=replace(GPU_FT_AUGMENT, p_cut=0.25),
+)
+# Session 10 (no GPU): the view head alone, from the shipped weights (--init), with dense
+# opacities added: real white-out bedside frontals were called lateral. Masks do not change.
+RECIPES["cpu-view"] = Recipe(
+    name="cpu-view",
+    steps=1500,
+    batch=16,
+    lr=1e-3,
+    weight_decay=1e-2,
+    warmup=50,
+    p_negative=0.1,
+    eval_every=1500,
+    checkpoint_every=100,
+    augment=replace(GPU_FT_AUGMENT, p_cut=0.2, p_opacity=0.35),
+    lungs="both",
+    train_only="view",
 )
 # Session 9: gpu-ft with deep one-sided cuts, for a GPU host (on generator v1.14 data: realism
 # with a share of the plain look).
@@ -416,7 +435,17 @@ def train(
         model.load_state_dict(state)
         init_sha = sha256_file(init)
     model = model.to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.train_only not in ("", "view"):
+        raise QcnodeError(f"recipe {recipe.name}: unknown train_only {recipe.train_only!r}")
+    head_only = recipe.train_only == "view"
+    if head_only and init is None:
+        raise QcnodeError(f"recipe {recipe.name} trains the view head alone: it needs --init")
+    trained = list(model.view.parameters() if head_only else model.parameters())
+    for p in model.parameters():
+        p.requires_grad_(not head_only)
+    for p in trained:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(trained, lr=recipe.lr, weight_decay=recipe.weight_decay)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "last.pt"
     start = 0
@@ -442,26 +471,39 @@ def train(
     bar = tqdm(range(start, end), initial=start, total=recipe.steps, disable=not progress)
     for step in bar:
         model.train()
+        if head_only:  # frozen batch-norm statistics too: only the head's dropout trains
+            model.eval()
+            model.view.train()
         torch.manual_seed(seed * 1_000_003 + step)  # dropout: same draws after a resume
         batch = make_batch(train_pack, negatives, seed=seed, step=step, recipe=recipe)
         for group in opt.param_groups:
             group["lr"] = _lr(recipe, step)
-        logits, view_logits = model(batch["x"].to(dev), upsample=False)
-        loss, parts = loss_fn(
-            logits,
-            view_logits,
-            F.avg_pool2d(batch["masks"], 2).to(dev),  # area fractions at the logits' grid
-            batch["weight"].to(dev),
-            batch["views"].to(dev),
-            recipe.view_weight,
-            factors,
-        )
+        if head_only:
+            view_loss = F.cross_entropy(
+                model.view_logits(batch["x"].to(dev)),
+                batch["views"].to(dev),
+                label_smoothing=0.05,
+            )
+            loss, parts = view_loss, {"mask": 0.0, "view": float(view_loss.detach())}
+        else:
+            logits, view_logits = model(batch["x"].to(dev), upsample=False)
+            loss, parts = loss_fn(
+                logits,
+                view_logits,
+                F.avg_pool2d(batch["masks"], 2).to(dev),  # area fractions at the logits' grid
+                batch["weight"].to(dev),
+                batch["views"].to(dev),
+                recipe.view_weight,
+                factors,
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         loss_value = float(loss.detach())
         history.append({"step": step, "loss": loss_value, **parts})
-        bar.set_postfix(loss=f"{loss_value:.3f}", mask=f"{parts['mask']:.3f}")
+        bar.set_postfix(
+            loss=f"{loss_value:.3f}", mask=f"{parts['mask']:.3f}", view=f"{parts['view']:.3f}"
+        )
         done = step + 1
         if done % recipe.checkpoint_every == 0 or done in (recipe.steps, end):
             _save_checkpoint(ckpt, model, opt, done, identity)

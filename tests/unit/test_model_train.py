@@ -203,3 +203,64 @@ def test_both_lung_definitions_train_beside_the_real_negatives(tmp_path: Path) -
     )
     assert len(result.meta.structures) == len(STRUCTURES) + 2
     assert np.isfinite(result.final_loss)
+
+
+def test_opacity_whitens_inside_the_body_and_leaves_the_air() -> None:
+    from qcnode.model.augment import _opacity
+
+    x = torch.zeros((1, 1, 64, 64))
+    x[..., 16:, 8:56] = 0.4  # body below an air band, air at the sides
+    cfg = dataclasses.replace(NONE, p_opacity=1.0)
+    for seed in range(5):
+        out = _opacity(x, cfg, torch.Generator().manual_seed(seed))
+        assert torch.equal(out[..., :10, :], x[..., :10, :])  # the air above
+        assert torch.equal(out[..., :, :3], x[..., :, :3])  # and beside
+        body = out[..., 20:, 12:52]
+        assert (body >= 0.4).all() and body.max() > 0.45 and body.max() <= 1.0
+
+
+def test_opacity_probability_zero_leaves_the_draws_unchanged() -> None:
+    x = torch.rand((2, 1, 32, 32), generator=torch.Generator().manual_seed(3))
+    valid = torch.ones_like(x, dtype=torch.bool)
+    masks = torch.zeros((2, len(STRUCTURES), 32, 32))
+    cfg = dataclasses.replace(NONE, p_curve=1.0, p_noise=1.0)
+
+    def run(c: AugmentConfig) -> torch.Tensor:
+        out, _ = augment(x, valid, masks, cfg=c, generator=torch.Generator().manual_seed(4))
+        return out
+
+    assert torch.equal(run(cfg), run(dataclasses.replace(cfg, p_opacity=0.0)))
+    assert not torch.allclose(run(cfg), run(dataclasses.replace(cfg, p_opacity=1.0)))
+
+
+def test_view_head_recipe_changes_only_the_view_head(tmp_path: Path) -> None:
+    """`train_only="view"` (recipe cpu-view): every other tensor, batch-norm statistics
+    included, stays bit-identical to the --init weights, so the masks do not change."""
+    from qcnode.model.infer import read_weights
+    from qcnode.model.train import Recipe, TrainResult, train
+    from tests.unit.test_model import _tiny_dataset
+
+    root = _tiny_dataset(tmp_path / "set", n=2)
+    first = dataclasses.replace(RECIPES["tiny"], steps=2, batch=2, val_count=0)
+    head = dataclasses.replace(first, name="tiny-view", train_only="view", lr=0.1)
+
+    def run(out: str, recipe: Recipe, init: Path | None = None) -> TrainResult:
+        return train(
+            variant="qcnet_d10_w1",
+            data_dirs=[root],
+            out=tmp_path / out,
+            recipe=recipe,
+            cache_base=tmp_path / "c",
+            progress=False,
+            init=init,
+        )
+
+    base = run("a", first)
+    with pytest.raises(QcnodeError, match="needs --init"):
+        run("b", head)
+    result = run("b", head, base.weights)
+    _, before = read_weights(base.weights)
+    _, after = read_weights(result.weights)
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("view.") for k in changed), changed
