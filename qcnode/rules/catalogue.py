@@ -14,7 +14,9 @@ from qcnode.records import Family, View
 class RuleSpec:
     rule: str
     family: Family
-    unit: str | None  # UCUM unit of the finding's value
+    # UCUM unit of the finding's usual value; a rule whose branches report other quantities
+    # passes its own (organs.*: "mm2", the area, when an organ is missing)
+    unit: str | None
     title_en: str
     title_zh: str
 
@@ -40,7 +42,7 @@ _SPECS: tuple[RuleSpec, ...] = (
     RuleSpec("organs.heart", Family.ORGANS, "mm", "Heart", "心脏"),
     RuleSpec("organs.clavicles", Family.ORGANS, "mm2", "Clavicles", "锁骨"),
     RuleSpec("organs.diaphragm", Family.ORGANS, "%", "Diaphragm domes", "膈顶"),
-    RuleSpec("organs.spine", Family.ORGANS, "mm2", "Spine", "脊柱"),
+    RuleSpec("organs.spine", Family.ORGANS, "mm", "Spine", "脊柱"),
     RuleSpec("organs.sternum", Family.ORGANS, "mm", "Sternum", "胸骨"),
     RuleSpec("exposure.deviation_index", Family.EXPOSURE, "1", "Deviation index", "偏差指数"),
     RuleSpec("exposure.saturation", Family.EXPOSURE, "%", "Saturation", "饱和"),

@@ -22,6 +22,12 @@ from qcnode.rules.config import OrgansConfig, RulesConfig
 from qcnode.rules.geometry import Point, Subject, extreme
 from qcnode.rules.messages import make
 
+# UCUM units of the values these rules report: a "missing" organ reports its visible area, a
+# whole or truncated one the length of its outline on the field edge (the catalogue's one unit
+# per rule cannot say both)
+AREA_UNIT = "mm2"
+LENGTH_UNIT = "mm"
+
 
 def _found_and_whole(
     s: Subject,
@@ -49,6 +55,7 @@ def _found_and_whole(
                 area,
                 min_area,
                 "missing",
+                unit=AREA_UNIT,
                 structure=name.split("_")[0],
                 side=name.split("_")[1] if "_" in name else "",
             )
@@ -72,6 +79,7 @@ def _found_and_whole(
         worst_limit,
         key,
         tuple(geometry),
+        unit=LENGTH_UNIT,
         structure=worst_name.split("_")[0],
         side=worst_name.split("_")[1] if "_" in worst_name else "",
     )
@@ -128,6 +136,7 @@ def lungs(s: Subject, cfg: RulesConfig) -> Finding:
                 area,
                 o.lung_min_area_mm2,
                 "missing",
+                unit=AREA_UNIT,
                 structure="lung",
                 side=side,
             )
@@ -234,7 +243,17 @@ def _lateral_union(
         m |= s.mask(name)
     area = s.area_mm2(m)
     if area < min_area:
-        return make(s, rule, Status.FAIL, area, min_area, "missing", structure="lung", side="")
+        return make(
+            s,
+            rule,
+            Status.FAIL,
+            area,
+            min_area,
+            "missing",
+            unit=AREA_UNIT,
+            structure="lung",
+            side="",
+        )
     cut = s.edge_contact_mm(m, edge_tolerance_mm(s, cfg))
     limit = truncation_limit_mm(area, ratio)
     g = s.contour(m, "lungs")
@@ -247,6 +266,7 @@ def _lateral_union(
         limit,
         "truncated" if status is Status.FAIL else "pass",
         () if g is None else (g,),
+        unit=LENGTH_UNIT,
         structure="lung",
         side="",
     )
@@ -285,7 +305,7 @@ def spine(s: Subject, cfg: RulesConfig) -> Finding:
         m = m & rows[:, None]
     area = s.area_mm2(m)
     if area < o.spine_min_area_mm2:
-        return make(s, rule, Status.FAIL, area, o.spine_min_area_mm2, "missing")
+        return make(s, rule, Status.FAIL, area, o.spine_min_area_mm2, "missing", unit=AREA_UNIT)
     # the lungs' own top/bottom rows are not an edge of the spine: look at its sides only
     inner = m.copy()
     if ext is not None:
@@ -315,6 +335,7 @@ def spine(s: Subject, cfg: RulesConfig) -> Finding:
         o.spine_truncation_fail_mm,
         "truncated" if status is Status.FAIL else "found",
         () if g is None else (g,),
+        unit=LENGTH_UNIT,
         structure="spine",
     )
 

@@ -25,7 +25,7 @@ from qcnode.report.examples import EXAMPLE_MODEL, example_result
 from qcnode.report.validate import assert_valid, dsrdump
 
 CID6135 = {c.value for c in codes.CID6135.concepts.values()}
-UCUM = {"mm", "deg", "{ribs}", "1", "%"}
+UCUM = {"mm", "mm2", "deg", "{ribs}", "1", "%"}
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,50 @@ def test_findings_are_coded_with_units_and_geometry_inside_the_image(rg1_sr) -> 
     for f in measured:
         assert values[f.rule] == (pytest.approx(f.value), f.unit)
     assert {unit for _, unit in values.values()} <= UCUM
+
+
+def test_a_missing_organs_area_is_a_num_in_square_millimeters() -> None:
+    """organs.* report a missing organ's visible area: its NUM (and threshold) are UCUM mm2."""
+    import numpy as np
+
+    from qcnode.engine import family_verdicts
+    from qcnode.records import worst
+    from qcnode.rules import RulesConfig, evaluate
+    from qcnode.testing import FakePredictor, frontal_phantom, phantom_image
+
+    masks = frontal_phantom()
+    masks["heart"] = np.zeros_like(masks["heart"])
+    image = phantom_image(masks)
+    prediction = FakePredictor(source=lambda _i: (View.FRONTAL, masks)).predict([image])[0]
+    findings = tuple(evaluate(image, prediction, config=RulesConfig()))
+    heart = next(f for f in findings if f.rule == "organs.heart")
+    assert heart.status is Status.FAIL and heart.unit == "mm2"
+    header, _ = header_and_image(source_dataset(rows=400, columns=400))
+    result = QCResult(
+        sop_instance_uid=header.SOPInstanceUID,
+        view=View.FRONTAL,
+        verdict=worst(findings),
+        families=family_verdicts(findings),
+        findings=findings,
+        model=EXAMPLE_MODEL,
+    )
+    sr = roundtrip(build_sr(header, result))
+    assert_valid(sr)
+    units = [  # (rule, unit) of each measurement and threshold (a child of its rule's item)
+        (
+            concept(parents[-1] if concept(n)[0] == "threshold" else n)[0],
+            n.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0],
+        )
+        for n, parents in content_items(sr)
+        if n.ValueType == "NUM" and concept(n)[1] == SCHEME
+    ]
+    heart_units = [u for rule, u in units if rule == "organs.heart"]
+    assert len(heart_units) == 2  # the area and the least area
+    for unit in heart_units:
+        assert (unit.CodeValue, unit.CodingSchemeDesignator) == ("mm2", "UCUM")
+        assert unit.CodeMeaning == "square millimeter"
+    assert {u.CodeValue for _, u in units} <= UCUM
+    assert '(mm2,UCUM,"square millimeter")' in dsrdump(sr)
 
 
 def test_overall_and_family_verdicts(rg1_sr) -> None:
