@@ -52,7 +52,16 @@ from qcnode.testing import FakePredictor
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SETS = (Path("data/synth/eval-v1"), Path("data/synth/train-v1"))
+# the evaluation sets, newest first; never a training set (DESIGN §6: training and evaluation
+# sets come from disjoint seeds and CT regions, and a score on training films flatters)
+DEFAULT_SETS = (Path("data/synth/eval-v2"), Path("data/synth/eval-v1"))
+# how eval-v2 was made (docs/SYNTH.md, session 4): frontals, then laterals into the same folder
+MAKE_EVAL_SET = (
+    "qcnode synth --out data/synth/eval-v2 --split eval --seed 2001 --view frontal --count 2000"
+    " --variants-per-pose 10 --visible-lungs --scapulae-in-body --no-ready",
+    "qcnode synth --out data/synth/eval-v2 --split eval --seed 2002 --view lateral --count 1400"
+    " --variants-per-pose 10 --visible-lungs",
+)
 DEFAULT_REAL = Path("/work/shared/data/realcxr")
 PROBLEM = frozenset({"warn", "fail"})
 
@@ -440,15 +449,38 @@ def _load_predictors(settings: Settings) -> tuple[list[Predictor], str]:
         return [], str(exc)
 
 
+def default_set() -> Path | None:
+    """The first evaluation set of :data:`DEFAULT_SETS` that exists (relative to the working
+    directory); None when there is none. Never falls back to a training set."""
+    return next((d for d in DEFAULT_SETS if d.is_dir()), None)
+
+
+def no_eval_set_message() -> str:
+    """What to do when ``qcnode eval`` has no ``--set`` and no evaluation set exists."""
+    looked = " or ".join(str(d) for d in DEFAULT_SETS)
+    return (
+        f"no evaluation set: {looked} not found under {Path.cwd()}. Make one (docs/SYNTH.md) "
+        f"with\n  {MAKE_EVAL_SET[0]}\n  {MAKE_EVAL_SET[1]}\nor name one with --set DIR. "
+        "A training set is never used by default: training and evaluation sets are disjoint "
+        "(DESIGN §6)."
+    )
+
+
 def eval_command(settings: Settings, args: argparse.Namespace) -> int:
     """Print the study's tables (or one JSON object with --json)."""
     set_dir: Path | None = getattr(args, "eval_set", None)
     note = ""
     if set_dir is None:
-        set_dir = next((d for d in DEFAULT_SETS if d.is_dir()), DEFAULT_SETS[0])
-        if set_dir.name != "eval-v1":
-            note = f"the evaluation set is not there yet: using {set_dir}"
-    samples = load_samples(set_dir, getattr(args, "limit", None)) if set_dir.is_dir() else []
+        set_dir = default_set()
+        if set_dir is None:
+            if getattr(args, "real", None) is None:
+                raise QcnodeError(no_eval_set_message())
+            note = "no synthetic evaluation set: real films only"
+    samples = (
+        load_samples(set_dir, getattr(args, "limit", None))
+        if set_dir is not None and set_dir.is_dir()
+        else []
+    )
     progress = not getattr(args, "json", False)
     modes: dict[str, dict[str, Any]] = {}
     if samples:
@@ -470,7 +502,7 @@ def eval_command(settings: Settings, args: argparse.Namespace) -> int:
     )
     real = real_pass(real_dir, settings, predictor) if predictor and real_dir else []
     report = {
-        "set": str(set_dir),
+        "set": None if set_dir is None else str(set_dir),
         "samples": len(samples),
         "machine": _machine(),
         "note": note,

@@ -94,3 +94,35 @@ def test_dice() -> None:
     a[:2] = True
     b[1:3] = True
     assert evaluate.dice(a, b) == pytest.approx(0.5)
+
+
+def test_default_set_is_the_newest_evaluation_set_never_a_training_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DESIGN §6: without --set, eval-v2 then eval-v1; with neither, a readable error that
+    says how to make one, not the scores of a training set."""
+    from qcnode.cli import main
+
+    monkeypatch.setattr(evaluate, "_load_predictors", lambda _s: ([], "no model in this test"))
+    monkeypatch.setattr(evaluate, "DEFAULT_REAL", tmp_path / "absent")
+    monkeypatch.chdir(tmp_path)
+    for train in ("train-v1", "train-v5r"):
+        (tmp_path / "data/synth" / train).mkdir(parents=True)
+        _sample(tmp_path / "data/synth" / train, "t", View.FRONTAL, frontal_phantom(), {})
+    assert main(["eval", "--json"]) == 2
+    assert evaluate.default_set() is None
+    out, err = capsys.readouterr()
+    assert out == ""  # no report: nothing was scored
+    assert "Traceback" not in err
+    assert "qcnode: error: no evaluation set: data/synth/eval-v2 or data/synth/eval-v1" in err
+    assert "qcnode synth --out data/synth/eval-v2 --split eval --seed 2001" in err
+    assert "--set DIR" in err
+    for name in ("eval-v1", "eval-v2"):
+        (tmp_path / "data/synth" / name).mkdir()
+        _sample(tmp_path / "data/synth" / name, name, View.FRONTAL, frontal_phantom(), {})
+    assert main(["eval", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["set"] == str(Path("data/synth/eval-v2")) and report["samples"] == 1
+    assert report["note"] == "model pass skipped: no model in this test"
+    (tmp_path / "data/synth/eval-v2").rename(tmp_path / "data/synth/old-v2")
+    assert evaluate.default_set() == Path("data/synth/eval-v1")
