@@ -62,6 +62,9 @@ def _done_poses(manifest: Path, prefix: str) -> tuple[set[int], int]:
 
 
 def synth_command(args: argparse.Namespace) -> int:
+    # before any output, and in this process: a pool worker whose initializer raises is
+    # replaced by another that raises again, without end
+    ctmod.require_ct()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     per_pose = int(getattr(args, "variants_per_pose", 0) or 8)

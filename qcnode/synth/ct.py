@@ -25,6 +25,8 @@ import numpy.typing as npt
 import torch
 from scipy import ndimage
 
+from qcnode.errors import QcnodeError
+
 log = logging.getLogger(__name__)
 
 CT_FILES = ("cxr.nii.gz", "mask.nii.gz", "structures.csv")
@@ -94,8 +96,27 @@ _PAD_TOP_MM = 60.0  # tapered neck/shoulder soft tissue above the CT's last slic
 _PAD_BOTTOM_MM = 200.0  # abdomen continued below L3 (replicated), also for `other` views
 
 
-class CTNotFoundError(FileNotFoundError):
-    """The CT files are missing: run scripts/fetch_ct."""
+class CTNotFoundError(QcnodeError, FileNotFoundError):
+    """The CT files are missing: run scripts/fetch_ct. A QcnodeError, so that the command
+    line reports it in one line; still a FileNotFoundError for callers that catch that."""
+
+
+def require_ct(ct_dir: Path | None = None) -> Path:
+    """The CT folder, when :func:`load` can read it (its prepared cache or the CT files);
+    :class:`CTNotFoundError` otherwise. Cheap: reads nothing."""
+    ct_dir = ct_dir or default_ct_dir()
+    if not (ct_dir / f"prepared_v{PREPARED_VERSION}.npz").is_file():
+        _check_files(ct_dir)
+    return ct_dir
+
+
+def _check_files(ct_dir: Path) -> None:
+    missing = [f for f in CT_FILES if not (ct_dir / f).is_file()]
+    if missing:
+        raise CTNotFoundError(
+            f"CT files {missing} not in {ct_dir}: run scripts/fetch_ct "
+            "(or point QCNODE_CT_DIR at the folder that holds them)"
+        )
 
 
 def default_ct_dir() -> Path:
@@ -192,9 +213,7 @@ def prepare(ct_dir: Path) -> dict[str, npt.NDArray[np.generic]]:
     """Read the NIfTI files and build the arrays of PreparedCT (slow: seconds)."""
     import nibabel as nib
 
-    missing = [f for f in CT_FILES if not (ct_dir / f).is_file()]
-    if missing:
-        raise CTNotFoundError(f"CT files {missing} not in {ct_dir}: run scripts/fetch_ct")
+    _check_files(ct_dir)
     img: Any = nib.load(ct_dir / "cxr.nii.gz")
     if nib.aff2axcodes(img.affine) != ("L", "A", "S"):
         raise ValueError(f"unexpected CT orientation {nib.aff2axcodes(img.affine)}")
