@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from scipy import ndimage
 
@@ -145,6 +146,7 @@ class TorchPredictor:
         info: ModelInfo,
         device: torch.device,
         mask_bias: Mapping[str, float] | None = None,
+        split_sides: bool = True,
     ) -> None:
         if meta.input_size != preprocess.INPUT_SIZE or meta.spacing_mm != preprocess.SPACING_MM:
             raise ModelError(
@@ -156,6 +158,7 @@ class TorchPredictor:
         self._info = info
         self._device = device
         self._single = single_objects(meta.structures)
+        self._split_sides = split_sides  # False: the raw pairs (for measuring the split)
         bias = mask_bias or {}
         unknown = sorted(set(bias) - set(meta.structures))
         if unknown:
@@ -221,10 +224,14 @@ class TorchPredictor:
     def prediction(self, out: CanvasOutput) -> Prediction:
         """Source-pixel masks and the view from canvas outputs (clean-up, then bilinear)."""
         probs = torch.softmax(out.view_logits, dim=0)
-        source = preprocess.logits_to_source(clean_logits(out.mask_logits, self._single), out.frame)
         names = self._meta.structures
+        view = VIEWS[int(probs.argmax())]
+        logits = out.mask_logits
+        if view == View.FRONTAL and self._split_sides:
+            logits = split_sides(logits, names)
+        source = preprocess.logits_to_source(clean_logits(logits, self._single), out.frame)
         return Prediction(
-            view=VIEWS[int(probs.argmax())],
+            view=view,
             view_probabilities={v: float(probs[k]) for k, v in enumerate(VIEWS)},
             masks={name: source[c] for c, name in enumerate(STRUCTURES)},
             spacing_mm=out.spacing_mm,
@@ -307,6 +314,85 @@ def clean_logits(logits: torch.Tensor, single: Sequence[int] | None = None) -> t
         drop = pos & ~keep
         arr[c][drop] = -np.maximum(np.abs(arr[c][drop]), 0.5)
         arr[c][filled & ~pos] = 0.5
+    return out
+
+
+# Left/right pairs on a frontal film, as channel names (the visible lungs when present).
+SIDE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("lung_right", "lung_left"),
+    ("lung_right_visible", "lung_left_visible"),
+    ("clavicle_right", "clavicle_left"),
+    ("scapula_right", "scapula_left"),
+    ("humerus_right", "humerus_left"),
+    ("ribs_posterior_right", "ribs_posterior_left"),
+)
+_MIN_SPINE_ROWS = 10
+HEART_SIDE_PX = 6  # heart centre this far (10 mm) left of the midline: a mirrored film
+# Within this distance of the midline the pairs stay as drawn: a rotated patient's medial
+# clavicle end or a lung's medial edge can cross the spine's line (positioning.rotation
+# reads exactly those ends).
+SIDE_MARGIN_PX = 12  # 21 mm
+# A pair is repaired only when this share of its pixels beyond the margin lies on the side
+# the other channel holds: synthetic films come out clean, confused real films do not.
+MIXED_SIDES = 0.1
+
+
+def midline(logits: torch.Tensor, names: Sequence[str]) -> npt.NDArray[np.float64] | None:
+    """Per canvas row, the column of the body's midline on a frontal film: a straight line
+    fitted through the spine's row centres (a tilted film has a tilted spine), else the
+    middle of the lungs' column extent; None without either."""
+    size = logits.shape[-1]
+    rows = np.arange(logits.shape[-2], dtype=np.float64)
+    if "spine" in names:
+        spine = (logits[names.index("spine")] > 0).numpy()
+        counts = spine.sum(axis=1)
+        ys = np.flatnonzero(counts >= 2)
+        if ys.size >= _MIN_SPINE_ROWS:
+            xs = (spine[ys] * np.arange(size)).sum(axis=1) / counts[ys]
+            slope, offset = np.polyfit(ys.astype(np.float64), xs, 1)
+            return offset + slope * rows
+    lungs = (logits[[names.index(n) for n in ("lung_right", "lung_left")]] > 0).any(dim=0)
+    cols = np.flatnonzero(lungs.sum(dim=0).numpy() >= 3)
+    if cols.size == 0:
+        return None
+    return np.full(rows.shape, (cols[0] + cols[-1]) / 2.0)
+
+
+def split_sides(logits: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+    """Frontal canvas logits with each left/right pair (SIDE_PAIRS) on opposite sides of the
+    midline. On real films the network often paints one lung's channel over both lungs or
+    splits one lung between the channels, and its majority calls some correctly hung films
+    mirrored. The sides follow the film's hanging as a radiographer reads it and as
+    positioning.orientation decides it: the patient's right on the image left, unless the
+    heart lies clearly on the image left of the midline (a mirrored film keeps anatomical
+    labels). Beyond SIDE_MARGIN_PX of the midline each side gets the union of the pair and
+    the other channel is pushed below zero there."""
+    line = midline(logits, names)
+    if line is None:
+        return logits
+    out = logits.clone()
+    arr = out.numpy()
+    image_left = np.arange(arr.shape[-1])[None, :] < line[:, None]
+    pairs = [(names.index(r), names.index(c)) for r, c in SIDE_PAIRS if r in names and c in names]
+    offset = 0.0
+    if "heart" in names:
+        ys, xs = np.nonzero(arr[names.index("heart")] > 0)
+        if ys.size:
+            offset = float(xs.mean() - line[round(ys.mean())])
+    normal = offset > -HEART_SIDE_PX
+    right_side = image_left if normal else ~image_left
+    columns = np.arange(arr.shape[-1])[None, :]
+    far = np.abs(columns - line[:, None]) > SIDE_MARGIN_PX  # near the midline: as drawn
+    for r, c in pairs:
+        pr, pl = (arr[r] > 0) & far, (arr[c] > 0) & far
+        keep = int((pr & image_left).sum() + (pl & ~image_left).sum())
+        swap = int((pl & image_left).sum() + (pr & ~image_left).sum())
+        if min(keep, swap) <= MIXED_SIDES * (keep + swap):
+            continue  # each channel on one side: the network's own call stands
+        both = np.maximum(arr[r], arr[c])
+        low = np.minimum(np.minimum(arr[r], arr[c]), -0.5)
+        arr[r] = np.where(far, np.where(right_side, both, low), arr[r])
+        arr[c] = np.where(far, np.where(right_side, low, both), arr[c])
     return out
 
 

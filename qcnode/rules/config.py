@@ -117,7 +117,7 @@ class PositioningConfig:
     tilt_min_mm: float = 8.0
     tilt_max_mm: float = 28.0
     tilt_apex_width_mm: float = 15.0
-    orientation_heart_offset_mm: float = 5.0
+    orientation_heart_offset_mm: float = 10.0
     orientation_heart_spine_mm: float = 0.0
     lateral_rotation_fail_mm: float = 10.0
     arms_overlap_fail_mm2: float = 100.0

@@ -50,7 +50,10 @@ PROBLEM = (Status.WARN, Status.FAIL)
 # network is not mirror-symmetric. Since session 10 the engine predicts a film found turned
 # again on its pixels turned back upright (its second look): every finding but the
 # orientation is then the film's own, whatever the network does with mirrored pixels.
-S9 = "default qcnet_d10_w3_s9 (session 9): "
+# Session 10 default qcnet_d10_w3_s10 (s9's network with a retrained view head) and the side
+# split of its left/right pairs: the same readings on FILM (scapulae 18.2 -> 8.8 / 8.2 /
+# 6.6 mm under the three edits below).
+S9 = "default qcnet_d10_w3_s10 (session 10; s9's masks, new view head, side split): "
 KNOWN = {
     "test_crop_away_an_apex": S9
     + "completeness.apices flags the crop, but positioning.scapulae flips too (18 mm on the "
