@@ -80,6 +80,31 @@ def _visible_lungs(pred: Prediction) -> np.ndarray | None:
     return np.logical_or(*seen) if len(seen) == 2 else None
 
 
+def human_sides(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """A two-lung human mask as (patient's right, left): its two largest components, the
+    right lung on the image left as a frontal film hangs; None unless it has two."""
+    labels, n = ndimage.label(truth)
+    if n < 2:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    a, b = (labels == int(k) + 1 for k in np.argsort(sizes)[::-1][:2])
+    cols = np.arange(truth.shape[1])
+    if (a * cols).sum() / a.sum() > (b * cols).sum() / b.sum():
+        a, b = b, a
+    return a, b
+
+
+def _side_dice(pred: Prediction, truth: np.ndarray) -> float | None:
+    """Mean Dice of the visible-lung channels per side against the human mask's lungs: the
+    rules measure each side on its own, which the union's Dice does not see."""
+    sides = human_sides(truth)
+    names = VISIBLE_LUNGS if all(n in pred.extra_masks for n in VISIBLE_LUNGS) else ()
+    if sides is None or not names:
+        return None
+    d = [dice(pred.extra_masks[n], t) for n, t in zip(names, sides, strict=True)]
+    return float(np.mean([float(x or 0.0) for x in d]))
+
+
 def below_truth_floor(truth: np.ndarray) -> np.ndarray:
     """Pixels below the human mask's lowest row, per column that holds some of it.
 
@@ -123,6 +148,7 @@ def evaluate_real(
     shown: list[tuple[RealCase, DecodedImage, Prediction, float | None]] = []
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     visible: list[float] = []
+    per_side: list[float] = []
     for start in range(0, len(cases), 8):
         chunk = cases[start : start + 8]
         images = [decode(c.path) for c in chunk]
@@ -137,6 +163,9 @@ def evaluate_real(
                 if seen is not None:
                     dv = dice(seen, truth)
                     visible.append(float(dv or 0.0))
+                side = _side_dice(pred, truth)
+                if side is not None:
+                    per_side.append(side)
             rows.append(
                 {
                     "file": f"{case.path.parent.name}/{case.path.name}",
@@ -163,6 +192,9 @@ def evaluate_real(
         "visible_lung_dice_mean": float(np.mean(visible)) if visible else None,
         "visible_lung_dice_median": float(np.median(visible)) if visible else None,
         "visible_lung_dice_min": float(np.min(visible)) if visible else None,
+        # each visible-lung channel against its own side of the human mask
+        "visible_lung_side_dice_mean": float(np.mean(per_side)) if per_side else None,
+        "visible_lung_side_dice_n": len(per_side),
         "view_correct": int(sum(correct)),
         "view_n": len(rows),
         "view_wrong": [r["file"] for r, ok in zip(rows, correct, strict=True) if not ok],
@@ -345,6 +377,8 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         if r.get("visible_lung_dice_mean") is not None:
             out["real_visible_lung_dice_mean"] = r["visible_lung_dice_mean"]
             out["real_visible_lung_dice_median"] = r["visible_lung_dice_median"]
+        if r.get("visible_lung_side_dice_mean") is not None:
+            out["real_visible_lung_side_dice_mean"] = r["visible_lung_side_dice_mean"]
         out["real_view_correct"] = f"{r['view_correct']}/{r['view_n']}"
         if r.get("label_gap"):
             out["real_lung_dice_cut_at_truth_floor_mean"] = r["label_gap"]["dice_cut_mean"]

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qcnode.model.report import _label_gap, below_truth_floor
+from qcnode.model.report import _label_gap, _side_dice, below_truth_floor, human_sides
+from qcnode.records import STRUCTURES, Prediction, View
 
 
 def test_below_truth_floor_is_per_column() -> None:
@@ -53,3 +54,31 @@ def test_synthetic_report_scores_visible_lungs_where_the_set_has_them(tmp_path: 
     both = evaluate_synthetic(predictor, root)
     # Visible lungs equal to the full ones here: the two scores must agree.
     assert both["dice"]["frontal/lungs_union_vs_visible"] == both["dice"]["frontal/lungs_union"]
+
+
+def _pred(right: np.ndarray, left: np.ndarray) -> Prediction:
+    empty = np.zeros_like(right)
+    return Prediction(
+        view=View.FRONTAL,
+        view_probabilities={View.FRONTAL: 1.0},
+        masks={n: empty for n in STRUCTURES},
+        spacing_mm=(1.0, 1.0),
+        spacing_estimated=False,
+        extra_masks={"lung_right_visible": right, "lung_left_visible": left},
+    )
+
+
+def test_side_dice_scores_each_channel_against_its_own_lung() -> None:
+    truth = np.zeros((40, 60), dtype=bool)
+    truth[5:35, 5:25] = True  # the patient's right lung, on the image left
+    truth[5:35, 35:55] = True
+    right, left = human_sides(truth) or (None, None)
+    assert right is not None and left is not None
+    image_left = np.arange(60)[None, :] < 30
+    assert np.array_equal(right, truth & image_left)
+    assert np.array_equal(left, truth & ~image_left)
+    assert _side_dice(_pred(right, left), truth) == 1.0
+    assert _side_dice(_pred(left, right), truth) == 0.0  # swapped: the union would read 1.0
+    both = right | left
+    assert _side_dice(_pred(both, left), truth) == pytest.approx((2 / 3 + 1) / 2)
+    assert human_sides(right) is None  # one lung: no per-side score
