@@ -66,8 +66,6 @@ _RULE_FINDING = {
     "exposure.spine_through_heart": _DCM.UnderExposed,
     "exposure.contrast": _DCM.InappropriateImageProcessing,
     "exposure.sharpness": _DCM.MotionBlur,
-    "exposure.artifacts": _DCM.ArtifactsOtherThanGridOrDetectorArtifact,
-    "exposure.grid": _DCM.GridArtifacts,
     "positioning.orientation": _DCM.InappropriateImageProcessing,
     "metadata.view": _DCM.OtherFailure,
     "metadata.spacing": _DCM.OtherFailure,

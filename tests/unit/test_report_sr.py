@@ -312,3 +312,12 @@ def test_sr_content_is_parsed_on_first_use() -> None:
     assert len(groups) == len(result.families)
     read_back = report.content[0].ContentSequence
     assert [i.name for i in root.ContentSequence] == [i.name for i in read_back]
+
+
+def test_every_rule_specific_finding_code_names_a_catalogue_rule() -> None:
+    """A code keyed to a rule the catalogue lacks is dead (two were, until session 10)."""
+    from qcnode.report import coding
+    from qcnode.rules.catalogue import CATALOGUE
+
+    known = {rule for rules in CATALOGUE.values() for rule in rules}
+    assert set(coding._RULE_FINDING) <= known
