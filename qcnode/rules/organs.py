@@ -13,6 +13,7 @@ shorten and which tells a shallow cut along a lung's side from a deep one.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,11 @@ from qcnode.rules.messages import make
 # per rule cannot say both)
 AREA_UNIT = "mm2"
 LENGTH_UNIT = "mm"
+
+
+def _missing(s: Subject, rule: str, area: float, min_area: float, **params: Any) -> Finding:
+    """A structure not found (or too small): fail with its area in mm2."""
+    return make(s, rule, Status.FAIL, area, min_area, "missing", unit=AREA_UNIT, **params)
 
 
 def _found_and_whole(
@@ -48,17 +54,8 @@ def _found_and_whole(
         m = s.mask(name)
         area = s.area_mm2(m)
         if area < min_area:
-            return make(
-                s,
-                rule,
-                Status.FAIL,
-                area,
-                min_area,
-                "missing",
-                unit=AREA_UNIT,
-                structure=name.split("_")[0],
-                side=name.split("_")[1] if "_" in name else "",
-            )
+            side = name.split("_")[1] if "_" in name else ""
+            return _missing(s, rule, area, min_area, structure=name.split("_")[0], side=side)
         g = s.contour(m, name)
         if g is not None:
             geometry.append(g)
@@ -129,17 +126,7 @@ def lungs(s: Subject, cfg: RulesConfig) -> Finding:
         m = s.mask(f"lung_{side}")
         area = s.area_mm2(m)
         if area < o.lung_min_area_mm2:
-            return make(
-                s,
-                rule,
-                Status.FAIL,
-                area,
-                o.lung_min_area_mm2,
-                "missing",
-                unit=AREA_UNIT,
-                structure="lung",
-                side=side,
-            )
+            return _missing(s, rule, area, o.lung_min_area_mm2, structure="lung", side=side)
         if (g := s.contour(m, f"lung_{side}")) is not None:
             geometry.append(g)
     share, side, where = lung_loss_share(s, o)
@@ -243,17 +230,7 @@ def _lateral_union(
         m |= s.mask(name)
     area = s.area_mm2(m)
     if area < min_area:
-        return make(
-            s,
-            rule,
-            Status.FAIL,
-            area,
-            min_area,
-            "missing",
-            unit=AREA_UNIT,
-            structure="lung",
-            side="",
-        )
+        return _missing(s, rule, area, min_area, structure="lung", side="")
     cut = s.edge_contact_mm(m, edge_tolerance_mm(s, cfg))
     limit = truncation_limit_mm(area, ratio)
     g = s.contour(m, "lungs")
@@ -305,7 +282,7 @@ def spine(s: Subject, cfg: RulesConfig) -> Finding:
         m = m & rows[:, None]
     area = s.area_mm2(m)
     if area < o.spine_min_area_mm2:
-        return make(s, rule, Status.FAIL, area, o.spine_min_area_mm2, "missing", unit=AREA_UNIT)
+        return _missing(s, rule, area, o.spine_min_area_mm2)
     # the lungs' own top/bottom rows are not an edge of the spine: look at its sides only
     inner = m.copy()
     if ext is not None:
