@@ -146,7 +146,6 @@ class TorchPredictor:
         info: ModelInfo,
         device: torch.device,
         mask_bias: Mapping[str, float] | None = None,
-        split_sides: bool = True,
     ) -> None:
         if meta.input_size != preprocess.INPUT_SIZE or meta.spacing_mm != preprocess.SPACING_MM:
             raise ModelError(
@@ -158,7 +157,6 @@ class TorchPredictor:
         self._info = info
         self._device = device
         self._single = single_objects(meta.structures)
-        self._split_sides = split_sides  # False: the raw pairs (for measuring the split)
         bias = mask_bias or {}
         unknown = sorted(set(bias) - set(meta.structures))
         if unknown:
@@ -227,7 +225,7 @@ class TorchPredictor:
         names = self._meta.structures
         view = VIEWS[int(probs.argmax())]
         logits = out.mask_logits
-        if view == View.FRONTAL and self._split_sides:
+        if view == View.FRONTAL:
             logits = split_sides(logits, names)
         source = preprocess.logits_to_source(clean_logits(logits, self._single), out.frame)
         return Prediction(
