@@ -259,12 +259,12 @@ def _report_inputs(settings: Settings, files: Sequence[Path]) -> tuple[str, list
     for path in files:
         source = read_dataset(path)
         image = decode_dataset(source)
-        if engine is None:
-            prediction, result = example_prediction(image), example_result(image)
-        else:
-            prediction = predictor.predict([image])[0]
-            result, _ = engine.result(image, prediction)
-        out.append((path.stem, source, image, prediction, result))
+        found: Prediction | None = None
+        if engine is not None:  # as the node: a film found turned gets the second look
+            ((found, result),) = engine.analyze([image])
+        if found is None:
+            found, result = example_prediction(image), example_result(image)
+        out.append((path.stem, source, image, found, result))
     return (f"model {engine.model_info.name}" if engine else "example masks"), out
 
 
