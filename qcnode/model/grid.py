@@ -37,10 +37,9 @@ from qcnode.model import data as datamod
 from qcnode.model import metrics, preprocess
 from qcnode.model.infer import WeightsMeta, read_weights, resolve_device, save_weights
 from qcnode.model.network import QCNet, build
+from qcnode.model.recipes import RECIPES, Recipe
 from qcnode.model.registry import WEIGHTS_DIR, ModelEntry, load_registry, sha256_file
 from qcnode.model.train import (
-    RECIPES,
-    Recipe,
     _lr,
     augment_batch,
     gather_batch,

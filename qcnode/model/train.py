@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,188 +29,14 @@ from tqdm import tqdm
 from qcnode.errors import QcnodeError
 from qcnode.model import data as datamod
 from qcnode.model import metrics, preprocess
-from qcnode.model.augment import NONE, AugmentConfig, augment
+from qcnode.model.augment import augment
 from qcnode.model.infer import WeightsMeta, resolve_device, save_weights
 from qcnode.model.network import QCNet, build
+from qcnode.model.recipes import RECIPES, Recipe
 from qcnode.model.registry import WEIGHTS_DIR, ModelEntry, load_registry
 from qcnode.records import STRUCTURES
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    steps: int
-    batch: int
-    lr: float
-    weight_decay: float = 1e-4
-    warmup: int = 50
-    p_negative: float = 0.06  # share of batch slots drawn from the real non-chest images
-    view_weight: float = 0.5
-    eval_every: int = 250
-    checkpoint_every: int = 50
-    val_count: int = 96
-    threads: int = 2
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # Cosine schedule with warm restarts: ``cycles`` equal cycles after the warm-up, the
-    # k-th peaking at lr * cycle_decay**k. Each cycle ends in a usable checkpoint.
-    cycles: int = 1
-    cycle_decay: float = 1.0
-    # Extra loss weight per structure (name -> factor, others 1): thin bones are a few
-    # pixels at 3.5 mm and were under-learnt with equal weights.
-    structure_weight: tuple[tuple[str, float], ...] = ()
-    # Lung targets: "projection" (whole 3D lungs) or "visible" (cut at the diaphragm; needs
-    # data made with `qcnode synth --visible-lungs`).
-    lungs: str = "projection"
-    # Processes that compute augmented batches (0: the training process itself). A GPU host
-    # needs many: augmentation, not the network, is its bottleneck.
-    workers: int = 0
-    # "view": train the view head alone on the frozen network (masks bit-identical to the
-    # --init weights; the decoder is not run), "" trains everything.
-    train_only: str = ""
-
-
-# Thin structures: clavicles, scapulae, humeri, ribs, sternum, trachea.
-THIN_WEIGHTS: tuple[tuple[str, float], ...] = (
-    ("clavicle_right", 3.0),
-    ("clavicle_left", 3.0),
-    ("scapula_right", 2.0),
-    ("scapula_left", 2.0),
-    ("humerus_right", 3.0),
-    ("humerus_left", 3.0),
-    ("ribs_posterior_right", 2.0),
-    ("ribs_posterior_left", 2.0),
-    ("sternum", 2.0),
-    ("trachea", 2.0),
-)
-
-# Stronger large-scale contrast processing (vendor multi-scale enhancement on real films).
-LONG_AUGMENT = AugmentConfig(sharpen_sigma=(1.0, 16.0), p_sharpen=0.35)
-GPU_FT_AUGMENT = AugmentConfig(sharpen_sigma=(1.0, 16.0), p_sharpen=0.35, p_equalize=0.3)
-
-
-RECIPES: dict[str, Recipe] = {
-    # ~1 h on the shared 2-core CPU for qcnet_d15_w3 (0.8-1.2 s per step of 8 there).
-    "cpu": Recipe(name="cpu", steps=2000, batch=8, lr=3e-3, eval_every=500),
-    # Second stage from the `cpu` weights (--init): a warm restart of the cosine schedule.
-    "cpu-ft": Recipe(name="cpu-ft", steps=600, batch=8, lr=1.5e-3, eval_every=300),
-    # Session 2's long CPU run from the shipped weights (--init): three warm-restart cosine
-    # cycles, thin-structure loss weights, stronger large-scale sharpening.
-    "cpu-long": Recipe(
-        name="cpu-long",
-        steps=6600,
-        batch=8,
-        lr=2e-3,
-        warmup=100,
-        eval_every=700,
-        checkpoint_every=50,
-        cycles=3,
-        cycle_decay=0.6,
-        structure_weight=THIN_WEIGHTS,
-        augment=LONG_AUGMENT,
-    ),
-    # A short second stage on visible-lung targets (an experiment: how much of the real-film
-    # lung gap the label definition explains).
-    "cpu-ft-visible": Recipe(
-        name="cpu-ft-visible",
-        steps=600,
-        batch=8,
-        lr=1.5e-3,
-        eval_every=300,
-        structure_weight=THIN_WEIGHTS,
-        augment=LONG_AUGMENT,
-        lungs="visible",
-    ),
-    # One GPU host (qcnode.model.grid trains the variant grid on one batch stream): big
-    # batches, augmentation in 14 worker processes, both lung definitions; the step count is
-    # usually set from a time budget (--minutes).
-    "gpu": Recipe(
-        name="gpu",
-        steps=20000,
-        batch=64,
-        lr=3e-3,
-        warmup=60,
-        eval_every=1000,
-        checkpoint_every=500,
-        val_count=96,
-        threads=8,
-        structure_weight=THIN_WEIGHTS,
-        augment=LONG_AUGMENT,
-        lungs="both",
-        workers=14,
-    ),
-    # For tests: a few steps on a handful of images.
-    "tiny": Recipe(
-        name="tiny",
-        steps=12,
-        batch=4,
-        lr=1e-2,
-        warmup=0,
-        p_negative=0.0,
-        eval_every=1000,
-        checkpoint_every=4,
-        val_count=0,
-        threads=1,
-        augment=NONE,
-    ),
-}
-# `cpu-long` on data made with `qcnode synth --visible-lungs` (not yet run).
-RECIPES["cpu-long-visible"] = replace(RECIPES["cpu-long"], name="cpu-long-visible", lungs="visible")
-# Session 4: `gpu` continued from shipped weights (--init) on regenerated data (generator
-# v1.11), augmentation on the GPU, histogram equalisation for transfer.
-RECIPES["gpu-ft"] = replace(
-    RECIPES["gpu"], name="gpu-ft", lr=2e-3, warmup=40, augment=GPU_FT_AUGMENT
-)
-# Session 7 (no GPU): the shipped s4 weights continued on this CPU on fresh poses (train-v4,
-# generator v1.12): gpu-ft's peak scaled to batch 8, both lung definitions, same augmentation,
-# more weight on the bones the rules read but the network places worst (scapulae, ribs).
-RECIPES["cpu-ft-both"] = Recipe(
-    name="cpu-ft-both",
-    steps=6000,
-    batch=8,
-    lr=3e-4,
-    warmup=100,
-    eval_every=1500,
-    checkpoint_every=50,
-    structure_weight=tuple(
-        (n, 3.0 if n.startswith(("scapula", "ribs_posterior")) else w) for n, w in THIN_WEIGHTS
-    ),
-    augment=GPU_FT_AUGMENT,
-    lungs="both",
-)
-# Session 8: the registered qcnet_d10_w3_s8 (H100, generator v1.13 --realism) continued on
-# this CPU on local --realism data with deep one-sided cuts added (AugmentConfig.p_cut): on
-# real films cropped through an apex or a wall it stopped its lungs short of the new border.
-RECIPES["cpu-ft-cut"] = replace(
-    RECIPES["cpu-ft-both"],
-    name="cpu-ft-cut",
-    steps=4000,
-    eval_every=2000,
-    structure_weight=THIN_WEIGHTS,
-    augment=replace(GPU_FT_AUGMENT, p_cut=0.25),
-)
-# Session 10 (no GPU): the view head alone, from the shipped weights (--init), with dense
-# opacities added: real white-out bedside frontals were called lateral. Masks do not change.
-RECIPES["cpu-view"] = Recipe(
-    name="cpu-view",
-    steps=1500,
-    batch=16,
-    lr=1e-3,
-    weight_decay=1e-2,
-    warmup=50,
-    p_negative=0.1,
-    eval_every=1500,
-    checkpoint_every=100,
-    augment=replace(GPU_FT_AUGMENT, p_cut=0.2, p_opacity=0.35),
-    lungs="both",
-    train_only="view",
-)
-# Session 9: gpu-ft with deep one-sided cuts, for a GPU host (on generator v1.14 data: realism
-# with a share of the plain look).
-RECIPES["gpu-ft-cut"] = replace(
-    RECIPES["gpu-ft"], name="gpu-ft-cut", augment=replace(GPU_FT_AUGMENT, p_cut=0.2)
-)
 
 
 def git_version() -> str:

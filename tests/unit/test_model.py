@@ -294,7 +294,8 @@ def _tiny_dataset(root: Path, n: int = 4) -> Path:
 
 
 def test_tiny_training_run_lowers_the_loss_and_resumes_exactly(tmp_path: Path) -> None:
-    from qcnode.model.train import RECIPES, train
+    from qcnode.model.recipes import RECIPES
+    from qcnode.model.train import train
 
     data = _tiny_dataset(tmp_path / "set")
     recipe = dataclasses.replace(RECIPES["tiny"], steps=10, batch=2, checkpoint_every=5)

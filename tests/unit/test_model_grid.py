@@ -17,7 +17,7 @@ from qcnode.model import data as datamod
 from qcnode.model.grid import export_packs, train_grid, widen
 from qcnode.model.infer import WeightsMeta, load_predictor, read_weights, save_weights
 from qcnode.model.network import build
-from qcnode.model.train import RECIPES
+from qcnode.model.recipes import RECIPES
 from qcnode.records import STRUCTURES, VISIBLE_LUNGS
 
 BOTH = STRUCTURES + VISIBLE_LUNGS

@@ -13,8 +13,8 @@ import torch
 from qcnode.errors import QcnodeError
 from qcnode.model import data as datamod
 from qcnode.model.augment import NONE, AugmentConfig, augment, equalize
+from qcnode.model.recipes import RECIPES
 from qcnode.model.train import (
-    RECIPES,
     _lr,
     cycle_ends,
     loss_fn,
@@ -225,7 +225,8 @@ def test_view_head_recipe_changes_only_the_view_head(tmp_path: Path) -> None:
     """`train_only="view"` (recipe cpu-view): every other tensor, batch-norm statistics
     included, stays bit-identical to the --init weights, so the masks do not change."""
     from qcnode.model.infer import read_weights
-    from qcnode.model.train import Recipe, TrainResult, train
+    from qcnode.model.recipes import Recipe
+    from qcnode.model.train import TrainResult, train
     from tests.unit.test_model import _tiny_dataset
 
     root = _tiny_dataset(tmp_path / "set", n=2)
