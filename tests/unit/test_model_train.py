@@ -253,3 +253,14 @@ def test_view_head_recipe_changes_only_the_view_head(tmp_path: Path) -> None:
     assert before.keys() == after.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("view.") for k in changed), changed
+
+
+def test_view_logits_alone_equal_the_full_forward() -> None:
+    """`QCNet.view_logits` (encoder + head, what cpu-view trains) is the forward's head."""
+    from qcnode.model.network import build
+
+    model = build("qcnet_d10_w1").eval()
+    x = torch.rand((2, 1, 64, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, views = model(x)
+        assert torch.equal(model.view_logits(x), views)
