@@ -181,3 +181,12 @@ RECIPES["cpu-view"] = Recipe(
 RECIPES["gpu-ft-cut"] = replace(
     RECIPES["gpu-ft"], name="gpu-ft-cut", augment=replace(GPU_FT_AUGMENT, p_cut=0.2)
 )
+# Session 10, for the next GPU host (not yet run): gpu-ft-cut with the dense opacities of
+# cpu-view, so that the encoder (not only a head on its frozen features) learns white-out
+# bedside frontals; session 10 found the frozen encoder's pooled features call one such real
+# film lateral whatever a linear head does with them.
+RECIPES["gpu-ft-opacity"] = replace(
+    RECIPES["gpu-ft-cut"],
+    name="gpu-ft-opacity",
+    augment=replace(GPU_FT_AUGMENT, p_cut=0.2, p_opacity=0.2),
+)
