@@ -357,40 +357,47 @@ def midline(logits: torch.Tensor, names: Sequence[str]) -> npt.NDArray[np.float6
 
 
 def split_sides(logits: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
-    """Frontal canvas logits with each left/right pair (SIDE_PAIRS) on opposite sides of the
-    midline. On real films the network often paints one lung's channel over both lungs or
-    splits one lung between the channels, and its majority calls some correctly hung films
-    mirrored. The sides follow the film's hanging as a radiographer reads it and as
-    positioning.orientation decides it: the patient's right on the image left, unless the
-    heart lies clearly on the image left of the midline (a mirrored film keeps anatomical
-    labels). Beyond SIDE_MARGIN_PX of the midline each side gets the union of the pair and
-    the other channel is pushed below zero there."""
+    """Frontal canvas logits with each mixed-up left/right pair (SIDE_PAIRS) put on opposite
+    sides of the midline. On real films the network often paints one lung's channel over
+    both lungs or splits one lung between the channels. A pair is mixed when MIXED_SIDES of
+    its pixels beyond SIDE_MARGIN_PX of the midline lie on the other channel's side; a clean
+    pair stays as drawn (every synthetic film), even when wholly swapped. The sides follow
+    the film's hanging as a radiographer reads it and as positioning.orientation decides it:
+    the patient's right on the image left, unless the heart lies clearly on the image left of
+    the midline (a mirrored film keeps anatomical labels). Beyond the margin each side then
+    gets the union of the pair and the other channel is pushed below zero there."""
     line = midline(logits, names)
     if line is None:
         return logits
-    out = logits.clone()
-    arr = out.numpy()
-    image_left = np.arange(arr.shape[-1])[None, :] < line[:, None]
-    pairs = [(names.index(r), names.index(c)) for r, c in SIDE_PAIRS if r in names and c in names]
+    arr = logits.numpy()
+    columns = np.arange(arr.shape[-1])[None, :]
+    image_left = columns < line[:, None]
+    far = np.abs(columns - line[:, None]) > SIDE_MARGIN_PX  # near the midline: as drawn
+    mixed = []
+    for right_name, left_name in SIDE_PAIRS:
+        if right_name not in names or left_name not in names:
+            continue
+        r, c = names.index(right_name), names.index(left_name)
+        pr, pl = (arr[r] > 0) & far, (arr[c] > 0) & far
+        keep = int((pr & image_left).sum() + (pl & ~image_left).sum())
+        swap = int((pl & image_left).sum() + (pr & ~image_left).sum())
+        if min(keep, swap) > MIXED_SIDES * (keep + swap):
+            mixed.append((r, c))
+    if not mixed:
+        return logits
     offset = 0.0
     if "heart" in names:
         ys, xs = np.nonzero(arr[names.index("heart")] > 0)
         if ys.size:
             offset = float(xs.mean() - line[round(ys.mean())])
-    normal = offset > -HEART_SIDE_PX
-    right_side = image_left if normal else ~image_left
-    columns = np.arange(arr.shape[-1])[None, :]
-    far = np.abs(columns - line[:, None]) > SIDE_MARGIN_PX  # near the midline: as drawn
-    for r, c in pairs:
-        pr, pl = (arr[r] > 0) & far, (arr[c] > 0) & far
-        keep = int((pr & image_left).sum() + (pl & ~image_left).sum())
-        swap = int((pl & image_left).sum() + (pr & ~image_left).sum())
-        if min(keep, swap) <= MIXED_SIDES * (keep + swap):
-            continue  # each channel on one side: the network's own call stands
+    right_side = image_left if offset > -HEART_SIDE_PX else ~image_left
+    out = logits.clone()
+    new = out.numpy()
+    for r, c in mixed:
         both = np.maximum(arr[r], arr[c])
         low = np.minimum(np.minimum(arr[r], arr[c]), -0.5)
-        arr[r] = np.where(far, np.where(right_side, both, low), arr[r])
-        arr[c] = np.where(far, np.where(right_side, low, both), arr[c])
+        new[r] = np.where(far, np.where(right_side, both, low), arr[r])
+        new[c] = np.where(far, np.where(right_side, low, both), arr[c])
     return out
 
 
