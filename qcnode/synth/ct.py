@@ -101,6 +101,11 @@ class CTNotFoundError(QcnodeError, FileNotFoundError):
     line reports it in one line; still a FileNotFoundError for callers that catch that."""
 
 
+class CTInvalidError(QcnodeError, ValueError):
+    """The CT files are there but are not the chest CT the generator expects (no body, an
+    unexpected orientation, lungs cut by the scan): one line on the command line."""
+
+
 def require_ct(ct_dir: Path | None = None) -> Path:
     """The CT folder, when :func:`load` can read it (its prepared cache or the CT files);
     :class:`CTNotFoundError` otherwise. Cheap: reads nothing."""
@@ -159,7 +164,7 @@ def _body_mask(hu: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
     fg = ndimage.binary_opening(fg, iterations=2)
     lab, n = ndimage.label(fg)
     if n == 0:
-        raise ValueError("no body in CT")
+        raise CTInvalidError("no body in the CT (nothing above -500 HU)")
     sizes = ndimage.sum_labels(fg, lab, index=np.arange(1, n + 1))
     body = lab == (int(np.argmax(sizes)) + 1)
     for k in range(body.shape[0]):
@@ -216,7 +221,7 @@ def prepare(ct_dir: Path) -> dict[str, npt.NDArray[np.generic]]:
     _check_files(ct_dir)
     img: Any = nib.load(ct_dir / "cxr.nii.gz")
     if nib.aff2axcodes(img.affine) != ("L", "A", "S"):
-        raise ValueError(f"unexpected CT orientation {nib.aff2axcodes(img.affine)}")
+        raise CTInvalidError(f"unexpected CT orientation {nib.aff2axcodes(img.affine)}")
     hu = np.asarray(img.dataobj, dtype=np.float32).transpose(2, 1, 0).copy()
     mask_img: Any = nib.load(ct_dir / "mask.nii.gz")
     lab = np.asarray(mask_img.dataobj).astype(np.uint8)
@@ -271,7 +276,7 @@ def prepare(ct_dir: Path) -> dict[str, npt.NDArray[np.generic]]:
     lung_any = (soft_bits >> SOFT_BITS["lung_right"]) & 3
     zs = np.nonzero(lung_any.any(axis=(1, 2)))[0]
     if zs.max() >= hu.shape[0] - 2 or zs.min() <= 1:
-        raise ValueError("lungs touch the CT's top or bottom slice")
+        raise CTInvalidError("the lungs touch the CT's top or bottom slice")
 
     f = _IN_PLANE_DOWNSAMPLE
     soft_d = _downsample_mean(soft, f)

@@ -58,3 +58,40 @@ def test_ct_not_found_is_a_qcnode_error_and_still_a_file_not_found_error(no_ct: 
     # the prepared cache is enough: load() reads only that when it is there
     (no_ct / f"prepared_v{ctmod.PREPARED_VERSION}.npz").write_bytes(b"")
     assert ctmod.require_ct() == no_ct
+
+
+def _fake_ct(folder: Path, *, affine_diag: tuple[float, ...]) -> None:
+    """A tiny all-air CT in the three files the generator reads."""
+    import nibabel as nib
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = np.diag(affine_diag)
+    air = np.full((8, 8, 4), -1000, dtype=np.int16)
+    nib.save(nib.Nifti1Image(air, affine), folder / "cxr.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), dtype=np.uint8), affine), folder / "mask.nii.gz")
+    (folder / "structures.csv").write_text("id,structure\n1,lung_upper_lobe_left\n")
+
+
+@pytest.mark.parametrize(
+    ("diag", "reason"),
+    [
+        ((-1.0, 1.0, 1.0, 1.0), "no body in the CT"),
+        ((1.0, 1.0, 1.0, 1.0), "unexpected CT orientation"),
+    ],
+)
+def test_an_unusable_ct_is_a_readable_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    diag: tuple[float, ...],
+    reason: str,
+) -> None:
+    folder = tmp_path / "bad-ct"
+    _fake_ct(folder, affine_diag=diag)
+    monkeypatch.setenv("QCNODE_CT_DIR", str(folder))
+    with pytest.raises(ctmod.CTInvalidError, match=reason):
+        ctmod.prepare(folder)
+    assert main(["synth", "--out", str(tmp_path / "set"), "--count", "1"]) == 2
+    _, stderr = capsys.readouterr()
+    assert "Traceback" not in stderr and f"qcnode: error: {reason}" in stderr
