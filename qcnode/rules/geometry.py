@@ -197,18 +197,11 @@ class Subject:
 
     # ---- field edge and margins ---------------------------------------------------------
     @cached_property
-    def _edges(self) -> tuple[cKDTree, cKDTree]:
-        """KD-trees (mm coordinates) of the pixels just outside and just inside the field.
-
-        The image frame counts as an edge: the field is padded with unexposed pixels.
-        """
-        padded = np.pad(self.field, 1, constant_values=False)
-        grown = ndimage.binary_dilation(padded)
-        shrunk = ndimage.binary_erosion(padded)
-        outer = np.argwhere(grown & ~padded).astype(np.float64) - 1.0
-        inner = np.argwhere(padded & ~shrunk).astype(np.float64) - 1.0
-        scale = np.array([self.sy, self.sx])
-        return cKDTree(outer * scale), cKDTree(inner * scale)
+    def _inner_edge(self) -> cKDTree:
+        """KD-tree (mm coordinates) of the field's edge pixels (``field_ring``: the image
+        frame counts as an edge)."""
+        inner = np.argwhere(self.field_ring).astype(np.float64)
+        return cKDTree(inner * np.array([self.sy, self.sx]))
 
     def margin_mm(self, point: Point) -> float:
         """Signed distance from a point to the field edge: + inside, − outside the field.
@@ -222,16 +215,22 @@ class Subject:
         r, c = point
         ri, ci = round(r), round(c)
         inside = 0 <= ri < self.shape[0] and 0 <= ci < self.shape[1] and bool(self.field[ri, ci])
-        _, inner = self._edges
         q = np.array([r * self.sy, c * self.sx])
-        d = float(inner.query(q)[0])
+        d = float(self._inner_edge.query(q)[0])
         return d if inside else -d
 
     @cached_property
     def field_ring(self) -> BoolMask:
         """Field pixels on its edge (the image frame included)."""
-        padded = np.pad(self.field, 1, constant_values=False)
-        return np.asarray((padded & ~ndimage.binary_erosion(padded))[1:-1, 1:-1])
+        f = self.field
+        interior = f.copy()  # field pixels whose 4 neighbours are all field, inside the frame
+        interior[1:] &= f[:-1]
+        interior[:-1] &= f[1:]
+        interior[:, 1:] &= f[:, :-1]
+        interior[:, :-1] &= f[:, 1:]
+        interior[[0, -1], :] = False
+        interior[:, [0, -1]] = False
+        return f & ~interior
 
     def edge_contact_mm(self, mask: BoolMask, tolerance_mm: float = 0.0) -> float:
         """Length (mm) of a structure's outline lying on the field edge: truncation.
@@ -291,12 +290,18 @@ class Subject:
             return None
         c = max(contours, key=len) - 1.0 + np.array([box[0].start, box[1].start])
         step = max(1, len(c) // max_points)
-        pts = c[::step]
-        return Geometry(
-            kind="polygon",
-            points=tuple(self.src((float(r), float(q))) for r, q in pts),
-            label=label,
-        )
+        return Geometry(kind="polygon", points=self._src_array(c[::step]), label=label)
+
+    def _src_array(self, pts: npt.NDArray[np.float64]) -> tuple[tuple[float, float], ...]:
+        """``src`` of an (n, 2) array of (row, col) points at once (the same float steps)."""
+        r, c = pts[:, 0], pts[:, 1]
+        if 0 in self.turned:
+            r = self.shape[0] - 1 - r
+        if 1 in self.turned:
+            c = self.shape[1] - 1 - c
+        half = (self.stride - 1) / 2.0
+        xy = np.stack([c * self.stride + half, r * self.stride + half], axis=1)
+        return tuple((x, y) for x, y in xy.tolist())
 
     # ---- helpers cached per subject ------------------------------------------------------
     def cached(self, key: str, compute: object) -> object:
@@ -328,17 +333,27 @@ class ShutterSpec:
     line_tolerance_px: float = 2.0
 
 
+def _range3(pixels: FloatImage, axes: tuple[int, ...]) -> FloatImage:
+    """Max minus min over each pixel's 3-neighbourhood along ``axes`` (a border pixel is its
+    own outer neighbour): ``maximum_filter - minimum_filter`` of size 3 along those axes with
+    the default "reflect" border, equal to it bit for bit and ~5x cheaper."""
+    hi, lo = pixels.copy(), pixels.copy()
+    for axis in axes:
+        for out, ufunc in ((hi, np.maximum), (lo, np.minimum)):
+            v = np.moveaxis(out, axis, 0)
+            prev = v.copy()
+            ufunc(v[1:], prev[:-1], out=v[1:])
+            ufunc(v[:-1], prev[1:], out=v[:-1])
+    return hi - lo
+
+
 def _band_depths(pixels: FloatImage, spec: ShutterSpec) -> dict[str, npt.NDArray[np.int64]]:
     """Per side, for each line across it, how many pixels from the border are band-like:
     bright and flat *along* the side (range of 3 neighbours along it ≤ ``flat_range``), so
     the band's last row next to the exposed field still counts and a 1-pixel band is seen."""
     bright = pixels >= spec.min_level
-    along_rows = (
-        ndimage.maximum_filter(pixels, (1, 3)) - ndimage.minimum_filter(pixels, (1, 3))
-    ) <= spec.flat_range
-    along_cols = (
-        ndimage.maximum_filter(pixels, (3, 1)) - ndimage.minimum_filter(pixels, (3, 1))
-    ) <= spec.flat_range
+    along_rows = _range3(pixels, (1,)) <= spec.flat_range
+    along_cols = _range3(pixels, (0,)) <= spec.flat_range
     horiz, vert = bright & along_rows, bright & along_cols
     views = {
         "top": (horiz, pixels),
@@ -410,13 +425,11 @@ def exposed_field(
         else:
             field &= (w - 1 - cols) >= edge[:, None] - 0.5
     if model_field is not None and model_field.shape == field.shape and not model_field.all():
-        flat = (
-            ndimage.maximum_filter(pixels, 3) - ndimage.minimum_filter(pixels, 3)
-        ) <= spec.flat_range
+        flat = _range3(pixels, (0, 1)) <= spec.flat_range
         labels, _ = ndimage.label(flat & (pixels >= spec.min_level))
         border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
         for lab in border[border > 0]:
-            region = ndimage.binary_dilation(labels == lab, np.ones((3, 3), bool)) & field  # + rim
+            region = dilate(labels == lab, 1, np.ones((3, 3), bool)) & field  # + rim
             if region.any() and (~model_field[region]).mean() >= 0.5:
                 field &= ~region
     if not field.any():
@@ -525,6 +538,27 @@ def bbox_slices(mask: BoolMask, pad: tuple[int, int]) -> tuple[slice, slice]:
     )
 
 
+def dilate(
+    mask: BoolMask, iterations: int, structure: npt.NDArray[np.bool_] | None = None
+) -> BoolMask:
+    """``ndimage.binary_dilation(mask, structure, iterations)`` (a 3×3 structure; None: the
+    4-connected cross) run on the mask's box grown by its reach: the same pixels, at a
+    fraction of the cost."""
+    box = bbox_slices(mask, (iterations + 1, iterations + 1))
+    out = np.zeros_like(mask)
+    out[box] = ndimage.binary_dilation(mask[box], structure, iterations=iterations)
+    return out
+
+
+def erode(mask: BoolMask, iterations: int) -> BoolMask:
+    """``ndimage.binary_erosion(mask, iterations=...)`` run on the mask's box (grown by a
+    pixel): outside it there is nothing to erode."""
+    box = bbox_slices(mask, (1, 1))
+    out = np.zeros_like(mask)
+    out[box] = ndimage.binary_erosion(mask[box], iterations=iterations)
+    return out
+
+
 def _parts(mask: BoolMask) -> tuple[tuple[slice, slice], npt.NDArray[np.int32], int]:
     """8-connected parts labelled on the mask's bounding box (cheaper than the image)."""
     box = bbox_slices(mask, (0, 0))
@@ -562,10 +596,17 @@ def largest_component(mask: BoolMask) -> BoolMask:
     return out
 
 
+def _pixels(mask: BoolMask) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """``np.nonzero(mask)`` (the same arrays) searched on the mask's box only."""
+    box = bbox_slices(mask, (0, 0))
+    rr, cc = np.nonzero(mask[box])
+    return rr + box[0].start, cc + box[1].start
+
+
 def centroid(mask: BoolMask) -> Point | None:
     if not mask.any():
         return None
-    rr, cc = np.nonzero(mask)
+    rr, cc = _pixels(mask)
     return (float(rr.mean()), float(cc.mean()))
 
 
@@ -577,7 +618,7 @@ def extreme(mask: BoolMask, dr: float, dc: float, sy: float = 1.0, sx: float = 1
     """
     if not mask.any():
         return None
-    rr, cc = np.nonzero(mask)
+    rr, cc = _pixels(mask)
     score = rr * (dr * sy) + cc * (dc * sx)
     best = score >= score.max() - 1e-9
     return (float(rr[best].mean()), float(cc[best].mean()))
