@@ -31,7 +31,7 @@ from qcnode.records import View
 from qcnode.rules import RULES, build_subject, load_config
 from qcnode.rules.completeness import anterior_sign
 from qcnode.rules.config import RulesConfig
-from qcnode.rules.geometry import col_extent, extreme
+from qcnode.rules.masks import col_extent, extreme
 from qcnode.rules.organs import edge_tolerance_mm
 from qcnode.rules.positioning import dome_depth, rotation_measure, tilt_value
 from qcnode.testing import FakePredictor

@@ -64,7 +64,8 @@ from qcnode.rules.completeness import (
     lateral_sign,
 )
 from qcnode.rules.config import RulesConfig
-from qcnode.rules.geometry import Subject, largest_component
+from qcnode.rules.geometry import Subject
+from qcnode.rules.masks import largest_component
 
 Array = npt.NDArray[np.float64]
 FLAT_MM = (3.0, 6.0, 10.0)

@@ -55,7 +55,8 @@ from qcnode.evaluate import Sample
 from qcnode.records import View
 from qcnode.rules import RulesConfig, load_config
 from qcnode.rules.completeness import lateral_sign
-from qcnode.rules.geometry import Subject, extreme, largest_component
+from qcnode.rules.geometry import Subject
+from qcnode.rules.masks import extreme, largest_component
 from qcnode.rules.organs import _end_loss
 
 WIDTHS_MM = (2.0, 4.0, 6.0, 8.0, 10.0, 15.0)

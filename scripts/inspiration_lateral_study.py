@@ -79,7 +79,8 @@ from qcnode.evaluate import Sample
 from qcnode.records import BoolMask, View
 from qcnode.rules import RulesConfig, load_config
 from qcnode.rules.completeness import anterior_sign
-from qcnode.rules.geometry import Subject, col_extent, extreme, row_extent
+from qcnode.rules.geometry import Subject
+from qcnode.rules.masks import col_extent, extreme, row_extent
 
 PASS_RIBS = 10
 V7_A, V7_MM = 3.25, 39.3  # rules.toml lateral_inspiration_* (v7)

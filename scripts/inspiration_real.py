@@ -49,7 +49,8 @@ from qcnode.imaging import decode
 from qcnode.model.report import REAL_ROOT, real_cases
 from qcnode.records import BoolMask, DecodedImage, Prediction, View
 from qcnode.rules import RulesConfig, build_subject, load_config
-from qcnode.rules.geometry import Subject, despeckle, row_extent
+from qcnode.rules.geometry import Subject
+from qcnode.rules.masks import despeckle, row_extent
 from qcnode.rules.positioning import (
     dome_depth,
     heart_height_mm,

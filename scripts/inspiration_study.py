@@ -56,8 +56,9 @@ from study_stats import (
 from qcnode.evaluate import Sample, load_masks
 from qcnode.records import BoolMask, View
 from qcnode.rules import RulesConfig, load_config
-from qcnode.rules.geometry import Subject, col_extent, row_extent, runs
+from qcnode.rules.geometry import Subject
 from qcnode.rules.lateral import inspiration as lateral_inspiration
+from qcnode.rules.masks import col_extent, row_extent, runs
 from qcnode.rules.positioning import dome_depth, heart_height_mm, inspiration, medial_ends
 
 PASS_RIBS = 10

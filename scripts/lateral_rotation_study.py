@@ -59,8 +59,9 @@ from study_stats import (
 from qcnode.records import View
 from qcnode.rules import load_config
 from qcnode.rules.completeness import anterior_sign
-from qcnode.rules.geometry import Subject, row_extent
+from qcnode.rules.geometry import Subject
 from qcnode.rules.lateral import superimposition
+from qcnode.rules.masks import row_extent
 
 Array = npt.NDArray[np.float64]
 # (tag, Gaussian σ px (rows, columns), window mm around the lungs' posterior outline, negative

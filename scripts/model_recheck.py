@@ -308,7 +308,7 @@ def sternum_row(smp: Any, pred_dir: Path | None) -> Row | None:
     (mm) of the lungs/heart's anterior-most pixel (None: no chest found)."""
     from qcnode.rules import load_config
     from qcnode.rules.completeness import anterior_sign, anteroposterior
-    from qcnode.rules.geometry import extreme
+    from qcnode.rules.masks import extreme
 
     cfg = load_config()
     got = study_stats.film_subject(smp, cfg, pred_dir)

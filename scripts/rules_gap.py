@@ -30,7 +30,8 @@ from qcnode.imaging import decode
 from qcnode.records import BoolMask, View
 from qcnode.rules import RULES, build_subject, load_config
 from qcnode.rules.config import RulesConfig
-from qcnode.rules.geometry import Subject, row_extent
+from qcnode.rules.geometry import Subject
+from qcnode.rules.masks import row_extent
 from qcnode.rules.organs import lungs_cut_share
 from qcnode.testing import FakePredictor
 
@@ -112,7 +113,7 @@ def landmark_contacts(s: Subject, view: View) -> dict[str, dict[str, list[float]
     """Per landmark: [margin, edge ring within t mm of the lung and within 25 mm of the
     landmark (mm) for t in LANDMARK_TOLS] per lung (frontal) or for the lungs (lateral)."""
     from qcnode.rules.completeness import anterior_sign, costophrenic_point, lateral_sign
-    from qcnode.rules.geometry import extreme, largest_component
+    from qcnode.rules.masks import extreme, largest_component
 
     res: dict[str, dict[str, list[float]]] = {}
     rr, cc = np.mgrid[0 : s.shape[0], 0 : s.shape[1]]

@@ -60,7 +60,8 @@ from qcnode.evaluate import Sample
 from qcnode.records import Status, View
 from qcnode.rules import RulesConfig, load_config
 from qcnode.rules.completeness import anterior_sign
-from qcnode.rules.geometry import Subject, row_extent
+from qcnode.rules.geometry import Subject
+from qcnode.rules.masks import row_extent
 from qcnode.rules.organs import lungs_cut_share, lungs_near_end_shares, spine
 
 Array = npt.NDArray[np.float64]

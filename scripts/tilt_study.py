@@ -59,7 +59,8 @@ from qcnode.evaluate import Sample
 from qcnode.records import BoolMask, View
 from qcnode.rules import RulesConfig, load_config
 from qcnode.rules.completeness import SIDES, lateral_sign
-from qcnode.rules.geometry import Subject, col_extent, largest_component, row_extent
+from qcnode.rules.geometry import Subject
+from qcnode.rules.masks import col_extent, largest_component, row_extent
 from qcnode.rules.organs import unsegmented_clavicle
 from qcnode.rules.positioning import heart_height_mm, medial_end, spine_line, tilt
 from qcnode.synth.truth import TILT_FAIL_DEG, apparent_tilt

@@ -47,7 +47,8 @@ from qcnode.evaluate import Sample
 from qcnode.records import Status, View
 from qcnode.rules import RulesConfig, load_config
 from qcnode.rules.completeness import lateral_sign, lateral_walls
-from qcnode.rules.geometry import Subject, extreme
+from qcnode.rules.geometry import Subject
+from qcnode.rules.masks import extreme
 
 DISTS_MM = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 MARGINS_MM = (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0)

@@ -14,15 +14,8 @@ import numpy as np
 
 from qcnode.records import BoolMask, Finding, Geometry, Status
 from qcnode.rules.config import RulesConfig
-from qcnode.rules.geometry import (
-    Point,
-    Subject,
-    centroid,
-    col_extent,
-    extreme,
-    largest_component,
-    row_extent,
-)
+from qcnode.rules.geometry import Subject
+from qcnode.rules.masks import Point, centroid, col_extent, extreme, largest_component, row_extent
 from qcnode.rules.messages import make
 
 SIDES = ("right", "left")

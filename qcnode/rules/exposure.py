@@ -25,7 +25,8 @@ from scipy import ndimage
 
 from qcnode.records import BoolMask, Finding, Status, View
 from qcnode.rules.config import RulesConfig
-from qcnode.rules.geometry import Point, Subject, bbox_slices, dilate, erode, row_extent
+from qcnode.rules.geometry import Subject
+from qcnode.rules.masks import Point, bbox_slices, dilate, erode, row_extent
 from qcnode.rules.messages import make
 
 

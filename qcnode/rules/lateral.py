@@ -13,7 +13,8 @@ import numpy as np
 from qcnode.records import BoolMask, Finding, Status
 from qcnode.rules.completeness import anterior_sign
 from qcnode.rules.config import RulesConfig
-from qcnode.rules.geometry import Point, Subject, row_extent
+from qcnode.rules.geometry import Subject
+from qcnode.rules.masks import Point, row_extent
 from qcnode.rules.messages import make
 from qcnode.rules.positioning import dome_depth, inspiration_status
 

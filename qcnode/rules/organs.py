@@ -20,7 +20,8 @@ import numpy as np
 from qcnode.records import BoolMask, Finding, Geometry, Status
 from qcnode.rules.completeness import SIDES
 from qcnode.rules.config import OrgansConfig, RulesConfig
-from qcnode.rules.geometry import Point, Subject, extreme
+from qcnode.rules.geometry import Subject
+from qcnode.rules.masks import Point, extreme, row_extent
 from qcnode.rules.messages import make
 
 # UCUM units of the values these rules report: a "missing" organ reports its visible area, a
@@ -271,8 +272,6 @@ def sternum(s: Subject, cfg: RulesConfig) -> Finding:
 
 def spine(s: Subject, cfg: RulesConfig) -> Finding:
     """The spine runs past every field: found, and not truncated beside the lungs."""
-    from qcnode.rules.geometry import row_extent
-
     o, rule = cfg.organs, "organs.spine"
     m = s.mask("spine")
     ext = row_extent(s.lungs)

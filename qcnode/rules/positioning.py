@@ -21,14 +21,8 @@ import numpy as np
 from qcnode.records import BoolMask, Finding, Status
 from qcnode.rules.completeness import SIDES, lateral_sign
 from qcnode.rules.config import PositioningConfig, RulesConfig
-from qcnode.rules.geometry import (
-    Point,
-    Subject,
-    extreme,
-    largest_component,
-    row_extent,
-    runs,
-)
+from qcnode.rules.geometry import Subject
+from qcnode.rules.masks import Point, extreme, largest_component, row_extent, runs
 from qcnode.rules.messages import make
 from qcnode.rules.organs import unsegmented_clavicle
 

@@ -9,7 +9,8 @@ import pytest
 from scipy import ndimage
 
 from qcnode.rules.exposure import gradient_maxima
-from qcnode.rules.geometry import _range3, dilate, erode, extreme
+from qcnode.rules.geometry import _range3
+from qcnode.rules.masks import dilate, erode, extreme
 
 
 def _masks() -> list[npt.NDArray[np.bool_]]:
