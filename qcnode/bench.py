@@ -329,9 +329,21 @@ def _print_model(rows: Sequence[dict[str, Any]]) -> None:
         )
 
 
+def _check_model_name(name: str) -> None:
+    """UnknownModel for a configured model name the registry does not know (a typo, a bare
+    architecture name): the benches below would report the configured model as skipped
+    after minutes of timing. A weights path (the node accepts one) is left to them."""
+    if not name or name.endswith((".pt", ".pth")) or "/" in name:
+        return
+    from qcnode.model.registry import load_registry
+
+    load_registry().resolve(name)
+
+
 def bench_command(settings: Settings, args: argparse.Namespace) -> int:
     from qcnode.model.network import variant_names
 
+    _check_model_name(settings.model)
     what = getattr(args, "what", "all")
     repeats = int(getattr(args, "repeats", None) or 30)
     threads = [int(t) for t in (getattr(args, "threads", None) or "1,2").split(",")]

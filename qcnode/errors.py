@@ -21,6 +21,12 @@ class ModelError(QcnodeError):
     """Model weights are missing, mismatched or unusable. Never fall back to random weights."""
 
 
+class UnknownModel(ModelError):
+    """A model name the registry does not know (a typo, or a bare architecture name such as
+    ``qcnet_d10_w3``): the caller's mistake, so commands that skip an unloadable model
+    (eval, bench) fail on it instead."""
+
+
 class StorageError(QcnodeError):
     """The node cannot keep what it received (disk full, fsync failed, database down)."""
 

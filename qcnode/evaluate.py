@@ -33,7 +33,7 @@ import numpy as np
 
 from qcnode.config import Settings
 from qcnode.engine import QCEngine, family_verdicts
-from qcnode.errors import QcnodeError
+from qcnode.errors import QcnodeError, UnknownModel
 from qcnode.records import (
     STRUCTURES,
     BoolMask,
@@ -434,7 +434,9 @@ def format_report(report: dict[str, Any]) -> str:
 
 def _load_predictors(settings: Settings) -> tuple[list[Predictor], str]:
     """The predictor(s) to evaluate: the configured/default model, or every registered
-    variant with ``--model all``. An empty list and the reason when none can be loaded."""
+    variant with ``--model all``. An empty list and the reason when none can be loaded;
+    a ``--model`` the registry does not know (UnknownModel) raises: a wrong name is the
+    user's mistake, and a skipped model pass would hide it."""
     try:
         from qcnode.model import load_predictor
         from qcnode.model.registry import load_registry
@@ -446,6 +448,8 @@ def _load_predictors(settings: Settings) -> tuple[list[Predictor], str]:
             names = list(load_registry().names())  # ensembles included
         return [load_predictor(n, device=settings.device) for n in names], ""
     except QcnodeError as exc:
+        if settings.model and isinstance(exc, UnknownModel):
+            raise
         return [], str(exc)
 
 
@@ -483,12 +487,12 @@ def eval_command(settings: Settings, args: argparse.Namespace) -> int:
     )
     progress = not getattr(args, "json", False)
     modes: dict[str, dict[str, Any]] = {}
+    predictors, why = _load_predictors(settings)  # before the exact pass: a wrong name fails now
     if samples:
         stats: dict[str, ViewStats] = defaultdict(ViewStats)
         for s, r in exact_pass(samples, settings, progress=progress):
             score(stats, s, r, None, None)
         modes["exact masks (rules only)"] = {k: v.summary() for k, v in sorted(stats.items())}
-    predictors, why = _load_predictors(settings)
     for one in predictors if samples else []:
         stats = defaultdict(ViewStats)
         for s, r, m, pm in model_pass(samples, settings, one, progress=progress):

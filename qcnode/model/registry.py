@@ -4,7 +4,9 @@
 per weights file: file, sha256, variant, input size and spacing, structure and view lists,
 training recipe, data and code version, metrics. Loading is from local files only; a missing
 file, a checksum mismatch or an unknown name is a ModelError (the node refuses to start),
-never a silent fallback to random weights.
+never a silent fallback to random weights. A bare architecture name (``qcnet_d10_w3``) is
+not a model name: entries are named by weights (``qcnet_d10_w3_s10``), and the unknown-name
+error (UnknownModel) lists that variant's registered weights.
 
 ``[ensembles.NAME]`` tables register ensembles: ``members`` names other ``[models.*]``
 entries (names, not files, so a member's weights can be replaced under the same name). The
@@ -16,15 +18,16 @@ usual, and an unknown, nested, repeated or incompatible member is a ModelError.
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from qcnode.errors import ModelError
+from qcnode.errors import ModelError, UnknownModel
 from qcnode.records import MODEL_CHANNELS, ModelInfo
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
@@ -143,6 +146,24 @@ def mean_reference_widths(
     return out
 
 
+def _natural(names: Iterable[str]) -> list[str]:
+    """Sorted with digit runs as numbers: ``…_s4`` before ``…_s10``."""
+    return sorted(
+        names, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]
+    )
+
+
+def _is_variant(name: str) -> bool:
+    """An architecture name of the grid (``qcnode train --variant``), weights or not."""
+    from qcnode.model.network import parse_variant  # torch: only on this error path
+
+    try:
+        parse_variant(name)
+    except ValueError:
+        return False
+    return True
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -193,9 +214,33 @@ class Registry:
         """Every loadable name: weights entries and ensembles."""
         return sorted({*self.entries, *self.ensembles})
 
-    def _unknown(self, key: str) -> ModelError:
-        known = ", ".join(self.names()) or "none"
-        return ModelError(f"unknown model {key!r}; registered models: {known}")
+    def _unknown(self, key: str) -> UnknownModel:
+        """The error for a name that is neither weights nor an ensemble. A bare architecture
+        name (``qcnet_d10_w3``) gets its own message listing that variant's weights: several
+        weights files share a variant, and picking one for the user would be a silent guess
+        (the name once meant session-4 weights)."""
+        default = f"; default: {self.default}" if self.default else ""
+        of_variant = _natural(n for n, e in self.entries.items() if e.variant == key)
+        if of_variant:
+            return UnknownModel(
+                f"unknown model {key!r}: that is an architecture (variant) name, not registered "
+                f"weights; registered weights of {key}: {', '.join(of_variant)}{default}"
+            )
+        known = ", ".join(_natural(self.names())) or "none"
+        if _is_variant(key):
+            return UnknownModel(
+                f"unknown model {key!r}: that is an architecture (variant) name with no "
+                f"registered weights; registered models: {known}{default}"
+            )
+        return UnknownModel(f"unknown model {key!r}; registered models: {known}{default}")
+
+    def resolve(self, name: str | None = None) -> str:
+        """``name`` (the default when None) if it is registered, weights or ensemble;
+        UnknownModel otherwise. Lets a command refuse a wrong name before slow work."""
+        key = name or self.default
+        if key not in self.entries and key not in self.ensembles:
+            raise self._unknown(key)
+        return key
 
     def is_ensemble(self, name: str | None = None) -> bool:
         return (name or self.default) in self.ensembles

@@ -1,7 +1,7 @@
 """Registered ensembles (``[ensembles.NAME]``): the mean of member networks' logits.
 
-Uses the shipped weights (qcnet_d10_w3, qcnet_d15_w3) copied into a temporary registry, so
-the members are real networks whose outputs differ; no timing here.
+Uses the shipped weights (qcnet_d10_w3_s4, qcnet_d15_w3_s4) copied into a temporary registry,
+so the members are real networks whose outputs differ; no timing here.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from qcnode.model.registry import (
 from qcnode.records import STRUCTURES, VISIBLE_LUNGS
 from tests.conftest import radiograph
 
-A, B = "qcnet_d10_w3", "qcnet_d15_w3"
+A, B = "qcnet_d10_w3_s4", "qcnet_d15_w3_s4"
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_two_members_give_the_mean_of_their_logits(tmp_path: Path, shipped: Regi
     [
         (("qcnet_d99_w9",), "member 'qcnet_d99_w9' is not a registered model"),
         ((A, "inner"), "nested ensembles are not supported"),
-        ((A, A), "lists member 'qcnet_d10_w3' twice"),
+        ((A, A), "lists member 'qcnet_d10_w3_s4' twice"),
         ((), "has no members"),
     ],
 )

@@ -33,7 +33,7 @@ PROBLEM = (Status.WARN, Status.FAIL)
 # 4.8 mm from the top border once margins run to the last exposed pixel (5.3 mm before), so
 # every edit test skipped; with the session-3 weights its scapula reading sits at the 10 mm
 # limit and flips with every edit. hannover_80b5f00f: every margin >= 22 mm, scapulae clear.
-# Session 4 default qcnet_d10_w3 (qcnet_d10_w3_s4): on FILM it misses the right clavicle
+# Session 4 default qcnet_d10_w3_s4: on FILM it misses the right clavicle
 # (557 mm², "not found") and reads the left scapula 14 mm into the lung, so edits that
 # remove or blur the top of the film flip those two organ/positioning findings besides the
 # expected completeness flag (which it raises). Over all 58 real frontals
