@@ -16,6 +16,7 @@ from qcnode.rules.config import RulesConfig
 from qcnode.rules.geometry import Subject
 from qcnode.rules.masks import Point, row_extent
 from qcnode.rules.messages import make
+from qcnode.rules.organs import LENGTH_UNIT
 from qcnode.rules.positioning import dome_depth, inspiration_status
 
 
@@ -64,7 +65,8 @@ def rotation(s: Subject, cfg: RulesConfig) -> Finding:
     value, pairs = m
     geometry = tuple(s.line([a, b], "posterior ribs apart") for a, b in pairs)
     status = Status.FAIL if value > t else Status.PASS
-    return make(s, rule, status, value, t, f"lateral_{status}", geometry)
+    # mm apart, not the catalogue's frontal degrees
+    return make(s, rule, status, value, t, f"lateral_{status}", geometry, unit=LENGTH_UNIT)
 
 
 def arms(s: Subject, cfg: RulesConfig) -> Finding:

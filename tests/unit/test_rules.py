@@ -439,7 +439,9 @@ def test_lateral_superimposition_arms_and_ap() -> None:
     m["ribs_posterior_left"] = np.roll(m["ribs_posterior_left"], -15, axis=1)
     f = run(m, View.LATERAL)
     assert f["positioning.rotation"].value == 15.0
+    assert f["positioning.rotation"].unit == "mm"  # contours apart, not the frontal degrees
     assert f["positioning.rotation"].status is Status.FAIL
+    assert run(frontal_phantom(), View.FRONTAL)["positioning.rotation"].unit == "deg"
     m = lateral_phantom()
     m["humerus_right"] = box(m["humerus_right"], 0, 150, 150, 200)  # arm down over the lung
     f = run(m, View.LATERAL)
