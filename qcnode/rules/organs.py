@@ -51,6 +51,7 @@ def _found_and_whole(
     ``truncation_mm``, or with ``ratio`` > 0 longer than :func:`truncation_limit_mm`)."""
     geometry: list[Geometry] = []
     worst_cut, worst_name, worst_limit = 0.0, names[0], truncation_mm
+    first = True  # the reported limit is a measured structure's, even when nothing is cut
     for name in names:
         m = s.mask(name)
         area = s.area_mm2(m)
@@ -63,8 +64,9 @@ def _found_and_whole(
         if check_truncation:
             cut = s.edge_contact_mm(m, edge_tolerance_mm(s, cfg))
             limit = truncation_limit_mm(area, ratio) if ratio > 0 else truncation_mm
-            if cut / limit > worst_cut / worst_limit:
+            if first or cut / limit > worst_cut / worst_limit:
                 worst_cut, worst_name, worst_limit = cut, name, limit
+                first = False
     if not check_truncation:
         return make(s, rule, Status.PASS, None, None, "found", tuple(geometry), structure=names[0])
     status = Status.FAIL if worst_cut > worst_limit else Status.PASS

@@ -92,6 +92,10 @@ def test_lateral_phantom_exact_values() -> None:
     assert f["completeness.costophrenic"].value == 40.0  # posterior-inferior corner (300, 300)
     assert f["completeness.anteroposterior"].value == 60.0  # sternum col 80, edge col 20
     assert f["positioning.rotation"].value == 0.0
+    sternum = f["organs.sternum"]  # nothing on the edge: the limit is still the sternum's own
+    assert sternum.value == 0.0 and sternum.threshold is not None
+    area = float(lateral_phantom()["sternum"].sum())  # 1 mm pixels
+    assert sternum.threshold == pytest.approx(math.sqrt(1.3 * area), abs=0.01)
     assert f["positioning.arms"].value == 0.0
     assert f["positioning.inspiration"].value == ribs(250.0, lateral=True)  # heart 300, apex 50
     assert all(x.status is Status.PASS for x in f.values())
