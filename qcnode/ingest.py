@@ -10,7 +10,6 @@ Every refusal is a named failure status, a log line and an audit row; never a si
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import socket
 import ssl
@@ -21,8 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pynetdicom import AE, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
@@ -33,9 +30,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from qcnode import audit
 from qcnode.audit import Auditor
 from qcnode.config import Settings
-from qcnode.db import QUEUED, AuditEvent, Instance, Job, utcnow
+from qcnode.db import QUEUED, AuditEvent, Instance, Job
 from qcnode.errors import ConfigError, DecodeError, StorageError
 from qcnode.groupcommit import GroupCommit
+from qcnode.ingestheader import CHEST_SOP_CLASSES, header_text, instance_row, is_chest
 from qcnode.netio import guard_chunked_receive, receive_error, tune_acceptor
 from qcnode.store import FileStore, start_writeback
 
@@ -51,11 +49,6 @@ CANNOT_UNDERSTAND = 0xC000
 NOT_A_CHEST_IMAGE = 0xC001
 
 VERIFICATION = "1.2.840.10008.1.1"
-CHEST_SOP_CLASSES = (
-    "1.2.840.10008.5.1.4.1.1.1",  # CR Image Storage
-    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
-    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
-)
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 STORAGE_SOP_CLASSES = (*CHEST_SOP_CLASSES, SECONDARY_CAPTURE)
 TRANSFER_SYNTAXES = (
@@ -75,9 +68,6 @@ TRANSFER_SYNTAXES = (
 )
 # Start writing a streaming dataset to disk every this many bytes (see Ingest._on_data)
 WRITEBACK_CHUNK = 2 * 1024 * 1024
-# BodyPartExamined values that mean "chest" (empty: unknown, the model's view head decides)
-# (substrings, as qcnode.engine.chest_header: "CHEST PA", "THORAX", German "TORAX"/"BRUST")
-CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "TORAX", "BRUST")
 
 
 class SharedPortServer(ThreadedAssociationServer):
@@ -102,42 +92,6 @@ def set_nodelay(sock: socket.socket | None) -> None:
 def assoc_socket(assoc: Any) -> socket.socket | None:
     dul_sock = getattr(getattr(assoc, "dul", None), "socket", None)
     return getattr(dul_sock, "socket", None)
-
-
-def is_chest(sop_class_uid: str, body_part: str) -> bool:
-    """Header-level decision, the same as the engine's; an empty body part is not held
-    against the image (the model's view head may still say "other" later)."""
-    part = body_part.upper()
-    return sop_class_uid in CHEST_SOP_CLASSES and (
-        not part or any(p in part for p in CHEST_BODY_PARTS)
-    )
-
-
-def _study_date(value: str) -> dt.date | None:
-    try:
-        return dt.datetime.strptime(value[:8], "%Y%m%d").date()
-    except ValueError:
-        return None
-
-
-def _text(ds: Dataset, keyword: str, limit: int) -> str:
-    value = ds.get(keyword, "")
-    if value is None:
-        return ""
-    if isinstance(value, MultiValue):
-        value = "\\".join(str(v) for v in value)
-    return str(value)[:limit]
-
-
-def _int(ds: Dataset, keyword: str) -> int:
-    """An integer header value; 0 when absent or unusable (a multi-valued Rows, say)."""
-    value = ds.get(keyword, 0)
-    if isinstance(value, MultiValue):
-        value = value[0] if len(value) else 0
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError):
-        return 0
 
 
 def _allowed(entries: tuple[str, ...], ae_title: str, address: str) -> bool:
@@ -417,7 +371,7 @@ class Ingest:
             )
 
         try:
-            body_part = _text(header, "BodyPartExamined", 16).upper()
+            body_part = header_text(header, "BodyPartExamined", 16).upper()
         except Exception:
             body_part = ""
         applicable = is_chest(sop_class, body_part)
@@ -439,7 +393,7 @@ class Ingest:
             return self._replace(existing.id, received, sop_uid, calling, address)
 
         try:
-            row = self._instance_row(header, sop_uid, sop_class, calling, address, applicable)
+            row = instance_row(header, sop_uid, sop_class, calling, address, applicable)
         except Exception:  # any header value pydicom cannot convert: refuse, keep the file
             log.exception("unusable header from %s", calling)
             self.store.reject(received, "header")
@@ -516,43 +470,6 @@ class Ingest:
         log.warning("instance #%d re-sent with different content: replaced", instance_id)
         self.on_stored()
         return SUCCESS
-
-    @staticmethod
-    def _instance_row(
-        header: Dataset,
-        sop_uid: str,
-        sop_class: str,
-        calling: str,
-        address: str,
-        applicable: bool,
-    ) -> dict[str, Any]:
-        """The row's header facts; built before the file is placed, so that a header
-        whose values cannot be used is refused without leaving a file behind."""
-        file_meta = getattr(header, "file_meta", None)
-        return {
-            "sop_instance_uid": sop_uid,
-            "sop_class_uid": sop_class,
-            "study_instance_uid": _text(header, "StudyInstanceUID", 64),
-            "series_instance_uid": _text(header, "SeriesInstanceUID", 64),
-            "transfer_syntax_uid": str(getattr(file_meta, "TransferSyntaxUID", "") or "")[:64],
-            "modality": _text(header, "Modality", 16),
-            "path": "",
-            "size_bytes": 0,
-            "calling_ae": calling[:16],
-            "peer_address": address[:64],
-            "received_at": utcnow(),
-            "station_name": _text(header, "StationName", 64),
-            "operators_name": _text(header, "OperatorsName", 256),
-            "manufacturer": _text(header, "Manufacturer", 64),
-            "manufacturer_model": _text(header, "ManufacturerModelName", 64),
-            "institution_name": _text(header, "InstitutionName", 128),
-            "study_date": _study_date(_text(header, "StudyDate", 8)),
-            "view_position": _text(header, "ViewPosition", 16).upper(),
-            "body_part": _text(header, "BodyPartExamined", 16).upper(),
-            "rows": _int(header, "Rows"),
-            "columns": _int(header, "Columns"),
-            "applicable": applicable,
-        }
 
     def _commit(self, row: dict[str, Any]) -> int | None:
         """Insert the instance and its job durably, in a batch with any C-STORE of

@@ -40,7 +40,8 @@ from sqlalchemy import create_engine, text
 
 from qcnode import netio
 from qcnode.config import Settings
-from qcnode.ingest import CHEST_SOP_CLASSES, assoc_socket, set_nodelay
+from qcnode.ingest import assoc_socket, set_nodelay
+from qcnode.ingestheader import CHEST_SOP_CLASSES
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

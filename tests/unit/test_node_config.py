@@ -45,7 +45,7 @@ def test_docker_files_use_real_settings() -> None:
 
 def test_ingest_and_engine_agree_on_chest_headers() -> None:
     from qcnode.engine import chest_header
-    from qcnode.ingest import is_chest
+    from qcnode.ingestheader import is_chest
     from qcnode.records import ImageMeta
 
     cr = "1.2.840.10008.5.1.4.1.1.1"
