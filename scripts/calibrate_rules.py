@@ -189,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def rotation_fit(vr: list[dict[str, Any]], cfg: RulesConfig) -> None:
     """w/D and offset of the rotation model against the truth's signed apparent rotation
-    (qcnode.synth.truth: 3D landmarks through the known pose), per header ViewPosition (AP
+    (qcnode.synth.pose: 3D landmarks through the known pose), per header ViewPosition (AP
     films have their own constants), and the pass/problem agreement at the fail limit."""
-    from qcnode.synth.truth import apparent_rotation
+    from qcnode.synth.pose import apparent_rotation
 
     rr = [(r["feats"].get("rotation_ratio"), r["feats"].get("header_ap"), r["params"]) for r in vr]
     rr = [(a, bool(h), p) for a, h, p in rr if a is not None and "elastic_seed" in p]
@@ -224,9 +224,10 @@ def rotation_fit(vr: list[dict[str, Any]], cfg: RulesConfig) -> None:
 
 def tilt_fit(vr: list[dict[str, Any]]) -> None:
     """The rule's value (apices above the medial clavicle ends, mm) against the truth's signed
-    apparent tilt (qcnode.synth.truth), least squares on films whose apices are not on a field
+    apparent tilt (qcnode.synth.pose), least squares on films whose apices are not on a field
     edge; the range [value at +limit, value at −limit] and its pass/problem agreement."""
-    from qcnode.synth.truth import TILT_FAIL_DEG, apparent_tilt
+    from qcnode.synth.pose import apparent_tilt
+    from qcnode.synth.truth import TILT_FAIL_DEG
 
     pts = [
         (r["feats"]["positioning.tilt"]["value"], r["feats"].get("apex_on_edge"), r)

@@ -6,7 +6,7 @@ not_evaluable wherever both clavicles are missing (mostly cut off by a closed fi
 This script measures, per frontal film of a train-split set, on its exact masks AND on the
 model's cached masks (one row per film, both subjects built together so that they can be
 mixed):
-- the truth's signed apparent rotation (qcnode/synth/truth.py ``apparent_rotation``);
+- the truth's signed apparent rotation (qcnode/synth/pose.py ``apparent_rotation``);
 - the rule's status and signed angle on each source, its medial ends and spine line; on the
   model's masks also the angle with the exact ends + the model's spine line and with the
   model's ends + the exact spine line (which part of the mask error moves the verdict);
@@ -69,7 +69,7 @@ from qcnode.rules.positioning import (
     spine_line,
     tilt_value,
 )
-from qcnode.synth.truth import apparent_rotation, apparent_tilt
+from qcnode.synth.pose import apparent_rotation, apparent_tilt
 
 Row = dict[str, Any]
 HEIGHTS = (0.3, 0.5, 0.7)

@@ -2,7 +2,7 @@
 
 Why: the rule reads the height (mm) of the apices (first row where each lung is 15 mm wide)
 above the medial clavicle ends (centre of each clavicle's innermost 10 mm) and fails outside
-[8, 28] mm. The truth (qcnode/synth/truth.py ``apparent_tilt``) is the sagittal turn of the
+[8, 28] mm. The truth (qcnode/synth/pose.py ``apparent_tilt``) is the sagittal turn of the
 3D apex -> clavicle-heads vector plus the cone-beam angle at the apices (vs a 180 cm PA); a
 frontal film sees that vector's vertical projection, ~ M·(sz·dz0 + sy·dy0·tilt), so the
 patient's height (scale_z), its depth (scale_y, invisible on a frontal) and the
@@ -63,7 +63,8 @@ from qcnode.rules.geometry import Subject
 from qcnode.rules.masks import col_extent, largest_component, row_extent
 from qcnode.rules.organs import unsegmented_clavicle
 from qcnode.rules.positioning import heart_height_mm, medial_end, spine_line, tilt
-from qcnode.synth.truth import TILT_FAIL_DEG, apparent_tilt
+from qcnode.synth.pose import apparent_tilt
+from qcnode.synth.truth import TILT_FAIL_DEG
 
 APEX_WIDTHS_MM = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)
 APEX_FRACTIONS = (0.1, 0.2, 0.3, 0.4)

@@ -5,15 +5,14 @@ the evaluation compares the two.
 Thresholds come from etc/rules.toml; rules whose threshold is "calibrated" get their truth
 status from a known generation parameter or an exact (noise-free, exact-mask) measurement,
 with the criteria below, so that the rules engineer can calibrate the measured rule on them.
+The 3D pose geometry behind positioning.rotation / .tilt is in qcnode.synth.pose; re-deriving
+a stored set's truth in qcnode.synth.retruth.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qcnode.rules import catalogue
+from qcnode.synth import pose
 
 Mask = npt.NDArray[np.bool_]
 
@@ -33,8 +33,7 @@ NOISE_FAIL = 0.03  # exposure.noise: std of the noise in lung fields, display un
 SPINE_CNR_FAIL = 1.5  # exposure.spine_through_heart: spine vs paraspinal heart, clean Δ / σ
 SPINE_DELTA_FAIL = 0.02  # … or the clean display difference itself
 BLUR_FAIL_MM = 3.0  # exposure.sharpness: FWHM of motion + extra blur
-TILT_FAIL_DEG = 8.0  # positioning.tilt: apparent lordotic/kyphotic tilt (see apparent_tilt)
-STANDARD_SID_MM = 1800.0  # positioning.tilt: the PA distance a "neutral" projection refers to
+TILT_FAIL_DEG = 8.0  # positioning.tilt: apparent lordotic/kyphotic tilt (pose.apparent_tilt)
 ARMS_OVERLAP_FAIL_MM2 = 50.0  # positioning.arms (lateral)
 
 # The rule IDs are the contract of DESIGN §4 and live in one place; only the names are
@@ -233,176 +232,6 @@ def _spine_through_heart(t: TruthInput) -> dict[str, Any]:
     return _r("pass" if ok else "fail", cnr, "1")
 
 
-# ---- radiographic pose geometry (positioning.rotation and positioning.tilt) ----------------
-#
-# A radiographer judges rotation by the medial clavicle ends against the spinous processes
-# (EUR 16260) and tilt by the clavicles against the apices, i.e. by the anatomy as it lies,
-# not by a pose parameter. The one CT's own pose is neither symmetric (its clavicle heads are
-# ≈ 3.3° rotated against its spinous processes) nor free of elastic asymmetry once deformed.
-# So the truth takes 3D landmarks from the CT's label volumes, moves them through the
-# sample's known 3D edit (habitus scale, elastic warp, rotation, tilt — the renderer's own
-# transform, inverted) and measures the angles there. Nothing here reads a mask or a pixel.
-
-
-@dataclass(frozen=True)
-class Landmarks:
-    """CT patient-frame points (x left, y anterior, z superior; mm) of the reference pose."""
-
-    clavicle_right: tuple[float, float, float]  # centre of the clavicle's medial 10 mm
-    clavicle_left: tuple[float, float, float]
-    spinous: tuple[float, float, float]  # spinous-process tips at the clavicle heads' level
-    apex: tuple[float, float, float]  # top of the lungs (mean of both apices)
-
-
-def _frame_points(bits: npt.NDArray[Any], bit: int, spacing: Any, origin: Any) -> Any:
-    zz, yy, xx = np.nonzero((bits.astype(np.int64) >> bit) & 1)
-    return np.stack(
-        [
-            (xx - origin[2]) * spacing[2],
-            (yy - origin[1]) * spacing[1],
-            (zz - origin[0]) * spacing[0],
-        ],
-        axis=1,
-    )
-
-
-@functools.cache
-def ct_landmarks() -> Landmarks:
-    """The reference landmarks of the CT (qcnode.synth.ct; cached per process).
-
-    Clavicle medial end: centre of the clavicle's voxels within 10 mm of its most medial
-    voxel. Spinous processes: in each CT slice within ±20 mm of the clavicle heads' level,
-    the spine's voxels within 8 mm of its posterior-most one; their mean. Apex: the mean of
-    each lung's topmost voxels.
-    """
-    from qcnode.synth import ct as ctmod
-
-    ct = ctmod.load()
-    bone = ct.bone_bits.numpy()
-    soft = ct.soft_bits.numpy()
-    sp, og = ct.spacing_mm, ct.origin_index
-    ends = {}
-    for side, sign in (("right", 1.0), ("left", -1.0)):  # medial: +x for the right clavicle
-        pts = _frame_points(bone, ctmod.BONE_BITS[f"clavicle_{side}"], sp, og)
-        medial = sign * pts[:, 0]
-        ends[side] = pts[medial >= medial.max() - 10.0].mean(axis=0)
-    level = (ends["right"][2] + ends["left"][2]) / 2.0
-    spine = _frame_points(bone, ctmod.BONE_BITS["spine"], sp, og)
-    tips = []
-    for z in np.unique(spine[:, 2]):
-        if abs(z - level) <= 20.0:
-            sl = spine[spine[:, 2] == z]
-            tips.append(sl[sl[:, 1] <= sl[:, 1].min() + 8.0].mean(axis=0))
-    apices = []
-    for side in ("right", "left"):
-        pts = _frame_points(soft, ctmod.SOFT_BITS[f"lung_{side}"], sp, og)
-        apices.append(pts[pts[:, 2] >= pts[:, 2].max() - 1e-6].mean(axis=0))
-
-    def t(v: Any) -> tuple[float, float, float]:
-        return (float(v[0]), float(v[1]), float(v[2]))
-
-    return Landmarks(
-        clavicle_right=t(ends["right"]),
-        clavicle_left=t(ends["left"]),
-        spinous=t(np.mean(tips, axis=0)),
-        apex=t(np.mean(apices, axis=0)),
-    )
-
-
-def pose_of(params: dict[str, Any]) -> Any:
-    """The render.Pose recorded in a sample's params; keys a caller left out (a hand-built
-    test pose) take render.Pose's defaults, i.e. the CT's reference pose."""
-    from qcnode.synth import render
-
-    d = render.Pose()
-    cx, cz = params.get("beam_center_mm", d.center_mm)
-    return render.Pose(
-        view_position=str(params.get("view_position", d.view_position)),
-        sid_mm=float(params.get("sid_mm", d.sid_mm)),
-        rotation_deg=float(params.get("rotation_deg", d.rotation_deg)),
-        tilt_deg=float(params.get("tilt_deg", d.tilt_deg)),
-        scale=tuple(float(v) for v in params.get("scale_zyx", d.scale)),  # type: ignore[arg-type]
-        elastic_mm=float(params.get("elastic_mm", d.elastic_mm)),
-        elastic_seed=int(params.get("elastic_seed", d.elastic_seed)),
-        center_mm=(float(cx), float(cz)),
-    )
-
-
-def positioned(points: npt.NDArray[np.float64], params: dict[str, Any]) -> Any:
-    """CT-frame points (N, 3) → the positioned patient frame of a sample's pose.
-
-    The renderer maps positioned → CT (``render._to_ct``: un-rotate, un-scale, then the
-    elastic terms one after another); here that map is inverted: each elastic term in reverse
-    order by fixed-point iteration (amplitudes of a few mm over wavelengths of 18–40 cm: a
-    strong contraction), then scale and rotation.
-    Bones do not take the diaphragm edit.
-    """
-    import torch
-
-    from qcnode.synth import render
-
-    pose = pose_of(params)
-    sz, sy, sx = pose.scale
-    q = torch.as_tensor(np.asarray(points, dtype=np.float64))
-    # _to_ct subtracts the terms one after the other: undo them in reverse order, each by
-    # fixed-point iteration of u = v + sin(u·k + φ)·a
-    for k, phase, amp in reversed(render._elastic_terms(pose)):
-        kd, ad = k.double(), amp.double()
-        u = q.clone()
-        for _ in range(50):
-            nxt = q + torch.sin(u @ kd + phase).unsqueeze(-1) * ad
-            done = float((nxt - u).abs().max()) < 1e-7
-            u = nxt
-            if done:
-                break
-        q = u
-    q = q * torch.tensor([sx, sy, sz], dtype=torch.float64)
-    rot = render._rot(pose).double()
-    return (q @ rot.T).numpy()
-
-
-def apparent_rotation(params: dict[str, Any], lm: Landmarks | None = None) -> float:
-    """Degrees the patient must turn about the long axis for the medial clavicle ends to lie
-    symmetric about the spinous processes (signed; positive: left side anterior).
-
-    With X (left) and Y (anterior) sums S_X = X_R + X_L − 2·X_S, S_Y likewise, a further turn
-    by −θ with tan θ = S_X / S_Y makes the projected ends equidistant from the spinous line.
-    """
-    lm = lm or ct_landmarks()
-    pts = positioned(np.array([lm.clavicle_right, lm.clavicle_left, lm.spinous]), params)
-    sx_ = pts[0, 0] + pts[1, 0] - 2.0 * pts[2, 0]
-    sy_ = pts[0, 1] + pts[1, 1] - 2.0 * pts[2, 1]
-    return -math.degrees(math.atan2(sx_, sy_))
-
-
-def apparent_tilt(params: dict[str, Any], lm: Landmarks | None = None) -> float:
-    """Degrees of lordotic (+) / kyphotic (−) projection of the upper thorax.
-
-    Two parts, both what makes the clavicles project high or low against the apices:
-    - the patient: the turn of the apex → medial-clavicle vector in the sagittal plane
-      against the reference pose (tilt, with habitus scale and elastic warp);
-    - the beam: at the apices' height h above the central ray a cone beam runs at atan(h/SID)
-      to the axial plane; cephalad through the patient from the front on an AP film
-      (lordotic), from the back on a PA (kyphotic). Referred to a standard PA at 180 cm, so
-      that a straight patient on a standard PA reads 0; an AP at 110 cm adds ≈ 10°.
-    """
-    lm = lm or ct_landmarks()
-    mid = (np.array(lm.clavicle_right) + np.array(lm.clavicle_left)) / 2.0
-    ref = np.array([lm.apex, mid])
-    pts = positioned(ref, params)
-
-    def angle(a: Any, b: Any) -> float:  # sagittal direction of apex → clavicle heads
-        return math.atan2(float(b[2] - a[2]), float(b[1] - a[1]))
-
-    patient = math.degrees(angle(pts[0], pts[1]) - angle(ref[0], ref[1]))
-    pose = pose_of(params)
-    h = float((pts[0, 2] + pts[1, 2]) / 2.0) - pose.center_mm[1]
-    sid = pose.sid_mm
-    s = 1.0 if pose.view_position == "AP" else -1.0
-    beam = math.degrees(s * math.atan(h / sid) + math.atan(h / STANDARD_SID_MM))
-    return patient + beam
-
-
 def _frontal(t: TruthInput, thr: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     c, p = thr["completeness"], t.pitch_mm
@@ -492,12 +321,12 @@ def _frontal(t: TruthInput, thr: dict[str, Any]) -> dict[str, Any]:
 
 
 def rotation_truth(params: dict[str, Any], thr: dict[str, Any]) -> dict[str, Any]:
-    rot = abs(apparent_rotation(params))
+    rot = abs(pose.apparent_rotation(params))
     return _r("fail" if rot > thr["positioning"]["rotation_fail_deg"] else "pass", rot, "deg")
 
 
 def tilt_truth(params: dict[str, Any]) -> dict[str, Any]:
-    tilt = abs(apparent_tilt(params))
+    tilt = abs(pose.apparent_tilt(params))
     return _r("fail" if tilt > TILT_FAIL_DEG else "pass", tilt, "deg")
 
 
@@ -585,150 +414,7 @@ def rules_truth(t: TruthInput, thresholds: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# ---- re-deriving stored truth (no re-rendering) ---------------------------------------------
+if __name__ == "__main__":  # the documented re-derivation command, now in retruth.py
+    from qcnode.synth.retruth import main
 
-_ORDER = {"pass": 0, "not_evaluable": 0, "warn": 1, "fail": 2}
-TRUTH_REVISION = "positioning-3d-v1"  # recorded in params.truth_rederived of changed samples
-
-
-def retruth(set_dir: Path) -> dict[str, int]:
-    """Recompute the frontal ``positioning.rotation`` and ``positioning.tilt`` truth of a
-    stored set from each sample's recorded pose parameters and the CT's landmarks (today's
-    definitions above), rewrite changed JSONs atomically and recompute ``verdict_expected``.
-
-    Needs the CT (scripts/fetch_ct), not the renderer: seconds for a few thousand samples.
-    """
-    thr = load_thresholds()
-    ct_landmarks()  # load the CT once, up front (fails early without it)
-    changed: dict[str, int] = {"samples": 0, "rewritten": 0}
-    for _, path, doc in _frontal_docs(set_dir):
-        changed["samples"] += 1
-        p = doc["params"]
-        new = {
-            "positioning.rotation": rotation_truth(p, thr),
-            "positioning.tilt": tilt_truth(p),
-        }
-        dirty = False
-        for rule, value in new.items():
-            old = doc["rules"].get(rule)
-            if old == value:
-                continue
-            if old is None or old["status"] != value["status"]:
-                key = f"{rule}:{'?' if old is None else old['status']}->{value['status']}"
-                changed[key] = changed.get(key, 0) + 1
-            doc["rules"][rule] = value
-            dirty = True
-        if dirty:
-            _save_rederived(path, doc, "positioning", TRUTH_REVISION)
-            changed["rewritten"] += 1
-    return changed
-
-
-def _frontal_docs(set_dir: Path) -> Iterator[tuple[dict[str, Any], Path, dict[str, Any]]]:
-    """(manifest record, truth JSON path, its document) for each frontal sample with rules."""
-    for line in (set_dir / "manifest.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        path = set_dir / rec["truth"]
-        doc = json.loads(path.read_text())
-        if doc.get("view") == "frontal" and doc.get("rules"):
-            yield rec, path, doc
-
-
-def _save_rederived(path: Path, doc: dict[str, Any], what: str, revision: str) -> None:
-    """Write a sample's re-derived truth back (atomically), with its expected verdict
-    recomputed and ``params.truth_rederived[what] = revision``."""
-    worst = max(_ORDER[x["status"]] for x in doc["rules"].values())
-    doc["verdict_expected"] = ["pass", "warn", "fail"][worst]
-    doc["params"].setdefault("truth_rederived", {})[what] = revision
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(path)
-
-
-def stored_costophrenic(doc: dict[str, Any], masks: dict[str, Mask]) -> dict[str, Any] | None:
-    """The frontal ``completeness.costophrenic`` truth of a stored sample from its stored
-    masks: ``lung_*_visible`` and ``field``, turned back to the window orientation (the
-    patient's right lung on the image left). None when the visible lungs were not stored.
-
-    Stored masks are clipped to the field: an angle outside it lands on the field edge and
-    reads 0 mm (a fail as before, not its negative distance)."""
-    names = ("lung_right_visible", "lung_left_visible", "field")
-    if any(n not in masks for n in names):
-        return None
-    p = doc["params"]
-
-    def upright(m: Mask) -> Mask:
-        m = m[::-1, ::-1] if p.get("rotated180") else m
-        return m[:, ::-1] if p.get("flipped") else m
-
-    field = upright(masks["field"])
-    fb = _bbox(field)
-    if fb is None:
-        return None
-    rect = (fb[0], fb[1] + 1, fb[2], fb[3] + 1)
-    pitch = float(doc["spacing_mm"][0])
-    thr = load_thresholds()["completeness"]["costophrenic_margin_mm"]
-    cp = min(
-        costophrenic_margin_mm(upright(masks[f"lung_{s}_visible"]), s, rect, pitch)
-        for s in ("right", "left")
-    )
-    return _r(_margin_status(cp, thr), cp, "mm")
-
-
-def retruth_costophrenic(set_dir: Path, backup: Path) -> dict[str, int]:
-    """Rewrite the frontal ``completeness.costophrenic`` truth of a stored set with today's
-    definition (the visible lung's lateral angle, ``stored_costophrenic``), mark each
-    rewritten sample ``params.truth_rederived.costophrenic = COSTOPHRENIC_REVISION`` and
-    recompute ``verdict_expected``. Every JSON is first copied to ``backup`` (an existing copy
-    is kept: a rerun does not overwrite the originals)."""
-    backup.mkdir(parents=True, exist_ok=True)
-    changed: dict[str, int] = {"samples": 0, "rewritten": 0, "no_visible_masks": 0}
-    rule = "completeness.costophrenic"
-    for rec, path, doc in _frontal_docs(set_dir):
-        changed["samples"] += 1
-        with np.load(set_dir / rec["masks"]) as z:
-            masks = {k: np.asarray(z[k], dtype=bool) for k in z.files}
-        new = stored_costophrenic(doc, masks)
-        if new is None:
-            changed["no_visible_masks"] += 1
-            continue
-        copy = backup / path.name
-        if not copy.exists():
-            copy.write_text(path.read_text())
-        old = doc["rules"].get(rule)
-        if old is None or old["status"] != new["status"]:
-            key = f"{rule}:{'?' if old is None else old['status']}->{new['status']}"
-            changed[key] = changed.get(key, 0) + 1
-        doc["rules"][rule] = new
-        _save_rederived(path, doc, "costophrenic", COSTOPHRENIC_REVISION)
-        changed["rewritten"] += 1
-    return changed
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m qcnode.synth.truth --retruth DIR... [--rule costophrenic --backup DIR]``:
-    re-derive stored positioning truth, or (``--rule costophrenic``) the frontal lateral
-    costophrenic angle from the stored visible-lung masks."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--retruth", type=Path, nargs="+", required=True, metavar="SET_DIR")
-    ap.add_argument("--rule", choices=("positioning", "costophrenic"), default="positioning")
-    ap.add_argument(
-        "--backup",
-        type=Path,
-        default=Path(".cache/rules/truth-backup-costophrenic"),
-        help="costophrenic: the old JSONs go to BACKUP/<set name>/ first",
-    )
-    args = ap.parse_args(argv)
-    for d in args.retruth:
-        if args.rule == "costophrenic":
-            res = retruth_costophrenic(d, args.backup / d.resolve().name)
-        else:
-            res = retruth(d)
-        print(json.dumps({"set": str(d), **res}))
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

@@ -13,7 +13,7 @@ import pytest
 from qcnode.errors import ConfigError
 from qcnode.records import BoolMask, Finding, Status, View
 from qcnode.rules import RulesConfig, evaluate, load_config
-from qcnode.synth import truth
+from qcnode.synth import retruth, truth
 from qcnode.testing import FakePredictor, frontal_phantom, phantom_image
 
 CFG = RulesConfig()
@@ -172,7 +172,7 @@ def test_retruth_rewrites_from_the_stored_visible_masks(
     set_dir, backup = tmp_path / "set", tmp_path / "backup"
     set_dir.mkdir()
     old = _stored_sample(set_dir, flipped, rotated)
-    res = truth.retruth_costophrenic(set_dir, backup)
+    res = retruth.retruth_costophrenic(set_dir, backup)
     assert res["rewritten"] == 1
     assert res[f"{RULE}:fail->pass"] == 1
     doc = json.loads((set_dir / "s.json").read_text())
@@ -180,7 +180,7 @@ def test_retruth_rewrites_from_the_stored_visible_masks(
     assert doc["verdict_expected"] == "pass"
     assert doc["params"]["truth_rederived"]["costophrenic"] == truth.COSTOPHRENIC_REVISION
     assert json.loads((backup / "s.json").read_text()) == old
-    truth.retruth_costophrenic(set_dir, backup)  # a rerun keeps the original backup
+    retruth.retruth_costophrenic(set_dir, backup)  # a rerun keeps the original backup
     assert json.loads((backup / "s.json").read_text()) == old
 
 
@@ -189,6 +189,6 @@ def test_retruth_skips_samples_without_visible_masks(tmp_path: Path) -> None:
     with np.load(tmp_path / "s_masks.npz") as z:
         kept = {k: z[k] for k in z.files if not k.endswith("_visible")}
     np.savez(tmp_path / "s_masks.npz", **kept)
-    res = truth.retruth_costophrenic(tmp_path, tmp_path / "backup")
+    res = retruth.retruth_costophrenic(tmp_path, tmp_path / "backup")
     assert res["no_visible_masks"] == 1 and res["rewritten"] == 0
     assert json.loads((tmp_path / "s.json").read_text())["rules"][RULE]["status"] == "fail"

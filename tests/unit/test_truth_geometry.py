@@ -1,4 +1,4 @@
-"""The positioning truth's 3D geometry (qcnode.synth.truth), on hand-made landmarks: no CT.
+"""The positioning truth's 3D geometry (qcnode.synth.pose), on hand-made landmarks: no CT.
 
 The truth must follow the renderer's own pose transform (inverted) and measure the angles a
 radiographer reads: clavicle heads vs spinous processes, clavicles vs apices plus the beam.
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from qcnode.synth import render
-from qcnode.synth.truth import Landmarks, apparent_rotation, apparent_tilt, positioned
+from qcnode.synth.pose import Landmarks, apparent_rotation, apparent_tilt, positioned
 
 SYMMETRIC = Landmarks(
     clavicle_right=(-40.0, 50.0, 110.0),
