@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
@@ -50,6 +50,14 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 def utcnow() -> dt.datetime:
     """Naive UTC, the one timestamp convention of the schema."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Clock(Protocol):
+    """Where the queue and the sender read the time (leases, retries, sent_at): ``utcnow``
+    in the node, ``qcnode.testing.FakeClock`` in tests, so that lease expiry and backoff are
+    tested without sleeping. Must return naive UTC, as ``utcnow``."""
+
+    def __call__(self) -> dt.datetime: ...
 
 
 class Base(DeclarativeBase):

@@ -24,17 +24,15 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from qcnode.db import DONE, FAILED, QUEUED, RUNNING, Job, utcnow
+from qcnode.db import DONE, FAILED, QUEUED, RUNNING, Clock, Job, utcnow
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], dt.datetime]
 DEFERRED = "deferred"  # Job.worker of a job given back to be retried after its lease
 
 

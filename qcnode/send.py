@@ -20,7 +20,6 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +37,7 @@ from qcnode.db import (
     PENDING,
     SENT,
     AuditEvent,
+    Clock,
     Instance,
     Outbox,
     Result,
@@ -50,8 +50,6 @@ from qcnode.store import FileStore
 from qcnode.worker import destination_key
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], dt.datetime]
 
 # Result object SOP classes proposed to a destination
 RESULT_SOP_CLASSES = (

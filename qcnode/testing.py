@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -26,6 +27,9 @@ from qcnode.records import (
     Prediction,
     View,
 )
+
+if TYPE_CHECKING:  # only for mypy: importing qcnode.db loads SQLAlchemy
+    from qcnode.db import Clock
 
 FAKE_MODEL = ModelInfo(name="fake", version="0", sha256="0" * 64)
 
@@ -275,6 +279,10 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += dt.timedelta(seconds=seconds)
+
+
+if TYPE_CHECKING:  # mypy checks that the fake fits its seam (qcnode.db.Clock)
+    _clock: Clock = FakeClock()
 
 
 class FakeSender:
