@@ -33,8 +33,13 @@ class Landmarks:
     apex: tuple[float, float, float]  # top of the lungs (mean of both apices)
 
 
-def _frame_points(bits: npt.NDArray[Any], bit: int, spacing: Any, origin: Any) -> Any:
+def _frame_points(bits: npt.NDArray[Any], bit: int, spacing: Any, origin: Any, name: str) -> Any:
+    """The patient-frame points (N, 3) of one label; CTInvalidError when the CT has none."""
+    from qcnode.synth import ct as ctmod
+
     zz, yy, xx = np.nonzero((bits.astype(np.int64) >> bit) & 1)
+    if zz.size == 0:
+        raise ctmod.CTInvalidError(f"no {name} in the CT's labels: no positioning truth")
     return np.stack(
         [
             (xx - origin[2]) * spacing[2],
@@ -52,7 +57,8 @@ def ct_landmarks() -> Landmarks:
     Clavicle medial end: centre of the clavicle's voxels within 10 mm of its most medial
     voxel. Spinous processes: in each CT slice within ±20 mm of the clavicle heads' level,
     the spine's voxels within 8 mm of its posterior-most one; their mean. Apex: the mean of
-    each lung's topmost voxels.
+    each lung's topmost voxels. A CT without one of these structures (or without spine at
+    the clavicle heads' level) cannot yield the positioning truth: CTInvalidError.
     """
     from qcnode.synth import ct as ctmod
 
@@ -62,19 +68,23 @@ def ct_landmarks() -> Landmarks:
     sp, og = ct.spacing_mm, ct.origin_index
     ends = {}
     for side, sign in (("right", 1.0), ("left", -1.0)):  # medial: +x for the right clavicle
-        pts = _frame_points(bone, ctmod.BONE_BITS[f"clavicle_{side}"], sp, og)
+        name = f"clavicle_{side}"
+        pts = _frame_points(bone, ctmod.BONE_BITS[name], sp, og, name)
         medial = sign * pts[:, 0]
         ends[side] = pts[medial >= medial.max() - 10.0].mean(axis=0)
     level = (ends["right"][2] + ends["left"][2]) / 2.0
-    spine = _frame_points(bone, ctmod.BONE_BITS["spine"], sp, og)
+    spine = _frame_points(bone, ctmod.BONE_BITS["spine"], sp, og, "spine")
     tips = []
     for z in np.unique(spine[:, 2]):
         if abs(z - level) <= 20.0:
             sl = spine[spine[:, 2] == z]
             tips.append(sl[sl[:, 1] <= sl[:, 1].min() + 8.0].mean(axis=0))
+    if not tips:
+        raise ctmod.CTInvalidError("no spine at the clavicle heads' level in the CT's labels")
     apices = []
     for side in ("right", "left"):
-        pts = _frame_points(soft, ctmod.SOFT_BITS[f"lung_{side}"], sp, og)
+        name = f"lung_{side}"
+        pts = _frame_points(soft, ctmod.SOFT_BITS[name], sp, og, name)
         apices.append(pts[pts[:, 2] >= pts[:, 2].max() - 1e-6].mean(axis=0))
 
     def t(v: Any) -> tuple[float, float, float]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from qcnode.errors import QcnodeError
 from qcnode.rules import catalogue
 from qcnode.synth import pose
 
@@ -43,6 +44,12 @@ FRONTAL_RULES = catalogue.FRONTAL_RULES
 LATERAL_RULES = tuple(
     r for r in catalogue.LATERAL_RULES if r not in ("positioning.orientation", "metadata.spacing")
 )
+
+
+class TruthError(QcnodeError, ValueError):
+    """A sample that cannot yield its ground truth: a frontal projection without both lungs,
+    a lateral one without any (the CT's labels lack a lung). A QcnodeError, so that
+    ``qcnode synth`` reports it in one line; still a ValueError for callers that catch that."""
 
 
 def load_thresholds(path: Path | None = None) -> dict[str, Any]:
@@ -239,7 +246,7 @@ def _frontal(t: TruthInput, thr: dict[str, Any]) -> dict[str, Any]:
     lungs = {s: fm[f"lung_{s}"] for s in ("right", "left")}
     bbs = {s: _bbox(m) for s, m in lungs.items()}
     if any(b is None for b in bbs.values()):
-        raise ValueError("frontal projection without both lungs")
+        raise TruthError("frontal projection without both lungs: no truth for this sample")
     apex, wall = [], []
     visible = visible_lung_masks(fm)
     cp = [costophrenic_margin_mm(visible[s], s, rect, p) for s in ("right", "left")]
@@ -337,7 +344,7 @@ def _lateral(t: TruthInput, thr: dict[str, Any]) -> dict[str, Any]:
     lung = fm["lung_right"] | fm["lung_left"]
     b = _bbox(lung)
     if b is None:
-        raise ValueError("lateral projection without lungs")
+        raise TruthError("lateral projection without lungs: no truth for this sample")
     top_c = float(np.mean(np.nonzero(lung[b[0]])[0]))
     apex = _inside_margin(b[0], top_c, rect) * p
     out["completeness.apices"] = _r(_margin_status(apex, c["apices_margin_mm"]), apex, "mm")
