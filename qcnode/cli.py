@@ -93,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, help="use the first N samples of each manifest")
     t.add_argument("--init", type=Path, help="start from these weights (a second stage)")
     t.add_argument("--ship", action="store_true", help="copy weights to the registry")
+    t.add_argument(
+        "--name",
+        help="with --ship: the registry name (default VARIANT_<sha256[:8]>; never the bare "
+        "variant, which names an architecture)",
+    )
     t.add_argument("--default", action="store_true", help="with --ship: make it the default")
 
     e = sub.add_parser("eval", parents=[common], help="the study's tables, measured")

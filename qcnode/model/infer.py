@@ -67,6 +67,7 @@ class WeightsMeta:
     spacing_mm: float
     reference_lung_width_mm: Mapping[str, float]
     structures: tuple[str, ...] = STRUCTURES  # mask channels, one of MODEL_CHANNELS
+    refine: tuple[str, ...] = ()  # channels with a refiner (network.Refiner)
 
 
 def save_weights(path: Path, model: QCNet, meta: WeightsMeta) -> str:
@@ -79,6 +80,7 @@ def save_weights(path: Path, model: QCNet, meta: WeightsMeta) -> str:
             "input_size": meta.input_size,
             "spacing_mm": meta.spacing_mm,
             "structures": list(model.structures),
+            "refine": list(model.refine),
             "views": [str(v) for v in VIEWS],
             "reference_lung_width_mm": dict(meta.reference_lung_width_mm),
             # float16 on disk halves the file; load_state_dict casts back to float32
@@ -110,6 +112,7 @@ def read_weights(path: Path) -> tuple[WeightsMeta, dict[str, torch.Tensor]]:
             str(k): float(v) for k, v in raw["reference_lung_width_mm"].items()
         },
         structures=structures,
+        refine=tuple(str(n) for n in raw.get("refine", ())),
     )
     return meta, raw["state_dict"]
 
@@ -472,7 +475,7 @@ def load_predictor(
 
 def _built(meta: WeightsMeta, state: dict[str, torch.Tensor], path: Path) -> QCNet:
     try:
-        model = build(meta.variant, meta.structures)
+        model = build(meta.variant, meta.structures, meta.refine)
         model.load_state_dict(state)
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"weights {path} do not fit variant {meta.variant}: {exc}") from exc

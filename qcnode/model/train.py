@@ -31,7 +31,7 @@ from qcnode.model import data as datamod
 from qcnode.model import metrics, preprocess
 from qcnode.model.augment import augment
 from qcnode.model.infer import WeightsMeta, resolve_device, save_weights
-from qcnode.model.network import QCNet, build
+from qcnode.model.network import QCNet, build, parse_variant
 from qcnode.model.recipes import RECIPES, Recipe
 from qcnode.model.registry import WEIGHTS_DIR, ModelEntry, load_registry
 from qcnode.records import STRUCTURES
@@ -249,7 +249,12 @@ def train(
     log.info("training %s on %d samples (%s)", variant, len(train_pack), data_version)
 
     names = datamod.channels(recipe.lungs)
-    model: QCNet = build(variant, names)
+    if recipe.train_only not in ("", "view", "refine"):
+        raise QcnodeError(f"recipe {recipe.name}: unknown train_only {recipe.train_only!r}")
+    if recipe.train_only and init is None:
+        raise QcnodeError(f"recipe {recipe.name} trains a head alone: it needs --init")
+    refine_only = recipe.train_only == "refine"
+    model: QCNet = build(variant, names, recipe.refine)
     init_sha = ""
     if init is not None:  # a second stage: start from trained weights (recorded)
         from qcnode.model.infer import read_weights
@@ -258,17 +263,21 @@ def train(
         init_meta, state = read_weights(init)
         if init_meta.variant != variant:
             raise QcnodeError(f"--init {init} holds {init_meta.variant}, not {variant}")
-        model.load_state_dict(state)
+        if init_meta.refine and init_meta.refine != recipe.refine:
+            raise QcnodeError(f"--init {init} refines {init_meta.refine}, not {recipe.refine}")
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("refiner.") for k in missing):
+            raise QcnodeError(f"--init {init} does not fit {variant}: {missing + unexpected}")
         init_sha = sha256_file(init)
     model = model.to(dev)
-    if recipe.train_only not in ("", "view"):
-        raise QcnodeError(f"recipe {recipe.name}: unknown train_only {recipe.train_only!r}")
     head_only = recipe.train_only == "view"
-    if head_only and init is None:
-        raise QcnodeError(f"recipe {recipe.name} trains the view head alone: it needs --init")
-    trained = list(model.view.parameters() if head_only else model.parameters())
+    if refine_only:
+        assert model.refiner is not None  # recipe.refine is checked by build()
+        trained = list(model.refiner.parameters())
+    else:
+        trained = list(model.view.parameters() if head_only else model.parameters())
     for p in model.parameters():
-        p.requires_grad_(not head_only)
+        p.requires_grad_(not (head_only or refine_only))
     for p in trained:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(trained, lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -297,9 +306,9 @@ def train(
     bar = tqdm(range(start, end), initial=start, total=recipe.steps, disable=not progress)
     for step in bar:
         model.train()
-        if head_only:  # frozen batch-norm statistics too: only the head's dropout trains
+        if head_only or refine_only:  # frozen batch-norm statistics too
             model.eval()
-            model.view.train()
+            (model.view if head_only else model.refiner).train()  # type: ignore[union-attr]
         torch.manual_seed(seed * 1_000_003 + step)  # dropout: same draws after a resume
         batch = make_batch(train_pack, negatives, seed=seed, step=step, recipe=recipe)
         for group in opt.param_groups:
@@ -313,14 +322,20 @@ def train(
             loss, parts = view_loss, {"mask": 0.0, "view": float(view_loss.detach())}
         else:
             logits, view_logits = model(batch["x"].to(dev), upsample=False)
+            target = F.avg_pool2d(batch["masks"], 2).to(dev)  # area fractions at the logits' grid
+            weight = batch["weight"].to(dev)
+            if refine_only:  # only the refined channels depend on what trains
+                assert model.refiner is not None
+                idx = model.refiner.channels
+                logits, target, weight = logits[:, idx], target[:, idx], weight[:, idx]
             loss, parts = loss_fn(
                 logits,
                 view_logits,
-                F.avg_pool2d(batch["masks"], 2).to(dev),  # area fractions at the logits' grid
-                batch["weight"].to(dev),
+                target,
+                weight,
                 batch["views"].to(dev),
-                recipe.view_weight,
-                factors,
+                0.0 if refine_only else recipe.view_weight,
+                None if refine_only else factors,
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -340,6 +355,7 @@ def train(
                 spacing_mm=preprocess.SPACING_MM,
                 reference_lung_width_mm=datamod.lung_widths_mm(train_pack),
                 structures=names,
+                refine=recipe.refine,
             )
             save_weights(out / f"{variant}-step{done}.pt", model, snap_meta)
             model.to(dev)
@@ -356,6 +372,7 @@ def train(
         spacing_mm=preprocess.SPACING_MM,
         reference_lung_width_mm=datamod.lung_widths_mm(train_pack),
         structures=names,
+        refine=recipe.refine,
     )
     weights = out / f"{variant}.pt"
     save_weights(weights, model.cpu(), meta)
@@ -395,6 +412,12 @@ def ship(
     previous: dict[str, Any] | None = None,
 ) -> ModelEntry:
     """Copy trained weights next to the registry and record them (checksum, provenance)."""
+    try:
+        parse_variant(name)
+    except ValueError:
+        pass
+    else:  # `--model qcnet_d10_w3` must never silently mean one particular training run
+        raise QcnodeError(f"{name} is an architecture name: ship weights under another name")
     target = weights_dir / f"{name}.pt"
     shutil.copyfile(result.weights, target)
     from qcnode.model.registry import sha256_file
@@ -460,9 +483,12 @@ def train_command(args: argparse.Namespace) -> int:
             for e in load_registry().entries.values():
                 if e.sha256 == result.init_sha256:
                     previous = dict(e.recipe)
+        from qcnode.model.registry import sha256_file
+
+        name = getattr(args, "name", None) or f"{args.variant}_{sha256_file(result.weights)[:8]}"
         entry = ship(
             result,
-            name=args.variant,
+            name=name,
             recipe=recipe,
             seed=seed,
             metrics_doc={"validation": result.val},

@@ -264,3 +264,93 @@ def test_view_logits_alone_equal_the_full_forward() -> None:
     with torch.no_grad():
         _, views = model(x)
         assert torch.equal(model.view_logits(x), views)
+
+
+def test_refine_recipe_trains_only_the_refiner(tmp_path: Path) -> None:
+    """`train_only="refine"` (recipe cpu-refine): the --init tensors stay bit-identical, the
+    refiner is added and trained, and only its channels change at inference."""
+    from qcnode.model.infer import _built, read_weights
+    from qcnode.model.recipes import Recipe
+    from qcnode.model.train import TrainResult, train
+    from tests.unit.test_model import _tiny_dataset
+
+    root = _tiny_dataset(tmp_path / "set", n=2)
+    first = dataclasses.replace(RECIPES["tiny"], steps=2, batch=2, val_count=0)
+    refined = ("clavicle_right", "scapula_left")
+    step2 = dataclasses.replace(
+        first, name="tiny-refine", train_only="refine", refine=refined, lr=0.05, steps=3
+    )
+
+    def run(out: str, recipe: Recipe, init: Path | None = None) -> TrainResult:
+        return train(
+            variant="qcnet_d10_w1",
+            data_dirs=[root],
+            out=tmp_path / out,
+            recipe=recipe,
+            cache_base=tmp_path / "c",
+            progress=False,
+            init=init,
+        )
+
+    base = run("a", first)
+    with pytest.raises(QcnodeError, match="needs --init"):
+        run("b", step2)
+    result = run("b", step2, base.weights)
+    meta0, before = read_weights(base.weights)
+    meta1, after = read_weights(result.weights)
+    assert meta0.refine == () and meta1.refine == refined
+    assert set(after) - set(before) and all(
+        k.startswith("refiner.") for k in set(after) - set(before)
+    )
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    net0 = _built(meta0, before, base.weights).eval()
+    net1 = _built(meta1, after, result.weights).eval()
+    x = torch.rand((1, 1, 64, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        (m0, v0), (m1, v1) = net0(x), net1(x)
+    assert torch.equal(v0, v1)
+    moved = {n for i, n in enumerate(meta1.structures) if not torch.equal(m0[:, i], m1[:, i])}
+    assert moved == set(refined)
+
+
+def test_a_fresh_refiner_changes_nothing_and_names_real_channels() -> None:
+    from qcnode.model.network import build
+
+    base = build("qcnet_d10_w1").eval()
+    refined = build("qcnet_d10_w1", refine=("scapula_right",)).eval()
+    refined.load_state_dict(base.state_dict(), strict=False)
+    x = torch.rand((2, 1, 64, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(base(x)[0], refined(x)[0])
+    with pytest.raises(ValueError, match="does not output"):
+        build("qcnet_d10_w1", refine=("lung_right_visible",))
+
+
+def test_ship_refuses_an_architecture_name(tmp_path: Path) -> None:
+    """`--model qcnet_d10_w3` once meant the session-4 run because `--ship` registered weights
+    under the bare variant name; a registry name must say which weights it is."""
+    from qcnode.model.infer import WeightsMeta
+    from qcnode.model.train import TrainResult, ship
+
+    result = TrainResult(
+        weights=tmp_path / "w.pt",
+        meta=WeightsMeta(
+            variant="qcnet_d10_w1", input_size=256, spacing_mm=1.75, reference_lung_width_mm={}
+        ),
+        data_version="d",
+        seconds=1.0,
+        final_loss=0.5,
+        val={},
+        code_version="c",
+    )
+    with pytest.raises(QcnodeError, match="architecture name"):
+        ship(
+            result,
+            name="qcnet_d10_w1",
+            recipe=RECIPES["tiny"],
+            seed=0,
+            metrics_doc={},
+            make_default=False,
+            weights_dir=tmp_path,
+        )
+    assert not list(tmp_path.iterdir())
