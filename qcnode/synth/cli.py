@@ -34,9 +34,22 @@ def _init(threads: int) -> None:
     _STATE["thr"] = truth.load_thresholds()
 
 
+def _pool_init(threads: int) -> None:
+    """A pool worker's initializer, which must not raise: the pool replaces a worker whose
+    initializer raised by another that raises again, without end. The error is kept and
+    raised by the worker's tasks instead; the pool hands it to the parent, where the command
+    line reports a QcnodeError (an unusable CT) in one line."""
+    try:
+        _init(threads)
+    except Exception as exc:
+        _STATE["init_error"] = exc
+
+
 def _work(
     job: tuple[generate.Plan, int, str],
 ) -> tuple[int, list[dict[str, Any]], dict[str, float]]:
+    if "init_error" in _STATE:
+        raise _STATE["init_error"]
     plan, index, out = job
     lines, timings = generate.make_pose_samples(_STATE["ct"], plan, index, Path(out), _STATE["thr"])
     return index, lines, timings
@@ -114,35 +127,38 @@ def synth_command(args: argparse.Namespace) -> int:
     renders = written = 0
     render_s = variants_s = 0.0
     jobs = [(plan, i, str(out)) for i in todo]
+    pool = None
     if workers == 1:
         _init(threads)
         results: Iterator[tuple[int, list[dict[str, Any]], dict[str, float]]] = map(_work, jobs)
     else:
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(threads,))
+        pool = mp.get_context("spawn").Pool(workers, initializer=_pool_init, initargs=(threads,))
         results = pool.imap_unordered(_work, jobs)
-    with manifest.open("a") as fh:
-        for index, lines, timings in results:
-            for line in lines:
-                fh.write(json.dumps({**line, "pose": index}) + "\n")
-            fh.flush()
-            have += sum(line["view"] != "other" for line in lines)  # `other` come on top
-            written += len(lines)
-            renders += 1
-            render_s += timings["render_s"]
-            variants_s += timings["variants_s"]
-            log.info("pose %d done: %d samples", index, have)
-            print(
-                f"pose {index}: {have} samples, render {timings['render_s']:.1f}s, "
-                f"variants {timings['variants_s']:.1f}s",
-                flush=True,
-            )
-            if have >= args.count:
-                break
-            if deadline is not None and time.perf_counter() > deadline:
-                log.info("time budget spent: %d samples", have)
-                break
-    if workers > 1:
-        pool.terminate()
+    try:
+        with manifest.open("a") as fh:
+            for index, lines, timings in results:
+                for line in lines:
+                    fh.write(json.dumps({**line, "pose": index}) + "\n")
+                fh.flush()
+                have += sum(line["view"] != "other" for line in lines)  # `other` come on top
+                written += len(lines)
+                renders += 1
+                render_s += timings["render_s"]
+                variants_s += timings["variants_s"]
+                log.info("pose %d done: %d samples", index, have)
+                print(
+                    f"pose {index}: {have} samples, render {timings['render_s']:.1f}s, "
+                    f"variants {timings['variants_s']:.1f}s",
+                    flush=True,
+                )
+                if have >= args.count:
+                    break
+                if deadline is not None and time.perf_counter() > deadline:
+                    log.info("time budget spent: %d samples", have)
+                    break
+    finally:
+        if pool is not None:  # also when a task raised: no worker left behind
+            pool.terminate()
     wall = time.perf_counter() - t0
     stats = {
         "samples": have,

@@ -90,6 +90,20 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "humerus_left": ("humerus_left",),
     "sternum": ("sternum",),
 }
+# Every structures.csv name prepare() reads: a CT's labelmap without one is not usable.
+REQUIRED_STRUCTURES: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        [
+            *(n for names in _NAMES.values() for n in names),
+            "kidney_right",
+            "kidney_left",
+            *(f"rib_{side}_{i}" for side in ("right", "left") for i in range(1, 13)),
+        ]
+    )
+)
+# Structures whose voxels prepare() needs: the lungs (frame origin, whole-lung check, truth)
+# and the liver (the right dome).
+_REQUIRED_VOXELS = ("lung_right", "lung_left", "abdomen_right")
 _BLOOD_POOL = range(51, 65)  # heart, aorta, great vessels, venae cavae: contrast-filled
 _IN_PLANE_DOWNSAMPLE = 2
 _PAD_TOP_MM = 60.0  # tapered neck/shoulder soft tissue above the CT's last slice
@@ -103,7 +117,8 @@ class CTNotFoundError(QcnodeError, FileNotFoundError):
 
 class CTInvalidError(QcnodeError, ValueError):
     """The CT files are there but are not the chest CT the generator expects (no body, an
-    unexpected orientation, lungs cut by the scan): one line on the command line."""
+    unexpected orientation, a structure or a lung missing from its labels, lungs cut by the
+    scan): one line on the command line."""
 
 
 def require_ct(ct_dir: Path | None = None) -> Path:
@@ -154,8 +169,17 @@ class PreparedCT:
 
 
 def _label_ids(csv_path: Path) -> dict[str, int]:
+    """{structure name: label id} from structures.csv; CTInvalidError when the file is not
+    such a table or lacks a name in REQUIRED_STRUCTURES (prepare would stop on a KeyError)."""
     with csv_path.open(newline="") as fh:
-        return {row["structure"]: int(row["id"]) for row in csv.DictReader(fh)}
+        try:
+            ids = {row["structure"]: int(row["id"]) for row in csv.DictReader(fh)}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CTInvalidError(f"{csv_path} is not an id,structure table ({exc!r})") from exc
+    missing = [n for n in REQUIRED_STRUCTURES if n not in ids]
+    if missing:
+        raise CTInvalidError(f"{csv_path} lacks the structures {', '.join(missing)}")
+    return ids
 
 
 def _body_mask(hu: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
@@ -272,6 +296,13 @@ def prepare(ct_dir: Path) -> dict[str, npt.NDArray[np.generic]]:
     bone_bits |= (ribs_r > 0).astype(np.int64) << BONE_BITS["ribs_posterior_right"]
     bone_bits |= (ribs_l > 0).astype(np.int64) << BONE_BITS["ribs_posterior_left"]
 
+    empty = [
+        f"{name} ({', '.join(_NAMES[name])})"
+        for name in _REQUIRED_VOXELS
+        if not ((soft_bits >> SOFT_BITS[name]) & 1).any()
+    ]
+    if empty:
+        raise CTInvalidError(f"no voxels of {'; '.join(empty)} in the CT's labels (mask.nii.gz)")
     # Lungs must be whole in the CT, or an un-cropped render would not contain both apices.
     lung_any = (soft_bits >> SOFT_BITS["lung_right"]) & 3
     zs = np.nonzero(lung_any.any(axis=(1, 2)))[0]
