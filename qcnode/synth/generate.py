@@ -68,8 +68,16 @@ def visible_lungs(masks: dict[str, npt.NDArray[np.bool_]]) -> dict[str, npt.NDAr
     return {f"{name}_visible": masks[name] & above for name in ("lung_right", "lung_left")}
 
 
-def _bbox(m: npt.NDArray[np.bool_]) -> tuple[int, int, int, int]:
+def _bbox(
+    m: npt.NDArray[np.bool_], what: str = "projection without lungs"
+) -> tuple[int, int, int, int]:
+    """First and last rows and columns of a mask; TruthError when it is empty: the beam is
+    centred on the lungs of a detector far larger than they are, so an empty lung projection
+    comes from a CT whose labels lack that lung (ct.prepare rejects such a CT since
+    2026-11-27, an older prepared cache of one does not)."""
     rows = np.nonzero(m.any(axis=1))[0]
+    if rows.size == 0:
+        raise truth.TruthError(f"{what}: no truth for this sample")
     cols = np.nonzero(m.any(axis=0))[0]
     return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
 
@@ -87,7 +95,7 @@ def count_ribs(ct: ctmod.PreparedCT, pose: Pose, proj: Projection | None = None)
         pose = replace(pose, view_position="PA", sid_mm=1800.0)
         proj = render.render(ct, pose, _COUNT_DET)
     lung = proj.masks["lung_right"]
-    r0, r1, c0, c1 = _bbox(lung)
+    r0, r1, c0, c1 = _bbox(lung, "frontal projection without the right lung (rib count)")
     p = proj.pitch_mm
     h, w = proj.water_cm.shape
     det = Detector(width_mm=w * p, height_mm=h * p, pitch_mm=1.0, depth_step_mm=2.0)
@@ -291,7 +299,9 @@ def make_pose_samples(
         return lines, {"render_s": t_render, "variants_s": time.perf_counter() - t1}
 
     ribs = count_ribs(ct, pose, proj if frontal else None)
-    lungs_bbox = _bbox(proj.masks["lung_right"] | proj.masks["lung_left"])
+    lungs_bbox = _bbox(
+        proj.masks["lung_right"] | proj.masks["lung_left"], f"{view} projection without lungs"
+    )
     for k in range(plan.variants_per_pose):
         gv = sampler.rng_for(plan.split, plan.seed, index, 100 + k)
         v = sampler.draw_variant(

@@ -14,7 +14,7 @@ import torch
 
 from qcnode.errors import QcnodeError
 from qcnode.synth import ct as ctmod
-from qcnode.synth import pose, truth
+from qcnode.synth import generate, pose, render, truth
 
 SHAPE = (60, 50)
 
@@ -125,3 +125,60 @@ def test_the_fake_ct_with_every_landmark_gives_landmarks(fake_ct: dict[str, Any]
     assert lm.clavicle_right == (3.0, 15.0, 40.0) and lm.clavicle_left == (16.0, 15.0, 40.0)
     assert lm.spinous == (10.0, 2.5, 40.5)  # mean of the posterior-most voxel per level
     assert lm.apex == (9.5, 10.0, 50.0)
+
+
+@pytest.fixture
+def lungless_render(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
+    """``render.render`` gives empty masks (a CT whose labels lack the lungs), except the
+    right lung on a PA when the dict says so; the column reads of the rib count see nothing."""
+    seen = {"right_lung_on_pa": False}
+
+    def fake_render(_ct: object, pose_: render.Pose, det: render.Detector) -> render.Projection:
+        masks = {n: np.zeros(det.shape, bool) for n in (*ctmod.SOFT_BITS, *ctmod.BONE_BITS)}
+        if seen["right_lung_on_pa"] and pose_.view_position == "PA":
+            masks["lung_right"][40:120, 30:80] = True
+        h, w = det.shape
+        return render.Projection(
+            water_cm=np.zeros(det.shape, np.float32),
+            bone_cm=np.zeros((len(ctmod.BONE_CHANNELS), h, w), np.float32),
+            masks=masks,
+            pitch_mm=det.pitch_mm,
+            pose=pose_,
+            magnification=1.0,
+        )
+
+    def no_bits(_ct: object, _pose: render.Pose, det: render.Detector, _col: int) -> np.ndarray:
+        return np.zeros(det.shape[0], np.int64)
+
+    monkeypatch.setattr(render, "render", fake_render)
+    monkeypatch.setattr(render, "soft_bits_along_column", no_bits)
+    monkeypatch.setattr(render, "rib_indices_along_column", lambda *_a, **_k: [])
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("view", "right_lung_on_pa", "reason"),
+    [
+        ("frontal", False, r"^frontal projection without the right lung \(rib count\): no truth"),
+        ("lateral", False, r"^frontal projection without the right lung \(rib count\): no truth"),
+        ("lateral", True, r"^lateral projection without lungs: no truth for this sample$"),
+    ],
+)
+def test_a_pose_whose_projection_lacks_the_lungs_is_a_truth_error(
+    lungless_render: dict[str, bool],
+    tmp_path: Any,
+    view: str,
+    right_lung_on_pa: bool,
+    reason: str,
+) -> None:
+    """generate.make_pose_samples stops on it before the truth (bounding boxes of the lungs
+    for the rib count and the collimation draw), as a TruthError, not numpy's IndexError."""
+    lungless_render["right_lung_on_pa"] = right_lung_on_pa
+    plan = generate.Plan(
+        split="train", seed=0, view=view, other_fraction=0.0, detector=generate._COUNT_DET
+    )
+    ct: Any = None  # the fake renders do not read it
+    with pytest.raises(truth.TruthError, match=reason) as caught:
+        generate.make_pose_samples(ct, plan, 0, tmp_path, truth.load_thresholds())
+    assert isinstance(caught.value, QcnodeError)
+    assert not list(tmp_path.iterdir())  # nothing written
