@@ -150,8 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
         return _dispatch(args, settings)
     except QcnodeError as exc:
-        log.error("%s", exc)
-        print(f"qcnode: error: {exc}", file=sys.stderr)
+        log.debug("command failed", exc_info=True)  # the traceback with -v only
+        print(f"qcnode: error: {exc}", file=sys.stderr)  # one line for the user
         return 2
     except KeyboardInterrupt:
         return 130

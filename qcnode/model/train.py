@@ -213,7 +213,8 @@ def train(
     torch.manual_seed(seed)
     torch.set_num_threads(recipe.threads)
     dev = resolve_device(device)
-    samples = [s for d in data_dirs for s in datamod.read_synthetic(d, limit=limit)]
+    per_dir = [(d, datamod.read_synthetic(d, limit=limit)) for d in data_dirs]
+    samples = [s for _, found in per_dir for s in found]
     if not samples:
         raise QcnodeError(f"no samples under {', '.join(map(str, data_dirs))}")
     cache = datamod.cache_dir(cache_base)
@@ -245,7 +246,7 @@ def train(
         if val_samples
         else None
     )
-    data_version = " + ".join(_data_version(d, [s.id for s in samples]) for d in data_dirs)
+    data_version = " + ".join(_data_version(d, [s.id for s in found]) for d, found in per_dir)
     log.info("training %s on %d samples (%s)", variant, len(train_pack), data_version)
 
     names = datamod.channels(recipe.lungs)

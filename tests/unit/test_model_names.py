@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 
@@ -163,3 +164,21 @@ def test_bench_and_worker_refuse_a_configured_bare_variant(
         bench.bench_command(Settings(model=VARIANT), args)
     with pytest.raises(UnknownModel, match="architecture"):
         node.load_predictor(Settings(model=VARIANT))  # serve / worker start-up
+
+
+def test_the_command_line_prints_an_error_once(tmp_path: Path) -> None:
+    """A real `qcnode` process: the user sees one error line, not a log line and a copy."""
+    import subprocess
+    import sys
+
+    dcm = write(radiograph(rows=64, columns=64, seed=1), tmp_path / "a.dcm")
+    proc = subprocess.run(
+        [sys.executable, "-m", "qcnode.cli", "check", "--model", "no_such_model", str(dcm)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "QCNODE_MODEL"},
+    )
+    assert proc.returncode == 2
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("qcnode: error: unknown model"), lines

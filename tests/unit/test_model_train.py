@@ -354,3 +354,23 @@ def test_ship_refuses_an_architecture_name(tmp_path: Path) -> None:
             weights_dir=tmp_path,
         )
     assert not list(tmp_path.iterdir())
+
+
+def test_data_version_counts_each_folder_on_its_own(tmp_path: Path) -> None:
+    """The registry's data version once gave every folder all samples of all folders."""
+    from qcnode.model.train import train
+    from tests.unit.test_model import _tiny_dataset
+
+    a = _tiny_dataset(tmp_path / "a", n=2)
+    b = _tiny_dataset(tmp_path / "b", n=3)
+    recipe = dataclasses.replace(RECIPES["tiny"], steps=1, batch=2, val_count=0)
+    result = train(
+        variant="qcnet_d10_w1",
+        data_dirs=[a, b],
+        out=tmp_path / "out",
+        recipe=recipe,
+        cache_base=tmp_path / "c",
+        progress=False,
+    )
+    first, second = result.data_version.split(" + ")
+    assert first.startswith(f"{a.name}: 2 samples") and second.startswith(f"{b.name}: 3 samples")
