@@ -214,6 +214,9 @@ def bench_e2e(
     ``files`` (kind -> paths) replaces the built-in inputs."""
     from pynetdicom import AE
 
+    from qcnode.netio import guard_reactor_polls
+
+    guard_reactor_polls()  # the BENCH modality sends as the sender does (qcnode.netio)
     inputs = dict(files) if files is not None else e2e_inputs(kinds)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one INFO line per C-STORE
     sources = {k: [dcmread(p) for p in paths] for k, paths in inputs.items()}

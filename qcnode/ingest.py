@@ -9,18 +9,16 @@ Every refusal is a named failure status, a log line and an audit row; never a si
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 from sqlalchemy import select
@@ -34,7 +32,15 @@ from qcnode.db import QUEUED, AuditEvent, Instance, Job
 from qcnode.errors import ConfigError, DecodeError, StorageError
 from qcnode.groupcommit import GroupCommit
 from qcnode.ingestheader import CHEST_SOP_CLASSES, header_text, instance_row, is_chest
-from qcnode.netio import guard_chunked_receive, receive_error, tune_acceptor
+from qcnode.netio import (
+    assoc_socket,
+    guard_reactor_polls,
+    receive_error,
+    set_nodelay,
+    start_chunked_receive,
+    stop_chunked_receive,
+    tune_acceptor,
+)
 from qcnode.store import FileStore, start_writeback
 
 log = logging.getLogger(__name__)
@@ -81,19 +87,6 @@ class SharedPortServer(ThreadedAssociationServer):
         super().server_bind()
 
 
-def set_nodelay(sock: socket.socket | None) -> None:
-    """Disable Nagle: DCMTK peers otherwise stall on delayed ACKs (11 vs 185 images/s)."""
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):  # already closed, or not TCP
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def assoc_socket(assoc: Any) -> socket.socket | None:
-    dul_sock = getattr(getattr(assoc, "dul", None), "socket", None)
-    return getattr(dul_sock, "socket", None)
-
-
 def _allowed(entries: tuple[str, ...], ae_title: str, address: str) -> bool:
     """Allow list entries are ``AE`` or ``AE@ADDRESS``; empty list: anyone."""
     if not entries:
@@ -108,10 +101,6 @@ def _allowed(entries: tuple[str, ...], ae_title: str, address: str) -> bool:
 class Ingest:
     """The Storage SCP. ``on_stored`` is called after each committed instance (wakes the
     in-process worker); it must not block."""
-
-    _active = 0  # running ingests in this process (they share pynetdicom's settings)
-    _active_lock = threading.Lock()
-    _saved: tuple[bool, str | None] = (False, None)
 
     def __init__(
         self,
@@ -155,13 +144,9 @@ class Ingest:
         """Start listening (non-blocking); returns the bound (address, port)."""
         # Chunked receive: pynetdicom writes the incoming dataset straight to a temporary
         # file; putting that file in data_dir/tmp makes keeping it a rename, not a copy.
-        with Ingest._active_lock:
-            if Ingest._active == 0:
-                Ingest._saved = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
-            Ingest._active += 1
-            _config.STORE_RECV_CHUNKED_DATASET = True
-            guard_chunked_receive(True)  # a failed write answers 0xA700 (qcnode.netio)
-            tempfile.tempdir = str(self.store.tmp)
+        # (process-wide, as pynetdicom has no per-AE option: qcnode.netio)
+        start_chunked_receive(str(self.store.tmp))  # a failed write answers 0xA700
+        guard_reactor_polls()  # pynetdicom's paused-reactor race (qcnode.netio)
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REQUESTED, self._on_requested),
@@ -224,14 +209,11 @@ class Ingest:
             self.server.shutdown()
             self.server = None
         # pynetdicom's and tempfile's settings are process-wide: the last ingest to stop
-        # gives them back
-        with Ingest._active_lock:
-            if self._started:
-                self._started = False
-                Ingest._active -= 1
-                if Ingest._active == 0:
-                    _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = Ingest._saved
-                    guard_chunked_receive(False)
+        # gives them back (qcnode.netio)
+        with self._lock:
+            started, self._started = self._started, False
+        if started:
+            stop_chunked_receive()
 
     # --- association events --------------------------------------------------------
 

@@ -14,9 +14,11 @@ own sleep is then not needed. Behaviour is otherwise pynetdicom's; the pin on
 pynetdicom==3.0.4 (pyproject) keeps these internals stable, and tests/unit/test_node_netio
 checks the attributes this relies on.
 
-:func:`guard_reactor_polls` (installed when this module is imported, so by everything that
-imports ``qcnode.ingest``: the SCP, the sender, the test modalities) closes a race in
-pynetdicom's pause of an association's reactor (RELIABILITY finding 23). ``send_c_store``
+:func:`guard_reactor_polls` closes a race in pynetdicom's pause of an association's
+reactor (RELIABILITY finding 23). It changes a pynetdicom class, so it acts on every
+association in the process; whoever makes associations calls it first (``Ingest.start``,
+``DicomSender``, the test modalities): it is idempotent, and nothing installs it as a side
+effect of an import. ``send_c_store``
 and the other ``send_*`` calls clear ``_reactor_checkpoint`` and go on as soon as
 ``_is_paused`` reads true; but the reactor sets ``_is_paused`` *before* it waits on the
 checkpoint, so a reactor thread that was woken by the previous call's ``set()`` and not yet
@@ -29,6 +31,13 @@ process. The guard makes the reactor's non-blocking poll return nothing while th
 checkpoint is cleared; the check comes after the reactor has marked itself unpaused, so
 either the caller saw it unpaused (and waits for it to pause) or the poll sees the
 cleared checkpoint.
+
+:func:`start_chunked_receive` / :func:`stop_chunked_receive` switch pynetdicom to writing
+received datasets straight to a file in the ingest's temporary folder. pynetdicom 3.0.4 has
+no per-AE option for this: it reads the module global ``_config.STORE_RECV_CHUNKED_DATASET``
+and opens the file with ``tempfile.NamedTemporaryFile()`` (so in ``tempfile.tempdir``). These
+two calls are the only place qcnode changes those globals; they count the ingests running in
+the process and give the previous values back when the last one stops.
 """
 
 from __future__ import annotations
@@ -40,10 +49,11 @@ import select
 import socket
 import ssl
 import tempfile
+import threading
 import weakref
 from typing import Any, cast
 
-from pynetdicom import dimse_messages
+from pynetdicom import _config, dimse_messages
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.transport import AssociationSocket
 
@@ -52,6 +62,20 @@ from pynetdicom.transport import AssociationSocket
 IDLE_WAIT_S = 0.005
 # The DUL loop's sleep when a pass found nothing to do: the wait happens in ready() now
 DUL_LOOP_DELAY_S = 0.0
+
+
+def set_nodelay(sock: socket.socket | None) -> None:
+    """Disable Nagle: DCMTK peers otherwise stall on delayed ACKs (11 vs 185 images/s)."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):  # already closed, or not TCP
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def assoc_socket(assoc: Any) -> socket.socket | None:
+    """The TCP socket under a pynetdicom association (``None`` before it connects)."""
+    dul_sock = getattr(getattr(assoc, "dul", None), "socket", None)
+    return getattr(dul_sock, "socket", None)
 
 
 class _WakingQueue(queue.Queue[Any]):
@@ -180,11 +204,10 @@ def _get_msg_unless_paused(self: DIMSEServiceProvider, block: bool = False) -> A
 
 def guard_reactor_polls() -> None:
     """Install the paused-reactor guard for every pynetdicom association in this process
-    (idempotent; done on import)."""
-    DIMSEServiceProvider.get_msg = _get_msg_unless_paused  # type: ignore[method-assign]
-
-
-guard_reactor_polls()
+    (idempotent). pynetdicom has no per-association hook for this poll, hence the class
+    attribute; call it before making associations (module docstring)."""
+    if DIMSEServiceProvider.get_msg is not _get_msg_unless_paused:
+        DIMSEServiceProvider.get_msg = _get_msg_unless_paused  # type: ignore[method-assign]
 
 
 # --- chunked receive that survives a full disk -----------------------------------------
@@ -254,9 +277,43 @@ def receive_error(request: Any) -> OSError | None:
     return file.error if isinstance(file, GuardedReceiveFile) else None
 
 
-def guard_chunked_receive(on: bool) -> None:
+def _guard_chunked_receive(on: bool) -> None:
     """Install (or remove) :class:`GuardedReceiveFile` as pynetdicom's chunked-receive
-    file (process-wide, as ``_config.STORE_RECV_CHUNKED_DATASET``; ingest turns both
-    on while it runs)."""
+    file."""
     factory: Any = _guarded_named_temporary_file if on else tempfile.NamedTemporaryFile
     dimse_messages.NamedTemporaryFile = factory
+
+
+class _ChunkedReceive:
+    """How many ingests in this process use chunked receive, and the settings they
+    replaced (module docstring: pynetdicom's and tempfile's are process-wide)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.saved: tuple[bool, str | None] = (False, None)
+
+
+_chunked = _ChunkedReceive()
+
+
+def start_chunked_receive(tmp_dir: str) -> None:
+    """pynetdicom writes each received dataset to a :class:`GuardedReceiveFile` in
+    ``tmp_dir`` (keeping it is then a rename, and a failed write answers 0xA700) instead of
+    holding it in memory. Pair each call with :func:`stop_chunked_receive`."""
+    with _chunked.lock:
+        if _chunked.users == 0:
+            _chunked.saved = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
+        _chunked.users += 1
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        _guard_chunked_receive(True)
+        tempfile.tempdir = tmp_dir
+
+
+def stop_chunked_receive() -> None:
+    """One :func:`start_chunked_receive` ends; the last gives the previous settings back."""
+    with _chunked.lock:
+        _chunked.users -= 1
+        if _chunked.users == 0:
+            _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = _chunked.saved
+            _guard_chunked_receive(False)

@@ -45,7 +45,7 @@ from qcnode.db import (
     utcnow,
 )
 from qcnode.errors import DeliveryError
-from qcnode.ingest import assoc_socket, set_nodelay
+from qcnode.netio import assoc_socket, guard_reactor_polls, set_nodelay
 from qcnode.store import FileStore
 from qcnode.worker import destination_key
 
@@ -110,6 +110,7 @@ class DicomSender:
 
     def __init__(self, *, ae_title: str, timeout: float = 30.0) -> None:
         _fix_refused_connection_leak()
+        guard_reactor_polls()  # pynetdicom's paused-reactor race (qcnode.netio)
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_pdu_size = 0
         self.ae.acse_timeout = timeout

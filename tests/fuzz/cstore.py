@@ -38,9 +38,8 @@ from qcnode.ingest import (
     SUCCESS,
     TRANSFER_SYNTAXES,
     VERIFICATION,
-    assoc_socket,
-    set_nodelay,
 )
+from qcnode.netio import assoc_socket, guard_reactor_polls, set_nodelay
 from qcnode.node import EngineAnalyzer, Node, ReportBuilder
 from qcnode.records import View
 from qcnode.testing import FakePredictor, FakeSender, frontal_phantom
@@ -121,6 +120,7 @@ class CStoreTarget:
         self.node.start()
         assert self.node.address is not None
         self.port = self.node.address[1]
+        guard_reactor_polls()  # as the sender (qcnode.netio)
         self.ae = AE(ae_title="FUZZSCU")
         self.ae.add_requested_context(VERIFICATION)
         for uid in STORAGE_SOP_CLASSES:  # one context per syntax: each is accepted alone

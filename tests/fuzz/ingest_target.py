@@ -48,9 +48,8 @@ from qcnode.ingest import (
     SUCCESS,
     TRANSFER_SYNTAXES,
     VERIFICATION,
-    assoc_socket,
-    set_nodelay,
 )
+from qcnode.netio import assoc_socket, guard_reactor_polls, set_nodelay
 from qcnode.node import Node
 from tests.conftest import free_port
 from tests.fuzz.cstore import NAMED_STATUSES, NodeFailure
@@ -103,6 +102,7 @@ class IngestTarget:
         self.recycle = recycle
         self.records = _HandlerRecords()
         logging.getLogger().addHandler(self.records)
+        guard_reactor_polls()  # as the sender (qcnode.netio)
         self.ae = AE(ae_title="FUZZSCU")
         self.ae.add_requested_context(VERIFICATION)
         for uid in STORAGE_SOP_CLASSES:  # one context per syntax: each is accepted alone

@@ -33,9 +33,8 @@ from qcnode.ingest import (
     SUCCESS,
     TRANSFER_SYNTAXES,
     VERIFICATION,
-    assoc_socket,
-    set_nodelay,
 )
+from qcnode.netio import assoc_socket, guard_reactor_polls, set_nodelay
 from tests.conftest import free_port
 from tests.fuzz.cstore import NAMED_STATUSES, NodeFailure
 from tests.fuzz.dicom_inputs import with_new_uid
@@ -63,6 +62,7 @@ class RealNodeTarget:
         settings = {**node_settings(root, self.pacs), "max_dataset_bytes": 8 * 1024 * 1024}
         self.node = NodeProcess(root / "n", fake_model=True, **settings)
         self.node.start()
+        guard_reactor_polls()  # as the sender (qcnode.netio)
         self.ae = AE(ae_title="FUZZSCU")
         self.ae.add_requested_context(VERIFICATION)
         for uid in STORAGE_SOP_CLASSES:

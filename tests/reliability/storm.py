@@ -40,8 +40,8 @@ from sqlalchemy import create_engine, text
 
 from qcnode import netio
 from qcnode.config import Settings
-from qcnode.ingest import assoc_socket, set_nodelay
 from qcnode.ingestheader import CHEST_SOP_CLASSES
+from qcnode.netio import assoc_socket, guard_reactor_polls, set_nodelay
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,8 +69,9 @@ while True:
 BARE = """
 import sys, time
 from pynetdicom import AE, evt
-from qcnode.ingest import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, assoc_socket, set_nodelay
-from qcnode.netio import tune_acceptor
+from qcnode.ingest import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from qcnode.netio import assoc_socket, guard_reactor_polls, set_nodelay, tune_acceptor
+guard_reactor_polls()
 def on_open(event):
     set_nodelay(assoc_socket(event.assoc))
     tune_acceptor(event.assoc)
@@ -162,6 +163,8 @@ class Requestor:
 def storm(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     if args.unguarded:  # pynetdicom as shipped: what finding 23 was
         DIMSEServiceProvider.get_msg = netio._get_msg  # type: ignore[method-assign]
+    else:
+        guard_reactor_polls()
     log = _PynetdicomLog()
     logging.getLogger("pynetdicom").addHandler(log)
     port = free_port()

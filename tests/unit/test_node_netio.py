@@ -7,6 +7,8 @@ import errno
 import io
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -166,6 +168,7 @@ def test_a_late_requestor_reactor_does_not_take_the_c_store_response(
     C-STORE response has arrived. Without netio's guard its poll takes the response
     ("Received unexpected C-STORE service message") and send_c_store waits its whole DIMSE
     timeout for nothing; with it the caller gets the response."""
+    netio.guard_reactor_polls()  # as DicomSender and Ingest.start do
     assert DIMSEServiceProvider.get_msg is netio._get_msg_unless_paused
     sc = "1.2.840.10008.5.1.4.1.1.7"
     scp = AE(ae_title="NETIO")
@@ -220,3 +223,44 @@ def test_a_late_requestor_reactor_does_not_take_the_c_store_response(
         if assoc.is_established:
             assoc.release()
         server.shutdown()
+
+
+def test_the_reactor_guard_comes_from_a_call_not_an_import() -> None:
+    """Importing the sender or the ingest changes no pynetdicom class; making a sender
+    installs the guard (once: a second call leaves it as it is)."""
+    code = (
+        "from pynetdicom.dimse import DIMSEServiceProvider as D\n"
+        "shipped = D.get_msg\n"
+        "import qcnode.ingest, qcnode.send\n"
+        "from qcnode import netio\n"
+        "assert D.get_msg is shipped, 'an import installed the guard'\n"
+        "qcnode.send.DicomSender(ae_title='SCU')\n"
+        "assert D.get_msg is netio._get_msg_unless_paused\n"
+        "netio.guard_reactor_polls()\n"
+        "assert D.get_msg is netio._get_msg_unless_paused and netio._get_msg is shipped\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+
+
+def test_chunked_receive_settings_come_back_after_the_last_user(tmp_path: Path) -> None:
+    """Two ingests in one process share pynetdicom's and tempfile's globals: they stay
+    set until the second stops, then the previous values come back."""
+    import tempfile
+
+    from pynetdicom import _config, dimse_messages
+
+    before = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
+    netio.start_chunked_receive(str(tmp_path))
+    netio.start_chunked_receive(str(tmp_path))
+    try:
+        assert _config.STORE_RECV_CHUNKED_DATASET is True
+        assert tempfile.tempdir == str(tmp_path)
+        assert dimse_messages.NamedTemporaryFile is netio._guarded_named_temporary_file
+        netio.stop_chunked_receive()
+        assert _config.STORE_RECV_CHUNKED_DATASET is True
+        assert tempfile.tempdir == str(tmp_path)
+    finally:
+        netio.stop_chunked_receive()
+    assert (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir) == before
+    assert dimse_messages.NamedTemporaryFile is tempfile.NamedTemporaryFile
