@@ -132,6 +132,8 @@ def synth_command(args: argparse.Namespace) -> int:
         _init(threads)
         results: Iterator[tuple[int, list[dict[str, Any]], dict[str, float]]] = map(_work, jobs)
     else:
+        # once, here: workers that each found no cache would each prepare the CT
+        ctmod.ensure_prepared()
         pool = mp.get_context("spawn").Pool(workers, initializer=_pool_init, initargs=(threads,))
         results = pool.imap_unordered(_work, jobs)
     try:

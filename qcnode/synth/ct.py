@@ -13,9 +13,13 @@ in millimetres has its origin at the centre of the lungs' bounding box.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
+import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +129,7 @@ def require_ct(ct_dir: Path | None = None) -> Path:
     """The CT folder, when :func:`load` can read it (its prepared cache or the CT files);
     :class:`CTNotFoundError` otherwise. Cheap: reads nothing."""
     ct_dir = ct_dir or default_ct_dir()
-    if not (ct_dir / f"prepared_v{PREPARED_VERSION}.npz").is_file():
+    if not cache_path(ct_dir).is_file():
         _check_files(ct_dir)
     return ct_dir
 
@@ -374,20 +378,67 @@ def prepare(ct_dir: Path) -> dict[str, npt.NDArray[np.generic]]:
     }
 
 
+def _read_cache(cache: Path) -> dict[str, npt.NDArray[np.generic]] | None:
+    """The cached arrays; ``None`` when there is no cache or it cannot be read (a file
+    torn by an older qcnode's concurrent writers: prepared again, and replaced)."""
+    if not cache.is_file():
+        return None
+    try:
+        # our own file object: np.load leaves its file open when the zip is unreadable
+        with cache.open("rb") as fh, np.load(fh) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        log.warning("unreadable CT cache %s (%s): preparing the CT again", cache, exc)
+        return None
+
+
+def _write_cache(cache: Path, arrays: dict[str, npt.NDArray[np.generic]]) -> None:
+    """Write the cache atomically: each writer its own temporary file in the cache's folder,
+    renamed into place. Several ``qcnode synth`` workers (or runs) that prepare the CT at
+    once each leave a whole cache, and a reader sees either none or a whole one."""
+    fd, name = tempfile.mkstemp(dir=cache.parent, prefix=f"{cache.stem}.", suffix=".tmp.npz")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(name, 0o644)  # as an ordinary file (mkstemp makes it private)
+        os.replace(name, cache)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+
+
+def cache_path(ct_dir: Path | None = None) -> Path:
+    """Where :func:`load` keeps the prepared CT (next to the CT files)."""
+    return (ct_dir or default_ct_dir()) / f"prepared_v{PREPARED_VERSION}.npz"
+
+
+def _prepared_arrays(ct_dir: Path, cache: Path) -> dict[str, npt.NDArray[np.generic]]:
+    arrays = _read_cache(cache)
+    if arrays is None:
+        log.info("preparing CT", extra={"ct_dir": str(ct_dir)})
+        arrays = prepare(ct_dir)
+        _write_cache(cache, arrays)
+    return arrays
+
+
+def ensure_prepared(ct_dir: Path | None = None) -> Path:
+    """Prepare the CT into its cache unless a cache is there (not read: cheap); the cache's
+    path. ``qcnode synth`` calls it before starting its worker pool, so that the workers
+    read the cache instead of each preparing the CT."""
+    ct_dir = ct_dir or default_ct_dir()
+    cache = cache_path(ct_dir)
+    if not cache.is_file():
+        _prepared_arrays(ct_dir, cache)
+    return cache
+
+
 def load(ct_dir: Path | None = None, *, cache: Path | None = None) -> PreparedCT:
     """The prepared CT, from a cache file next to the CT when present (fast)."""
     ct_dir = ct_dir or default_ct_dir()
-    cache = cache or ct_dir / f"prepared_v{PREPARED_VERSION}.npz"
-    arrays: dict[str, npt.NDArray[np.generic]]
-    if cache.is_file():
-        with np.load(cache) as z:
-            arrays = {k: z[k] for k in z.files}
-    else:
-        log.info("preparing CT", extra={"ct_dir": str(ct_dir)})
-        arrays = prepare(ct_dir)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
-        tmp.replace(cache)
+    arrays = _prepared_arrays(ct_dir, cache or cache_path(ct_dir))
 
     def t(name: str) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(arrays[name]).astype(np.float32))
