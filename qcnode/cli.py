@@ -11,10 +11,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qcnode import __version__
 from qcnode.config import Settings, load_settings
 from qcnode.errors import QcnodeError
+
+if TYPE_CHECKING:  # imported where used: `qcnode check` must not import torch
+    from qcnode.model.train import TrainOptions
+    from qcnode.synth.cli import SynthOptions
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +144,51 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, overrides)
 
 
+def _synth_options(args: argparse.Namespace) -> SynthOptions:
+    """``qcnode synth``'s frozen options from its parsed flags (DESIGN §8: commands get a
+    frozen object, not the Namespace)."""
+    from qcnode.synth.cli import SynthOptions
+
+    return SynthOptions(
+        out=args.out,
+        count=args.count,
+        view=args.view,
+        seed=args.seed,
+        split=args.split,
+        workers=args.workers,
+        variants_per_pose=args.variants_per_pose,
+        threads=args.threads,
+        pitch_mm=args.pitch_mm,
+        no_ready=args.no_ready,
+        minutes=args.minutes,
+        visible_lungs=args.visible_lungs,
+        scapulae_in_body=args.scapulae_in_body,
+        realism=args.realism,
+        realism_plain=args.realism_plain,
+    )
+
+
+def _train_options(args: argparse.Namespace) -> TrainOptions:
+    """``qcnode train``'s frozen options from its parsed flags."""
+    from qcnode.model.train import TrainOptions
+
+    return TrainOptions(
+        variant=args.variant,
+        data=tuple(args.data or ()),
+        device=args.device,
+        recipe=args.recipe,
+        out=args.out,
+        resume=args.resume,
+        seed=args.seed,
+        steps=args.steps,
+        limit=args.limit,
+        init=args.init,
+        ship=args.ship,
+        name=args.name,
+        default=args.default,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -174,11 +224,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if cmd == "synth":
         from qcnode.synth.cli import synth_command
 
-        return synth_command(args)
+        return synth_command(_synth_options(args))
     if cmd == "train":
         from qcnode.model.train import train_command
 
-        return train_command(args)
+        return train_command(_train_options(args))
     if cmd == "eval":
         from qcnode.evaluate import eval_command
 

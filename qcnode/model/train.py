@@ -9,7 +9,6 @@ carrying checksum, recipe, data and code version and the evaluation metrics.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -454,31 +453,51 @@ def ship(
     return entry
 
 
-def train_command(args: argparse.Namespace) -> int:
-    recipe = RECIPES.get(args.recipe)
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions:
+    """``qcnode train``'s flags (DESIGN §9), built once by qcnode.cli; the defaults are the
+    parser's."""
+
+    variant: str
+    data: tuple[Path, ...]  # empty: data/synth/train-v1
+    device: str  # cpu | cuda
+    recipe: str  # a RECIPES key
+    out: Path | None  # None: runs/VARIANT-RECIPE
+    resume: bool
+    seed: int
+    steps: int | None  # overrides the recipe's (None or 0: the recipe's)
+    limit: int | None
+    init: Path | None
+    ship: bool
+    name: str | None  # with ship; None: VARIANT_<sha256[:8]> of the weights
+    default: bool
+
+
+def train_command(options: TrainOptions) -> int:
+    recipe = RECIPES.get(options.recipe)
     if recipe is None:
-        raise QcnodeError(f"unknown recipe {args.recipe!r}; known: {', '.join(RECIPES)}")
-    if getattr(args, "steps", None):
-        recipe = replace(recipe, steps=int(args.steps))
-    data_dirs = list(args.data or [Path("data/synth/train-v1")])
-    out = args.out or Path("runs") / f"{args.variant}-{recipe.name}"
-    seed = int(getattr(args, "seed", 0) or 0)
+        raise QcnodeError(f"unknown recipe {options.recipe!r}; known: {', '.join(RECIPES)}")
+    if options.steps:
+        recipe = replace(recipe, steps=int(options.steps))
+    data_dirs = list(options.data or [Path("data/synth/train-v1")])
+    out = options.out or Path("runs") / f"{options.variant}-{recipe.name}"
+    seed = options.seed
     result = train(
-        variant=args.variant,
+        variant=options.variant,
         data_dirs=data_dirs,
         out=out,
         recipe=recipe,
         seed=seed,
-        device=args.device,
-        resume=args.resume,
-        limit=getattr(args, "limit", None),
-        init=getattr(args, "init", None),
+        device=options.device,
+        resume=options.resume,
+        limit=options.limit,
+        init=options.init,
     )
     minutes = result.seconds / 60
     print(f"weights: {result.weights} ({minutes:.1f} min, loss {result.final_loss:.4f})")
     if result.val:
         print(f"validation (held-out synthetic): {json.dumps(result.val)}")
-    if getattr(args, "ship", False):
+    if options.ship:
         previous = None
         if result.init_sha256:  # keep the first stage's recipe in the record
             for e in load_registry().entries.values():
@@ -486,14 +505,14 @@ def train_command(args: argparse.Namespace) -> int:
                     previous = dict(e.recipe)
         from qcnode.model.registry import sha256_file
 
-        name = getattr(args, "name", None) or f"{args.variant}_{sha256_file(result.weights)[:8]}"
+        name = options.name or f"{options.variant}_{sha256_file(result.weights)[:8]}"
         entry = ship(
             result,
             name=name,
             recipe=recipe,
             seed=seed,
             metrics_doc={"validation": result.val},
-            make_default=bool(getattr(args, "default", False)),
+            make_default=options.default,
             previous=previous,
         )
         print(f"registered {entry.name} sha256 {entry.sha256}")

@@ -6,14 +6,13 @@ restarted with the same arguments. Writes `READY` when the requested count is re
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import multiprocessing as mp
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,29 @@ from qcnode.synth import generate, truth
 log = logging.getLogger(__name__)
 
 _STATE: dict[str, Any] = {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthOptions:
+    """``qcnode synth``'s flags (DESIGN §9), built once by qcnode.cli; the defaults are the
+    parser's. A 0 for ``variants_per_pose``, ``threads`` or ``pitch_mm`` means the
+    built-in value, as on the command line."""
+
+    out: Path
+    count: int
+    view: str  # frontal | lateral | both
+    seed: int
+    split: str  # train | eval
+    workers: int
+    variants_per_pose: int
+    threads: int
+    pitch_mm: float
+    no_ready: bool
+    minutes: float | None  # time budget; None (or 0): none
+    visible_lungs: bool
+    scapulae_in_body: bool
+    realism: bool
+    realism_plain: float
 
 
 def _init(threads: int) -> None:
@@ -74,41 +96,41 @@ def _done_poses(manifest: Path, prefix: str) -> tuple[set[int], int]:
     return poses, n
 
 
-def synth_command(args: argparse.Namespace) -> int:
+def synth_command(options: SynthOptions) -> int:
     # before any output, and in this process: a pool worker whose initializer raises is
     # replaced by another that raises again, without end
     ctmod.require_ct()
-    out: Path = args.out
+    out = options.out
     out.mkdir(parents=True, exist_ok=True)
-    per_pose = int(getattr(args, "variants_per_pose", 0) or 8)
-    pitch = float(getattr(args, "pitch_mm", 0.0) or generate.BIG.pitch_mm)
+    per_pose = options.variants_per_pose or 8
+    pitch = float(options.pitch_mm or generate.BIG.pitch_mm)
     plan = generate.Plan(
-        split=args.split,
-        seed=args.seed,
-        view=args.view,
+        split=options.split,
+        seed=options.seed,
+        view=options.view,
         variants_per_pose=per_pose,
         detector=replace(generate.BIG, pitch_mm=pitch, depth_step_mm=max(2.5, pitch)),
-        visible_lungs=bool(getattr(args, "visible_lungs", False)),
-        scapulae_in_body=bool(getattr(args, "scapulae_in_body", False)),
-        realism=bool(getattr(args, "realism", False)),
-        realism_plain=float(getattr(args, "realism_plain", 0.0) or 0.0),
+        visible_lungs=options.visible_lungs,
+        scapulae_in_body=options.scapulae_in_body,
+        realism=options.realism,
+        realism_plain=float(options.realism_plain),
     )
     if not 0.0 <= plan.realism_plain <= 1.0 or (plan.realism_plain and not plan.realism):
         raise ConfigError("--realism-plain takes a share in [0, 1] and needs --realism")
     manifest = out / "manifest.jsonl"
-    done, have = _done_poses(manifest, f"{args.split}-s{args.seed}-")
+    done, have = _done_poses(manifest, f"{options.split}-s{options.seed}-")
     # `count` is chest samples; `other` poses (≈15 %) come on top. Stops once count is reached.
-    n_poses = math.ceil(args.count / per_pose / (1.0 - plan.other_fraction)) + 5
-    todo = [] if have >= args.count else [i for i in range(n_poses) if i not in done]
-    workers = max(1, int(args.workers))
-    threads = max(1, int(getattr(args, "threads", 0) or (1 if workers > 1 else 2)))
+    n_poses = math.ceil(options.count / per_pose / (1.0 - plan.other_fraction)) + 5
+    todo = [] if have >= options.count else [i for i in range(n_poses) if i not in done]
+    workers = max(1, options.workers)
+    threads = max(1, options.threads or (1 if workers > 1 else 2))
     (out / "recipe.json").write_text(
         json.dumps(
             {
-                "split": args.split,
-                "seed": args.seed,
-                "view": args.view,
-                "count": args.count,
+                "split": options.split,
+                "seed": options.seed,
+                "view": options.view,
+                "count": options.count,
                 "variants_per_pose": per_pose,
                 "pitch_mm": pitch,
                 "visible_lungs": plan.visible_lungs,
@@ -122,7 +144,7 @@ def synth_command(args: argparse.Namespace) -> int:
     )
     t0 = time.perf_counter()
     # A time budget (GPU hosts: synthesise as much as fits, then train): whole poses only.
-    minutes = getattr(args, "minutes", None)
+    minutes = options.minutes
     deadline = t0 + 60.0 * minutes if minutes else None
     renders = written = 0
     render_s = variants_s = 0.0
@@ -153,7 +175,7 @@ def synth_command(args: argparse.Namespace) -> int:
                     f"variants {timings['variants_s']:.1f}s",
                     flush=True,
                 )
-                if have >= args.count:
+                if have >= options.count:
                     break
                 if deadline is not None and time.perf_counter() > deadline:
                     log.info("time budget spent: %d samples", have)
@@ -171,8 +193,8 @@ def synth_command(args: argparse.Namespace) -> int:
         "torch_threads": threads,
         "workers": workers,
     }
-    (out / f"stats_{args.split}_s{args.seed}.json").write_text(json.dumps(stats, indent=1))
-    if have >= args.count and not getattr(args, "no_ready", False):
+    (out / f"stats_{options.split}_s{options.seed}.json").write_text(json.dumps(stats, indent=1))
+    if have >= options.count and not options.no_ready:
         (out / "READY").write_text(json.dumps(stats) + "\n")
     print(json.dumps(stats))
     return 0
