@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pytest
@@ -13,12 +14,14 @@ import torch
 from qcnode.errors import QcnodeError
 from qcnode.model import data as datamod
 from qcnode.model.augment import NONE, AugmentConfig, augment, equalize
-from qcnode.model.recipes import RECIPES
+from qcnode.model.recipes import RECIPES, Recipe
 from qcnode.model.train import (
+    TrainResult,
     _lr,
     cycle_ends,
     loss_fn,
     structure_factors,
+    train,
 )
 from qcnode.records import STRUCTURES
 
@@ -221,17 +224,16 @@ def test_opacity_whitens_inside_the_body_and_leaves_the_air() -> None:
         assert (body >= 0.4).all() and body.max() > 0.45 and body.max() <= 1.0
 
 
-def test_view_head_recipe_changes_only_the_view_head(tmp_path: Path) -> None:
-    """`train_only="view"` (recipe cpu-view): every other tensor, batch-norm statistics
-    included, stays bit-identical to the --init weights, so the masks do not change."""
-    from qcnode.model.infer import read_weights
-    from qcnode.model.recipes import Recipe
-    from qcnode.model.train import TrainResult, train
+class _Run(Protocol):
+    def __call__(self, out: str, recipe: Recipe, init: Path | None = None) -> TrainResult: ...
+
+
+def _two_stages(tmp_path: Path) -> tuple[Recipe, _Run]:
+    """A tiny first-stage recipe and a runner for (out, recipe, --init) on one tiny set."""
     from tests.unit.test_model import _tiny_dataset
 
     root = _tiny_dataset(tmp_path / "set", n=2)
     first = dataclasses.replace(RECIPES["tiny"], steps=2, batch=2, val_count=0)
-    head = dataclasses.replace(first, name="tiny-view", train_only="view", lr=0.1)
 
     def run(out: str, recipe: Recipe, init: Path | None = None) -> TrainResult:
         return train(
@@ -243,6 +245,17 @@ def test_view_head_recipe_changes_only_the_view_head(tmp_path: Path) -> None:
             progress=False,
             init=init,
         )
+
+    return first, run
+
+
+def test_view_head_recipe_changes_only_the_view_head(tmp_path: Path) -> None:
+    """`train_only="view"` (recipe cpu-view): every other tensor, batch-norm statistics
+    included, stays bit-identical to the --init weights, so the masks do not change."""
+    from qcnode.model.infer import read_weights
+
+    first, run = _two_stages(tmp_path)
+    head = dataclasses.replace(first, name="tiny-view", train_only="view", lr=0.1)
 
     base = run("a", first)
     with pytest.raises(QcnodeError, match="needs --init"):
@@ -270,27 +283,12 @@ def test_refine_recipe_trains_only_the_refiner(tmp_path: Path) -> None:
     """`train_only="refine"` (recipe cpu-refine): the --init tensors stay bit-identical, the
     refiner is added and trained, and only its channels change at inference."""
     from qcnode.model.infer import _built, read_weights
-    from qcnode.model.recipes import Recipe
-    from qcnode.model.train import TrainResult, train
-    from tests.unit.test_model import _tiny_dataset
 
-    root = _tiny_dataset(tmp_path / "set", n=2)
-    first = dataclasses.replace(RECIPES["tiny"], steps=2, batch=2, val_count=0)
+    first, run = _two_stages(tmp_path)
     refined = ("clavicle_right", "scapula_left")
     step2 = dataclasses.replace(
         first, name="tiny-refine", train_only="refine", refine=refined, lr=0.05, steps=3
     )
-
-    def run(out: str, recipe: Recipe, init: Path | None = None) -> TrainResult:
-        return train(
-            variant="qcnet_d10_w1",
-            data_dirs=[root],
-            out=tmp_path / out,
-            recipe=recipe,
-            cache_base=tmp_path / "c",
-            progress=False,
-            init=init,
-        )
 
     base = run("a", first)
     with pytest.raises(QcnodeError, match="needs --init"):
