@@ -101,15 +101,20 @@ def to_canvas(
 
 def percentiles(values: torch.Tensor, fractions: tuple[float, ...]) -> list[float]:
     """``torch.quantile(values, fractions)`` (linear interpolation) from order statistics:
-    selection instead of a full sort, about 3x cheaper, and it runs once per image in
-    training and inference."""
+    the two neighbours of each position from one partial sort (``topk`` from the nearer end)
+    instead of a full sort, several times cheaper, and it runs once per image in training and
+    inference."""
     n = values.numel()
     out = []
     for q in fractions:
         pos = q * (n - 1)
         k = math.floor(pos)
-        a = float(torch.kthvalue(values, k + 1).values)
-        b = float(torch.kthvalue(values, k + 2).values) if k + 1 < n and pos > k else a
+        if k < n // 2:  # order statistics k and k + 1: the last of the k + 2 smallest
+            near = torch.topk(values, min(k + 2, n), largest=False).values[k:]
+        else:  # the last of the n - k largest (topk sorts them descending)
+            near = torch.topk(values, n - k).values.flip(0)[:2]
+        a = float(near[0])
+        b = float(near[1]) if k + 1 < n and pos > k else a
         out.append(a + (b - a) * (pos - k))
     return out
 
@@ -163,6 +168,9 @@ def _axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return i0, i1, (src - i0).astype(np.float32)
 
 
+_STRIP_VALUES = 1 << 17  # floats per strip of logits_to_source: 512 KiB
+
+
 def logits_to_source(logits: torch.Tensor, frame: Frame) -> np.ndarray:
     """(C, size, size) mask logits -> (C, rows, cols) bool masks in source pixels.
 
@@ -172,22 +180,35 @@ def logits_to_source(logits: torch.Tensor, frame: Frame) -> np.ndarray:
     canvas pixel), which makes a 3000 x 3000 source affordable.
     """
     crop = logits[(slice(None), *frame.valid)].numpy()
-    _, h, w = crop.shape
     out = np.zeros((crop.shape[0], frame.rows, frame.columns), dtype=bool)
-    y0, y1, wy = _axis(h, frame.rows)
-    x0, x1, wx = _axis(w, frame.columns)
-    for c in range(crop.shape[0]):
-        pos = crop[c] > 0
-        if not pos.any():
-            continue
-        rows = np.flatnonzero(pos.any(axis=1))
-        cols = np.flatnonzero(pos.any(axis=0))
+    y0, y1, wy = _axis(crop.shape[1], frame.rows)
+    x0, x1, wx = _axis(crop.shape[2], frame.columns)
+    vy, vx = (1 - wy)[:, None], 1 - wx
+    wy = wy[:, None]  # row weights as a column, to broadcast over the columns
+    pos: np.ndarray = np.greater(crop, 0)  # all channels at once, not one call each
+    pos_rows: np.ndarray = np.logical_or.reduce(pos, axis=2)
+    pos_cols: np.ndarray = np.logical_or.reduce(pos, axis=1)
+    for c in np.flatnonzero(pos_rows.any(axis=1)):
+        rows, cols = np.flatnonzero(pos_rows[c]), np.flatnonzero(pos_cols[c])
         # output indices whose two source neighbours reach into the positive bounding box
         r = np.flatnonzero((y1 >= rows[0]) & (y0 <= rows[-1]))
         k = np.flatnonzero((x1 >= cols[0]) & (x0 <= cols[-1]))
-        a = crop[c][y0[r]] * (1 - wy[r])[:, None] + crop[c][y1[r]] * wy[r][:, None]
-        block = a[:, x0[k]] * (1 - wx[k]) + a[:, x1[k]] * wx[k]
-        out[c, r[0] : r[-1] + 1, k[0] : k[-1] + 1] = block > 0
+        # rows, then columns: the same float32 products and sums as ever (bit-identical
+        # masks), on the canvas columns that k reads only, in strips of output rows whose
+        # temporaries stay in the cache (a large source's whole block would not)
+        lo = x0[k[0]]
+        src = crop[c, :, lo : x1[k[-1]] + 1]
+        left_cols, right_cols = x0[k] - lo, x1[k] - lo
+        step = max(1, _STRIP_VALUES // k.size)
+        for start in range(0, r.size, step):
+            rs = r[start : start + step]
+            a = src[y0[rs]] * vy[rs] + src[y1[rs]] * wy[rs]
+            block = a[:, left_cols]
+            block *= vx[k]
+            right = a[:, right_cols]
+            right *= wx[k]
+            block += right
+            np.greater(block, 0, out=out[c, rs[0] : rs[-1] + 1, k[0] : k[-1] + 1])
     return out
 
 

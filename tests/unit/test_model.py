@@ -365,3 +365,73 @@ def test_percentiles_equal_torch_quantile() -> None:
         for q in ((0.01, 0.99), (0.0, 1.0), (0.5,)):
             expected = torch.quantile(values, torch.tensor(q)).tolist()
             assert pp.percentiles(values, q) == pytest.approx(expected, abs=1e-5)  # float32 vs 64
+
+
+def test_percentiles_are_exact_order_statistics_with_ties() -> None:
+    gen = torch.Generator().manual_seed(1)
+    for n in (1, 2, 16, 999, 60000):
+        for levels in (1, 3, 1000):  # many ties, some, hardly any
+            values = torch.randint(0, levels, (n,), generator=gen).float() / 7
+            ordered = torch.sort(values).values
+            for q in (0.0, 0.01, 0.3, 0.5, 0.99, 1.0):
+                pos = q * (n - 1)
+                k = int(pos)
+                a = float(ordered[k])
+                b = float(ordered[k + 1]) if k + 1 < n and pos > k else a
+                assert pp.percentiles(values, (q,)) == [a + (b - a) * (pos - k)], (n, levels, q)
+
+
+def _smooth_logits(rng: np.random.Generator, channels: int) -> torch.Tensor:
+    """Random canvas logits with blobs, specks, holes and empty channels."""
+    from scipy import ndimage
+
+    noise = rng.standard_normal((channels, pp.INPUT_SIZE, pp.INPUT_SIZE)).astype(np.float32)
+    logits = ndimage.uniform_filter(noise, size=(1, 7, 7)) * 12 - float(rng.uniform(-1, 2))
+    logits[:, :: int(rng.integers(5, 40))] = -1.0  # stripes cut blobs and make holes
+    logits[int(rng.integers(channels))] = -2.0
+    return torch.from_numpy(logits)
+
+
+def test_clean_logits_equal_the_whole_canvas_definition() -> None:
+    """The bounding-box version keeps the largest component, fills its holes and moves the
+    logits exactly as labelling the whole canvas does."""
+    from scipy import ndimage
+
+    from qcnode.model.infer import clean_logits, single_objects
+
+    rng = np.random.default_rng(3)
+    single = single_objects(STRUCTURES)
+    for _ in range(30):
+        logits = _smooth_logits(rng, len(STRUCTURES))
+        before = logits.clone()
+        want = logits.numpy().copy()
+        for c in single:
+            pos = want[c] > 0
+            labels, n = ndimage.label(pos)
+            if n == 0:
+                continue
+            keep = labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+            filled = ndimage.binary_fill_holes(keep)
+            drop = pos & ~keep
+            want[c][drop] = -np.maximum(np.abs(want[c][drop]), 0.5)
+            want[c][filled & ~pos] = 0.5
+        got = clean_logits(logits, single)
+        assert torch.equal(logits, before)  # the input is left alone
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_logits_to_source_equals_dense_bilinear() -> None:
+    """Bounding boxes and row strips change nothing: the masks equal the dense rows-then-
+    columns float32 bilinear of the whole canvas, small and large sources alike."""
+    rng = np.random.default_rng(4)
+    for rows, cols, spacing in ((307, 307, 1.4), (1500, 1300, 0.3), (90, 400, 1.0)):
+        frame = pp.plan_frame(rows, cols, (spacing, spacing))
+        logits = _smooth_logits(rng, 5)
+        crop = logits[(slice(None), *frame.valid)].numpy()
+        y0, y1, wy = pp._axis(crop.shape[1], rows)
+        x0, x1, wx = pp._axis(crop.shape[2], cols)
+        a = crop[:, y0] * (1 - wy)[:, None] + crop[:, y1] * wy[:, None]
+        want = a[:, :, x0] * (1 - wx) + a[:, :, x1] * wx > 0
+        got = pp.logits_to_source(logits, frame)
+        assert want.any() and not want.all()
+        np.testing.assert_array_equal(got, want)
