@@ -54,7 +54,7 @@ SECOND_PASS_TOLERANCE = 0.05  # rerun when the anatomy-based scale differs by mo
 # believed (e.g. a detector pitch copied onto a downsampled matrix): anatomy decides then.
 IMPLAUSIBLE_HEADER_RATIO = (0.5, 2.0)
 # A header spacing that makes the whole field smaller than this (mm) cannot be a chest film's
-# detector; when the first pass then sees no chest, the size-based guess gets a second pass.
+# detector: such a header is not used (``_chest_sized``), the size guess starts instead.
 SMALLEST_CHEST_FIELD_MM = 250.0
 
 
@@ -201,8 +201,12 @@ class TorchPredictor:
         ``mask_bias`` added), after the anatomy-based second pass where one is needed."""
         if not images:
             return []
-        spacings = [im.spacing_mm or preprocess.guessed_spacing(*im.pixels.shape) for im in images]
-        estimated = [im.spacing_mm is None for im in images]
+        header = [_chest_sized(im) for im in images]
+        spacings = [
+            sp or preprocess.guessed_spacing(*im.pixels.shape)
+            for sp, im in zip(header, images, strict=True)
+        ]
+        estimated = [sp is None for sp in header]
         frames, masks, views = self._pass(images, spacings)
         redo = self._anatomy_spacing(frames, masks, views, estimated)
         for i in redo:
@@ -257,11 +261,6 @@ class TorchPredictor:
         for i, frame in enumerate(frames):
             view = VIEWS[int(views[i].argmax())]
             reference = self._meta.reference_lung_width_mm.get(str(view))
-            field_mm = max(frame.rows * frame.spacing_mm[0], frame.columns * frame.spacing_mm[1])
-            if view == View.OTHER and not estimated[i] and field_mm < SMALLEST_CHEST_FIELD_MM:
-                log.info("header spacing gives a %.0f mm field: trying the size guess", field_mm)
-                redo[i] = preprocess.guessed_spacing(frame.rows, frame.columns)
-                continue
             if view == View.OTHER or reference is None:
                 continue
             new = preprocess.spacing_from_lung_width(lung_width_px(masks[i]), frame, reference)
@@ -277,6 +276,23 @@ class TorchPredictor:
                 log.info("header spacing implausible for the anatomy (x%.2f): estimating", factor)
                 redo[i] = new
         return redo
+
+
+def _chest_sized(image: DecodedImage) -> tuple[float, float] | None:
+    """The header's spacing, or None where it makes the film smaller than any chest field.
+
+    Such a header (a downsampled copy that kept the detector's spacing, a wrong tag) shrank
+    the film to a few centimetres on the canvas: the network then called real laterals
+    frontal and drew no lungs. Without it the film starts from the size guess and the
+    anatomy pass sets the scale, as for a header without spacing (metadata.spacing warns)."""
+    sp = image.spacing_mm
+    if sp is None:
+        return None
+    field_mm = max(image.pixels.shape[0] * sp[0], image.pixels.shape[1] * sp[1])
+    if field_mm < SMALLEST_CHEST_FIELD_MM:
+        log.info("header spacing gives a %.0f mm field: estimating the scale", field_mm)
+        return None
+    return sp
 
 
 _CROSS = ndimage.generate_binary_structure(2, 1)  # label's default, built once
