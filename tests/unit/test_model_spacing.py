@@ -1,4 +1,5 @@
-"""A header spacing no chest film can have is not trusted by the model stage.
+"""The model stage's process-level inputs: a header spacing no chest film can have is not
+trusted, and the allocator is tuned for repeated forwards.
 
 A header 10x too fine (e.g. a downsampled copy that kept the detector's spacing) made a real
 lateral film a few centimetres wide on the canvas: the network called it frontal and drew
@@ -35,3 +36,14 @@ def test_an_impossibly_small_field_is_read_as_if_the_header_had_no_spacing() -> 
     assert told.spacing_estimated and told.spacing_mm == pytest.approx(plain.spacing_mm)
     a, b = plain.masks["lung_right"], told.masks["lung_right"]
     assert 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()) > 0.98
+
+
+def test_the_allocator_is_tuned_once_where_the_c_library_is_glibc() -> None:
+    import platform
+
+    from qcnode.model.infer import keep_heap
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_heap() is expected
+    assert keep_heap() is expected  # cached: mallopt runs once per process
+    assert keep_heap.cache_info().hits >= 1
