@@ -55,7 +55,11 @@ def single_objects(structures: tuple[str, ...]) -> tuple[int, ...]:
 SECOND_PASS_TOLERANCE = 0.05  # rerun when the anatomy-based scale differs by more than 5 %
 # A header spacing that makes the lungs this much smaller/larger than the reference is not
 # believed (e.g. a detector pitch copied onto a downsampled matrix): anatomy decides then.
-IMPLAUSIBLE_HEADER_RATIO = (0.5, 2.0)
+# Session 11 (rules-cal5-f/l + train-v4, train split; anatomy scale / header scale): correct
+# headers read 0.76-1.44 frontal, 0.76-2.28 lateral; headers 2x too coarse 0.46-0.58, which
+# the old lower bound 0.5 let through. 0.67 lies between; the upper bound keeps 2.0 (laterals
+# with correct headers reach it; the too-fine ones mostly fail SMALLEST_CHEST_FIELD_MM).
+IMPLAUSIBLE_HEADER_RATIO = (0.67, 2.0)
 # A header spacing that makes the whole field smaller than this (mm) cannot be a chest film's
 # detector: such a header is not used (``_chest_sized``), the size guess starts instead.
 SMALLEST_CHEST_FIELD_MM = 250.0

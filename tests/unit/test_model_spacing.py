@@ -47,3 +47,27 @@ def test_the_allocator_is_tuned_once_where_the_c_library_is_glibc() -> None:
     assert keep_heap() is expected
     assert keep_heap() is expected  # cached: mallopt runs once per process
     assert keep_heap.cache_info().hits >= 1
+
+
+def test_a_header_far_too_coarse_gives_way_to_the_anatomy() -> None:
+    """Headers 2x too coarse read 0.46-0.58 of the anatomy's scale and the old 0.5 bound of
+    IMPLAUSIBLE_HEADER_RATIO kept many: the network then saw the chest at half its size.
+    1.8x here (0.56; kept under the old bound), 1.3x stays a header the anatomy accepts."""
+    film_path = LATERAL.parent.parent / "frontal" / "hannover_80b5f00f.png"
+    if not film_path.is_file():
+        pytest.skip(f"{film_path} not on this machine")
+    from qcnode.errors import QcnodeError
+    from qcnode.model import load_predictor
+
+    try:
+        predictor = load_predictor(device="cpu")
+    except QcnodeError as exc:
+        pytest.skip(f"no shipped weights: {exc}")
+    film = decode(film_path)
+    plain = predictor.predict([film])[0]  # no header spacing: the anatomy's
+    near = replace(film, spacing_mm=(1.3 * plain.spacing_mm[0], 1.3 * plain.spacing_mm[1]))
+    coarse = replace(film, spacing_mm=(1.8 * plain.spacing_mm[0], 1.8 * plain.spacing_mm[1]))
+    kept, told = predictor.predict([near, coarse])
+    assert not kept.spacing_estimated and kept.spacing_mm == near.spacing_mm
+    assert told.spacing_estimated
+    assert told.spacing_mm[0] == pytest.approx(plain.spacing_mm[0], rel=0.05)
