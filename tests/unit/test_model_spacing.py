@@ -14,21 +14,27 @@ import numpy as np
 import pytest
 
 from qcnode.imaging import decode
-from qcnode.records import View
+from qcnode.records import Predictor, View
 
 LATERAL = Path("/work/shared/data/realcxr/lateral/commons_haggstrom_normal_lateral.png")
 
 
-def test_an_impossibly_small_field_is_read_as_if_the_header_had_no_spacing() -> None:
-    if not LATERAL.is_file():
-        pytest.skip(f"{LATERAL} not on this machine")
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
     from qcnode.errors import QcnodeError
     from qcnode.model import load_predictor
 
     try:
-        predictor = load_predictor(device="cpu")
+        return load_predictor(device="cpu")
     except QcnodeError as exc:
         pytest.skip(f"no shipped weights: {exc}")
+
+
+def test_an_impossibly_small_field_is_read_as_if_the_header_had_no_spacing(
+    predictor: Predictor,
+) -> None:
+    if not LATERAL.is_file():
+        pytest.skip(f"{LATERAL} not on this machine")
     film = decode(LATERAL)  # a PNG: no spacing, the anatomy gives ~0.38 mm
     wrong = replace(film, spacing_mm=(0.05, 0.05))  # 51 x 37 mm
     plain, told = predictor.predict([film, wrong])
@@ -49,20 +55,13 @@ def test_the_allocator_is_tuned_once_where_the_c_library_is_glibc() -> None:
     assert keep_heap.cache_info().hits >= 1
 
 
-def test_a_header_far_too_coarse_gives_way_to_the_anatomy() -> None:
+def test_a_header_far_too_coarse_gives_way_to_the_anatomy(predictor: Predictor) -> None:
     """Headers 2x too coarse read 0.46-0.58 of the anatomy's scale and the old 0.5 bound of
     IMPLAUSIBLE_HEADER_RATIO kept many: the network then saw the chest at half its size.
     1.8x here (0.56; kept under the old bound), 1.3x stays a header the anatomy accepts."""
     film_path = LATERAL.parent.parent / "frontal" / "hannover_80b5f00f.png"
     if not film_path.is_file():
         pytest.skip(f"{film_path} not on this machine")
-    from qcnode.errors import QcnodeError
-    from qcnode.model import load_predictor
-
-    try:
-        predictor = load_predictor(device="cpu")
-    except QcnodeError as exc:
-        pytest.skip(f"no shipped weights: {exc}")
     film = decode(film_path)
     plain = predictor.predict([film])[0]  # no header spacing: the anatomy's
     near = replace(film, spacing_mm=(1.3 * plain.spacing_mm[0], 1.3 * plain.spacing_mm[1]))
