@@ -57,16 +57,28 @@ def _parts(mask: BoolMask) -> tuple[tuple[slice, slice], npt.NDArray[np.int32], 
     return box, labels, int(n)
 
 
+def _part_sizes(
+    mask: BoolMask,
+) -> tuple[tuple[slice, slice], npt.NDArray[np.int32], npt.NDArray[np.intp]] | None:
+    """The box, labels and pixel count per label (background 0) of a mask in two or more
+    parts; None for an empty or one-part mask, which the callers return as it is."""
+    if not mask.any():
+        return None
+    box, labels, n = _parts(mask)
+    if n <= 1:
+        return None
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return box, labels, sizes
+
+
 def despeckle(mask: BoolMask, fraction: float = 0.05) -> BoolMask:
     """Drop parts smaller than ``fraction`` of the largest part (model speckle), keeping
     genuine pieces such as a lung split by a shutter."""
-    if not mask.any():
+    parts = _part_sizes(mask)
+    if parts is None:
         return mask
-    box, labels, n = _parts(mask)
-    if n <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
+    box, labels, sizes = parts
     keep = sizes >= fraction * sizes.max()
     out = np.zeros_like(mask)
     out[box] = keep[labels]
@@ -75,13 +87,10 @@ def despeckle(mask: BoolMask, fraction: float = 0.05) -> BoolMask:
 
 def largest_component(mask: BoolMask) -> BoolMask:
     """The largest 8-connected part: model speckle elsewhere does not move landmarks."""
-    if not mask.any():
+    parts = _part_sizes(mask)
+    if parts is None:
         return mask
-    box, labels, n = _parts(mask)
-    if n <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
+    box, labels, sizes = parts
     out = np.zeros_like(mask)
     out[box] = labels == int(np.argmax(sizes))
     return out
