@@ -48,6 +48,7 @@ class SynthOptions:
     scapulae_in_body: bool
     realism: bool
     realism_plain: float
+    clavicles_down: float = 0.0
 
 
 def _init(threads: int) -> None:
@@ -114,9 +115,12 @@ def synth_command(options: SynthOptions) -> int:
         scapulae_in_body=options.scapulae_in_body,
         realism=options.realism,
         realism_plain=float(options.realism_plain),
+        clavicles_down=float(options.clavicles_down),
     )
     if not 0.0 <= plan.realism_plain <= 1.0 or (plan.realism_plain and not plan.realism):
         raise ConfigError("--realism-plain takes a share in [0, 1] and needs --realism")
+    if not 0.0 <= plan.clavicles_down <= 1.0:
+        raise ConfigError("--clavicles-down takes a share in [0, 1]")
     manifest = out / "manifest.jsonl"
     done, have = _done_poses(manifest, f"{options.split}-s{options.seed}-")
     # `count` is chest samples; `other` poses (≈15 %) come on top. Stops once count is reached.
@@ -137,7 +141,8 @@ def synth_command(options: SynthOptions) -> int:
                 "scapulae_in_body": plan.scapulae_in_body,
                 "realism": plan.realism,
                 "realism_plain": plan.realism_plain,
-                "generator": "qcnode.synth v1.14",
+                "clavicles_down": plan.clavicles_down,
+                "generator": "qcnode.synth v1.15",
             },
             indent=1,
         )

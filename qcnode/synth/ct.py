@@ -34,7 +34,7 @@ from qcnode.errors import QcnodeError
 log = logging.getLogger(__name__)
 
 CT_FILES = ("cxr.nii.gz", "mask.nii.gz", "structures.csv")
-PREPARED_VERSION = 9
+PREPARED_VERSION = 10
 
 # The CT's scapular blade is thin and seen obliquely (arms raised): 26 % of its labelled
 # voxels are at or below the bone threshold, so its projection barely showed and the label
@@ -71,8 +71,10 @@ BONE_BITS: dict[str, int] = {
 # (scapulae on frontal views, humeri on laterals), and apart from each other: their
 # projections overlap (glenoid and humeral head), and a 2D move must carry exactly the bone
 # whose mask it moves (prepared v6 had one "movable" channel: a scapula shift dragged 45 % of
-# the frontal humeral head's pixels along, an arm move on a lateral the glenoid).
-BONE_CHANNELS = ("static", "scapulae", "humeri")
+# the frontal humeral head's pixels along, an arm move on a lateral the glenoid). Clavicles
+# apart since prepared v10: the CT's raised arms hold them steep, and a frontal variant
+# lowers their lateral ends (edits.move_bones) without dragging the first ribs along.
+BONE_CHANNELS = ("static", "scapulae", "humeri", "clavicles")
 
 # TotalSegmentator names (structures.csv) for each of our structures.
 _NAMES: dict[str, tuple[str, ...]] = {
@@ -155,7 +157,7 @@ class PreparedCT:
     """The CT ready for rendering. Tensors are float32, (z, y, x)."""
 
     soft: torch.Tensor  # water-equivalent relative density (1.0 = water)
-    bone: torch.Tensor  # (3, z, y, x) cortical-bone volume fraction per BONE_CHANNELS
+    bone: torch.Tensor  # (4, z, y, x) cortical-bone volume fraction per BONE_CHANNELS
     soft_bits: torch.Tensor  # integer bitmask as float (exact below 2**24)
     bone_bits: torch.Tensor
     rib_index_right: torch.Tensor  # posterior right rib number 1..12, 0 elsewhere
@@ -273,12 +275,14 @@ def prepare(ct_dir: Path) -> dict[str, npt.NDArray[np.generic]]:
     scap_r = lab == ids["scapula_right"]
     scap_l = lab == ids["scapula_left"]
     hum = np.isin(lab, [ids["humerus_right"], ids["humerus_left"]])
+    clav = np.isin(lab, [ids["clavicula_right"], ids["clavicula_left"]])
     scap = scap_r | scap_l
     bone = np.stack(
         [
-            np.where(scap | hum, 0.0, frac),
+            np.where(scap | hum | clav, 0.0, frac),
             np.where(scap, np.maximum(frac, SCAPULA_BONE_FLOOR), 0.0),
             np.where(hum, frac, 0.0),
+            np.where(clav, frac, 0.0),
         ]
     ).astype(np.float32)
 

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 from qcnode.records import STRUCTURES
 from qcnode.synth import physics
@@ -24,6 +25,8 @@ _A = TypeVar("_A", npt.NDArray[np.float32], npt.NDArray[np.bool_])
 
 _SCAPULAE = BONE_CHANNELS.index("scapulae")
 _HUMERI = BONE_CHANNELS.index("humeri")
+_CLAVICLES = BONE_CHANNELS.index("clavicles")
+CLAVICLE_PIVOT_MM = 10.0  # the medial end: the innermost 10 mm, as rules.positioning reads it
 
 # Humeral shaft added to arms-down laterals (the CT holds only the proximal humerus, cut by
 # its top slice): a cortical tube of adult size, and the arm's soft tissue around it.
@@ -41,6 +44,10 @@ class Variant:
     window: tuple[int, int, int, int]  # (row0, col0, height, width) in projection pixels
     shutters_mm: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # top bottom left right
     scapula_shift_mm: tuple[float, float] = (0.0, 0.0)  # (right, left), medial, detector plane
+    # Frontal: each clavicle turned about its medial end, lateral end down (degrees, right /
+    # left; v1.15). The CT's raised arms hold the clavicles ~30° steep; a standing PA's are
+    # near horizontal.
+    clavicle_drop_deg: tuple[float, float] = (0.0, 0.0)
     arms_shift_mm: tuple[float, float] = (0.0, 0.0)  # (down, anterior), lateral views
     # Arms down (laterals): humeral shaft length below the head's centre (0 = no shaft) and
     # its angle from the vertical per side (right, left), positive = distal end anterior.
@@ -139,6 +146,36 @@ def keep_scapulae_in_body(proj: Projection, v: Variant) -> Variant:
     return replace(v, scapula_shift_mm=(out[0], out[1]))
 
 
+def lower_clavicle(
+    bone: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.bool_],
+    deg: float,
+    lateral: int,
+    pitch: float,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """One clavicle's projected bone and mask turned ``deg`` about its medial end, lateral end
+    down. ``lateral`` is the column direction of the lateral end (-1: the image's left).
+
+    The pivot is the centre of the innermost ``CLAVICLE_PIVOT_MM``, the point the rotation
+    and tilt rules read, so that the truth's medial-end landmarks stay where they were.
+    """
+    rows, cols = np.nonzero(mask)
+    medial = cols * -lateral * pitch
+    sel = medial >= medial.max() - CLAVICLE_PIVOT_MM
+    pivot = np.array([rows[sel].mean(), cols[sel].mean()])
+    # Output (row, col) → input: the inverse turn. A positive turn of the lateral end
+    # downwards is clockwise on the screen for the image's right side (rows grow down).
+    phi = np.radians(deg) * lateral
+    c, s = np.cos(phi), np.sin(phi)
+    matrix = np.array([[c, -s], [s, c]])
+    offset = pivot - matrix @ pivot
+    turned = ndimage.affine_transform(bone, matrix, offset=offset, order=1, cval=0.0)
+    turned_mask = ndimage.affine_transform(
+        mask.astype(np.float32), matrix, offset=offset, order=1, cval=0.0
+    )
+    return turned.astype(np.float32), turned_mask >= 0.5
+
+
 def move_bones(
     proj: Projection, v: Variant, frontal: bool
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], dict[str, npt.NDArray[np.bool_]]]:
@@ -160,6 +197,14 @@ def move_bones(
                 part = np.where(m, bone[_SCAPULAE], 0.0).astype(np.float32)
                 bone[_SCAPULAE] = bone[_SCAPULAE] - part + _shift(part, 0, dx)
                 masks[f"scapula_{side}"] = _shift(m, 0, dx)
+        for i, (side, lateral) in enumerate((("right", -1), ("left", 1))):
+            m = masks[f"clavicle_{side}"]
+            if v.clavicle_drop_deg[i] and m.any():
+                part = np.where(m, bone[_CLAVICLES], 0.0).astype(np.float32)
+                turned, masks[f"clavicle_{side}"] = lower_clavicle(
+                    part, m, v.clavicle_drop_deg[i], lateral, p
+                )
+                bone[_CLAVICLES] = bone[_CLAVICLES] - part + turned
         return water, bone, masks
     dy = round(v.arms_shift_mm[0] / p)
     dx = -round(v.arms_shift_mm[1] / p)  # anterior is the image's left (lateral)

@@ -46,6 +46,8 @@ class Plan:
     # v1.14: this share of the realism samples keeps the plain appearance (the evaluation
     # sets' look; a network trained on realism alone called some of those frontals lateral).
     realism_plain: float = 0.0
+    # v1.15: this share of frontals gets lowered clavicles (edits.lower_clavicle).
+    clavicles_down: float = 0.0
 
 
 # Extra mask arrays (not network channels): the lungs as a radiograph shows them.
@@ -143,6 +145,7 @@ def _params(pose: Pose, v: edits.Variant, extra: dict[str, Any], pitch: float) -
         "diaphragm_shift_mm": round(pose.diaphragm_shift_mm, 3),
         "beam_center_mm": [round(c, 3) for c in pose.center_mm],
         "scapula_shift_mm": {"right": v.scapula_shift_mm[0], "left": v.scapula_shift_mm[1]},
+        "clavicle_drop_deg": {"right": v.clavicle_drop_deg[0], "left": v.clavicle_drop_deg[1]},
         "arms": "down" if v.arms_shift_mm[0] > 0 else "raised",  # (lateral views)
         "arms_shift_mm": {"down": v.arms_shift_mm[0], "anterior": v.arms_shift_mm[1]},
         "arm_shaft_mm": v.arm_shaft_mm,
@@ -312,6 +315,7 @@ def make_pose_samples(
             int(gv.integers(2**31)),
             realism=plan.realism,
             realism_plain=plan.realism_plain,
+            clavicles_down=plan.clavicles_down,
         )
         if frontal and plan.scapulae_in_body:
             v = edits.keep_scapulae_in_body(proj, v)

@@ -157,11 +157,13 @@ def draw_variant(
     *,
     realism: bool = False,
     realism_plain: float = 0.0,
+    clavicles_down: float = 0.0,
 ) -> Variant:
     """One sample's 2D parameters. `realism` (v1.13) adds denser bones and more dose, drawn
     after everything else so the other parameters of a seed stay the same; `realism_plain`
     (v1.14) keeps that share of realism samples at the plain v1.12 appearance (one more draw,
-    made only when it is > 0, so v1.13 sets are reproduced)."""
+    made only when it is > 0, so v1.13 sets are reproduced). `clavicles_down` (v1.15) lowers
+    both clavicles of that share of frontals (drawn last, only when > 0)."""
     window, shutters = draw_window(g, det, lungs_bbox, view)
     scap = (0.0, 0.0)
     arms = (0.0, 0.0)
@@ -197,13 +199,22 @@ def draw_variant(
         text=bool(g.uniform() < 0.7),
         noise_seed=noise_seed,
     )
-    if not realism:
-        return v
-    bone = float(g.uniform(1.0, 2.4))
-    dose = float(np.exp(g.uniform(0.0, np.log(12.0))))
-    if realism_plain > 0 and g.uniform() < realism_plain:
-        return v
-    return replace(v, exposure=replace(v.exposure, bone_scale=bone, dose_scale=dose))
+    if realism:
+        bone = float(g.uniform(1.0, 2.4))
+        dose = float(np.exp(g.uniform(0.0, np.log(12.0))))
+        if not (realism_plain > 0 and g.uniform() < realism_plain):
+            v = replace(v, exposure=replace(v.exposure, bone_scale=bone, dose_scale=dose))
+    if clavicles_down > 0 and view == "frontal" and g.uniform() < clavicles_down:
+        v = replace(v, clavicle_drop_deg=clavicle_drop(g))
+    return v
+
+
+def clavicle_drop(g: np.random.Generator) -> tuple[float, float]:
+    """Degrees (right, left) to lower the clavicles' lateral ends: the CT's ~30° steep
+    clavicles (arms raised) become -5…+22°, the range of standing PA films; the two sides
+    within a few degrees of each other (shoulders lowered together)."""
+    base = float(g.uniform(8.0, 35.0))
+    return (base + float(g.uniform(-4.0, 4.0)), base + float(g.uniform(-4.0, 4.0)))
 
 
 def other_window(

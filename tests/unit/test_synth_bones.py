@@ -157,3 +157,51 @@ def test_lateral_scapula_shifts_stop_at_the_body_outline(frontal: render.Project
     assert (m2 & ~body).sum() > edits.MAX_SCAPULA_OUTSIDE_BODY * m2.sum()
     small = replace(v, scapula_shift_mm=(-10.0, -10.0))
     assert edits.keep_scapulae_in_body(frontal, small) is small
+
+
+CLAV = ctmod.BONE_CHANNELS.index("clavicles")
+
+
+def _slope(mask: np.ndarray, lateral: int) -> float:
+    """Rows the lateral end lies below the medial end, per column (positive = lateral end
+    lower on the image)."""
+    rows, cols = np.nonzero(mask)
+    fit = np.polyfit(cols.astype(float), rows.astype(float), 1)[0]
+    return float(fit * lateral)
+
+
+def test_lowered_clavicles_keep_bone_and_mask_together(frontal: render.Projection) -> None:
+    b, m = frontal.bone_cm, frontal.masks
+    clav = m["clavicle_right"] | m["clavicle_left"]
+    assert b[CLAV][~clav].sum() < 0.02 * b[CLAV].sum()  # the channel holds the clavicles only
+    v = edits.Variant(window=(0, 0, *DET.shape), clavicle_drop_deg=(25.0, 25.0))
+    _, bone, masks = edits.move_bones(frontal, v, frontal=True)
+    for k in (STATIC, SCAP, HUM):  # ribs 1-2 under the clavicles stay where they are
+        np.testing.assert_array_equal(bone[k], b[k])
+    moved = masks["clavicle_right"] | masks["clavicle_left"]
+    assert bone[CLAV][~moved].sum() < 0.03 * bone[CLAV].sum()  # no ghost left behind
+    assert abs(bone[CLAV].sum() - b[CLAV].sum()) < 0.05 * b[CLAV].sum()
+    for side, lateral in (("right", -1), ("left", 1)):
+        before, after = m[f"clavicle_{side}"], masks[f"clavicle_{side}"]
+        assert abs(int(after.sum()) - int(before.sum())) < 0.1 * before.sum()
+        # The CT's raised arms hold the lateral end up; 25° lowers it, pivoting medially.
+        assert _slope(before, lateral) < -0.3
+        drop = np.degrees(np.arctan(_slope(after, lateral))) - np.degrees(
+            np.arctan(_slope(before, lateral))
+        )
+        assert drop == pytest.approx(25.0, abs=4.0)
+        pick = np.max if lateral < 0 else np.min  # the medial end stays
+        assert abs(int(pick(np.nonzero(after)[1])) - int(pick(np.nonzero(before)[1]))) <= 2
+
+
+def test_clavicle_draw_keeps_older_sets_reproducible() -> None:
+    args = (DET, (40, 200, 60, 190), "frontal", 7)
+    plain = sampler.draw_variant(np.random.default_rng(3), *args, realism=True)
+    off = sampler.draw_variant(np.random.default_rng(3), *args, realism=True, clavicles_down=0.0)
+    on = sampler.draw_variant(np.random.default_rng(3), *args, realism=True, clavicles_down=1.0)
+    assert off == plain and on.clavicle_drop_deg != (0.0, 0.0)
+    assert replace(on, clavicle_drop_deg=(0.0, 0.0)) == plain
+    lateral = sampler.draw_variant(
+        np.random.default_rng(3), DET, (40, 200, 60, 190), "lateral", 7, clavicles_down=1.0
+    )
+    assert lateral.clavicle_drop_deg == (0.0, 0.0)
