@@ -249,11 +249,12 @@ def train(
     log.info("training %s on %d samples (%s)", variant, len(train_pack), data_version)
 
     names = datamod.channels(recipe.lungs)
-    if recipe.train_only not in ("", "view", "refine"):
+    if recipe.train_only not in ("", "view", "refine", "decoder"):
         raise QcnodeError(f"recipe {recipe.name}: unknown train_only {recipe.train_only!r}")
     if recipe.train_only and init is None:
         raise QcnodeError(f"recipe {recipe.name} trains a head alone: it needs --init")
     refine_only = recipe.train_only == "refine"
+    decoder_only = recipe.train_only == "decoder"
     model: QCNet = build(variant, names, recipe.refine)
     init_sha = ""
     if init is not None:  # a second stage: start from trained weights (recorded)
@@ -274,10 +275,14 @@ def train(
     if refine_only:
         assert model.refiner is not None  # recipe.refine is checked by build()
         trained = list(model.refiner.parameters())
+    elif decoder_only:  # the encoder and so the view head stay bit-identical
+        trained = [*model.up.parameters(), *model.masks.parameters()]
+        if model.refiner is not None:
+            trained += list(model.refiner.parameters())
     else:
         trained = list(model.view.parameters() if head_only else model.parameters())
     for p in model.parameters():
-        p.requires_grad_(not (head_only or refine_only))
+        p.requires_grad_(not (head_only or refine_only or decoder_only))
     for p in trained:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(trained, lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -309,6 +314,11 @@ def train(
         if head_only or refine_only:  # frozen batch-norm statistics too
             model.eval()
             (model.view if head_only else model.refiner).train()  # type: ignore[union-attr]
+        elif decoder_only:
+            model.eval()
+            for part in (model.up, model.masks, model.refiner):
+                if part is not None:
+                    part.train()
         torch.manual_seed(seed * 1_000_003 + step)  # dropout: same draws after a resume
         batch = make_batch(train_pack, negatives, seed=seed, step=step, recipe=recipe)
         for group in opt.param_groups:
@@ -334,7 +344,7 @@ def train(
                 target,
                 weight,
                 batch["views"].to(dev),
-                0.0 if refine_only else recipe.view_weight,
+                0.0 if refine_only or decoder_only else recipe.view_weight,
                 None if refine_only else factors,
             )
         opt.zero_grad(set_to_none=True)

@@ -268,6 +268,22 @@ def test_view_head_recipe_changes_only_the_view_head(tmp_path: Path) -> None:
     assert changed and all(k.startswith("view.") for k in changed), changed
 
 
+def test_decoder_recipe_keeps_the_encoder_and_view_head(tmp_path: Path) -> None:
+    """`train_only="decoder"` (recipe cpu-ft-decoder): the encoder (batch-norm statistics
+    included) and the view head stay bit-identical, so views do not change; masks do."""
+    from qcnode.model.infer import read_weights
+
+    first, run = _two_stages(tmp_path)
+    step2 = dataclasses.replace(first, name="tiny-decoder", train_only="decoder", lr=0.05)
+    base = run("a", first)
+    result = run("b", step2, base.weights)
+    _, before = read_weights(base.weights)
+    _, after = read_weights(result.weights)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("up.", "masks.")) for k in changed), changed
+    assert any(k.startswith("masks.") for k in changed)
+
+
 def test_view_logits_alone_equal_the_full_forward() -> None:
     """`QCNet.view_logits` (encoder + head, what cpu-view trains) is the forward's head."""
     from qcnode.model.network import build
