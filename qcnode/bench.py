@@ -15,7 +15,6 @@ shared, and a busy neighbour shows up in the numbers) and the torch device.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
@@ -24,6 +23,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -340,14 +340,26 @@ def _check_model_name(name: str) -> None:
     load_registry().resolve(name)
 
 
-def bench_command(settings: Settings, args: argparse.Namespace) -> int:
+@dataclass(frozen=True, kw_only=True)
+class BenchOptions:
+    """``qcnode bench``'s flags (DESIGN §9), built once by qcnode.cli; the defaults are the
+    parser's. Lists stay the text given, read by bench_command as before."""
+
+    what: str  # model | qc | report | ingest | e2e | all
+    variants: str | None  # comma-separated; None: every qcnet_d*_w* variant
+    threads: str  # comma-separated CPU thread counts ("": 1,2)
+    repeats: int  # timed runs per measurement (0: 30)
+    json: bool  # one JSON object instead of the text report
+
+
+def bench_command(settings: Settings, options: BenchOptions) -> int:
     from qcnode.model.network import variant_names
 
     _check_model_name(settings.model)
-    what = getattr(args, "what", "all")
-    repeats = int(getattr(args, "repeats", None) or 30)
-    threads = [int(t) for t in (getattr(args, "threads", None) or "1,2").split(",")]
-    variants = getattr(args, "variants", None)
+    what = options.what
+    repeats = int(options.repeats or 30)
+    threads = [int(t) for t in (options.threads or "1,2").split(",")]
+    variants = options.variants
     names = variants.split(",") if variants else variant_names()
     report: dict[str, Any] = {"machine": machine()}
     if what in ("model", "all"):
@@ -373,9 +385,9 @@ def bench_command(settings: Settings, args: argparse.Namespace) -> int:
                 "skipped": f"node benchmarks are not available ({exc})"
             }
         else:
-            report.update(node_bench(settings, args))
+            report.update(node_bench(settings, what=what))
     report["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    if getattr(args, "json", False):
+    if options.json:
         print(json.dumps(report, indent=1))
         return 0
     m = report["machine"]

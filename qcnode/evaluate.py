@@ -15,7 +15,6 @@ Timing: median decode→verdict per image. Dice per structure for the model pass
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -470,22 +469,31 @@ def no_eval_set_message() -> str:
     )
 
 
-def eval_command(settings: Settings, args: argparse.Namespace) -> int:
+@dataclass(frozen=True, kw_only=True)
+class EvalOptions:
+    """``qcnode eval``'s flags (DESIGN §9), built once by qcnode.cli; the defaults are the
+    parser's. ``--model`` is not here: it is a setting (``Settings.model``)."""
+
+    eval_set: Path | None  # --set; None: the newest default evaluation set
+    real: Path | None  # None: DEFAULT_REAL when it exists
+    limit: int | None  # the first N samples of the set
+    json: bool  # one JSON object instead of the tables
+
+
+def eval_command(settings: Settings, options: EvalOptions) -> int:
     """Print the study's tables (or one JSON object with --json)."""
-    set_dir: Path | None = getattr(args, "eval_set", None)
+    set_dir: Path | None = options.eval_set
     note = ""
     if set_dir is None:
         set_dir = default_set()
         if set_dir is None:
-            if getattr(args, "real", None) is None:
+            if options.real is None:
                 raise QcnodeError(no_eval_set_message())
             note = "no synthetic evaluation set: real films only"
     samples = (
-        load_samples(set_dir, getattr(args, "limit", None))
-        if set_dir is not None and set_dir.is_dir()
-        else []
+        load_samples(set_dir, options.limit) if set_dir is not None and set_dir.is_dir() else []
     )
-    progress = not getattr(args, "json", False)
+    progress = not options.json
     modes: dict[str, dict[str, Any]] = {}
     predictors, why = _load_predictors(settings)  # before the exact pass: a wrong name fails now
     if samples:
@@ -501,9 +509,7 @@ def eval_command(settings: Settings, args: argparse.Namespace) -> int:
     if not predictors:
         note = (note + "; " if note else "") + f"model pass skipped: {why}"
     predictor = predictors[0] if predictors else None
-    real_dir: Path | None = getattr(args, "real", None) or (
-        DEFAULT_REAL if DEFAULT_REAL.is_dir() else None
-    )
+    real_dir: Path | None = options.real or (DEFAULT_REAL if DEFAULT_REAL.is_dir() else None)
     real = real_pass(real_dir, settings, predictor) if predictor and real_dir else []
     report = {
         "set": None if set_dir is None else str(set_dir),
@@ -513,7 +519,7 @@ def eval_command(settings: Settings, args: argparse.Namespace) -> int:
         "modes": modes,
         "real": real,
     }
-    if getattr(args, "json", False):
+    if options.json:
         print(json.dumps(report, ensure_ascii=False))
     else:
         print(format_report(report))

@@ -421,25 +421,29 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+def run(
+    settings: Settings,
+    *,
+    what: str,
+    rounds: int | None = None,
+    concurrency: int = 1,
+    ingest_processes: str = "1",
+) -> dict[str, Any]:
     """``qcnode bench --what ingest|e2e|all`` (node part): a dict of measured numbers;
-    ``python -m qcnode.node_bench --what ingest-qc`` measures ingest while QC runs."""
-    what = getattr(args, "what", "all")
+    ``python -m qcnode.node_bench --what ingest-qc`` measures ingest while QC runs. The
+    keywords are this module's own flags; ``qcnode bench`` leaves them at their defaults
+    (``rounds`` None or 0: 5 for ingest, 3 for ingest-qc)."""
     out: dict[str, Any] = {}
     if what in ("ingest", "all"):
         out["ingest"] = bench_ingest(
             settings,
-            rounds=int(getattr(args, "rounds", 5) or 5),
-            concurrency=int(getattr(args, "concurrency", 1) or 1),
-            processes=tuple(
-                int(p) for p in str(getattr(args, "ingest_processes", "") or "1").split(",")
-            ),
+            rounds=int(rounds or 5),
+            concurrency=int(concurrency or 1),
+            processes=tuple(int(p) for p in str(ingest_processes or "1").split(",")),
         )
     if what == "ingest-qc":
         try:
-            out["ingest_during_qc"] = bench_ingest_during_qc(
-                settings, rounds=int(getattr(args, "rounds", 3) or 3)
-            )
+            out["ingest_during_qc"] = bench_ingest_during_qc(settings, rounds=int(rounds or 3))
         except ModelError as exc:
             out["ingest_during_qc"] = {"skipped": str(exc)}
     if what in ("e2e", "all"):
@@ -469,5 +473,12 @@ if __name__ == "__main__":
     from qcnode.config import load_settings
 
     st = load_settings(None, {"data_dir": a.data_dir, "model": a.model or None})
-    print(json.dumps(run(st, a), indent=2))
+    report = run(
+        st,
+        what=a.what,
+        rounds=a.rounds,
+        concurrency=a.concurrency,
+        ingest_processes=a.ingest_processes,
+    )
+    print(json.dumps(report, indent=2))
     sys.exit(0)

@@ -11,7 +11,6 @@ PACS's success and our commit replaces instead of duplicating at the PACS.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import json
@@ -20,6 +19,7 @@ import socket
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -434,7 +434,15 @@ def retry_dead(sessions: sessionmaker[Session], *, clock: Clock = utcnow) -> int
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def outbox_command(settings: Settings, args: argparse.Namespace) -> int:
+@dataclass(frozen=True, kw_only=True)
+class OutboxOptions:
+    """``qcnode outbox``'s flags (DESIGN §9), built once by qcnode.cli."""
+
+    retry_dead: bool  # queue dead letters again before listing
+    json: bool  # the summary as JSON instead of lines
+
+
+def outbox_command(settings: Settings, options: OutboxOptions) -> int:
     """``qcnode outbox [--json] [--retry-dead]``: delivery state and dead letters."""
     from qcnode.db import make_engine, make_sessions, upgrade
 
@@ -442,13 +450,13 @@ def outbox_command(settings: Settings, args: argparse.Namespace) -> int:
     engine = make_engine(settings)
     sessions = make_sessions(engine)
     try:
-        if getattr(args, "retry_dead", False):
+        if options.retry_dead:
             n = retry_dead(sessions)
             print(f"{n} dead letter(s) queued again; a running node sends them now")
         summary = outbox_summary(sessions)
     finally:
         engine.dispose()
-    if getattr(args, "json", False):
+    if options.json:
         print(json.dumps(summary, indent=2))
         return 0
     if not summary["destinations"]:

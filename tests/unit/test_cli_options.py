@@ -1,5 +1,6 @@
-"""`qcnode synth` and `qcnode train` get one frozen options object built by qcnode.cli from
-their flags (DESIGN §8), and the command line stays DESIGN §9's: same flags, same defaults."""
+"""`qcnode synth`, `train`, `eval`, `bench` and `outbox` get one frozen options object built
+by qcnode.cli from their flags (DESIGN §8), and the command line stays DESIGN §9's: same
+flags, same defaults."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from qcnode import bench, evaluate, send
 from qcnode.cli import _parser, _synth_options, _train_options, main
+from qcnode.config import Settings
 from qcnode.model import train as trainmod
 from qcnode.model.infer import WeightsMeta
 from qcnode.model.registry import sha256_file
@@ -162,3 +165,66 @@ def test_ship_names_the_weights_variant_sha8_unless_named(fake_training: dict[st
     assert main(["train", "--recipe", "tiny", "--ship", "--name", "mine", "--default"]) == 0
     assert fake_training["ship"]["name"] == "mine"
     assert fake_training["ship"]["make_default"] is True
+
+
+@pytest.mark.parametrize(
+    ("module", "command", "argv", "expected"),
+    [
+        (
+            evaluate,
+            "eval_command",
+            ["eval"],
+            evaluate.EvalOptions(eval_set=None, real=None, limit=None, json=False),
+        ),
+        (
+            evaluate,
+            "eval_command",
+            ["eval", "--set", "s", "--real", "r", "--limit", "3", "--json", "--model", "m"],
+            evaluate.EvalOptions(eval_set=Path("s"), real=Path("r"), limit=3, json=True),
+        ),
+        (
+            bench,
+            "bench_command",
+            ["bench"],
+            bench.BenchOptions(what="all", variants=None, threads="1,2", repeats=30, json=False),
+        ),
+        (
+            bench,
+            "bench_command",
+            [
+                "bench",
+                "--what",
+                "qc",
+                "--variants",
+                "a,b",
+                "--threads",
+                "4",
+                "--repeats",
+                "2",
+                "--json",
+            ],
+            bench.BenchOptions(what="qc", variants="a,b", threads="4", repeats=2, json=True),
+        ),
+        (send, "outbox_command", ["outbox"], send.OutboxOptions(retry_dead=False, json=False)),
+        (
+            send,
+            "outbox_command",
+            ["outbox", "--retry-dead", "--json"],
+            send.OutboxOptions(retry_dead=True, json=True),
+        ),
+    ],
+)
+def test_eval_bench_outbox_get_every_flag(
+    monkeypatch: pytest.MonkeyPatch, module: Any, command: str, argv: list[str], expected: Any
+) -> None:
+    """Each flag lands in the command's options; ``--model`` stays a setting."""
+    monkeypatch.delenv("QCNODE_MODEL", raising=False)
+    seen: list[tuple[Settings, Any]] = []
+    monkeypatch.setattr(module, command, lambda s, o: seen.append((s, o)) or 0)
+    assert main(argv) == 0
+    ((settings, options),) = seen
+    assert options == expected
+    if "--model" in argv:
+        assert settings.model == "m"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.json = not options.json

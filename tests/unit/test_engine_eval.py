@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -31,8 +31,8 @@ def _sample(
     (out / f"{sid}.json").write_text(json.dumps(truth))
 
 
-def _args(set_dir: Path) -> argparse.Namespace:
-    return argparse.Namespace(eval_set=set_dir, json=True, limit=None, real=None, model=None)
+def _options(set_dir: Path) -> evaluate.EvalOptions:
+    return evaluate.EvalOptions(eval_set=set_dir, real=None, limit=None, json=True)
 
 
 def test_eval_reports_per_rule_accuracy_and_families(
@@ -50,7 +50,7 @@ def test_eval_reports_per_rule_accuracy_and_families(
     # truth says the rotation is bad, the rules will not see it: one false negative
     _sample(tmp_path, "c", View.FRONTAL, good, {"positioning.rotation": "fail"})
     _sample(tmp_path, "d", View.LATERAL, lateral_phantom(), {})
-    assert evaluate.eval_command(Settings(), _args(tmp_path)) == 0
+    assert evaluate.eval_command(Settings(), _options(tmp_path)) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["samples"] == 4
     assert "no model in this test" in report["note"]
@@ -79,9 +79,8 @@ def test_eval_text_report(
     monkeypatch.setattr(evaluate, "_load_predictors", lambda _s: ([], "none"))
     monkeypatch.setattr(evaluate, "DEFAULT_REAL", tmp_path / "absent")
     _sample(tmp_path, "a", View.FRONTAL, frontal_phantom(), {})
-    args = _args(tmp_path)
-    args.json = False
-    assert evaluate.eval_command(Settings(), args) == 0
+    options = dataclasses.replace(_options(tmp_path), json=False)
+    assert evaluate.eval_command(Settings(), options) == 0
     text = capsys.readouterr().out
     assert "mean rule accuracy 100.00 %" in text
     assert "completeness.apices" in text

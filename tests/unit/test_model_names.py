@@ -8,7 +8,6 @@ lists that variant's registered weights and the default.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import shutil
@@ -159,9 +158,9 @@ def test_bench_and_worker_refuse_a_configured_bare_variant(
     # before any timing: the report bench alone would otherwise fall back to example masks
     assert cli.main(["bench", "--what", "report", "--repeats", "1"]) == 2
     assert "architecture" in _error_line(capsys)
-    args = argparse.Namespace(what="report", repeats=1)
+    options = bench.BenchOptions(what="report", variants=None, threads="1,2", repeats=1, json=False)
     with pytest.raises(UnknownModel, match="architecture"):
-        bench.bench_command(Settings(model=VARIANT), args)
+        bench.bench_command(Settings(model=VARIANT), options)
     with pytest.raises(UnknownModel, match="architecture"):
         node.load_predictor(Settings(model=VARIANT))  # serve / worker start-up
 
