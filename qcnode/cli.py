@@ -18,7 +18,10 @@ from qcnode.config import Settings, load_settings
 from qcnode.errors import QcnodeError
 
 if TYPE_CHECKING:  # imported where used: `qcnode check` must not import torch
+    from qcnode.bench import BenchOptions
+    from qcnode.evaluate import EvalOptions
     from qcnode.model.train import TrainOptions
+    from qcnode.send import OutboxOptions
     from qcnode.synth.cli import SynthOptions
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="P",
         help="with --realism: this share of samples keeps the plain look (v1.14)",
+    )
+    y.add_argument(
+        "--clavicles-down",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="this share of frontals gets clavicles lowered as in a standing PA (v1.15)",
     )
 
     t = sub.add_parser("train", parents=[common], help="train a model variant")
@@ -165,6 +175,7 @@ def _synth_options(args: argparse.Namespace) -> SynthOptions:
         scapulae_in_body=args.scapulae_in_body,
         realism=args.realism,
         realism_plain=args.realism_plain,
+        clavicles_down=args.clavicles_down,
     )
 
 
@@ -187,6 +198,33 @@ def _train_options(args: argparse.Namespace) -> TrainOptions:
         name=args.name,
         default=args.default,
     )
+
+
+def _eval_options(args: argparse.Namespace) -> EvalOptions:
+    """``qcnode eval``'s frozen options from its parsed flags (``--model`` is a setting)."""
+    from qcnode.evaluate import EvalOptions
+
+    return EvalOptions(eval_set=args.eval_set, real=args.real, limit=args.limit, json=args.json)
+
+
+def _bench_options(args: argparse.Namespace) -> BenchOptions:
+    """``qcnode bench``'s frozen options from its parsed flags."""
+    from qcnode.bench import BenchOptions
+
+    return BenchOptions(
+        what=args.what,
+        variants=args.variants,
+        threads=args.threads,
+        repeats=args.repeats,
+        json=args.json,
+    )
+
+
+def _outbox_options(args: argparse.Namespace) -> OutboxOptions:
+    """``qcnode outbox``'s frozen options from its parsed flags."""
+    from qcnode.send import OutboxOptions
+
+    return OutboxOptions(retry_dead=args.retry_dead, json=args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,15 +270,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if cmd == "eval":
         from qcnode.evaluate import eval_command
 
-        return eval_command(settings, args)
+        return eval_command(settings, _eval_options(args))
     if cmd == "bench":
         from qcnode.bench import bench_command
 
-        return bench_command(settings, args)
+        return bench_command(settings, _bench_options(args))
     if cmd == "outbox":
         from qcnode.send import outbox_command
 
-        return outbox_command(settings, args)
+        return outbox_command(settings, _outbox_options(args))
     if cmd == "db":
         from qcnode.db import upgrade
 
