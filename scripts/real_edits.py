@@ -7,7 +7,8 @@ Edits (as in the tests): crop 4 % below the right apex, a white shutter over the
 crop 4 % above the right costophrenic angle, crop 3 % inside the left lateral wall. A film
 counts for an edit only when its unedited finding for that rule passes with its point.
 Also counts, per rule, the unedited films it flags (warn/fail): on real films most of these
-should pass, so a high count (e.g. organs.clavicles) points at a real-film mask problem.
+should pass, so a high count (e.g. organs.clavicles) points at a real-film mask problem; and
+the films it cannot evaluate (a clavicle missed: no rotation, no tilt).
 
     python scripts/real_edits.py [WEIGHTS.pt...] [--model NAME...] [--films DIR] [--limit N]
         [--json OUT]
@@ -84,6 +85,7 @@ def run(predictor: Predictor, films: list[Path]) -> dict[str, dict[str, int]]:
     engine = QCEngine(predictor=predictor)
     stats = {k: {"films": 0, "flagged": 0, "extra_flips": 0, "not_frontal": 0} for k in EDITS}
     unedited: dict[str, int] = {}
+    not_evaluable: dict[str, int] = {}
     for path in films:
         image = decode(path)
         (r,) = engine.run([image])
@@ -95,6 +97,9 @@ def run(predictor: Predictor, films: list[Path]) -> dict[str, dict[str, int]]:
         unedited["films"] = unedited.get("films", 0) + 1
         for f in r.findings:
             unedited[f.rule] = unedited.get(f.rule, 0) + int(f.status in PROBLEM)
+            not_evaluable[f.rule] = not_evaluable.get(f.rule, 0) + int(
+                f.status is Status.NOT_EVALUABLE
+            )
         for name, (rule, edit) in EDITS.items():
             if base[rule].status is not Status.PASS:
                 continue
@@ -113,7 +118,7 @@ def run(predictor: Predictor, films: list[Path]) -> dict[str, dict[str, int]]:
                 for k in base
                 if k != rule and k in after and k.startswith("completeness.")
             )
-    return {**stats, "unedited_flags": unedited}
+    return {**stats, "unedited_flags": unedited, "unedited_not_evaluable": not_evaluable}
 
 
 def main() -> int:
@@ -140,6 +145,8 @@ def main() -> int:
         out[label] = run(load(), films)
         flags = {k: v for k, v in out[label]["unedited_flags"].items() if v}
         print(f"{label:<28}unedited films flagged per rule: {flags}")
+        blind = {k: v for k, v in out[label]["unedited_not_evaluable"].items() if v}
+        print(f"{label:<28}unedited films not evaluable per rule: {blind}")
         for name in EDITS:
             s = out[label][name]
             print(
