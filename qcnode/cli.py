@@ -7,22 +7,18 @@ Each command's implementation lives in its stage module and is imported lazily, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, TypeVar
 
 from qcnode import __version__
 from qcnode.config import Settings, load_settings
 from qcnode.errors import QcnodeError
 
-if TYPE_CHECKING:  # imported where used: `qcnode check` must not import torch
-    from qcnode.bench import BenchOptions
-    from qcnode.evaluate import EvalOptions
-    from qcnode.model.train import TrainOptions
-    from qcnode.send import OutboxOptions
-    from qcnode.synth.cli import SynthOptions
+_O = TypeVar("_O")
 
 log = logging.getLogger(__name__)
 
@@ -154,77 +150,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, overrides)
 
 
-def _synth_options(args: argparse.Namespace) -> SynthOptions:
-    """``qcnode synth``'s frozen options from its parsed flags (DESIGN §8: commands get a
-    frozen object, not the Namespace)."""
-    from qcnode.synth.cli import SynthOptions
-
-    return SynthOptions(
-        out=args.out,
-        count=args.count,
-        view=args.view,
-        seed=args.seed,
-        split=args.split,
-        workers=args.workers,
-        variants_per_pose=args.variants_per_pose,
-        threads=args.threads,
-        pitch_mm=args.pitch_mm,
-        no_ready=args.no_ready,
-        minutes=args.minutes,
-        visible_lungs=args.visible_lungs,
-        scapulae_in_body=args.scapulae_in_body,
-        realism=args.realism,
-        realism_plain=args.realism_plain,
-        clavicles_down=args.clavicles_down,
-    )
-
-
-def _train_options(args: argparse.Namespace) -> TrainOptions:
-    """``qcnode train``'s frozen options from its parsed flags."""
-    from qcnode.model.train import TrainOptions
-
-    return TrainOptions(
-        variant=args.variant,
-        data=tuple(args.data or ()),
-        device=args.device,
-        recipe=args.recipe,
-        out=args.out,
-        resume=args.resume,
-        seed=args.seed,
-        steps=args.steps,
-        limit=args.limit,
-        init=args.init,
-        ship=args.ship,
-        name=args.name,
-        default=args.default,
-    )
-
-
-def _eval_options(args: argparse.Namespace) -> EvalOptions:
-    """``qcnode eval``'s frozen options from its parsed flags (``--model`` is a setting)."""
-    from qcnode.evaluate import EvalOptions
-
-    return EvalOptions(eval_set=args.eval_set, real=args.real, limit=args.limit, json=args.json)
-
-
-def _bench_options(args: argparse.Namespace) -> BenchOptions:
-    """``qcnode bench``'s frozen options from its parsed flags."""
-    from qcnode.bench import BenchOptions
-
-    return BenchOptions(
-        what=args.what,
-        variants=args.variants,
-        threads=args.threads,
-        repeats=args.repeats,
-        json=args.json,
-    )
-
-
-def _outbox_options(args: argparse.Namespace) -> OutboxOptions:
-    """``qcnode outbox``'s frozen options from its parsed flags."""
-    from qcnode.send import OutboxOptions
-
-    return OutboxOptions(retry_dead=args.retry_dead, json=args.json)
+def _options(cls: type[_O], args: argparse.Namespace, **given: Any) -> _O:
+    """A command's frozen options from its parsed flags (DESIGN §8: commands get a frozen
+    object, not the Namespace): each field is the flag of the same name, unless ``given``."""
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    return cls(**{f.name: given.get(f.name, getattr(args, f.name)) for f in fields})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -260,25 +190,25 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return check_command(settings, paths=args.paths, as_json=args.json)
     if cmd == "synth":
-        from qcnode.synth.cli import synth_command
+        from qcnode.synth.cli import SynthOptions, synth_command
 
-        return synth_command(_synth_options(args))
+        return synth_command(_options(SynthOptions, args))
     if cmd == "train":
-        from qcnode.model.train import train_command
+        from qcnode.model.train import TrainOptions, train_command
 
-        return train_command(_train_options(args))
+        return train_command(_options(TrainOptions, args, data=tuple(args.data or ())))
     if cmd == "eval":
-        from qcnode.evaluate import eval_command
+        from qcnode.evaluate import EvalOptions, eval_command
 
-        return eval_command(settings, _eval_options(args))
+        return eval_command(settings, _options(EvalOptions, args))
     if cmd == "bench":
-        from qcnode.bench import bench_command
+        from qcnode.bench import BenchOptions, bench_command
 
-        return bench_command(settings, _bench_options(args))
+        return bench_command(settings, _options(BenchOptions, args))
     if cmd == "outbox":
-        from qcnode.send import outbox_command
+        from qcnode.send import OutboxOptions, outbox_command
 
-        return outbox_command(settings, _outbox_options(args))
+        return outbox_command(settings, _options(OutboxOptions, args))
     if cmd == "db":
         from qcnode.db import upgrade
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from qcnode import bench, evaluate, send
-from qcnode.cli import _parser, _synth_options, _train_options, main
+from qcnode.cli import _options, _parser, main
 from qcnode.config import Settings
 from qcnode.model import train as trainmod
 from qcnode.model.infer import WeightsMeta
@@ -20,7 +20,7 @@ from qcnode.synth import cli as synthcli
 
 
 def test_synth_defaults_are_the_command_lines() -> None:
-    options = _synth_options(_parser().parse_args(["synth", "--out", "set"]))
+    options = _options(synthcli.SynthOptions, _parser().parse_args(["synth", "--out", "set"]))
     assert options == synthcli.SynthOptions(
         out=Path("set"),
         count=100,
@@ -37,6 +37,7 @@ def test_synth_defaults_are_the_command_lines() -> None:
         scapulae_in_body=False,
         realism=False,
         realism_plain=0.0,
+        clavicles_down=0.0,
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.count = 5  # type: ignore[misc]
@@ -49,6 +50,7 @@ def test_synth_gets_every_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     argv += ["--seed", "3", "--split", "eval", "--workers", "2", "--variants-per-pose", "4"]
     argv += ["--threads", "5", "--pitch-mm", "2.5", "--no-ready", "--minutes", "1.5"]
     argv += ["--visible-lungs", "--scapulae-in-body", "--realism", "--realism-plain", "0.25"]
+    argv += ["--clavicles-down", "0.5"]
     assert main(argv) == 0
     assert seen == [
         synthcli.SynthOptions(
@@ -67,12 +69,16 @@ def test_synth_gets_every_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
             scapulae_in_body=True,
             realism=True,
             realism_plain=0.25,
+            clavicles_down=0.5,
         )
     ]
 
 
-def test_train_defaults_and_flags() -> None:
-    options = _train_options(_parser().parse_args(["train"]))
+def test_train_defaults_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[trainmod.TrainOptions] = []
+    monkeypatch.setattr(trainmod, "train_command", lambda o: seen.append(o) or 0)
+    assert main(["train"]) == 0
+    options = seen.pop()
     assert options == trainmod.TrainOptions(
         variant="qcnet_d15_w3",
         data=(),
@@ -92,7 +98,8 @@ def test_train_defaults_and_flags() -> None:
     argv += ["--device", "cuda", "--recipe", "tiny", "--out", "o", "--resume", "--seed", "2"]
     argv += ["--steps", "9", "--limit", "4", "--init", "w.pt", "--ship", "--name", "n"]
     argv += ["--default"]
-    flagged = _train_options(_parser().parse_args(argv))
+    assert main(argv) == 0
+    flagged = seen.pop()
     assert flagged == trainmod.TrainOptions(
         variant="qcnet_d10_w3",
         data=(Path("a"), Path("b")),
