@@ -10,6 +10,8 @@ from the other lung, so mirrored images are measured the same way.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from qcnode.records import BoolMask, Finding, Geometry, Status
@@ -99,6 +101,35 @@ def costophrenic_point(lung: BoolMask, out: float) -> Point | None:
     return (float(r), float(cs[0] if out < 0 else cs[-1]))
 
 
+def lungs_near_end_shares(
+    s: Subject, ext: tuple[int, int], tolerance_mm: float, band_mm: float
+) -> dict[str, float]:
+    """Per end of the lungs ("top", "bottom"): where the field's edge beyond that end row lies
+    within ``tolerance_mm`` of it (in the columns of the lungs' last ``band_mm``), the widest
+    lung row of that band as a share of their widest row (0 otherwise).
+
+    The shipped model's lungs stop a few mm short of a field edge that cuts them, with a
+    rounded end, so their cut row neither lies on the edge nor keeps its width
+    (``organs.lungs_cut_share`` reads 0); a lung ending near the edge with a wide last band was
+    cut through the thorax, and the spine beside it too (an intact lung narrows to its tip and
+    its posterior recess). The lateral ``costophrenic`` reads the same measure: a cut base
+    would otherwise look like a whole lung ending there."""
+    widths = s.lungs.sum(axis=1)
+    top = float(widths.max()) or 1.0
+    k = max(0, round(band_mm / s.sy))
+    out: dict[str, float] = {}
+    for end, r, step in (("top", ext[0], -1), ("bottom", ext[1], 1)):
+        lo, hi = (r, min(ext[1], r + k)) if step < 0 else (max(ext[0], r - k), r)
+        band = s.lungs[lo : hi + 1]
+        cols = np.flatnonzero(band.any(axis=0))
+        beyond = s.field[r::step][:, cols]
+        # rows of field beyond the end row, per column, before the first unexposed pixel
+        open_rows = np.where(beyond.all(axis=0), beyond.shape[0], np.argmin(beyond, axis=0))
+        gap = (float(open_rows.min()) - 1.0) * s.sy if cols.size else math.inf
+        out[end] = float(widths[lo : hi + 1].max()) / top if gap <= tolerance_mm + 1e-6 else 0.0
+    return out
+
+
 def value_label(mm: float) -> str:
     return f"{mm:.0f} mm"
 
@@ -120,7 +151,8 @@ def costophrenic(s: Subject, cfg: RulesConfig) -> Finding:
     c = cfg.completeness
     t = c.costophrenic_margin_mm
     if s.view.value == "lateral":
-        return _lateral_landmark(s, "completeness.costophrenic", t, "costophrenic")
+        found = _lateral_landmark(s, "completeness.costophrenic", t, "costophrenic")
+        return _lateral_base_cut(s, cfg, found)
     visible = c.costophrenic_lungs == "visible" and all(
         s.clean(f"lung_{side}_visible").any() for side in SIDES
     )
@@ -217,6 +249,34 @@ def _lateral_landmark(s: Subject, rule: str, threshold: float, landmark: str) ->
     value = s.margin_mm(p)
     status = Status.PASS if value >= threshold else Status.FAIL
     return make(s, rule, status, value, threshold, f"lateral_{status}", (s.point(p, landmark),))
+
+
+def _lateral_base_cut(s: Subject, cfg: RulesConfig, found: Finding) -> Finding:
+    """A lateral whose lungs end within ``lateral_costophrenic_end_tolerance_mm`` above the
+    field's bottom edge with their last ``lateral_costophrenic_end_band_mm`` still at least
+    ``lateral_costophrenic_end_fraction`` of their widest row: the base is cut, whatever the
+    margin. The model's lungs stop short of a bottom edge that cuts them (up to ~14 mm on
+    rules-cal5-l), so the cut posterior recess reads as a whole lung ending there; an intact
+    recess narrows to a tip (docs/RULES.md, session 12)."""
+    c = cfg.completeness
+    ext = row_extent(s.lungs)
+    if found.status is not Status.PASS or c.lateral_costophrenic_end_tolerance_mm < 0 or not ext:
+        return found
+    share = lungs_near_end_shares(
+        s, ext, c.lateral_costophrenic_end_tolerance_mm, c.lateral_costophrenic_end_band_mm
+    )["bottom"]
+    if share < c.lateral_costophrenic_end_fraction:
+        return found
+    return make(
+        s,
+        found.rule,
+        Status.FAIL,
+        found.value,
+        found.threshold,
+        "lateral_base_cut",
+        found.geometry,
+        share=share,
+    )
 
 
 def posterior_wall(s: Subject) -> BoolMask:

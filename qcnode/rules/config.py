@@ -33,6 +33,12 @@ class CompletenessConfig:
     # No sternum on a lateral: the anterior chest is cut when the lungs/heart reach the
     # field edge within this (mm); farther away it stays not evaluable. < 0 disables.
     sternum_outside_edge_mm: float = 3.0
+    # Lateral costophrenic: the lungs' bottom row within this (mm) above the field's bottom
+    # edge, their last ..._band_mm at least ..._fraction of their widest row, is a cut base
+    # (the model's lungs stop short of the cut); < 0 disables.
+    lateral_costophrenic_end_tolerance_mm: float = 15.0
+    lateral_costophrenic_end_band_mm: float = 3.0
+    lateral_costophrenic_end_fraction: float = 0.2
     collimation_warn_mm: float = 50.0
     centering_warn_fraction: float = 0.10
     shutter_flat_range: float = 0.008

@@ -90,6 +90,11 @@ TEMPLATES: dict[str, tuple[str, str]] = {
         "Posterior costophrenic angle cut off: margin {value:.0f} mm < {threshold:.0f} mm.",
         "后肋膈角未完整包括：边距 {value:.0f} mm < {threshold:.0f} mm。",
     ),
+    "completeness.costophrenic.lateral_base_cut": (
+        "Posterior costophrenic angle cut off: the lung base ends at the field edge still "
+        "{share:.0%} of the lungs' widest (margin {value:.0f} mm).",
+        "后肋膈角未完整包括：肺底止于照射野边缘处仍为最宽处的 {share:.0%}（边距 {value:.0f} mm）。",
+    ),
     "completeness.lateral_walls.pass": (
         "Both lateral chest walls inside the field (smallest margin {value:.0f} mm).",
         "双侧胸壁完整（最小边距 {value:.0f} mm）。",

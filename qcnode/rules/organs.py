@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from qcnode.records import BoolMask, Finding, Geometry, Status
-from qcnode.rules.completeness import SIDES
+from qcnode.rules.completeness import SIDES, lungs_near_end_shares
 from qcnode.rules.config import OrgansConfig, RulesConfig
 from qcnode.rules.geometry import Subject
 from qcnode.rules.masks import Point, extreme, row_extent
@@ -329,34 +329,6 @@ def lungs_cut_share(s: Subject, ext: tuple[int, int]) -> float:
         if (s.lungs[r] & s.field_ring[r]).any():
             share = max(share, float(widths[r]) / top)
     return share
-
-
-def lungs_near_end_shares(
-    s: Subject, ext: tuple[int, int], tolerance_mm: float, band_mm: float
-) -> dict[str, float]:
-    """Per end of the lungs ("top", "bottom"): where the field's edge beyond that end row lies
-    within ``tolerance_mm`` of it (in the columns of the lungs' last ``band_mm``), the widest
-    lung row of that band as a share of their widest row (0 otherwise).
-
-    The shipped model's lungs stop a few mm short of a field edge that cuts them, with a
-    rounded end, so their cut row neither lies on the edge nor keeps its width
-    (``lungs_cut_share`` reads 0); a lung ending near the edge with a wide last band was cut
-    through the thorax, and the spine beside it too (an intact lung narrows to its tip and
-    its posterior recess)."""
-    widths = s.lungs.sum(axis=1)
-    top = float(widths.max()) or 1.0
-    k = max(0, round(band_mm / s.sy))
-    out: dict[str, float] = {}
-    for end, r, step in (("top", ext[0], -1), ("bottom", ext[1], 1)):
-        lo, hi = (r, min(ext[1], r + k)) if step < 0 else (max(ext[0], r - k), r)
-        band = s.lungs[lo : hi + 1]
-        cols = np.flatnonzero(band.any(axis=0))
-        beyond = s.field[r::step][:, cols]
-        # rows of field beyond the end row, per column, before the first unexposed pixel
-        open_rows = np.where(beyond.all(axis=0), beyond.shape[0], np.argmin(beyond, axis=0))
-        gap = (float(open_rows.min()) - 1.0) * s.sy if cols.size else math.inf
-        out[end] = float(widths[lo : hi + 1].max()) / top if gap <= tolerance_mm + 1e-6 else 0.0
-    return out
 
 
 def clavicles(s: Subject, cfg: RulesConfig) -> Finding:

@@ -537,6 +537,7 @@ def test_every_template_formats_in_both_languages() -> None:
                 anatomy=1.0,
                 cnr=3.0,
                 lung=0.3,
+                share=0.3,
                 shape="4×4×2",
                 margin=25.0,
             )

@@ -307,3 +307,52 @@ def test_lung_loss_of_a_lung_cut_through_its_full_width() -> None:
     whole = frontal_phantom()
     assert lung_loss_share(subject(whole, whole), BASE.organs)[0] == 0.0
     assert qc(whole, whole, View.FRONTAL, BASE)["organs.lungs"].status is Status.PASS
+
+
+# ---- session 12: lateral completeness.costophrenic when the model's base stops short -------
+
+
+def with_base_end(tolerance_mm: float) -> RulesConfig:
+    return replace(
+        BASE,
+        completeness=replace(BASE.completeness, lateral_costophrenic_end_tolerance_mm=tolerance_mm),
+    )
+
+
+def short_lateral(film: dict[str, BoolMask], last_row: int) -> dict[str, BoolMask]:
+    """The model's lungs of a lateral: the film's, ending at ``last_row``."""
+    out = dict(film)
+    for k in ("lung_right", "lung_left"):
+        v = film[k].copy()
+        v[last_row + 1 :] = False
+        out[k] = v
+    return out
+
+
+def test_lateral_costophrenic_fails_a_wide_base_that_stops_short_of_the_bottom_edge() -> None:
+    """The film's lungs run into the bottom shutter (last exposed row 280); the model's end
+    at row 270, 10 mm above it: the margin passes (>= 5 mm), the wide base within
+    ``lateral_costophrenic_end_tolerance_mm`` of the edge is the cut."""
+    rule = "completeness.costophrenic"
+    film, _ = bottom_cut_lateral()
+    model = short_lateral(film, 270)
+    c = BASE.completeness
+    assert c.costophrenic_margin_mm < 10.0 < c.lateral_costophrenic_end_tolerance_mm
+    off = qc(film, model, View.LATERAL, with_base_end(-1.0))[rule]
+    assert off.status is Status.PASS
+    assert off.value == pytest.approx(10.0)
+    cut = qc(film, model, View.LATERAL, BASE)[rule]
+    assert cut.status is Status.FAIL
+    assert cut.value == pytest.approx(10.0)
+    assert "100%" in cut.message
+    # an intact base narrows to its posterior recess: a last band 30 of 201 columns wide
+    tip = dict(model)
+    for k in ("lung_right", "lung_left"):
+        v = model[k].copy()
+        v[265:271, :270] = False  # rows 265..270 keep cols 270..300 (posterior)
+        tip[k] = v
+    assert c.lateral_costophrenic_end_fraction > 31 / 201
+    assert qc(film, tip, View.LATERAL, BASE)[rule].status is Status.PASS
+    # a base farther above the edge than the tolerance: the margin alone decides
+    far = short_lateral(film, 280 - round(c.lateral_costophrenic_end_tolerance_mm) - 2)
+    assert qc(film, far, View.LATERAL, BASE)[rule].status is Status.PASS
