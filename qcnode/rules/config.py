@@ -58,11 +58,11 @@ class OrgansConfig:
     clavicle_exposed_margin_mm: float = 20.0
     spine_min_area_mm2: float = 1500.0
     spine_truncation_fail_mm: float = 120.0
-    spine_lung_cut_width_fraction: float = 0.3
+    spine_lung_cut_width_fraction: float = 0.4
     # the field's bottom edge within this (mm) below the lungs' bottom row, where their last
     # spine_lung_end_band_mm is >= that fraction of their widest, also cuts the spine (< 0: off)
     spine_lung_end_tolerance_mm: float = 5.6
-    spine_lung_end_band_mm: float = 3.0
+    spine_lung_end_band_mm: float = 10.0
     sternum_min_area_mm2: float = 300.0
     truncation_fail_mm: float = 60.0
     lung_truncation_fail_ratio: float = 0.39

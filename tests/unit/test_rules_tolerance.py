@@ -219,14 +219,43 @@ def test_spine_fails_when_the_models_lungs_stop_short_of_a_bottom_cut() -> None:
         far[k] = v
     assert BASE.organs.spine_lung_end_tolerance_mm < 8.0
     assert qc(film, far, View.LATERAL, BASE)["organs.spine"].status is Status.PASS
-    # an intact lung narrows to its recess: a last band 40 of 201 columns wide is no cut
+    # an intact lung narrows to its recess: a last band 40 of 201 columns wide, over more
+    # rows than the band, is no cut
     tip = dict(model)
     for k in ("lung_right", "lung_left"):
         v = model[k].copy()
-        v[272:278, 140:] = False  # rows 272..277 keep cols 100..139
+        v[262:278, 140:] = False  # rows 262..277 keep cols 100..139
         tip[k] = v
     assert BASE.organs.spine_lung_cut_width_fraction > 40 / 201
+    assert BASE.organs.spine_lung_end_band_mm < 16.0
     assert qc(film, tip, View.LATERAL, BASE)["organs.spine"].status is Status.PASS
+
+
+def test_spine_reads_a_rounded_cut_end_over_its_band() -> None:
+    """Session 12: the model's end of a lung cut at the bottom is rounded over several mm; the
+    band (``spine_lung_end_band_mm``, 10 mm) reaches above the rounding to the cut width. A
+    cut only 0.35 of the lungs' widest, on the edge row, leaves the spine (fraction 0.4)."""
+    film, model = bottom_cut_lateral()
+    rounded = dict(model)
+    for k in ("lung_right", "lung_left"):
+        v = model[k].copy()
+        v[272:278, 140:] = False  # rows 272..277 keep cols 100..139; rows ..271 all 201
+        rounded[k] = v
+    o = BASE.organs
+    assert o.spine_lung_end_band_mm > 6.0
+    assert qc(film, rounded, View.LATERAL, BASE)["organs.spine"].status is Status.FAIL
+    narrow = replace(BASE, organs=replace(o, spine_lung_end_band_mm=3.0))
+    assert qc(film, rounded, View.LATERAL, narrow)["organs.spine"].status is Status.PASS
+    # the film cut through a narrow part: 70 of 201 columns on the edge row
+    shallow = dict(film)
+    for k in ("lung_right", "lung_left"):
+        v = film[k].copy()
+        v[250:281, 170:] = False  # rows 250..280 keep cols 100..169
+        shallow[k] = v
+    assert 0.3 < 70 / 201 < o.spine_lung_cut_width_fraction
+    assert qc(film, shallow, View.LATERAL, BASE)["organs.spine"].status is Status.PASS
+    old = replace(BASE, organs=replace(o, spine_lung_cut_width_fraction=0.3))
+    assert qc(film, shallow, View.LATERAL, old)["organs.spine"].status is Status.FAIL
 
 
 # ---- session 7: frontal organs.lungs by the lung extrapolated beyond the field edge ---------
