@@ -36,7 +36,7 @@ class CompletenessConfig:
     # Lateral costophrenic: the lungs' bottom row within this (mm) above the field's bottom
     # edge, their last ..._band_mm at least ..._fraction of their widest row, is a cut base
     # (the model's lungs stop short of the cut); < 0 disables.
-    lateral_costophrenic_end_tolerance_mm: float = 15.0
+    lateral_costophrenic_end_tolerance_mm: float = -1.0  # off: see etc/rules.toml
     lateral_costophrenic_end_band_mm: float = 3.0
     lateral_costophrenic_end_fraction: float = 0.2
     collimation_warn_mm: float = 50.0

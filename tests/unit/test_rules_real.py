@@ -53,7 +53,10 @@ PROBLEM = (Status.WARN, Status.FAIL)
 # Session 10 default qcnet_d10_w3_s10 (s9's network with a retrained view head) and the side
 # split of its left/right pairs: the same readings on FILM (scapulae 18.2 -> 8.8 / 8.2 /
 # 6.6 mm under the three edits below).
-S9 = "default qcnet_d10_w3_s10 (session 10; s9's masks, new view head, side split): "
+# Session 12 default qcnet_d10_w3_s12 (s10's encoder and view head, decoder retrained with
+# lowered clavicles): on FILM scapulae 16.2 mm, rotation 4.6°, tilt 13.8 mm; the same three
+# edits still bring the scapula reading under 10 mm (xfail).
+S9 = "default qcnet_d10_w3_s10 / s12 (s9's encoder, side split; s12: decoder retrained): "
 KNOWN = {
     "test_crop_away_an_apex": S9
     + "completeness.apices flags the crop, but positioning.scapulae flips too (18 mm on the "
@@ -165,8 +168,11 @@ def test_crop_away_a_costophrenic_angle(
     _, y = point(base["completeness.costophrenic"], "right")
     cut = int(y - 0.04 * film.pixels.shape[0])
     after = qc(predictor, edited(film, film.pixels[:cut]))
-    # The cut runs above the visible angle, through the lowest part of the lateral borders.
-    _check(base, after, {"completeness.costophrenic"}, GEOMETRY | {"completeness.lateral_walls"})
+    # The cut runs above the visible angle, through the lowest part of the lateral borders
+    # and of the heart, whose apex rests on the left dome near the angles' level (the s12
+    # default reads 84 mm of this film's heart outline on the new edge: truncated).
+    may = GEOMETRY | {"completeness.lateral_walls", "organs.heart"}
+    _check(base, after, {"completeness.costophrenic"}, may)
 
 
 def test_crop_away_a_lateral_wall(
