@@ -44,7 +44,7 @@ from qcnode.rules import RulesConfig, load_config
 from qcnode.rules.completeness import anterior_sign, posterior_wall
 from qcnode.rules.geometry import Subject
 from qcnode.rules.masks import extreme, largest_component, row_extent
-from qcnode.rules.organs import lungs_cut_share
+from qcnode.rules.organs import lungs_cut_share, spine_beside_lungs
 
 RULES = (
     "completeness.costophrenic",
@@ -159,12 +159,7 @@ def measure(smp: Sample, pred_dir: Path | None, cfg: RulesConfig) -> Row | None:
     pc = extreme(chest, 0.0, front, s.sy, s.sx)
     row["m_chest_front"] = None if pc is None else s.margin_mm(pc)
     # spine
-    m = s.mask("spine")
-    ext = row_extent(s.lungs)
-    if ext is not None:
-        sel = np.zeros(s.shape[0], dtype=bool)
-        sel[ext[0] : ext[1] + 1] = True
-        m = m & sel[:, None]
+    m, ext = spine_beside_lungs(s)
     row["spine_area"] = s.area_mm2(m)
     inner = m.copy()
     if ext is not None:

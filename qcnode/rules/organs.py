@@ -272,15 +272,21 @@ def sternum(s: Subject, cfg: RulesConfig) -> Finding:
     )
 
 
-def spine(s: Subject, cfg: RulesConfig) -> Finding:
-    """The spine runs past every field: found, and not truncated beside the lungs."""
-    o, rule = cfg.organs, "organs.spine"
+def spine_beside_lungs(s: Subject) -> tuple[BoolMask, tuple[int, int] | None]:
+    """The spine's mask within the lungs' rows (all of it without lungs), and those rows."""
     m = s.mask("spine")
     ext = row_extent(s.lungs)
     if ext is not None:
         rows = np.zeros(s.shape[0], dtype=bool)
         rows[ext[0] : ext[1] + 1] = True
         m = m & rows[:, None]
+    return m, ext
+
+
+def spine(s: Subject, cfg: RulesConfig) -> Finding:
+    """The spine runs past every field: found, and not truncated beside the lungs."""
+    o, rule = cfg.organs, "organs.spine"
+    m, ext = spine_beside_lungs(s)
     area = s.area_mm2(m)
     if area < o.spine_min_area_mm2:
         return _missing(s, rule, area, o.spine_min_area_mm2)
