@@ -35,6 +35,7 @@ from qcnode.engine import QCEngine, family_verdicts
 from qcnode.errors import QcnodeError, UnknownModel
 from qcnode.records import (
     STRUCTURES,
+    VISIBLE_LUNGS,
     BoolMask,
     DecodedImage,
     Family,
@@ -361,6 +362,10 @@ def real_pass(real_dir: Path, settings: Settings, predictor: Predictor) -> list[
             lungs = np.asarray(pred.masks["lung_right"]) | np.asarray(pred.masks["lung_left"])
             if human.shape == lungs.shape:
                 row["lung_dice"] = dice(human, lungs)
+                # the lung fields as a film shows them (the human masks' definition)
+                if all(n in pred.extra_masks for n in VISIBLE_LUNGS):
+                    seen = np.logical_or(*(np.asarray(pred.extra_masks[n]) for n in VISIBLE_LUNGS))
+                    row["lung_field_dice"] = dice(human, seen)
         rows.append(row)
     return rows
 
@@ -421,6 +426,8 @@ def format_report(report: dict[str, Any]) -> str:
         for r in report["real"]:
             probs = "; ".join(f"{p['rule']} {p['status']}" for p in r.get("problems", []))
             dice_txt = f" lung dice {r['lung_dice']:.3f}" if r.get("lung_dice") is not None else ""
+            if r.get("lung_field_dice") is not None:
+                dice_txt += f" / field {r['lung_field_dice']:.3f}"
             lines.append(
                 f"  {r['file']:<48} {r.get('view', '-'):<8} {r['verdict']:<15}"
                 f"{dice_txt}  {probs or r.get('error', '')}"
@@ -428,6 +435,12 @@ def format_report(report: dict[str, Any]) -> str:
         d = [r["lung_dice"] for r in report["real"] if r.get("lung_dice") is not None]
         if d:
             lines.append(f"  mean lung Dice vs human masks: {np.mean(d):.3f} (n={len(d)})")
+        f = [r["lung_field_dice"] for r in report["real"] if r.get("lung_field_dice") is not None]
+        if f:
+            lines.append(
+                f"  mean lung-field Dice (visible-lung channels) vs human masks: "
+                f"{np.mean(f):.3f} (n={len(f)})"
+            )
     return "\n".join(lines)
 
 

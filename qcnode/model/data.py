@@ -35,7 +35,7 @@ from qcnode.records import STRUCTURES, VISIBLE_LUNGS, View
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 # Mask channels that say nothing on a non-chest image (a hand radiograph has a body and an
 # exposed field): not supervised for the real negatives.
 UNKNOWN_ON_NEGATIVES = ("body", "field")
@@ -215,7 +215,11 @@ def cache_dir(base: Path | None = None) -> Path:
 
 
 def _cache_name(sample: Sample, lungs: str = "projection") -> str:
-    digest = hashlib.sha1(str(sample.image.resolve()).encode()).hexdigest()[:16]
+    key = str(sample.image.resolve())
+    if sample.masks is not None:  # masks re-derived in place (a new truth) make a new item
+        st = sample.masks.stat()
+        key += f"|{st.st_size}|{st.st_mtime_ns}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     # negatives have no lungs: one 16-channel item serves both lung definitions
     plain = lungs == "projection" or (sample.masks is None and lungs == "visible")
     tag = "" if plain else f"-{lungs}"

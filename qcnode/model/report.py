@@ -147,6 +147,7 @@ def evaluate_real(
     rows = []
     shown: list[tuple[RealCase, DecodedImage, Prediction, float | None]] = []
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    whole: list[float] = []
     visible: list[float] = []
     per_side: list[float] = []
     for start in range(0, len(cases), 8):
@@ -158,6 +159,7 @@ def evaluate_real(
             if case.lungs is not None:
                 truth = np.asarray(Image.open(case.lungs).convert("L")) > 127
                 d = dice(_lungs(pred), truth)
+                whole.append(float(d or 0.0))
                 pairs.append((_lungs(pred), truth))
                 seen = _visible_lungs(pred)
                 if seen is not None:
@@ -178,8 +180,8 @@ def evaluate_real(
                     "spacing_estimated": pred.spacing_estimated,
                 }
             )
-            shown.append((case, image, pred, d))
-    dices = [float(d) for _, _, _, d in shown if d is not None]
+            shown.append((case, image, pred, d if dv is None else dv))
+    dices = [float(d) for d in whole]
     correct = [r["view"] == r["expected_view"] for r in rows]
     if overlays is not None:
         _overlay_sheets(shown, overlays)
@@ -319,7 +321,10 @@ def _tile(image: DecodedImage, pred: Prediction, truth: Path | None, caption: st
     if truth is not None:
         outline(np.asarray(Image.open(truth).convert("L")) > 127, (255, 255, 255))
     for name, colour in _COLOURS.items():
-        outline(pred.masks[name], colour)
+        # the lung fields (visible-lung channels) where the weights have them: the
+        # definition the human masks share
+        field = pred.extra_masks.get(f"{name}_visible") if name.startswith("lung_") else None
+        outline(pred.masks[name] if field is None else field, colour)
     tile = Image.fromarray(rgb)
     ImageDraw.Draw(tile).text((4, 4), caption, fill=(255, 255, 0))
     return tile

@@ -138,11 +138,12 @@ def synth_command(options: SynthOptions) -> int:
                 "variants_per_pose": per_pose,
                 "pitch_mm": pitch,
                 "visible_lungs": plan.visible_lungs,
+                "lung_field": generate.LUNG_FIELD_REVISION if plan.visible_lungs else None,
                 "scapulae_in_body": plan.scapulae_in_body,
                 "realism": plan.realism,
                 "realism_plain": plan.realism_plain,
                 "clavicles_down": plan.clavicles_down,
-                "generator": "qcnode.synth v1.15",
+                "generator": "qcnode.synth v1.16",
             },
             indent=1,
         )

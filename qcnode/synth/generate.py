@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 from qcnode.records import STRUCTURES
 from qcnode.synth import ct as ctmod
@@ -54,8 +55,55 @@ class Plan:
 VISIBLE_LUNGS = ("lung_right_visible", "lung_left_visible")
 
 
-def visible_lungs(masks: dict[str, npt.NDArray[np.bool_]]) -> dict[str, npt.NDArray[np.bool_]]:
-    """Lung projections cut, per detector column, below the top of the abdomen's projection.
+# The lung field's medial border ("visible-v2", generator v1.16): the projected 3D lungs
+# meet over the spine (the anterior junction and the azygo-oesophageal recess reach the
+# midline), so visible-v1 lungs had no gap between them, while a radiograph shows each lung
+# field medially only to the mediastinal silhouette. Frontal fields now stop at the column of
+# the vertebral bodies and at the trachea; the lung behind the heart stays (the heart is not
+# cut), as in the human masks the real films carry. The vertebral bodies' column is the
+# spine's projection opened with a vertical line this long: the transverse processes and rib
+# heads (shorter than it, with gaps between them) go, the continuous column of bodies stays.
+SPINE_COLUMN_MM = 25.0
+LUNG_FIELD_REVISION = "visible-v2"
+
+
+def mediastinal_column(
+    spine: npt.NDArray[np.bool_], trachea: npt.NDArray[np.bool_], pitch_mm: float
+) -> npt.NDArray[np.bool_]:
+    """Pixels where a frontal film shows the mediastinum rather than lung: the vertical
+    column of the vertebral bodies and the trachea (the oblique main bronchi, which a film
+    shows inside the lung fields, go with the transverse processes)."""
+    k = max(1, round(SPINE_COLUMN_MM / pitch_mm))
+    # edge-padded: a column running off the top or bottom of the frame stays to its edge
+    padded = np.pad(spine | trachea, ((k, k), (0, 0)), mode="edge")
+    column = ndimage.binary_opening(padded, structure=np.ones((k, 1), dtype=bool))[k:-k]
+    out: npt.NDArray[np.bool_] = np.asarray(column, dtype=bool)
+    return out
+
+
+def largest_component(m: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    labels, n = ndimage.label(m)
+    if n <= 1:
+        return m
+    sizes = np.bincount(labels.ravel())[1:]
+    out: npt.NDArray[np.bool_] = labels == int(np.argmax(sizes)) + 1
+    return out
+
+
+def cut_lung_fields(
+    right: npt.NDArray[np.bool_], left: npt.NDArray[np.bool_], column: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Each visible lung without the mediastinal column; a piece of one lung left beyond
+    the column (its projection crossing the midline) is dropped: each side keeps its
+    largest component. Idempotent, so stored visible-v1 and v2 masks both give v2."""
+    return largest_component(right & ~column), largest_component(left & ~column)
+
+
+def visible_lungs(
+    masks: dict[str, npt.NDArray[np.bool_]], *, frontal_pitch_mm: float | None = None
+) -> dict[str, npt.NDArray[np.bool_]]:
+    """Lung projections cut, per detector column, below the top of the abdomen's projection,
+    and on a frontal view (``frontal_pitch_mm`` given) at the mediastinal column.
 
     The full lung projection reaches into the posterior costophrenic recesses behind the
     liver and stomach; a radiograph shows the lung only down to the hemidiaphragm silhouette,
@@ -67,7 +115,11 @@ def visible_lungs(masks: dict[str, npt.NDArray[np.bool_]]) -> dict[str, npt.NDAr
     rows = abdomen.shape[0]
     top = np.where(abdomen.any(axis=0), abdomen.argmax(axis=0), rows)
     above = np.arange(rows)[:, None] < top[None, :]
-    return {f"{name}_visible": masks[name] & above for name in ("lung_right", "lung_left")}
+    right, left = masks["lung_right"] & above, masks["lung_left"] & above
+    if frontal_pitch_mm is not None:
+        column = mediastinal_column(masks["spine"], masks["trachea"], frontal_pitch_mm)
+        right, left = cut_lung_fields(right, left, column)
+    return {"lung_right_visible": right, "lung_left_visible": left}
 
 
 def _bbox(
@@ -230,12 +282,13 @@ def make_pose_samples(
     pose = sampler.draw_pose(g, plan.split, view)
     t0 = time.perf_counter()
     proj = render.render(ct, pose, plan.detector)
+    frontal = pose.view_position in render.FRONTAL_POSITIONS
     if plan.visible_lungs:  # "other" too: the loader needs every channel (v1.11)
-        proj.masks.update(visible_lungs(proj.masks))
+        pitch = plan.detector.pitch_mm if frontal and view != "other" else None
+        proj.masks.update(visible_lungs(proj.masks, frontal_pitch_mm=pitch))
     t_render = time.perf_counter() - t0
     lines: list[dict[str, Any]] = []
     t1 = time.perf_counter()
-    frontal = pose.view_position in render.FRONTAL_POSITIONS
     if view == "other":
         lung_rows = np.nonzero((proj.masks["lung_right"] | proj.masks["lung_left"]).any(axis=1))[0]
         body_rows = np.nonzero(proj.masks["body"].any(axis=1))[0]

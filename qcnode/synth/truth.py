@@ -137,8 +137,11 @@ def _dome(abdomen: Mask, lung: Mask) -> tuple[int, int] | None:
 # "the whole rib cage above the diaphragm"). The whole 3D lung projection also holds the
 # posterior recesses, which on a frontal project behind the liver below the visible dome:
 # until 2026-11-27 ("whole-v0") the landmark was taken on the whole projection, i.e. on that
-# hidden recess. Since "visible-v1" it is taken on the visible lung (generate.visible_lungs).
-COSTOPHRENIC_REVISION = "visible-v1"  # params.truth_rederived.costophrenic of rewritten JSONs
+# hidden recess. Since "visible-v1" it is taken on the visible lung (generate.visible_lungs);
+# since "visible-v2" (2026-11-27, generator v1.16) on the lung field cut medially at the
+# mediastinal column: the "lateral third" is of the field's own extent, which the v1 lungs
+# stretched over the spine (7 of eval-v2's 2 000 frontals changed status).
+COSTOPHRENIC_REVISION = "visible-v2"  # params.truth_rederived.costophrenic of rewritten JSONs
 
 
 def visible_lung_masks(masks: dict[str, Mask]) -> dict[str, Mask]:

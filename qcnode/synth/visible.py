@@ -9,6 +9,12 @@ the top of the abdomen per detector column; interpolated to the set's pitch and 
 the sample's window and flips, it cuts the stored lung masks into ``lung_*_visible`` arrays
 (added to ``<id>_masks.npz``; nothing else changes). The re-rendered lungs are compared with
 the stored ones as a check that the pose was reconstructed (Dice printed per pose).
+
+    python -m qcnode.synth.visible --set DIR --lung-fields
+
+brings a set's stored frontal visible lungs to the medial border of ``visible-v2``
+(generator v1.16: cut at the column of the vertebral bodies and the trachea) from the
+set's own spine and trachea masks, in place: seconds per thousand samples.
 """
 
 from __future__ import annotations
@@ -25,7 +31,13 @@ import numpy.typing as npt
 
 from qcnode.synth import ct as ctmod
 from qcnode.synth import render
-from qcnode.synth.generate import BIG, VISIBLE_LUNGS
+from qcnode.synth.generate import (
+    BIG,
+    LUNG_FIELD_REVISION,
+    VISIBLE_LUNGS,
+    cut_lung_fields,
+    mediastinal_column,
+)
 from qcnode.synth.render import Detector, Pose
 
 log = logging.getLogger(__name__)
@@ -100,7 +112,8 @@ def _dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
 
 
 def add_visible_lungs(set_dir: Path, *, limit: int | None = None) -> dict[str, Any]:
-    """Write ``lung_*_visible`` into every sample's masks; returns per-set check numbers."""
+    """Write ``lung_*_visible`` into every sample's masks (the frontal ones then cut at the
+    mediastinal column, unless ``limit`` leaves the set half done); returns check numbers."""
     recipe = json.loads((set_dir / "recipe.json").read_text())
     pitch = float(recipe.get("pitch_mm", BIG.pitch_mm))
     fine = Detector(width_mm=BIG.width_mm, height_mm=BIG.height_mm, pitch_mm=pitch)
@@ -145,7 +158,7 @@ def add_visible_lungs(set_dir: Path, *, limit: int | None = None) -> dict[str, A
             tmp.replace(path)
             done += 1
         log.info("%s: %d samples", pose_id, len(recs))
-    result = {
+    result: dict[str, Any] = {
         "samples": done,
         "poses": min(len(by_pose), limit or len(by_pose)),
         "pose_check_lung_dice_median": float(np.median(checks)) if checks else None,
@@ -154,6 +167,51 @@ def add_visible_lungs(set_dir: Path, *, limit: int | None = None) -> dict[str, A
         "coarse_pitch_mm": COARSE_PITCH_MM,
     }
     (set_dir / "visible_lungs.json").write_text(json.dumps(result, indent=1))
+    if limit is None:  # the frontal lung fields' medial border, as the generator draws it
+        result["lung_field"] = cut_stored_lung_fields(set_dir)
+    return result
+
+
+def cut_stored_lung_fields(set_dir: Path) -> dict[str, Any]:
+    """Bring a stored set's frontal visible lungs to ``visible-v2`` (generate.visible_lungs:
+    cut at the mediastinal column) from its own stored spine and trachea masks, in place;
+    other views are left. Idempotent. Returns the counts and the mean share of visible lung
+    removed, also written to ``visible_lungs.json`` under ``lung_field``."""
+    removed: list[float] = []
+    counts = {"frontal": 0, "other_views": 0, "no_visible_masks": 0}
+    for line in (set_dir / "manifest.jsonl").read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        doc = json.loads((set_dir / rec["truth"]).read_text())
+        if doc["view"] != "frontal":
+            counts["other_views"] += 1
+            continue
+        path = set_dir / rec["masks"]
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        if not all(k in arrays for k in VISIBLE_LUNGS):
+            counts["no_visible_masks"] += 1
+            continue
+        column = mediastinal_column(arrays["spine"], arrays["trachea"], doc["spacing_mm"][0])
+        old = [arrays[k] for k in VISIBLE_LUNGS]
+        new = cut_lung_fields(old[0], old[1], column)
+        before = int(old[0].sum() + old[1].sum())
+        removed.append(1.0 - int(new[0].sum() + new[1].sum()) / max(1, before))
+        arrays.update(zip(VISIBLE_LUNGS, new, strict=True))
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, allow_pickle=False, **arrays)
+        tmp.replace(path)
+        counts["frontal"] += 1
+    result = {
+        "revision": LUNG_FIELD_REVISION,
+        **counts,
+        "visible_share_removed_mean": float(np.mean(removed)) if removed else None,
+    }
+    info = set_dir / "visible_lungs.json"
+    doc_all = json.loads(info.read_text()) if info.is_file() else {}
+    doc_all["lung_field"] = result
+    info.write_text(json.dumps(doc_all, indent=1))
     return result
 
 
@@ -161,8 +219,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--set", type=Path, dest="set_dir", required=True)
     ap.add_argument("--limit", type=int, help="only the first N poses")
+    ap.add_argument(
+        "--lung-fields",
+        action="store_true",
+        help="only cut the stored frontal visible lungs at the mediastinal column (visible-v2)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
+    if args.lung_fields:
+        print(json.dumps(cut_stored_lung_fields(args.set_dir), indent=1))
+        return 0
     print(json.dumps(add_visible_lungs(args.set_dir, limit=args.limit), indent=1))
     return 0
 

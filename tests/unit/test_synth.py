@@ -395,3 +395,30 @@ def test_retrofitted_visible_lungs_match_generated_ones(
             for name in generate.VISIBLE_LUNGS:
                 x, y = a[name], b[name]
                 assert 2 * (x & y).sum() / (x.sum() + y.sum()) > 0.95, (rec["id"], name)
+
+
+def test_lung_fields_stop_at_the_mediastinal_column(ct: ctmod.PreparedCT) -> None:
+    """visible-v2: a frontal's lung fields leave a gap over the vertebral bodies and the
+    trachea (the projected 3D lungs meet there), the lateral walls and apices stay."""
+    proj = render.render(ct, Pose(view_position="PA"), SMALL)
+    v1 = generate.visible_lungs(proj.masks)
+    v2 = generate.visible_lungs(proj.masks, frontal_pitch_mm=SMALL.pitch_mm)
+    column = generate.mediastinal_column(proj.masks["spine"], proj.masks["trachea"], SMALL.pitch_mm)
+    right, left = v2["lung_right_visible"], v2["lung_left_visible"]
+    assert not ((right | left) & column).any()
+    # v1's lungs reach over the column; v2 keeps most of each lung and its outer extent
+    assert ((v1["lung_right_visible"] | v1["lung_left_visible"]) & column).sum() > 0
+    for side, m in (("right", right), ("left", left)):
+        full = v1[f"lung_{side}_visible"]
+        assert 0.6 < m.sum() / full.sum() < 0.98
+        assert _bbox(m)[0] <= _bbox(full)[0] + 2  # apex row
+    assert _bbox(right)[2] == _bbox(v1["lung_right_visible"])[2]  # lateral wall (image left)
+    assert _bbox(left)[3] == _bbox(v1["lung_left_visible"])[3]
+    # the gap: on every row with both fields, the right field ends before the left begins
+    both = np.nonzero(right.any(axis=1) & left.any(axis=1))[0]
+    assert len(both) > 10
+    for r in both:
+        assert np.nonzero(right[r])[0].max() < np.nonzero(left[r])[0].min()
+    # idempotent: stored v2 masks cut again are unchanged
+    again = generate.cut_lung_fields(right, left, column)
+    assert (again[0] == right).all() and (again[1] == left).all()
