@@ -143,8 +143,10 @@ def bench_variants(
 
 
 def _network(name: str) -> torch.nn.Module:
-    """A variant with random weights (speed does not depend on them), or a registered
-    ensemble's ``LogitMean`` of its members' variants (random weights too)."""
+    """A variant with random weights (speed does not depend on them), a registered model's
+    own network (its channels and refiner, from its weights file), or a registered
+    ensemble's ``LogitMean`` of its members' variants (random weights)."""
+    from qcnode.model.infer import _load_entry
     from qcnode.model.network import LogitMean, build, parse_variant
     from qcnode.model.registry import load_registry
 
@@ -153,7 +155,7 @@ def _network(name: str) -> torch.nn.Module:
     except ValueError:
         registry = load_registry()
         if not registry.is_ensemble(name):
-            raise
+            return _load_entry(registry, registry.get(name))[0]
         members = registry.members(registry.ensemble(name))
         return LogitMean(members=[build(m.variant, m.structures) for m in members])
     return build(name)
@@ -317,14 +319,15 @@ def _report_row(
 
 
 def _print_model(rows: Sequence[dict[str, Any]]) -> None:
+    w = max([15, *(len(str(r["variant"])) + 2 for r in rows)])  # registered names are longer
     print(
-        f"{'variant':<15}{'device':<8}{'threads':>8}{'params':>10}{'median ms':>11}"
+        f"{'variant':<{w}}{'device':<8}{'threads':>8}{'params':>10}{'median ms':>11}"
         f"{'p90 ms':>9}{'images/s (batch)':>18}"
     )
     for r in rows:
         ips = next(v for k, v in r.items() if k.endswith("_images_per_s"))
         print(
-            f"{r['variant']:<15}{r['device']:<8}{r['threads']:>8}{r['parameters']:>10}"
+            f"{r['variant']:<{w}}{r['device']:<8}{r['threads']:>8}{r['parameters']:>10}"
             f"{r['median_ms']:>11.1f}{r['p90_ms']:>9.1f}{ips:>18.1f}"
         )
 

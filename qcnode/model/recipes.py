@@ -241,3 +241,12 @@ RECIPES["cpu-ft-decoder"] = replace(
     augment=replace(GPU_FT_AUGMENT, p_cut=0.2),
     train_only="decoder",
 )
+# Session 13 (no GPU): the lung fields (visible-lung channels) re-learned for the visible-v2
+# truth (cut at the mediastinal column, generator v1.16) by a refiner on those two channels
+# alone, trained on the frozen s12 network: every other channel, the view head and so every
+# rule but the costophrenic angle (the only reader of the visible lungs) stay bit-identical.
+RECIPES["cpu-refine-fields"] = replace(
+    RECIPES["cpu-refine"],
+    name="cpu-refine-fields",
+    refine=("lung_right_visible", "lung_left_visible"),
+)

@@ -181,3 +181,20 @@ def test_the_command_line_prints_an_error_once(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("qcnode: error: unknown model"), lines
+
+
+def test_bench_times_a_registered_model_with_its_own_network() -> None:
+    """`qcnode bench --what model --variants NAME`: a registered name is its weights file's
+    network (a refiner included, which the bare variant does not have); a typo is refused."""
+    from qcnode.model.infer import read_weights
+
+    registry = load_registry()
+    entry = registry.get(registry.default)
+    _, state = read_weights(registry.verified_path(entry))
+    net = bench._network(registry.default)
+    assert set(net.state_dict()) == set(state)  # every tensor of the file, no more
+    assert {k: v.shape for k, v in net.state_dict().items()} == {
+        k: v.shape for k, v in state.items()
+    }
+    with pytest.raises(UnknownModel):
+        bench._network("qcnet_d10_w3_typo")
