@@ -250,3 +250,10 @@ RECIPES["cpu-refine-fields"] = replace(
     name="cpu-refine-fields",
     refine=("lung_right_visible", "lung_left_visible"),
 )
+# The same with dense opacities (white-out bedside films, whose opaque lung the refiner
+# leaves out of the fields): session-13 experiment.
+RECIPES["cpu-refine-fields-opacity"] = replace(
+    RECIPES["cpu-refine-fields"],
+    name="cpu-refine-fields-opacity",
+    augment=replace(GPU_FT_AUGMENT, p_cut=0.2, p_opacity=0.35),
+)
