@@ -65,7 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("--no-ready", action="store_true", help="do not write READY (a part of a set)")
     y.add_argument("--minutes", type=float, help="time budget: stop after the pose that passes it")
     y.add_argument(
-        "--visible-lungs", action="store_true", help="also write lungs cut at the diaphragm"
+        "--visible-lungs",
+        action="store_true",
+        help="also write the lung fields: lungs cut at the diaphragm (frontals also at the "
+        "mediastinal column)",
     )
     y.add_argument(
         "--scapulae-in-body",
