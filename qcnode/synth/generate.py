@@ -20,6 +20,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from qcnode.records import STRUCTURES
+from qcnode.rules.masks import largest_component
 from qcnode.synth import ct as ctmod
 from qcnode.synth import dicomio, edits, render, sampler, truth
 from qcnode.synth.render import Detector, Pose, Projection
@@ -78,15 +79,6 @@ def mediastinal_column(
     padded = np.pad(spine | trachea, ((k, k), (0, 0)), mode="edge")
     column = ndimage.binary_opening(padded, structure=np.ones((k, 1), dtype=bool))[k:-k]
     out: npt.NDArray[np.bool_] = np.asarray(column, dtype=bool)
-    return out
-
-
-def largest_component(m: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    labels, n = ndimage.label(m)
-    if n <= 1:
-        return m
-    sizes = np.bincount(labels.ravel())[1:]
-    out: npt.NDArray[np.bool_] = labels == int(np.argmax(sizes)) + 1
     return out
 
 
