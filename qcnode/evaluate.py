@@ -35,7 +35,6 @@ from qcnode.engine import QCEngine, family_verdicts
 from qcnode.errors import QcnodeError, UnknownModel
 from qcnode.records import (
     STRUCTURES,
-    VISIBLE_LUNGS,
     BoolMask,
     DecodedImage,
     Family,
@@ -362,10 +361,8 @@ def real_pass(real_dir: Path, settings: Settings, predictor: Predictor) -> list[
             lungs = np.asarray(pred.masks["lung_right"]) | np.asarray(pred.masks["lung_left"])
             if human.shape == lungs.shape:
                 row["lung_dice"] = dice(human, lungs)
-                # the lung fields as a film shows them (the human masks' definition)
-                if all(n in pred.extra_masks for n in VISIBLE_LUNGS):
-                    seen = np.logical_or(*(np.asarray(pred.extra_masks[n]) for n in VISIBLE_LUNGS))
-                    row["lung_field_dice"] = dice(human, seen)
+                if (fields := pred.lung_fields()) is not None:
+                    row["lung_field_dice"] = dice(human, fields)
         rows.append(row)
     return rows
 

@@ -138,6 +138,15 @@ class Prediction:
     # The model's channels beyond STRUCTURES (VISIBLE_LUNGS), when its weights have them.
     extra_masks: Mapping[str, BoolMask] = field(default_factory=dict)
 
+    def lung_fields(self) -> BoolMask | None:
+        """Both lung fields (the visible-lung channels' union), the definition human lung
+        masks share; None when the weights lack those channels."""
+        if not all(n in self.extra_masks for n in VISIBLE_LUNGS):
+            return None
+        right, left = (np.asarray(self.extra_masks[n], dtype=bool) for n in VISIBLE_LUNGS)
+        out: BoolMask = right | left
+        return out
+
 
 class Predictor(Protocol):
     """The model seam: real network in qcnode.model, fakes in qcnode.testing."""

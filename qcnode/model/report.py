@@ -76,8 +76,7 @@ def _lungs(pred: Prediction) -> np.ndarray:
 
 def _visible_lungs(pred: Prediction) -> np.ndarray | None:
     """The visible-lung channels' union, when the weights have them (VISIBLE_LUNGS)."""
-    seen = [pred.extra_masks[n] for n in VISIBLE_LUNGS if n in pred.extra_masks]
-    return np.logical_or(*seen) if len(seen) == 2 else None
+    return pred.lung_fields()
 
 
 def human_sides(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -181,15 +180,14 @@ def evaluate_real(
                 }
             )
             shown.append((case, image, pred, d if dv is None else dv))
-    dices = [float(d) for d in whole]
     correct = [r["view"] == r["expected_view"] for r in rows]
     if overlays is not None:
         _overlay_sheets(shown, overlays)
     return {
-        "lung_dice_mean": float(np.mean(dices)) if dices else None,
-        "lung_dice_median": float(np.median(dices)) if dices else None,
-        "lung_dice_min": float(np.min(dices)) if dices else None,
-        "lung_dice_n": len(dices),
+        "lung_dice_mean": float(np.mean(whole)) if whole else None,
+        "lung_dice_median": float(np.median(whole)) if whole else None,
+        "lung_dice_min": float(np.min(whole)) if whole else None,
+        "lung_dice_n": len(whole),
         # the visible-lung channels (cut at the diaphragm, like the human masks)
         "visible_lung_dice_mean": float(np.mean(visible)) if visible else None,
         "visible_lung_dice_median": float(np.median(visible)) if visible else None,
