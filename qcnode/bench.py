@@ -146,7 +146,7 @@ def _network(name: str) -> torch.nn.Module:
     """A variant with random weights (speed does not depend on them), a registered model's
     own network (its channels and refiner, from its weights file), or a registered
     ensemble's ``LogitMean`` of its members' variants (random weights)."""
-    from qcnode.model.infer import _load_entry
+    from qcnode.model.infer import load_entry
     from qcnode.model.network import LogitMean, build, parse_variant
     from qcnode.model.registry import load_registry
 
@@ -155,7 +155,7 @@ def _network(name: str) -> torch.nn.Module:
     except ValueError:
         registry = load_registry()
         if not registry.is_ensemble(name):
-            return _load_entry(registry, registry.get(name))[0]
+            return load_entry(registry, registry.get(name))[0]
         members = registry.members(registry.ensemble(name))
         return LogitMean(members=[build(m.variant, m.structures) for m in members])
     return build(name)

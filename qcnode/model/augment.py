@@ -182,11 +182,16 @@ def _opacity(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.T
     return x + (1 - x) * a * field.to(x.device) * body
 
 
-def _intensity(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """One (1, 1, S, S) image in [0, 1]-ish raw units."""
+def _intensity(
+    img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator, *, opacity: bool = True
+) -> torch.Tensor:
+    """One (1, 1, S, S) image in [0, 1]-ish raw units. ``opacity=False`` makes the opacity's
+    draws but leaves it out: the rest of the image gets the same transforms (``augment_pair``)."""
     x = img.clamp(0, 1)
     if cfg.p_opacity > 0 and _p(g, cfg.p_opacity):  # no draws otherwise: old batches stay
-        x = _opacity(x, cfg, g)
+        dense = _opacity(x, cfg, g)
+        if opacity:
+            x = dense
     if _p(g, cfg.p_invert):
         x = 1 - x
     if _p(g, cfg.p_curve):
@@ -242,3 +247,35 @@ def augment(
     if cfg.p_curve > 0 or cfg.p_noise > 0 or cfg.p_invert > 0 or cfg.p_opacity > 0:
         img = torch.cat([_intensity(img[i : i + 1], cfg, generator) for i in range(img.shape[0])])
     return standardise(img, val), msk
+
+
+def augment_pair(
+    canvas: torch.Tensor,
+    valid: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    cfg: AugmentConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``augment`` twice from one set of draws: (with the dense opacities, without them,
+    masks). Both images share every other transform, so a teacher network shown the second
+    tells a student shown the first what the film under the opacity holds (recipe
+    ``distill``). The first image is exactly ``augment``'s."""
+    stack = torch.cat([canvas.float(), valid.float(), masks.float()], dim=1)
+    if cfg.p_cut > 0:
+        stack = _cut(stack, cfg, generator)
+    if cfg.p_geometric > 0:
+        stack = _geometric(stack, cfg, generator)
+    img, val, msk = stack[:, :1], stack[:, 1:2] > 0.5, (stack[:, 2:] > 0.5).float()
+    if cfg.p_opacity <= 0:
+        raise ValueError("augment_pair needs p_opacity > 0 (without it both images are one)")
+    dense, plain = [], []
+    for i in range(img.shape[0]):
+        state = generator.get_state()
+        dense.append(_intensity(img[i : i + 1], cfg, generator))
+        after = generator.get_state()
+        generator.set_state(state)
+        plain.append(_intensity(img[i : i + 1], cfg, generator, opacity=False))
+        if not torch.equal(generator.get_state(), after):  # the two passes drew alike
+            raise AssertionError("augment_pair: the plain pass drew differently")
+    return standardise(torch.cat(dense), val), standardise(torch.cat(plain), val), msk

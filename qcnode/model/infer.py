@@ -529,7 +529,7 @@ def load_predictor(
         if registry.is_ensemble(name):
             ensemble = registry.ensemble(name)
             members = registry.members(ensemble)
-            loaded = [_load_entry(registry, entry) for entry in members]
+            loaded = [load_entry(registry, entry) for entry in members]
             meta = ensemble_meta(ensemble.name, [m for _, m in loaded])
             # members' mask_bias is not applied: an operating point belongs to one
             # network's logits, and the ensemble's mean logits are another network's
@@ -537,7 +537,7 @@ def load_predictor(
             info = ensemble_info(ensemble, members)
         else:
             entry = registry.get(name)
-            model, meta = _load_entry(registry, entry)
+            model, meta = load_entry(registry, entry)
             info = ModelInfo(name=entry.name, version=entry.version, sha256=entry.sha256)
             bias = entry.mask_bias
     keep_heap()
@@ -556,7 +556,7 @@ def _built(meta: WeightsMeta, state: dict[str, torch.Tensor], path: Path) -> QCN
     return model
 
 
-def _load_entry(registry: Registry, entry: ModelEntry) -> tuple[QCNet, WeightsMeta]:
+def load_entry(registry: Registry, entry: ModelEntry) -> tuple[QCNet, WeightsMeta]:
     """A registry entry's network, its file checked against the entry's sha256 and meta."""
     path = registry.verified_path(entry)
     meta, state = read_weights(path)

@@ -43,6 +43,13 @@ class Recipe:
     # `other` calls bit-identical); "" trains everything.
     train_only: str = ""
     refine: tuple[str, ...] = ()
+    # Self-distillation (session 14): > 0 keeps the --init network, frozen, as a teacher and
+    # adds this weight times its soft targets to the loss; the teacher sees each film without
+    # the dense opacities the student sees (augment_pair), so the student learns to read
+    # through them while everything else stays anchored to the teacher's real-film behaviour.
+    # ``truth_weight`` scales the usual loss against the synthetic truth.
+    distill: float = 0.0
+    truth_weight: float = 1.0
 
 
 # Thin structures: clavicles, scapulae, humeri, ribs, sternum, trachea.
@@ -256,4 +263,27 @@ RECIPES["cpu-refine-fields-opacity"] = replace(
     RECIPES["cpu-refine-fields"],
     name="cpu-refine-fields-opacity",
     augment=replace(GPU_FT_AUGMENT, p_cut=0.2, p_opacity=0.35),
+)
+# Session 14 (no GPU): the whole network (encoder included) taught to read through dense
+# opacities by its own frozen copy, which sees the same films without them (self-distillation,
+# Recipe.distill): white-out bedside films kept their opaque lungs out of the lung fields and
+# one was called lateral, which heads on the frozen encoder could not change (sessions 10, 13).
+# The truth loss is kept small: more synthetic training alone costs real-film transfer
+# (session 7), the teacher's soft targets hold the rest of the network where it is.
+RECIPES["cpu-distill-opacity"] = Recipe(
+    name="cpu-distill-opacity",
+    steps=2400,
+    batch=8,
+    lr=2e-4,
+    weight_decay=1e-4,
+    warmup=100,
+    p_negative=0.1,
+    eval_every=1200,
+    checkpoint_every=100,
+    augment=replace(GPU_FT_AUGMENT, p_cut=0.2, p_opacity=0.5),
+    lungs="both",
+    refine=("lung_right_visible", "lung_left_visible"),
+    structure_weight=THIN_WEIGHTS,
+    distill=1.0,
+    truth_weight=0.25,
 )

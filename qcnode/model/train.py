@@ -28,7 +28,7 @@ from tqdm import tqdm
 from qcnode.errors import QcnodeError
 from qcnode.model import data as datamod
 from qcnode.model import metrics, preprocess
-from qcnode.model.augment import augment
+from qcnode.model.augment import augment, augment_pair
 from qcnode.model.infer import WeightsMeta, resolve_device, save_weights
 from qcnode.model.network import QCNet, build, parse_variant
 from qcnode.model.recipes import RECIPES, Recipe
@@ -84,6 +84,33 @@ def loss_fn(
     return total, {"mask": float(mask_loss.detach()), "view": float(view_loss.detach())}
 
 
+def distill_loss(
+    logits: torch.Tensor,
+    view_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    teacher_view: torch.Tensor,
+    weight: torch.Tensor,
+    factors: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """BCE against the teacher's mask probabilities per (sample, channel), weighted as
+    ``loss_fn`` weights the truth, plus cross-entropy against its view probabilities."""
+    soft = torch.sigmoid(teacher_logits)
+    bce = F.binary_cross_entropy_with_logits(logits, soft, reduction="none").mean(dim=(2, 3))
+    # minus the teacher's own entropy: 0 when the student agrees, whatever the teacher's doubt
+    floor = F.binary_cross_entropy_with_logits(teacher_logits, soft, reduction="none").mean(
+        dim=(2, 3)
+    )
+    scaled = weight if factors is None else weight * factors
+    mask_term = ((bce - floor) * scaled).sum() / weight.sum().clamp(min=1.0)
+    view_term = F.kl_div(
+        F.log_softmax(view_logits, dim=1),
+        F.log_softmax(teacher_view, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return mask_term + view_term
+
+
 def _batch_index(
     seed: int, step: int, n_train: int, n_neg: int, batch: int, p_negative: float
 ) -> list[tuple[bool, int]]:
@@ -130,10 +157,17 @@ def augment_batch(
     """``gather_batch``'s output augmented on whatever device it lives on (draws from a CPU
     generator seeded by (seed, step), so the same on every device up to float rounding)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    x, masks = augment(
-        batch["canvas"], batch["valid"], batch["masks"], cfg=recipe.augment, generator=g
-    )
-    return {"x": x, "masks": masks, "views": batch["views"], "weight": batch["weight"]}
+    if recipe.distill > 0:  # the teacher's view of the same films, opacities left out
+        x, plain, masks = augment_pair(
+            batch["canvas"], batch["valid"], batch["masks"], cfg=recipe.augment, generator=g
+        )
+        extra = {"x_plain": plain}
+    else:
+        x, masks = augment(
+            batch["canvas"], batch["valid"], batch["masks"], cfg=recipe.augment, generator=g
+        )
+        extra = {}
+    return {"x": x, "masks": masks, "views": batch["views"], "weight": batch["weight"], **extra}
 
 
 def make_batch(
@@ -271,6 +305,16 @@ def train(
             raise QcnodeError(f"--init {init} does not fit {variant}: {missing + unexpected}")
         init_sha = sha256_file(init)
     model = model.to(dev)
+    teacher: QCNet | None = None
+    if recipe.distill > 0:
+        if init is None or recipe.train_only:
+            raise QcnodeError(
+                f"recipe {recipe.name} distils the --init network into all of itself: it "
+                "needs --init and trains everything"
+            )
+        teacher = build(variant, names, recipe.refine)
+        teacher.load_state_dict(model.state_dict())
+        teacher = teacher.to(dev).eval().requires_grad_(False)
     head_only = recipe.train_only == "view"
     if refine_only:
         assert model.refiner is not None  # recipe.refine is checked by build()
@@ -347,6 +391,12 @@ def train(
                 0.0 if refine_only or decoder_only else recipe.view_weight,
                 None if refine_only else factors,
             )
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits, t_view = teacher(batch["x_plain"].to(dev), upsample=False)
+                kd = distill_loss(logits, view_logits, t_logits, t_view, weight, factors)
+                loss = recipe.truth_weight * loss + recipe.distill * kd
+                parts["distill"] = float(kd.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -388,3 +388,63 @@ def test_data_version_counts_each_folder_on_its_own(tmp_path: Path) -> None:
     )
     first, second = result.data_version.split(" + ")
     assert first.startswith(f"{a.name}: 2 samples") and second.startswith(f"{b.name}: 3 samples")
+
+
+def test_augment_pair_differs_only_by_the_opacity() -> None:
+    """`augment_pair` (recipe distill): the first image is `augment`'s own, the second the
+    same film with every other transform but without the dense opacities."""
+    from qcnode.model.augment import augment_pair
+
+    g = torch.Generator().manual_seed(3)
+    canvas = torch.rand((4, 1, 64, 64), generator=g) * 0.6
+    canvas[..., :8, :] = 0.0  # air above the body
+    valid = torch.ones((4, 1, 64, 64))
+    masks = (torch.rand((4, 3, 64, 64), generator=g) > 0.5).float()
+    cfg = dataclasses.replace(AugmentConfig(), p_opacity=0.5)
+    one, m1 = augment(canvas, valid, masks, cfg=cfg, generator=torch.Generator().manual_seed(9))
+    dense, plain, m2 = augment_pair(
+        canvas, valid, masks, cfg=cfg, generator=torch.Generator().manual_seed(9)
+    )
+    assert torch.equal(one, dense) and torch.equal(m1, m2)
+    differs = [not torch.allclose(dense[i], plain[i]) for i in range(4)]
+    assert any(differs) and not all(differs)  # p 0.5: some films got an opacity, some not
+    nothing = dataclasses.replace(cfg, p_opacity=1.0, opacity=(0.0, 0.0))
+    a, b, _ = augment_pair(canvas, valid, masks, cfg=nothing, generator=torch.Generator())
+    assert torch.allclose(a, b, atol=1e-6)  # a zero-strength opacity: the same film
+    with pytest.raises(ValueError, match="p_opacity"):
+        augment_pair(canvas, valid, masks, cfg=NONE, generator=torch.Generator())
+
+
+def test_distill_loss_is_zero_when_the_student_agrees() -> None:
+    from qcnode.model.train import distill_loss
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn((2, 3, 8, 8), generator=g)
+    tv = torch.randn((2, 3), generator=g)
+    w = torch.ones((2, 3))
+    assert float(distill_loss(t, tv, t, tv, w)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distill_loss(-t, tv.flip(1), t, tv, w)) > 0.1
+
+
+def test_distill_recipe_needs_init_and_moves_the_whole_network(tmp_path: Path) -> None:
+    from qcnode.model.infer import read_weights
+
+    first, run = _two_stages(tmp_path)
+    kd = dataclasses.replace(
+        first,
+        name="tiny-distill",
+        distill=1.0,
+        truth_weight=0.25,
+        lr=0.05,
+        augment=dataclasses.replace(first.augment, p_opacity=0.5),
+    )
+    base = run("a", first)
+    with pytest.raises(QcnodeError, match="needs --init"):
+        run("b", kd)
+    result = run("b", kd, base.weights)
+    assert np.isfinite(result.final_loss)
+    _, before = read_weights(base.weights)
+    _, after = read_weights(result.weights)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("view.") for k in changed)
+    assert any(not k.startswith(("view.", "up.", "masks.")) for k in changed)  # the encoder
