@@ -229,6 +229,22 @@ def _intensity(
     return x
 
 
+def _warped(
+    canvas: torch.Tensor,
+    valid: torch.Tensor,
+    masks: torch.Tensor,
+    cfg: AugmentConfig,
+    g: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The geometric part, image, valid region and masks alike: (image, valid, masks)."""
+    stack = torch.cat([canvas.float(), valid.float(), masks.float()], dim=1)
+    if cfg.p_cut > 0:  # no draws otherwise: older recipes keep their batches
+        stack = _cut(stack, cfg, g)
+    if cfg.p_geometric > 0:
+        stack = _geometric(stack, cfg, g)
+    return stack[:, :1], stack[:, 1:2] > 0.5, (stack[:, 2:] > 0.5).float()
+
+
 def augment(
     canvas: torch.Tensor,
     valid: torch.Tensor,
@@ -238,12 +254,7 @@ def augment(
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,1,S,S) raw canvas, (B,1,S,S) valid, (B,C,S,S) masks -> network input, masks."""
-    stack = torch.cat([canvas.float(), valid.float(), masks.float()], dim=1)
-    if cfg.p_cut > 0:  # no draws otherwise: older recipes keep their batches
-        stack = _cut(stack, cfg, generator)
-    if cfg.p_geometric > 0:
-        stack = _geometric(stack, cfg, generator)
-    img, val, msk = stack[:, :1], stack[:, 1:2] > 0.5, (stack[:, 2:] > 0.5).float()
+    img, val, msk = _warped(canvas, valid, masks, cfg, generator)
     if cfg.p_curve > 0 or cfg.p_noise > 0 or cfg.p_invert > 0 or cfg.p_opacity > 0:
         img = torch.cat([_intensity(img[i : i + 1], cfg, generator) for i in range(img.shape[0])])
     return standardise(img, val), msk
@@ -261,14 +272,9 @@ def augment_pair(
     masks). Both images share every other transform, so a teacher network shown the second
     tells a student shown the first what the film under the opacity holds (recipe
     ``distill``). The first image is exactly ``augment``'s."""
-    stack = torch.cat([canvas.float(), valid.float(), masks.float()], dim=1)
-    if cfg.p_cut > 0:
-        stack = _cut(stack, cfg, generator)
-    if cfg.p_geometric > 0:
-        stack = _geometric(stack, cfg, generator)
-    img, val, msk = stack[:, :1], stack[:, 1:2] > 0.5, (stack[:, 2:] > 0.5).float()
     if cfg.p_opacity <= 0:
         raise ValueError("augment_pair needs p_opacity > 0 (without it both images are one)")
+    img, val, msk = _warped(canvas, valid, masks, cfg, generator)
     dense, plain = [], []
     for i in range(img.shape[0]):
         state = generator.get_state()
