@@ -305,6 +305,9 @@ def train(
             raise QcnodeError(f"--init {init} does not fit {variant}: {missing + unexpected}")
         init_sha = sha256_file(init)
     model = model.to(dev)
+    # The anatomy-based scale's reference (lung width at the input spacing): a student of a
+    # teacher keeps the teacher's, so films without a header spacing are scaled as before.
+    reference = datamod.lung_widths_mm(train_pack)
     teacher: QCNet | None = None
     if recipe.distill > 0:
         if init is None or recipe.train_only:
@@ -312,6 +315,7 @@ def train(
                 f"recipe {recipe.name} distils the --init network into all of itself: it "
                 "needs --init and trains everything"
             )
+        reference = dict(init_meta.reference_lung_width_mm)
         teacher = build(variant, names, recipe.refine)
         teacher.load_state_dict(model.state_dict())
         teacher = teacher.to(dev).eval().requires_grad_(False)
@@ -413,7 +417,7 @@ def train(
                 variant=variant,
                 input_size=preprocess.INPUT_SIZE,
                 spacing_mm=preprocess.SPACING_MM,
-                reference_lung_width_mm=datamod.lung_widths_mm(train_pack),
+                reference_lung_width_mm=reference,
                 structures=names,
                 refine=recipe.refine,
             )
@@ -430,7 +434,7 @@ def train(
         variant=variant,
         input_size=preprocess.INPUT_SIZE,
         spacing_mm=preprocess.SPACING_MM,
-        reference_lung_width_mm=datamod.lung_widths_mm(train_pack),
+        reference_lung_width_mm=reference,
         structures=names,
         refine=recipe.refine,
     )

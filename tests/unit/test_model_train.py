@@ -427,7 +427,8 @@ def test_distill_loss_is_zero_when_the_student_agrees() -> None:
 
 
 def test_distill_recipe_needs_init_and_moves_the_whole_network(tmp_path: Path) -> None:
-    from qcnode.model.infer import read_weights
+    from qcnode.model.infer import read_weights, save_weights
+    from qcnode.model.network import build
 
     first, run = _two_stages(tmp_path)
     kd = dataclasses.replace(
@@ -441,10 +442,17 @@ def test_distill_recipe_needs_init_and_moves_the_whole_network(tmp_path: Path) -
     base = run("a", first)
     with pytest.raises(QcnodeError, match="needs --init"):
         run("b", kd)
-    result = run("b", kd, base.weights)
+    # a teacher whose anatomy-scale reference differs from what this data would give
+    meta, state = read_weights(base.weights)
+    odd = {"frontal": 123.0, "lateral": 99.0}
+    teacher_file = tmp_path / "teacher.pt"
+    net = build(meta.variant, meta.structures)
+    net.load_state_dict(state)
+    save_weights(teacher_file, net, dataclasses.replace(meta, reference_lung_width_mm=odd))
+    result = run("b", kd, teacher_file)
     assert np.isfinite(result.final_loss)
-    _, before = read_weights(base.weights)
     _, after = read_weights(result.weights)
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    changed = {k for k in state if not torch.equal(state[k], after[k])}
     assert any(k.startswith("view.") for k in changed)
     assert any(not k.startswith(("view.", "up.", "masks.")) for k in changed)  # the encoder
+    assert dict(result.meta.reference_lung_width_mm) == odd  # the student keeps the teacher's
