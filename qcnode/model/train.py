@@ -93,7 +93,7 @@ def distill_loss(
     factors: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """BCE against the teacher's mask probabilities per (sample, channel), weighted as
-    ``loss_fn`` weights the truth, plus cross-entropy against its view probabilities."""
+    ``loss_fn`` weights the truth, plus the KL divergence from its view probabilities."""
     soft = torch.sigmoid(teacher_logits)
     bce = F.binary_cross_entropy_with_logits(logits, soft, reduction="none").mean(dim=(2, 3))
     # minus the teacher's own entropy: 0 when the student agrees, whatever the teacher's doubt
