@@ -210,8 +210,7 @@ class Orthanc:
         return list(found)
 
     def count(self) -> int:
-        # the instance list, not /statistics: Orthanc updates its statistics counters after
-        # the store, so they can lag behind /tools/find (a CI run saw 20 of 22 there)
+        # the instance list itself rather than /statistics' derived counter
         return len(self.get("/instances"))
 
     def extra_config(self) -> dict[str, Any]:

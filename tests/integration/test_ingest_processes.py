@@ -105,8 +105,10 @@ def test_two_ingest_processes(tmp_path: Path, orthanc: Orthanc) -> None:
             return bool(want) and want <= have
 
         wait_for(delivered, 120, "every result object at Orthanc", step=0.5)
-        objects = node.objects()
-        assert orthanc.count() == sum(len(v) for v in objects.values())
+        # once each: Orthanc's instance count may trail /tools/find for a moment (a full-suite
+        # run here read 20 of 22 right after every UID was found), so poll for it too
+        total = sum(len(v) for v in node.objects().values())
+        wait_for(lambda: orthanc.count() == total, 60, "each result object at Orthanc once")
 
         # an extra ingest process that dies is replaced; receiving goes on meanwhile
         os.kill(extra, signal.SIGKILL)
