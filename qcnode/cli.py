@@ -94,6 +94,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="P",
         help="this share of frontals gets clavicles lowered as in a standing PA (v1.15)",
     )
+    y.add_argument(
+        "--opacities",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="this share of chest renders gets effusions, consolidations or white-outs in 3D "
+        "(v1.17; training sets: the rule truth does not model them)",
+    )
+    y.add_argument(
+        "--opacity-texture",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="with --opacities: this share of the opacities is patchy (v1.18)",
+    )
 
     t = sub.add_parser("train", parents=[common], help="train a model variant")
     t.add_argument("--variant", default="qcnet_d15_w3")

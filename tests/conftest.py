@@ -373,5 +373,11 @@ def prepared_ct() -> Any:
     return ctmod.load(ct_dir)
 
 
+@pytest.fixture(scope="session")
+def ct() -> Any:
+    """The prepared synthesis CT, loaded once for every synthesis test."""
+    return prepared_ct()
+
+
 def read_back(path: Path) -> Dataset:
     return pydicom.dcmread(path)

@@ -287,3 +287,16 @@ RECIPES["cpu-distill-opacity"] = Recipe(
     distill=1.0,
     truth_weight=0.25,
 )
+# Session 15 (no GPU): the whole network from the shipped weights (--init) on data whose
+# frontals carry 3D opacities (generator v1.17 `--opacities`: effusions, consolidations,
+# white-outs rendered from the CT with the lung-field truth kept), truth-supervised: the 2D
+# blobs of session 14's distillation did not teach the opaque bedside films' lung fields.
+RECIPES["cpu-ft-opacity3d"] = replace(
+    RECIPES["cpu-distill-opacity"],
+    name="cpu-ft-opacity3d",
+    steps=1600,
+    eval_every=800,
+    augment=replace(GPU_FT_AUGMENT, p_cut=0.2, p_opacity=0.15),
+    distill=0.0,
+    truth_weight=1.0,
+)

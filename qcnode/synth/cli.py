@@ -49,6 +49,8 @@ class SynthOptions:
     realism: bool
     realism_plain: float
     clavicles_down: float = 0.0
+    opacities: float = 0.0
+    opacity_texture: float = 0.0
 
 
 def _init(threads: int) -> None:
@@ -116,11 +118,17 @@ def synth_command(options: SynthOptions) -> int:
         realism=options.realism,
         realism_plain=float(options.realism_plain),
         clavicles_down=float(options.clavicles_down),
+        opacities=float(options.opacities),
+        opacity_texture=float(options.opacity_texture),
     )
     if not 0.0 <= plan.realism_plain <= 1.0 or (plan.realism_plain and not plan.realism):
         raise ConfigError("--realism-plain takes a share in [0, 1] and needs --realism")
     if not 0.0 <= plan.clavicles_down <= 1.0:
         raise ConfigError("--clavicles-down takes a share in [0, 1]")
+    if not 0.0 <= plan.opacities <= 1.0:
+        raise ConfigError("--opacities takes a share in [0, 1]")
+    if not 0.0 <= plan.opacity_texture <= 1.0 or (plan.opacity_texture and not plan.opacities):
+        raise ConfigError("--opacity-texture takes a share in [0, 1] and needs --opacities")
     manifest = out / "manifest.jsonl"
     done, have = _done_poses(manifest, f"{options.split}-s{options.seed}-")
     # `count` is chest samples; `other` poses (≈15 %) come on top. Stops once count is reached.
@@ -143,7 +151,9 @@ def synth_command(options: SynthOptions) -> int:
                 "realism": plan.realism,
                 "realism_plain": plan.realism_plain,
                 "clavicles_down": plan.clavicles_down,
-                "generator": "qcnode.synth v1.16",
+                "opacities": plan.opacities,
+                "opacity_texture": plan.opacity_texture,
+                "generator": "qcnode.synth v1.18",
             },
             indent=1,
         )

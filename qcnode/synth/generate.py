@@ -50,6 +50,14 @@ class Plan:
     realism_plain: float = 0.0
     # v1.15: this share of frontals gets lowered clavicles (edits.lower_clavicle).
     clavicles_down: float = 0.0
+    # v1.17: this share of chest renders gets lung filled towards water density in 3D
+    # (render.Opacity: effusions, consolidations, white-outs), for training sets; drawn from
+    # a stream of its own, so the rest of a seed's draws stay as before. The rule truth does
+    # not model pathology (an opacity changes what exposure rules measure): not for
+    # evaluation sets.
+    opacities: float = 0.0
+    # v1.18: this share of those opacities is patchy (render.Opacity.texture).
+    opacity_texture: float = 0.0
 
 
 # Extra mask arrays (not network channels): the lungs as a radiograph shows them.
@@ -207,6 +215,7 @@ def _params(pose: Pose, v: edits.Variant, extra: dict[str, Any], pitch: float) -
         "monochrome": v.monochrome,
         "marker": v.marker,
         "burned_in_text": v.text,
+        **({"opacities": [asdict(o) for o in pose.opacities]} if pose.opacities else {}),
         **extra,
     }
 
@@ -272,6 +281,11 @@ def make_pose_samples(
     view = pose_view(plan, index)
     g = sampler.rng_for(plan.split, plan.seed, index)
     pose = sampler.draw_pose(g, plan.split, view)
+    if plan.opacities > 0 and view != "other":
+        go = sampler.rng_for(plan.split, plan.seed, index, 99)
+        pose = replace(
+            pose, opacities=sampler.draw_opacities(go, plan.opacities, plan.opacity_texture)
+        )
     t0 = time.perf_counter()
     proj = render.render(ct, pose, plan.detector)
     frontal = pose.view_position in render.FRONTAL_POSITIONS

@@ -13,6 +13,7 @@ posterior (lateral, anterior on the image's left); row → inferior.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -27,6 +28,49 @@ FRONTAL_POSITIONS = ("PA", "AP")
 LATERAL_POSITIONS = ("LL", "RL")
 
 
+OPACITY_KINDS = ("basal", "dependent", "blob", "whole")
+
+
+@dataclass(frozen=True)
+class Opacity:
+    """Lung of one side filled towards water density in 3D, before projection (generator
+    v1.17): the consolidations, effusions and white-outs of bedside films. Only lung voxels
+    change, so the lung masks (and the lung fields a reader draws through the opacity) stay.
+
+    kind: "basal" (upright effusion: the lung below a level that rises towards the chest
+    wall, a meniscus), "dependent" (supine layering: the lung behind a coronal level),
+    "blob" (consolidation: a sphere), "whole" (white-out). ``level`` is a fraction of that
+    side's lung height (basal) or depth (dependent); ``center`` fractions (x, y, z) of its
+    bounding box (blob). ``density``: how far from lung towards water (0..1). ``texture``
+    (v1.18): patchiness, the share of the density a smooth random field (wavelengths
+    8–30 mm, from ``seed``) takes away in places (alveolar and reticular opacities are
+    not uniform).
+    """
+
+    kind: str
+    side: str  # right | left
+    density: float
+    level: float = 0.0
+    meniscus_mm: float = 0.0
+    center: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    radius_mm: float = 40.0
+    edge_mm: float = 8.0
+    texture: float = 0.0
+    seed: int = 0
+
+
+def _patches(q: torch.Tensor, o: Opacity) -> torch.Tensor:
+    """A smooth random field in (0, 1) over CT-frame points (…, 3): a sum of six plane waves
+    of 8–30 mm wavelength through a sigmoid."""
+    g = np.random.default_rng(o.seed)
+    total = torch.zeros(q.shape[:-1])
+    for _ in range(6):
+        d = g.normal(size=3)
+        k = torch.tensor(d / np.linalg.norm(d) * 2 * math.pi / g.uniform(8.0, 30.0))
+        total = total + torch.sin(q @ k.float() + float(g.uniform(0, 2 * math.pi)))
+    return torch.sigmoid(total)
+
+
 @dataclass(frozen=True)
 class Pose:
     """Everything 3D about one render. Angles in degrees, lengths in mm (patient frame).
@@ -36,6 +80,7 @@ class Pose:
     scale: habitus scaling (z, y, x) about the thorax centre.
     diaphragm_shift_mm: positive raises the diaphragm (expiration); ribs do not move.
     center_mm: where the central ray hits the patient, (x, z) in the patient frame.
+    opacities: lung filled towards water density in 3D (v1.17), see Opacity.
     """
 
     view_position: str = "PA"
@@ -47,6 +92,7 @@ class Pose:
     elastic_seed: int = 0
     diaphragm_shift_mm: float = 0.0
     center_mm: tuple[float, float] = (0.0, 0.0)
+    opacities: tuple[Opacity, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,6 +205,60 @@ def _normalise(q: torch.Tensor, ct: PreparedCT) -> torch.Tensor:
     )
 
 
+@functools.cache
+def _lung_boxes(ct: PreparedCT) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each lung's bounding box in the CT patient frame, (min x y z, max x y z) mm."""
+    out = {}
+    for side in ("right", "left"):
+        bit = SOFT_BITS[f"lung_{side}"]
+        m = ((ct.soft_bits.to(torch.int64) >> bit) & 1).bool()
+        idx = torch.nonzero(m).float()  # (n, 3) as z, y, x
+        lo, hi = idx.min(0).values, idx.max(0).values
+        sp = torch.tensor(ct.spacing_mm)
+        og = torch.tensor(ct.origin_index)
+        out[side] = (((lo - og) * sp).flip(0), ((hi - og) * sp).flip(0))
+    return out
+
+
+def _sigmoid_in(d: torch.Tensor, edge_mm: float) -> torch.Tensor:
+    return torch.sigmoid(d / max(edge_mm, 1e-3))
+
+
+def _opacity(
+    q: torch.Tensor, soft_bits: torch.Tensor, ct: PreparedCT, opacities: tuple[Opacity, ...]
+) -> torch.Tensor:
+    """The fraction (0..1) of the way to water density of each sample point (…, 3 as x, y, z
+    CT-frame mm) under the pose's opacities; zero outside the lungs."""
+    keep = torch.ones(q.shape[:-1])
+    boxes = _lung_boxes(ct)
+    x, y, z = q[..., 0], q[..., 1], q[..., 2]
+    for o in opacities:
+        lung = ((soft_bits >> SOFT_BITS[f"lung_{o.side}"]) & 1).float()
+        lo, hi = boxes[o.side]
+        if o.kind == "whole":
+            a = torch.ones_like(x)
+        elif o.kind == "basal":
+            # the level rises towards the chest wall over the lateral half of the lung
+            width = float(hi[0] - lo[0])
+            from_wall = (x - float(lo[0])) if o.side == "right" else (float(hi[0]) - x)
+            rise = torch.clamp(1.0 - from_wall / (0.5 * width), 0.0, 1.0) * o.meniscus_mm
+            level = float(lo[2]) + o.level * float(hi[2] - lo[2])
+            a = _sigmoid_in(level + rise - z, o.edge_mm)
+        elif o.kind == "dependent":
+            level = float(lo[1]) + o.level * float(hi[1] - lo[1])
+            a = _sigmoid_in(level - y, o.edge_mm)
+        elif o.kind == "blob":
+            c = lo + torch.tensor(o.center) * (hi - lo)
+            r = torch.linalg.norm(q - c, dim=-1)
+            a = _sigmoid_in(o.radius_mm - r, o.edge_mm)
+        else:
+            raise ValueError(f"unknown opacity kind {o.kind!r}")
+        if o.texture > 0:
+            a = a * (1.0 - o.texture * _patches(q, o))
+        keep = keep * (1.0 - o.density * a * lung)
+    return 1.0 - keep
+
+
 def _or_reduce(v: torch.Tensor) -> torch.Tensor:
     """Bitwise OR along the last axis (log-depth tree)."""
     while v.shape[-1] > 1:
@@ -234,12 +334,18 @@ def _sample(
         return out
     soft = F.grid_sample(ct.soft[None, None], g_soft, align_corners=True)[0, 0, 0]
     bone = F.grid_sample(ct.bone[None], g_bone, align_corners=True)[0, :, 0]
+    sb = None
+    if want_masks or pose.opacities:
+        sb = F.grid_sample(ct.soft_bits[None, None], g_soft, mode="nearest", align_corners=True)
+        sb = sb[0, 0, 0].round().to(torch.int64)  # N,S
+    if pose.opacities and sb is not None:
+        frac = _opacity(q_soft, sb, ct, pose.opacities)
+        soft = soft + frac * torch.clamp(1.0 - soft, min=0.0)
     out["water"] = soft.sum(-1) * rays.step_len / 10.0  # cm
     out["bone"] = bone.sum(-1) * rays.step_len / 10.0
-    if want_masks:
-        sb = F.grid_sample(ct.soft_bits[None, None], g_soft, mode="nearest", align_corners=True)
+    if want_masks and sb is not None:
         bb = F.grid_sample(ct.bone_bits[None, None], g_bone, mode="nearest", align_corners=True)
-        out["soft_bits"] = _or_reduce(sb[0, 0, 0].round().to(torch.int64))
+        out["soft_bits"] = _or_reduce(sb)
         out["bone_bits"] = _or_reduce(bb[0, 0, 0].round().to(torch.int64))
     return out
 

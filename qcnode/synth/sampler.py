@@ -16,7 +16,7 @@ import numpy as np
 
 from qcnode.synth.edits import Variant
 from qcnode.synth.physics import Exposure
-from qcnode.synth.render import Detector, Pose
+from qcnode.synth.render import Detector, Opacity, Pose
 
 SPLITS = {"train": 0, "eval": 1, "test": 2}
 _BINS = 8
@@ -68,6 +68,65 @@ def draw_pose(g: np.random.Generator, split: str, view: str) -> Pose:
         diaphragm_shift_mm=float(g.uniform(-100.0, 30.0)),
         center_mm=(float(g.normal(0, 10)), cz),
     )
+
+
+def _opacity(g: np.random.Generator, side: str) -> Opacity:
+    """One side's opacity; the ranges keep it above the domes, where a film shows it."""
+    kind = str(g.choice(["basal", "dependent", "blob", "whole"], p=[0.3, 0.3, 0.25, 0.15]))
+    if kind == "basal":  # effusion, upright: a meniscus up the chest wall
+        return Opacity(
+            kind=kind,
+            side=side,
+            density=float(g.uniform(0.7, 1.0)),
+            level=float(g.uniform(0.35, 0.7)),
+            meniscus_mm=float(g.uniform(0.0, 60.0)),
+            edge_mm=float(g.uniform(5.0, 20.0)),
+        )
+    if kind == "dependent":  # effusion or oedema layering behind a supine patient: a veil
+        return Opacity(
+            kind=kind,
+            side=side,
+            density=float(g.uniform(0.3, 0.9)),
+            level=float(g.uniform(0.2, 0.8)),
+            edge_mm=float(g.uniform(10.0, 40.0)),
+        )
+    if kind == "blob":  # consolidation
+        return Opacity(
+            kind=kind,
+            side=side,
+            density=float(g.uniform(0.6, 1.0)),
+            center=(
+                float(g.uniform(0.2, 0.8)),
+                float(g.uniform(0.2, 0.8)),
+                float(g.uniform(0.25, 0.85)),
+            ),
+            radius_mm=float(g.uniform(25.0, 70.0)),
+            edge_mm=float(g.uniform(5.0, 20.0)),
+        )
+    return Opacity(kind=kind, side=side, density=float(g.uniform(0.5, 0.95)))
+
+
+def draw_opacities(
+    g: np.random.Generator, share: float, textured: float = 0.0
+) -> tuple[Opacity, ...]:
+    """Pathology for that share of renders (v1.17): one side, or both (40 %). `textured`
+    (v1.18): that share of them is patchy (drawn after the rest, only when > 0, so v1.17
+    draws are reproduced)."""
+    if g.uniform() >= share:
+        return ()
+    ops: tuple[Opacity, ...]
+    if g.uniform() < 0.4:
+        ops = (_opacity(g, "right"), _opacity(g, "left"))
+    else:
+        ops = (_opacity(g, str(g.choice(["right", "left"]))),)
+    if textured > 0:
+        ops = tuple(
+            replace(o, texture=float(g.uniform(0.4, 0.9)), seed=int(g.integers(2**31)))
+            if g.uniform() < textured
+            else o
+            for o in ops
+        )
+    return ops
 
 
 def draw_exposure(g: np.random.Generator, view: str) -> Exposure:

@@ -38,6 +38,8 @@ def test_synth_defaults_are_the_command_lines() -> None:
         realism=False,
         realism_plain=0.0,
         clavicles_down=0.0,
+        opacities=0.0,
+        opacity_texture=0.0,
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.count = 5  # type: ignore[misc]
@@ -50,7 +52,8 @@ def test_synth_gets_every_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     argv += ["--seed", "3", "--split", "eval", "--workers", "2", "--variants-per-pose", "4"]
     argv += ["--threads", "5", "--pitch-mm", "2.5", "--no-ready", "--minutes", "1.5"]
     argv += ["--visible-lungs", "--scapulae-in-body", "--realism", "--realism-plain", "0.25"]
-    argv += ["--clavicles-down", "0.5"]
+    argv += ["--clavicles-down", "0.5", "--opacities", "0.6"]
+    argv += ["--opacity-texture", "0.5"]
     assert main(argv) == 0
     assert seen == [
         synthcli.SynthOptions(
@@ -70,6 +73,8 @@ def test_synth_gets_every_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
             realism=True,
             realism_plain=0.25,
             clavicles_down=0.5,
+            opacities=0.6,
+            opacity_texture=0.5,
         )
     ]
 

@@ -22,16 +22,9 @@ from qcnode.synth import ct as ctmod
 from qcnode.synth import edits, generate, render, truth
 from qcnode.synth.physics import Exposure
 from qcnode.synth.render import Detector, Pose
-from tests.conftest import prepared_ct
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = Detector(width_mm=500.0, height_mm=480.0, pitch_mm=4.0, depth_step_mm=4.0)
-
-
-@pytest.fixture(scope="module")
-def ct() -> ctmod.PreparedCT:
-    prepared: ctmod.PreparedCT = prepared_ct()
-    return prepared
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,11 @@ from scipy import ndimage
 from qcnode.synth import ct as ctmod
 from qcnode.synth import edits, labelcheck, render, sampler
 from qcnode.synth.render import Detector, Pose
-from tests.conftest import prepared_ct
 
 DET = Detector(width_mm=500.0, height_mm=480.0, pitch_mm=2.0, depth_step_mm=4.0)
 SCAP = ctmod.BONE_CHANNELS.index("scapulae")
 HUM = ctmod.BONE_CHANNELS.index("humeri")
 STATIC = ctmod.BONE_CHANNELS.index("static")
-
-
-@pytest.fixture(scope="module")
-def ct() -> ctmod.PreparedCT:
-    prepared: ctmod.PreparedCT = prepared_ct()
-    return prepared
 
 
 @pytest.fixture(scope="module")
