@@ -157,7 +157,8 @@ def augment_batch(
     """``gather_batch``'s output augmented on whatever device it lives on (draws from a CPU
     generator seeded by (seed, step), so the same on every device up to float rounding)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    if recipe.distill > 0:  # the teacher's view of the same films, opacities left out
+    if recipe.distill > 0 and recipe.augment.p_opacity > 0:
+        # the teacher's view of the same films, the 2D opacities left out
         x, plain, masks = augment_pair(
             batch["canvas"], batch["valid"], batch["masks"], cfg=recipe.augment, generator=g
         )
@@ -166,7 +167,7 @@ def augment_batch(
         x, masks = augment(
             batch["canvas"], batch["valid"], batch["masks"], cfg=recipe.augment, generator=g
         )
-        extra = {}
+        extra = {"x_plain": x} if recipe.distill > 0 else {}
     return {"x": x, "masks": masks, "views": batch["views"], "weight": batch["weight"], **extra}
 
 
@@ -205,6 +206,13 @@ def structure_factors(recipe: Recipe, names: Sequence[str] = STRUCTURES) -> torc
     for name, w in recipe.structure_weight:
         factors[list(names).index(name)] = w
     return factors
+
+
+def distill_channels(recipe: Recipe, names: Sequence[str]) -> torch.Tensor:
+    """(C,) 1 for each channel the distillation term covers, 0 for ``recipe.distill_skip``."""
+    if unknown := sorted(set(recipe.distill_skip) - set(names)):
+        raise QcnodeError(f"recipe {recipe.name}: distill_skip names no channel: {unknown}")
+    return torch.tensor([0.0 if n in recipe.distill_skip else 1.0 for n in names])
 
 
 def _data_version(root: Path, ids: Sequence[str]) -> str:
@@ -352,6 +360,7 @@ def train(
         log.warning("--resume: no checkpoint at %s, starting from scratch", ckpt)
 
     factors = structure_factors(recipe, names).to(dev)
+    kd_keep = distill_channels(recipe, names).to(dev)
     t0 = time.monotonic()
     loss_value = float("nan")
     history: list[dict[str, Any]] = []
@@ -398,7 +407,7 @@ def train(
             if teacher is not None:
                 with torch.no_grad():
                     t_logits, t_view = teacher(batch["x_plain"].to(dev), upsample=False)
-                kd = distill_loss(logits, view_logits, t_logits, t_view, weight, factors)
+                kd = distill_loss(logits, view_logits, t_logits, t_view, kd_keep * weight, factors)
                 loss = recipe.truth_weight * loss + recipe.distill * kd
                 parts["distill"] = float(kd.detach())
         opt.zero_grad(set_to_none=True)

@@ -426,6 +426,38 @@ def test_distill_loss_is_zero_when_the_student_agrees() -> None:
     assert float(distill_loss(-t, tv.flip(1), t, tv, w)) > 0.1
 
 
+def test_distill_can_skip_channels_and_read_the_same_film() -> None:
+    from qcnode.model.train import augment_batch, distill_channels, distill_loss
+
+    r = RECIPES["cpu-distill-opacity3d"]
+    names = ["lung_right", "heart", "lung_left", "lung_right_visible", "lung_left_visible"]
+    names.append("clavicle_left")
+    keep = distill_channels(r, names)
+    assert keep.tolist() == [0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    with pytest.raises(QcnodeError, match="distill_skip"):
+        distill_channels(dataclasses.replace(r, distill_skip=("lungs",)), names)
+    # A skipped channel's disagreement costs nothing; a kept one's does.
+    g = torch.Generator().manual_seed(1)
+    t = torch.randn((2, 6, 8, 8), generator=g)
+    tv = torch.randn((2, 3), generator=g)
+    w = torch.ones((2, 6))
+    student = t.clone()
+    student[:, 0] = -t[:, 0]
+    assert float(distill_loss(student, tv, t, tv, keep * w)) == pytest.approx(0.0, abs=1e-6)
+    student[:, 1] = -t[:, 1]
+    assert float(distill_loss(student, tv, t, tv, keep * w)) > 0.1
+    # Without 2D opacities the teacher reads the very film the student reads.
+    batch = {
+        "canvas": torch.rand((2, 1, 32, 32), generator=g),
+        "valid": torch.ones((2, 1, 32, 32)),
+        "masks": torch.zeros((2, 4, 32, 32)),
+        "views": torch.zeros(2, dtype=torch.int64),
+        "weight": torch.ones((2, 4)),
+    }
+    out = augment_batch(batch, seed=3, step=0, recipe=r)
+    assert torch.equal(out["x"], out["x_plain"])
+
+
 def test_distill_recipe_needs_init_and_moves_the_whole_network(tmp_path: Path) -> None:
     from qcnode.model.infer import read_weights, save_weights
     from qcnode.model.network import build
